@@ -1,0 +1,60 @@
+# brats-pipeline: every target is listed by `make help`.
+# Variables can be set on the command line, e.g. `make preprocess DATA=/data/BraTS2021_Training_Data`.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+# CPU build by default (a quick local install, no CUDA wheels). GPU workstation: make install TORCH_SPEC=torch
+TORCH_SPEC  ?= torch==2.13.0
+EXTRAS      ?= dev
+CLI         := $(BIN)/brats-pipeline
+
+# The synthetic cohort is the default data on a fresh machine.
+SYNTH_DIR   ?= data/synthetic
+SYNTH_CASES ?= 24
+SYNTH_SIZE  ?= small
+SYNTH_SEED  ?= 0
+DATA        ?=
+# `make preprocess` records which data list and cache it made, so a following `make train` uses them.
+-include .make/dataset.mk
+DATALIST    ?= data_lists/synthetic.json
+CACHE       ?= cache/synthetic
+WORKERS     ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help install test synth datalist preprocess clean
+
+help:  ## List the targets and what they do
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed  ## Create .venv and install the project (CPU PyTorch unless TORCH_SPEC says otherwise)
+
+test: $(VENV)/.installed  ## Install what the tests need, then run the whole test suite
+	$(BIN)/python -m pytest
+
+synth: $(VENV)/.installed  ## Generate the synthetic BraTS-like cohort (SYNTH_DIR, SYNTH_CASES, SYNTH_SIZE)
+	$(CLI) synth --out $(SYNTH_DIR) --cases $(SYNTH_CASES) --seed $(SYNTH_SEED) --size $(SYNTH_SIZE)
+
+ifeq ($(strip $(DATA)),)
+datalist: synth  ## Write the data list (DATA=DIR for a real release; default: the synthetic cohort)
+	$(CLI) datalist --data-root $(SYNTH_DIR) --out data_lists/synthetic.json --seed $(SYNTH_SEED)
+preprocess: datalist  ## Build the training cache (DATA=DIR for a real release; default: the synthetic cohort)
+	$(CLI) preprocess --datalist data_lists/synthetic.json --cache cache/synthetic --workers $(WORKERS)
+	@mkdir -p .make && printf 'DATALIST ?= data_lists/synthetic.json\nCACHE ?= cache/synthetic\n' > .make/dataset.mk
+else
+DATA_NAME := $(notdir $(patsubst %/,%,$(DATA)))
+datalist: $(VENV)/.installed
+	$(CLI) datalist --data-root $(DATA) --out data_lists/$(DATA_NAME).json
+preprocess: datalist
+	$(CLI) preprocess --datalist data_lists/$(DATA_NAME).json --cache cache/$(DATA_NAME) --workers $(WORKERS)
+	@mkdir -p .make && printf 'DATALIST ?= data_lists/$(DATA_NAME).json\nCACHE ?= cache/$(DATA_NAME)\n' > .make/dataset.mk
+endif
+
+clean:  ## Remove caches, outputs and build files (keeps .venv and data/)
+	rm -rf cache outputs runs .make .pytest_cache build *.egg-info

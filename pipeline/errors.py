@@ -1,0 +1,27 @@
+"""Errors that the command line reports as one clear line instead of a traceback."""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class PipelineError(Exception):
+    """A problem with the user's input or environment, reported as ``<where>: <what>``.
+
+    Args:
+        where: the file, folder or option the problem is about.
+        problem: what is wrong, in words a user can act on.
+    """
+
+    def __init__(self, where: str | PathLike[str], problem: str) -> None:
+        self.where = str(where)
+        self.problem = problem
+        super().__init__(f"{self.where}: {problem}")
+
+
+class InputError(PipelineError):
+    """Bad input data: a missing, unreadable or inconsistent file."""
+
+
+class ConfigError(PipelineError):
+    """A bad option, data list, configuration or checkpoint."""

@@ -1,0 +1,114 @@
+"""Atomic writes and checked reads shared by every stage.
+
+Every file the pipeline produces is written under a temporary name in the same folder,
+flushed to disk and then renamed, so an interrupted run never leaves a file that later
+passes as complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.errors import InputError, PipelineError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
+
+    The caller writes the file at the yielded path. On error the temporary file is removed
+    and ``path`` is left as it was. ``OSError`` (full disk, permissions) becomes a
+    :class:`PipelineError` naming ``path``.
+    """
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as err:
+        raise PipelineError(target, f"cannot write: {err.strerror or err}") from err
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise PipelineError(target, f"cannot write: {err.strerror or err}") from err
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write ``payload`` as indented, key-sorted JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Save ``array`` as a memory-mappable ``.npy`` file, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_nifti(path: str | os.PathLike[str], image: nib.Nifti1Image) -> None:
+    """Save a NIfTI image atomically (the temporary name keeps the ``.nii``/``.nii.gz`` suffix)."""
+    target = Path(path)
+    suffix = ".nii.gz" if target.name.endswith(".nii.gz") else ".nii"
+    with atomic_path(target) as tmp:
+        named = tmp.with_name(tmp.name + suffix)
+        try:
+            nib.save(image, named)
+            os.replace(named, tmp)
+        finally:
+            named.unlink(missing_ok=True)
+
+
+def load_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
+    """Open a NIfTI file (header only; voxels stay on disk) or raise a one-line :class:`InputError`."""
+    source = Path(path)
+    if not source.is_file():
+        raise InputError(source, "file not found")
+    try:
+        image = nib.load(source)
+    except Exception as err:  # nibabel raises many types for a non-NIfTI or damaged file
+        raise InputError(source, f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(source, f"not a NIfTI file (read as {type(image).__name__})")
+    return image
+
+
+def read_voxels(image: nib.Nifti1Image, path: str | os.PathLike[str], dtype: type = np.float32) -> np.ndarray:
+    """Read all voxels of ``image`` (opened from ``path``) as ``dtype``; a truncated file is an :class:`InputError`."""
+    try:
+        return np.asarray(image.dataobj, dtype=dtype)
+    except Exception as err:  # gzip, zlib and EOF errors all mean a damaged file
+        raise InputError(path, f"cannot read voxels, file damaged or truncated ({type(err).__name__}: {err})") from err
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

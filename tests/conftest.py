@@ -1,0 +1,48 @@
+"""Shared fixtures: the real BraTS cases (when present) and a tiny synthetic cohort, cache and data list."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REAL_BRATS_DIR = Path(os.environ.get("BRATS_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_brats"))
+
+
+@pytest.fixture(scope="session")
+def real_brats_dir() -> Path:
+    """The folder of real BraTS cases next to the checkout; tests using it skip when it is absent."""
+    if not (REAL_BRATS_DIR / "BraTS2021_00006").is_dir():
+        pytest.skip(f"real BraTS cases not found at {REAL_BRATS_DIR}")
+    return REAL_BRATS_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight tiny synthetic cases in BraTS 2021 layout (shared by the whole session: treat as read-only)."""
+    from pipeline.synth import generate_cohort
+
+    root = tmp_path_factory.mktemp("cohort") / "synthetic"
+    generate_cohort(root, cases=8, seed=0, size="tiny", progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_datalist(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data list over :func:`tiny_cohort`: 2 folds, 2 test cases."""
+    from pipeline.splits import build_datalist
+
+    out = tmp_path_factory.mktemp("lists") / "tiny.json"
+    build_datalist(tiny_cohort, out, folds=2, test_fraction=0.25, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_datalist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The preprocessed cache of :func:`tiny_datalist`."""
+    from pipeline.preprocess import preprocess_datalist
+
+    cache = tmp_path_factory.mktemp("cache") / "tiny"
+    preprocess_datalist(tiny_datalist, cache, workers=1, progress=False)
+    return cache
