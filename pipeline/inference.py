@@ -1,0 +1,196 @@
+"""Whole-volume inference over a cached or prepared volume: batched slices (2D, 2.5D) or sliding windows (3D).
+
+A volume arrives in the cache layout ``(Z, C, X, Y)``. Slice models see batches of
+``sw_batch_size`` axial slices per forward pass (2.5D stacks built by
+:func:`pipeline.data.stack_context`, the same code that builds training samples); 3D models run
+MONAI's :class:`~monai.inferers.SlidingWindowInferer` with Gaussian blending. Optional test-time
+augmentation averages the probabilities of mirrored passes. The result is always a float32
+probability tensor ``(K, Z, X, Y)`` on the CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from monai.utils import convert_to_tensor
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.transforms import DivisiblePad
+
+from pipeline.errors import ConfigError
+from pipeline.labels import regions_to_labels
+from pipeline.networks import check_mode, spatial_divisor
+
+#: Stitch 3D sliding-window outputs on the CPU above this many output elements (about 1 GiB of float32).
+CPU_STITCH_ELEMENTS = 2**28
+
+
+def _context_stacker() -> Callable[..., np.ndarray | torch.Tensor]:
+    """The one 2.5D stacking implementation, shared with the training samples."""
+    from pipeline.data import stack_context
+
+    return stack_context
+
+
+class VolumeInferer:
+    """Run a segmentation network over a whole volume and return class or region probabilities.
+
+    Args:
+        mode: ``2d``, ``2.5d`` or ``3d``.
+        context: slices on each side of the centre slice (2.5D).
+        output_mode: ``softmax`` (probabilities of background, NEC, ED, ET) or ``regions``
+            (sigmoid probabilities of TC, WT, ET).
+        roi_size: 3D: sliding-window size in (X, Y, Z) (``None``: the whole padded volume in one
+            window). 2D/2.5D: an in-plane window (X, Y) for slices larger than the network
+            should see at once (``None``: whole slices).
+        sw_batch_size: slices (2D/2.5D) or windows (3D) per forward pass.
+        overlap: sliding-window overlap (3D, or 2D with ``roi_size``).
+        tta: average over mirrored passes (in-plane axes; also Z in 3D).
+        divisor: the multiple the spatial size must have (``None``: read from the network,
+            see :func:`pipeline.networks.spatial_divisor`).
+        padding: 2.5D border handling, ``replicate`` or ``reflect`` (as in training).
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        context: int = 2,
+        output_mode: str = "softmax",
+        roi_size: Sequence[int] | None = None,
+        sw_batch_size: int = 16,
+        overlap: float = 0.5,
+        tta: bool = False,
+        divisor: int | None = None,
+        padding: str = "replicate",
+    ) -> None:
+        check_mode(mode, output_mode)
+        expected = 3 if mode == "3d" else 2
+        if roi_size is not None and len(roi_size) != expected:
+            raise ConfigError("roi_size", f"mode {mode} needs {expected} roi sizes, got {list(roi_size)}")
+        if sw_batch_size < 1:
+            raise ConfigError("sw_batch_size", f"must be >= 1, got {sw_batch_size}")
+        self.mode = mode
+        self.context = int(context)
+        self.output_mode = output_mode
+        self.roi_size = tuple(int(r) for r in roi_size) if roi_size is not None else None
+        self.sw_batch_size = int(sw_batch_size)
+        self.overlap = float(overlap)
+        self.tta = bool(tta)
+        self.divisor = divisor
+        self.padding = padding
+
+    def flips(self) -> list[tuple[int, ...]]:
+        """Spatial dimensions (of a batch tensor) mirrored in each pass; ``()`` is the plain pass."""
+        axes = (2, 3, 4) if self.mode == "3d" else (2, 3)
+        if not self.tta:
+            return [()]
+        return [combo for size in range(len(axes) + 1) for combo in itertools.combinations(axes, size)]
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over classes, or a sigmoid per region (channel dimension 1)."""
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.output_mode == "regions" else torch.softmax(logits, dim=1)
+
+    @torch.no_grad()
+    def __call__(self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Probabilities ``(K, Z, X, Y)`` float32 on the CPU for a volume ``(Z, C, X, Y)``."""
+        if image.ndim != 4:
+            raise ConfigError("image", f"expected a (Z, C, X, Y) volume, got shape {tuple(image.shape)}")
+        device = torch.device(device)
+        divisor = self.divisor or spatial_divisor(network)
+        if self.mode == "3d":
+            return self._infer_volume(network, image, device, divisor)
+        return self._infer_slices(network, image, device, divisor)
+
+    def _forward_tta(self, predict: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """Average the activated outputs of the mirrored passes (each mirrored back)."""
+        total: torch.Tensor | None = None
+        flips = self.flips()
+        for dims in flips:
+            inputs = torch.flip(batch, dims) if dims else batch
+            probabilities = self.activate(predict(inputs))
+            probabilities = torch.flip(probabilities, dims) if dims else probabilities
+            total = probabilities if total is None else total + probabilities
+        assert total is not None
+        return total / len(flips)
+
+    def _infer_slices(self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: torch.device, divisor: int) -> torch.Tensor:
+        num_slices, _, size_x, size_y = image.shape
+        pad = DivisiblePad(k=divisor, method="end")
+        window = (
+            SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=self.sw_batch_size, overlap=self.overlap, mode="gaussian")
+            if self.roi_size is not None
+            else None
+        )
+
+        def predict(batch: torch.Tensor) -> torch.Tensor:
+            # padded at the end of X and Y and cropped back, after any mirroring, so a mirrored pass sees a mirrored volume
+            n, channels = batch.shape[:2]
+            padded = convert_to_tensor(pad(batch.reshape(n * channels, size_x, size_y)), track_meta=False)
+            padded = padded.reshape(n, channels, *padded.shape[1:])
+            logits = window(padded, network) if window is not None else network(padded)
+            return logits[:, :, :size_x, :size_y]
+
+        outputs = []
+        # One forward pass per chunk of sw_batch_size slices: SliceInferer would call the network once per slice.
+        for start in range(0, num_slices, self.sw_batch_size):
+            indices = np.arange(start, min(start + self.sw_batch_size, num_slices))
+            if self.mode == "2.5d":
+                batch = _context_stacker()(image, indices, self.context, self.padding)
+            else:
+                batch = image[start : indices[-1] + 1]
+            batch = torch.as_tensor(np.asarray(batch) if not isinstance(batch, torch.Tensor) else batch).to(device=device, dtype=torch.float32)
+            probabilities = self._forward_tta(predict, batch)
+            outputs.append(probabilities.cpu())
+        # (Z, K, X, Y) -> (K, Z, X, Y)
+        return torch.cat(outputs).permute(1, 0, 2, 3).contiguous()
+
+    def _infer_volume(self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: torch.device, divisor: int) -> torch.Tensor:
+        # (Z, C, X, Y) -> (1, C, X, Y, Z)
+        volume = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
+        volume = volume.permute(1, 2, 3, 0).unsqueeze(0).to(dtype=torch.float32)
+        spatial = volume.shape[2:]
+        roi = self.roi_size or tuple(math.ceil(s / divisor) * divisor for s in spatial)
+        elements = volume.shape[1] * math.prod(spatial)
+        stitch_device = torch.device("cpu") if elements > CPU_STITCH_ELEMENTS else device
+        window = SlidingWindowInferer(
+            roi_size=roi,
+            sw_batch_size=self.sw_batch_size,
+            overlap=self.overlap,
+            mode="gaussian",
+            sw_device=device,
+            device=stitch_device,
+        )
+        volume = volume.to(stitch_device)
+        probabilities = self._forward_tta(lambda batch: window(batch, network), volume)[0]
+        # (K, X, Y, Z) -> (K, Z, X, Y)
+        return probabilities.permute(0, 3, 1, 2).float().cpu().contiguous()
+
+    def to_labels(self, probabilities: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Internal labels ``(Z, X, Y)`` uint8: argmax of softmax outputs, or regions thresholded at 0.5 and decoded."""
+        probabilities = torch.as_tensor(probabilities)
+        if self.output_mode == "regions":
+            return regions_to_labels((probabilities > 0.5).numpy())
+        return probabilities.argmax(dim=0).to(torch.uint8).numpy()
+
+
+class EngineInferer(Inferer):
+    """A MONAI :class:`~monai.inferers.Inferer` over batches of whole volumes, for ``SupervisedEvaluator``.
+
+    ``inputs`` is a batch ``(B, Z, C, X, Y)`` (one cached volume per item); the result is the
+    probabilities ``(B, K, Z, X, Y)`` on the inputs' device.
+
+    Args:
+        volume_inferer: the whole-volume inference to apply to each item.
+    """
+
+    def __init__(self, volume_inferer: VolumeInferer) -> None:
+        super().__init__()
+        self.volume_inferer = volume_inferer
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args, **kwargs) -> torch.Tensor:
+        results = [self.volume_inferer(network, volume, inputs.device) for volume in inputs]
+        return torch.stack(results).to(inputs.device)

@@ -1,0 +1,142 @@
+"""Network builders: MONAI ``UNet``, ``AttentionUnet`` and ``SegResNet`` sized from the sampling mode.
+
+The bundle configs build their network with :func:`build_network`, so the input channels
+(4 modalities, times ``2k+1`` slices in 2.5D), the spatial dimensions (2D for 2d/2.5d, 3D for
+3d) and the output channels (4 classes, or TC/WT/ET regions) always follow ``mode``,
+``context`` and ``output_mode``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import AttentionUnet, SegResNet, UNet
+
+from pipeline.errors import ConfigError
+from pipeline.labels import REGIONS, SUBREGIONS
+from pipeline.modalities import MODALITIES
+
+#: Sampling modes: one axial slice, a stack of neighbouring slices, or a 3D patch.
+MODES: tuple[str, ...] = ("2d", "2.5d", "3d")
+
+#: Output modes: softmax over background + the sub-regions, or sigmoid per BraTS region.
+OUTPUT_MODES: tuple[str, ...] = ("softmax", "regions")
+
+#: Selectable architectures (``network`` key of the configs).
+NETWORKS: tuple[str, ...] = ("unet", "attention_unet", "segresnet")
+
+
+def check_mode(mode: str, output_mode: str = "softmax") -> None:
+    """Raise a :class:`ConfigError` for an unknown sampling or output mode."""
+    if mode not in MODES:
+        raise ConfigError("mode", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if output_mode not in OUTPUT_MODES:
+        raise ConfigError("output_mode", f"unknown output mode {output_mode!r}; choose one of {', '.join(OUTPUT_MODES)}")
+
+
+def spatial_dims(mode: str) -> int:
+    """2 for slice-based modes (2d, 2.5d), 3 for patches."""
+    check_mode(mode)
+    return 3 if mode == "3d" else 2
+
+
+def input_channels(mode: str, context: int = 2) -> int:
+    """Input channels: the 4 modalities, for each of the ``2*context+1`` slices in 2.5D."""
+    check_mode(mode)
+    if mode == "2.5d":
+        if context < 0:
+            raise ConfigError("context", f"context must be >= 0, got {context}")
+        return len(MODALITIES) * (2 * context + 1)
+    return len(MODALITIES)
+
+
+def output_channels(output_mode: str) -> int:
+    """4 (background, NEC, ED, ET) for softmax, 3 (TC, WT, ET) for regions."""
+    check_mode("2d", output_mode)
+    return len(REGIONS) if output_mode == "regions" else len(SUBREGIONS) + 1
+
+
+def build_network(
+    mode: str = "2.5d",
+    context: int = 2,
+    output_mode: str = "softmax",
+    network: str = "unet",
+    channels: Sequence[int] = (16, 32, 64, 128),
+    strides: Sequence[int] = (2, 2, 2),
+    num_res_units: int = 2,
+    norm: str = "instance",
+    dropout: float = 0.0,
+    init_filters: int = 16,
+    blocks_down: Sequence[int] = (1, 2, 2, 4),
+) -> torch.nn.Module:
+    """Build the segmentation network for a sampling mode.
+
+    Args:
+        mode: ``2d``, ``2.5d`` or ``3d``.
+        context: slices on each side of the centre slice in 2.5D.
+        output_mode: ``softmax`` (4 classes) or ``regions`` (TC, WT, ET).
+        network: ``unet``, ``attention_unet`` or ``segresnet``.
+        channels: feature channels per level (UNet, AttentionUnet).
+        strides: downsampling per level, one fewer than ``channels`` (UNet, AttentionUnet).
+        num_res_units: residual units per block (UNet).
+        norm: normalisation layer (UNet).
+        dropout: dropout probability.
+        init_filters: first-level filters (SegResNet).
+        blocks_down: residual blocks per level (SegResNet).
+
+    Returns:
+        The network; its ``spatial_divisor`` attribute is the multiple the input's spatial
+        size must have.
+    """
+    check_mode(mode, output_mode)
+    dims, in_ch, out_ch = spatial_dims(mode), input_channels(mode, context), output_channels(output_mode)
+    channels, strides = tuple(int(c) for c in channels), tuple(int(s) for s in strides)
+    if network in ("unet", "attention_unet") and len(strides) != len(channels) - 1:
+        raise ConfigError("network_def", f"{network} needs one stride fewer than channels, got channels {channels} and strides {strides}")
+    if network == "unet":
+        net: torch.nn.Module = UNet(
+            spatial_dims=dims,
+            in_channels=in_ch,
+            out_channels=out_ch,
+            channels=channels,
+            strides=strides,
+            num_res_units=num_res_units,
+            norm=norm,
+            dropout=dropout,
+        )
+        divisor = math.prod(strides)
+    elif network == "attention_unet":
+        net = AttentionUnet(spatial_dims=dims, in_channels=in_ch, out_channels=out_ch, channels=channels, strides=strides, dropout=dropout)
+        divisor = math.prod(strides)
+    elif network == "segresnet":
+        net = SegResNet(
+            spatial_dims=dims,
+            init_filters=init_filters,
+            in_channels=in_ch,
+            out_channels=out_ch,
+            dropout_prob=dropout or None,
+            blocks_down=tuple(blocks_down),
+            blocks_up=(1,) * (len(blocks_down) - 1),
+        )
+        divisor = 2 ** (len(blocks_down) - 1)
+    else:
+        raise ConfigError("network", f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}")
+    net.spatial_divisor = divisor
+    return net
+
+
+def spatial_divisor(network: torch.nn.Module) -> int:
+    """The multiple each spatial input size must have (1 when the network does not say).
+
+    Unwraps ``DistributedDataParallel`` and ``torch.compile`` wrappers.
+    """
+    for attribute in ("module", "_orig_mod"):
+        inner = getattr(network, attribute, None)
+        if isinstance(inner, torch.nn.Module):
+            return spatial_divisor(inner)
+    divisor = getattr(network, "spatial_divisor", None)
+    if divisor is None and isinstance(network, (UNet, AttentionUnet)):
+        divisor = math.prod(network.strides)
+    return int(divisor or 1)
