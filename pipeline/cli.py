@@ -44,3 +44,40 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+
+
+@main.command()
+@click.option("--datalist", required=True, type=_EXISTING, help="Data list JSON (from `brats-pipeline datalist`).")
+@click.option("--cache", "cache_dir", required=True, type=_PATH, help="Cache folder to build or complete.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Cases processed in parallel.")
+@click.option(
+    "--splits",
+    multiple=True,
+    type=click.Choice(["training", "validation", "test", "unlabelled"]),
+    help="Data-list splits to preprocess (repeat the option); default: all of them.",
+)
+@click.option("--margin", default=4, show_default=True, type=click.IntRange(min=0), help="Voxels kept around the brain box.")
+@click.option("--allow-resection-cavity", is_flag=True, help="Map the BraTS 2024 resection-cavity label 4 to background instead of refusing it.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_reports_errors
+def preprocess(
+    datalist: Path, cache_dir: Path, workers: int, splits: tuple[str, ...], margin: int, allow_resection_cavity: bool, no_progress: bool
+) -> None:
+    """Build the memory-mappable training cache from a data list.
+
+    Each case is reoriented to RAS (no resampling), cropped to the brain, z-scored per channel
+    and stored as CACHE/<case>/{image.npy,label.npy,meta.json}. Finished cases are skipped, so
+    an interrupted run resumes.
+    """
+    from pipeline.preprocess import preprocess_datalist
+
+    summary = preprocess_datalist(
+        datalist,
+        cache_dir,
+        workers=workers,
+        progress=not no_progress,
+        splits=splits or None,
+        margin=margin,
+        allow_resection_cavity=allow_resection_cavity,
+    )
+    click.echo(str(summary))
