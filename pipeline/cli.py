@@ -81,3 +81,37 @@ def preprocess(
         allow_resection_cavity=allow_resection_cavity,
     )
     click.echo(str(summary))
+
+
+@main.command()
+@click.option("--data-root", required=True, type=_PATH, help="Release folder: BraTS 2017-2021, 2023+, MSD Task01, or a mix.")
+@click.option("--out", required=True, type=_PATH, help="Data list JSON to write.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=1), help="Cross-validation folds.")
+@click.option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Share of labelled cases held out as the test set.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the patient shuffle.")
+@click.option("--skip-bad", is_flag=True, help="Leave bad cases out (listed as warnings) instead of failing.")
+@click.option("--map-resection-cavity", is_flag=True, help="Accept BraTS 2024 label 4 (resection cavity), mapped to background.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes validating cases in parallel.")
+@_reports_errors
+def datalist(
+    data_root: Path, out: Path, folds: int, test_fraction: float, seed: int, skip_bad: bool, map_resection_cavity: bool, workers: int
+) -> None:
+    """Discover and validate every case of a release and write patient-level folds.
+
+    Every file is read and checked first; without --skip-bad any bad case stops the command
+    and nothing is written. Paths in the JSON are relative to the data root.
+    """
+    from pipeline.splits import build_datalist
+
+    payload = build_datalist(
+        data_root,
+        out,
+        folds=folds,
+        test_fraction=test_fraction,
+        seed=seed,
+        skip_bad=skip_bad,
+        allow_resection_cavity=map_resection_cavity,
+        workers=workers,
+    )
+    counts = ", ".join(f"{len(payload[split])} {split}" for split in ("training", "validation", "test", "unlabelled"))
+    click.echo(f"{out}: {counts} ({payload['release']}, {payload['num_folds']} folds)")

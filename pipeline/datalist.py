@@ -14,7 +14,9 @@ A data list is a JSON file::
     }
 
 Image and label paths are relative to ``data_root``. An MSD entry has one 4D image path and
-``"channel_indices"``: the channel of each canonical modality inside that file.
+``"channel_indices"``: the channel of each canonical modality inside that file. An entry may
+carry its own ``"label_convention"`` (a data root that mixes releases); it overrides the
+top-level one for that case.
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ class CaseRecord:
     channel_indices: tuple[int, ...] | None = None
     label_convention: str = "brats2017"
 
-    def to_entry(self, data_root: Path) -> dict:
-        """The JSON entry for this case, paths relative to ``data_root``."""
+    def to_entry(self, data_root: Path, default_convention: str | None = None) -> dict:
+        """The JSON entry for this case, paths relative to ``data_root``.
+
+        ``label_convention`` is written on the entry when it differs from ``default_convention``
+        (the data list's top-level one); with no default it is left out.
+        """
         entry: dict = {"case_id": self.case_id, "image": [p.relative_to(data_root).as_posix() for p in self.images]}
         if self.label is not None:
             entry["label"] = self.label.relative_to(data_root).as_posix()
@@ -60,6 +66,8 @@ class CaseRecord:
             entry["fold"] = self.fold
         if self.channel_indices is not None:
             entry["channel_indices"] = list(self.channel_indices)
+        if default_convention is not None and self.label_convention != default_convention:
+            entry["label_convention"] = self.label_convention
         return entry
 
 
@@ -100,6 +108,16 @@ def _resolve_inside(data_root: Path, relative: object, where: Path, what: str) -
     return data_root / Path(*posix.parts)
 
 
+def _check_convention(name: object, source: Path, where: str) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(source, f"{where}label_convention must be a name, got {name!r}")
+    try:
+        get_convention(name)
+    except ValueError as err:
+        raise ConfigError(source, f"{where}{err}") from None
+    return name
+
+
 def load_datalist(path: str | Path) -> Datalist:
     """Read and check a data list; any problem is a one-line :class:`ConfigError` naming the file."""
     source = Path(path)
@@ -120,13 +138,15 @@ def load_datalist(path: str | Path) -> Datalist:
     if unknown:
         raise ConfigError(source, f"unknown split(s) {', '.join(unknown)}; a data list holds {', '.join(SPLITS)}")
     modalities = payload.get("modalities", list(MODALITIES))
-    if list(modalities) != list(MODALITIES):
+    if modalities != list(MODALITIES):
         raise ConfigError(source, f"modalities must be {list(MODALITIES)} (canonical order), got {modalities}")
-    convention = payload["label_convention"]
+    convention = _check_convention(payload["label_convention"], source, "")
+    if not isinstance(payload["data_root"], str) or not payload["data_root"]:
+        raise ConfigError(source, f"data_root must be a path string, got {payload['data_root']!r}")
     try:
-        get_convention(convention)
-    except ValueError as err:
-        raise ConfigError(source, str(err)) from None
+        num_folds = int(payload.get("num_folds", 1) or 1)
+    except (TypeError, ValueError):
+        raise ConfigError(source, f"num_folds must be an integer, got {payload.get('num_folds')!r}") from None
     data_root = Path(payload["data_root"])
     if not data_root.is_absolute():
         data_root = (source.resolve().parent / data_root).resolve()
@@ -155,15 +175,28 @@ def load_datalist(path: str | Path) -> Datalist:
             expected = 1 if channel_indices is not None else len(MODALITIES)
             if len(images) != expected:
                 raise ConfigError(source, f"{where} ({case_id}): expected {expected} image path(s), got {len(images)}")
+            if channel_indices is not None and (
+                not isinstance(channel_indices, list)
+                or len(channel_indices) != len(MODALITIES)
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in channel_indices)
+            ):
+                raise ConfigError(source, f"{where} ({case_id}): channel_indices must be {len(MODALITIES)} channel numbers, got {channel_indices!r}")
+            fold = entry.get("fold")
+            if fold is not None and (not isinstance(fold, int) or isinstance(fold, bool)):
+                raise ConfigError(source, f"{where} ({case_id}): fold must be an integer, got {fold!r}")
+            label = entry.get("label")
+            has_label = split != "unlabelled" or label is not None
             parsed.append(
                 CaseRecord(
                     case_id=case_id,
                     images=tuple(_resolve_inside(data_root, p, source, f"{where} ({case_id}) image") for p in images),
-                    label=_resolve_inside(data_root, entry["label"], source, f"{where} ({case_id}) label") if entry.get("label") else None,
+                    label=_resolve_inside(data_root, label, source, f"{where} ({case_id}) label") if has_label else None,
                     split=split,
-                    fold=entry.get("fold"),
+                    fold=fold,
                     channel_indices=tuple(channel_indices) if channel_indices is not None else None,
-                    label_convention=convention,
+                    label_convention=_check_convention(entry["label_convention"], source, f"{where} ({case_id}): ")
+                    if "label_convention" in entry
+                    else convention,
                 )
             )
         records[split] = tuple(parsed)
@@ -173,6 +206,6 @@ def load_datalist(path: str | Path) -> Datalist:
         label_convention=convention,
         records=records,
         sha256=hashlib.sha256(raw_bytes).hexdigest(),
-        num_folds=int(payload.get("num_folds", 1) or 1),
+        num_folds=num_folds,
         name=str(payload.get("name", "")),
     )

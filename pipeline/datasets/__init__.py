@@ -1,0 +1,23 @@
+"""Release layouts -> validated case records.
+
+:func:`discover` lists the cases of a data root (BraTS 2017-2021, 2023+ sub-challenges, MSD
+Task01, or a mix), :func:`discover_case` reads one case for inference, and
+:func:`validate_case` checks every file of a case.
+"""
+
+from pipeline.datasets.brats import RELEASES, Release, identify_release
+from pipeline.datasets.discovery import MIXED_RELEASE, DiscoveredDataset, discover, discover_case
+from pipeline.datasets.validation import AFFINE_TOLERANCE_MM, validate_case, validate_cases
+
+__all__ = [
+    "AFFINE_TOLERANCE_MM",
+    "MIXED_RELEASE",
+    "RELEASES",
+    "DiscoveredDataset",
+    "Release",
+    "discover",
+    "discover_case",
+    "identify_release",
+    "validate_case",
+    "validate_cases",
+]

@@ -1,0 +1,193 @@
+"""BraTS releases stored as one folder per case: how each names its cases and files.
+
+Covered: BraTS 2017, 2018, 2019 (``Brats17_*``, ``Brats18_*``, ``BraTS19_*``), 2020
+(``BraTS20_Training_NNN``, ``BraTS20_Validation_NNN``), 2021 (``BraTS2021_NNNNN``), all with
+``<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``, and BraTS 2023+ (``BraTS-{GLI,MEN,MET,SSA,PED}-NNNNN-NNN``
+with ``<case>-{t1n,t1c,t2w,t2f,seg}.nii[.gz]``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.datalist import CaseRecord
+from pipeline.modalities import BRATS2023_SUFFIXES, MODALITIES
+
+#: NIfTI file endings the releases use (mirrors often ship uncompressed ``.nii``).
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+
+_LEGACY_SUFFIXES: dict[str, str] = {modality: modality for modality in MODALITIES}
+
+
+@dataclass(frozen=True)
+class Release:
+    """One BraTS release (or sub-challenge) that stores a folder per case.
+
+    Args:
+        name: the release recorded in data lists (``brats2021``, ``brats2023-gli``, ...).
+        case_pattern: a full match of this release's case folder names.
+        separator: what joins the case id and the modality suffix in file names.
+        suffixes: canonical modality -> this release's file suffix.
+        label_convention: the :mod:`pipeline.labels` convention of its segmentations.
+        seg_aliases: known misnamed segmentation files (exact file names) found in public mirrors.
+        refused_seg_reason: when set, a segmentation of this release is refused with this reason.
+    """
+
+    name: str
+    case_pattern: re.Pattern[str]
+    separator: str
+    suffixes: dict[str, str]
+    label_convention: str
+    seg_aliases: tuple[str, ...] = ()
+    refused_seg_reason: str | None = None
+
+    def file_stem(self, case_id: str, suffix: str) -> str:
+        """The file name of one modality (or ``seg``) without its NIfTI ending."""
+        return f"{case_id}{self.separator}{suffix}"
+
+
+def _brats2023(sub_challenge: str, refused_seg_reason: str | None = None) -> Release:
+    return Release(
+        name=f"brats2023-{sub_challenge.lower()}",
+        case_pattern=re.compile(rf"BraTS-{sub_challenge}-\d{{5}}-\d{{3}}"),
+        separator="-",
+        suffixes=dict(BRATS2023_SUFFIXES),
+        label_convention="brats2023",
+        refused_seg_reason=refused_seg_reason,
+    )
+
+
+#: Every folder-per-case release, checked in this order (the case patterns do not overlap).
+RELEASES: tuple[Release, ...] = (
+    Release("brats2017", re.compile(r"Brats17_[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*"), "_", _LEGACY_SUFFIXES, "brats2017"),
+    Release("brats2018", re.compile(r"Brats18_[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*"), "_", _LEGACY_SUFFIXES, "brats2017"),
+    Release("brats2019", re.compile(r"BraTS19_[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*"), "_", _LEGACY_SUFFIXES, "brats2017"),
+    Release(
+        "brats2020",
+        re.compile(r"BraTS20_(?:Training|Validation|Testing)_\d{3}"),
+        "_",
+        _LEGACY_SUFFIXES,
+        "brats2017",
+        # Case 355 of the training set ships its segmentation under this name in a widely used mirror.
+        seg_aliases=("W39_1998.09.19_Segm.nii", "W39_1998.09.19_Segm.nii.gz"),
+    ),
+    Release("brats2021", re.compile(r"BraTS2021_\d{5}"), "_", _LEGACY_SUFFIXES, "brats2017"),
+    _brats2023("GLI"),
+    _brats2023("MEN"),
+    _brats2023("MET"),
+    _brats2023("SSA"),
+    _brats2023(
+        "PED",
+        refused_seg_reason="BraTS-PED segmentations are not read: the 2023 release labels them like GLI "
+        "(1 NETC, 2 SNFH, 3 ET) but 2024 uses 1 ET, 2 NETC, 3 CC, 4 ED, and the file names do not say which",
+    ),
+)
+
+
+def identify_release(case_id: str) -> Release | None:
+    """The release whose case naming ``case_id`` follows, or None."""
+    for release in RELEASES:
+        if release.case_pattern.fullmatch(case_id):
+            return release
+    return None
+
+
+@dataclass
+class FolderCase:
+    """A case folder read from disk: its record, and what was noticed while reading it.
+
+    ``warnings`` are informational lines; ``problems`` are lines that make the case unusable.
+    Both name a file or folder and the reason.
+    """
+
+    record: CaseRecord
+    release: Release
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _nifti_stem(name: str) -> str | None:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def read_case_folder(folder: Path, release: Release, case_id: str | None = None) -> FolderCase:
+    """Find the four modalities and the segmentation of one case folder.
+
+    A missing modality is given its expected ``.nii.gz`` path (validation reports it missing);
+    a missing segmentation makes the case unlabelled. Files that belong to no modality are
+    warnings; a modality present both as ``.nii`` and ``.nii.gz`` is a problem.
+
+    Args:
+        folder: the case folder.
+        release: the release whose file naming the folder follows.
+        case_id: the case id in the file names (default: the folder name).
+    """
+    case_id = case_id or folder.name
+    wanted = {release.file_stem(case_id, suffix): modality for modality, suffix in release.suffixes.items()}
+    wanted[release.file_stem(case_id, "seg")] = "seg"
+    found: dict[str, list[Path]] = {}
+    extra: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        stem = _nifti_stem(entry.name)
+        if entry.is_file() and stem in wanted:
+            found.setdefault(wanted[stem], []).append(entry)
+        else:
+            extra.append(entry)
+
+    warnings: list[str] = []
+    problems: list[str] = []
+    for key, paths in found.items():
+        if len(paths) > 1:
+            problems.append(f"{paths[0]}: {key} is present twice ({', '.join(p.name for p in paths)}); keep one")
+
+    seg = found.get("seg", [None])[0]
+    if seg is None:
+        for alias in release.seg_aliases:
+            if folder.joinpath(alias).is_file():
+                seg = folder / alias
+                extra = [p for p in extra if p != seg]
+                warnings.append(f"{seg}: misnamed segmentation of {case_id} (a known naming error in {release.name} mirrors); used as its seg")
+                break
+    for path in extra:
+        warnings.append(f"{path}: not one of {case_id}'s modality or seg files; ignored")
+    if seg is not None and release.refused_seg_reason:
+        problems.append(f"{seg}: {release.refused_seg_reason}")
+
+    images = tuple(
+        found[modality][0] if modality in found else folder / f"{release.file_stem(case_id, release.suffixes[modality])}{NIFTI_SUFFIXES[0]}"
+        for modality in MODALITIES
+    )
+    record = CaseRecord(
+        case_id=case_id,
+        images=images,
+        label=seg,
+        split="all" if seg is not None else "unlabelled",
+        label_convention=release.label_convention,
+    )
+    return FolderCase(record=record, release=release, warnings=warnings, problems=problems)
+
+
+def find_case_prefix(folder: Path) -> tuple[str, Release] | None:
+    """Identify a case folder that is not named after its case (e.g. ``new_case/``) from its files.
+
+    Returns the case id used in the file names and the release whose naming they follow (the
+    release matched by that id, else BraTS 2021 for ``_flair``-style names or BraTS 2023 GLI
+    for ``-t2f``-style names), or None when no single case's four modalities are there.
+    """
+    styles = [release for release in RELEASES if release.name in ("brats2021", "brats2023-gli")]
+    names = {stem for stem in (_nifti_stem(p.name) for p in folder.iterdir() if p.is_file()) if stem}
+    candidates: list[tuple[str, Release]] = []
+    for style in styles:
+        flair_ending = style.separator + style.suffixes["flair"]
+        for stem in sorted(names):
+            prefix = stem[: -len(flair_ending)]
+            if not stem.endswith(flair_ending) or not all(style.file_stem(prefix, s) in names for s in style.suffixes.values()):
+                continue
+            release = identify_release(prefix)
+            candidates.append((prefix, release if release is not None and release.separator == style.separator else style))
+    return candidates[0] if len(candidates) == 1 else None

@@ -1,0 +1,180 @@
+"""Finding the cases of a data root, whatever release (or mix of releases) it holds.
+
+Each case is recognised on its own, from its folder name (BraTS releases) or from the Decathlon
+task layout it sits in, and carries its own release's label convention. A folder that mixes
+releases (say a BraTS 2021 case, a BraTS 2018 case and a BraTS 2023 case) is therefore read
+case by case; its data list records the most common convention at the top level and the
+others on their entries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.datalist import CaseRecord
+from pipeline.datasets import msd
+from pipeline.datasets.brats import find_case_prefix, identify_release, read_case_folder
+from pipeline.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: How many levels of grouping folders (``HGG/``, ``LGG/``, ``MICCAI_BraTS2020_TrainingData/``) are searched.
+MAX_GROUPING_DEPTH = 2
+
+#: The release recorded when a data root holds cases of several releases.
+MIXED_RELEASE = "mixed"
+
+_EXPECTED = "case folders such as BraTS2021_00000, BraTS20_Training_001, Brats18_2013_2_1 or BraTS-GLI-00000-000, or an MSD Task01 folder (dataset.json, imagesTr/)"
+
+
+@dataclass
+class DiscoveredDataset:
+    """The cases found under a data root, before validation.
+
+    Attributes:
+        release: the release of every case, or ``"mixed"``.
+        label_convention: the convention of every case, or (mixed roots) the most common one.
+        records: one record per case, sorted by case id; each carries its own ``label_convention``.
+        warnings: ``<path>: <reason>`` lines about files that were ignored or guessed.
+        problems: ``<path>: <reason>`` lines found while listing, by case id (such a case is bad).
+        releases: the release of each case, by case id.
+    """
+
+    release: str
+    label_convention: str
+    records: list[CaseRecord]
+    warnings: list[str] = field(default_factory=list)
+    problems: dict[str, list[str]] = field(default_factory=dict)
+    releases: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Found:
+    records: list[tuple[CaseRecord, str]] = field(default_factory=list)  # (record, release name)
+    warnings: list[str] = field(default_factory=list)
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _scan(folder: Path, depth: int, found: _Found) -> int:
+    """Collect the cases under ``folder``; returns how many were found."""
+    if msd.is_msd_root(folder):
+        cases = msd.discover_msd(folder)
+        found.records += [(record, msd.RELEASE) for record in cases.records]
+        found.warnings += cases.warnings
+        for case_id, lines in cases.problems.items():
+            found.problems.setdefault(case_id, []).extend(lines)
+        return len(cases.records)
+    count = 0
+    hidden = 0
+    stray: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            hidden += 1
+            continue
+        release = identify_release(entry.name) if entry.is_dir() else None
+        if release is not None:
+            case = read_case_folder(entry, release)
+            found.records.append((case.record, release.name))
+            found.warnings += case.warnings
+            if case.problems:
+                found.problems.setdefault(case.record.case_id, []).extend(case.problems)
+            count += 1
+        elif entry.is_dir() and depth < MAX_GROUPING_DEPTH:
+            inside = _scan(entry, depth + 1, found)
+            if not inside:
+                found.warnings.append(f"{entry}: holds no recognisable case; ignored")
+            count += inside
+        else:
+            stray.append(entry)
+    if depth == 0 or count:  # a grouping folder without cases is reported once, by its parent
+        found.warnings += [f"{entry}: not a case {'folder' if entry.is_dir() else 'file'}; ignored" for entry in stray]
+        if hidden:
+            found.warnings.append(f"{folder}: {hidden} hidden file(s) or folder(s) ignored")
+    return count
+
+
+def discover(data_root: str | Path) -> DiscoveredDataset:
+    """Find every case under ``data_root`` and the release each belongs to.
+
+    Recognised: BraTS 2017-2021 and 2023+ case folders (directly under the root or inside up to
+    two grouping folders such as ``HGG/``/``LGG/``) and MSD Task01 folders. Nothing is read
+    beyond file names and ``dataset.json``; :func:`pipeline.datasets.validate_case` checks the
+    files.
+
+    Raises:
+        InputError: if the root is missing, empty or holds no recognisable case, or if a case id
+            appears twice.
+    """
+    root = Path(data_root).resolve()
+    if not root.is_dir():
+        raise InputError(data_root, "data root not found" if not root.exists() else "data root is not a folder")
+    if not any(root.iterdir()):
+        raise InputError(data_root, "data root is empty")
+    found = _Found()
+    _scan(root, 0, found)
+    if not found.records:
+        raise InputError(data_root, f"no recognisable case found; expected {_EXPECTED}")
+
+    first_seen: dict[str, CaseRecord] = {}
+    for record, _ in found.records:
+        if record.case_id in first_seen:
+            first = first_seen[record.case_id]
+            raise InputError(_case_location(record), f"case id {record.case_id} appears twice (also at {_case_location(first)})")
+        first_seen[record.case_id] = record
+
+    ordered = sorted(found.records, key=lambda pair: pair[0].case_id)
+    releases = {record.case_id: release for record, release in ordered}
+    release_counts = Counter(releases.values())
+    convention_counts = Counter(record.label_convention for record, _ in ordered)
+    if len(release_counts) > 1:
+        summary = ", ".join(f"{name}: {count}" for name, count in sorted(release_counts.items()))
+        found.warnings.append(f"{root}: cases of several releases ({summary}); each case keeps its own label convention")
+    return DiscoveredDataset(
+        release=next(iter(release_counts)) if len(release_counts) == 1 else MIXED_RELEASE,
+        # most common convention; ties go to the alphabetically first name, so the choice is stable
+        label_convention=min(convention_counts, key=lambda name: (-convention_counts[name], name)),
+        records=[record for record, _ in ordered],
+        warnings=found.warnings,
+        problems=found.problems,
+        releases=releases,
+    )
+
+
+def _case_location(record: CaseRecord) -> Path:
+    return record.images[0] if record.channel_indices is not None else record.images[0].parent
+
+
+def discover_case(path: str | Path) -> CaseRecord:
+    """Read one case for inference: a case folder (any BraTS naming) or one MSD Task01 4D file.
+
+    A folder not named after its case (``new_case/``) is recognised from its file names.
+    Warnings are logged; problems found while listing raise.
+
+    Raises:
+        InputError: if the path is missing, not recognisable, or the case is ambiguous.
+    """
+    source = Path(path).resolve()
+    if source.is_file():
+        return msd.read_msd_file(source)
+    if not source.is_dir():
+        raise InputError(path, "input not found")
+    release = identify_release(source.name)
+    case_id = source.name
+    if release is None:
+        identified = find_case_prefix(source)
+        if identified is None:
+            raise InputError(
+                path,
+                "no single BraTS case found: expected <case>_{t1,t1ce,t2,flair}.nii.gz or <case>-{t1n,t1c,t2w,t2f}.nii.gz files",
+            )
+        case_id, release = identified
+    case = read_case_folder(source, release, case_id=case_id)
+    for line in case.warnings:
+        logger.warning("warning: %s", line)
+    if case.problems:
+        first = case.problems[0]
+        raise InputError(first.split(": ", 1)[0], first.split(": ", 1)[1])
+    return case.record

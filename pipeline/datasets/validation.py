@@ -1,0 +1,160 @@
+"""Checks of every file of a case before anything is built from it.
+
+A case is usable when all four modalities are there and readable, 3D (MSD: one 4D file with
+four channels), on one grid (same shape, affine within :data:`AFFINE_TOLERANCE_MM`), finite,
+no modality entirely zero, and its segmentation (if any) holds only its convention's labels.
+Each problem is one line, ``<file>: <reason>``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline.datalist import CaseRecord
+from pipeline.errors import InputError
+from pipeline.io import load_nifti, read_voxels
+from pipeline.labels import get_convention
+from pipeline.modalities import MODALITIES
+
+#: Largest difference (mm) between two affines' entries that still counts as the same grid.
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def _grid_problem(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...], affine: np.ndarray, reference: Path) -> str | None:
+    if tuple(image.shape[:3]) != shape:
+        return f"{path}: shape {tuple(image.shape[:3])} differs from {reference.name}'s {shape}"
+    if not np.allclose(image.affine, affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+        worst = float(np.max(np.abs(image.affine - affine)))
+        return f"{path}: affine differs from {reference.name}'s by up to {worst:.4g} mm (tolerance {AFFINE_TOLERANCE_MM} mm)"
+    return None
+
+
+def _intensity_problems(path: Path, voxels: np.ndarray, what: str = "image") -> list[str]:
+    non_finite = int(np.count_nonzero(~np.isfinite(voxels)))
+    if non_finite:
+        return [f"{path}: {what} has {non_finite} non-finite voxel(s) (NaN or infinity)"]
+    if not np.any(voxels):
+        return [f"{path}: {what} is entirely zero"]
+    return []
+
+
+def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_resection_cavity: bool) -> list[str]:
+    non_finite = int(np.count_nonzero(~np.isfinite(seg)))
+    if non_finite:
+        return [f"{path}: segmentation has {non_finite} non-finite voxel(s) (NaN or infinity)"]
+    # pandas.unique hashes instead of sorting: several times faster than np.unique on a full volume.
+    values = pd.unique(seg.ravel())
+    fractional = sorted(float(v) for v in values if v != np.round(v))
+    if fractional:
+        return [f"{path}: segmentation holds non-integer values {fractional[:5]}"]
+    convention = get_convention(convention_name)
+    unknown = convention.unknown_labels(values.astype(np.int64), allow_optional=allow_resection_cavity)
+    if not unknown:
+        return []
+    refused = [v for v in unknown if v in convention.optional_labels]
+    hint = ""
+    if refused:
+        hint = (
+            f"; label {refused[0]} ({convention.names.get(refused[0], 'optional')}, BraTS 2024 post-treatment) "
+            "is read only when mapping it to background is asked for (--map-resection-cavity)"
+        )
+    return [f"{path}: labels {unknown} are not in the {convention.name} convention {list(convention.labels)}{hint}"]
+
+
+def validate_case(record: CaseRecord, allow_resection_cavity: bool = False) -> list[str]:
+    """Check every file of one case; reads every voxel.
+
+    Args:
+        record: the case (four 3D images in canonical order, or one 4D image with
+            ``channel_indices``), with its label path or None.
+        allow_resection_cavity: accept the optional labels of the record's convention (the
+            BraTS 2024 resection cavity).
+
+    Returns:
+        One ``<file>: <reason>`` line per problem; empty when the case is usable.
+    """
+    is_4d = record.channel_indices is not None
+    problems: list[str] = []
+    reference: tuple[Path, tuple[int, ...], np.ndarray] | None = None
+    names = ["4D image"] if is_4d else [f"{m} image" for m in MODALITIES]
+    for path, name in zip(record.images, names):
+        if not path.is_file():
+            problems.append(f"{path}: {name} missing")
+            continue
+        try:
+            image = load_nifti(path)
+            if is_4d:
+                needed = len(record.channel_indices or ())
+                if image.ndim != 4 or image.shape[3] != needed:
+                    problems.append(f"{path}: expected a 4D image with {needed} channels, got shape {image.shape}")
+                    continue
+            elif image.ndim != 3:
+                problems.append(f"{path}: expected a 3D volume, got shape {image.shape}")
+                continue
+            if reference is None:
+                reference = (path, tuple(image.shape[:3]), image.affine)
+            else:
+                grid = _grid_problem(path, image, reference[1], reference[2], reference[0])
+                if grid:
+                    problems.append(grid)
+                    continue
+            voxels = read_voxels(image, path)
+        except InputError as err:
+            problems.append(str(err))
+            continue
+        if is_4d:
+            for modality, channel in zip(MODALITIES, record.channel_indices or ()):
+                problems += _intensity_problems(path, voxels[..., channel], f"channel {channel} ({modality})")
+        else:
+            problems += _intensity_problems(path, voxels)
+        del voxels
+
+    if record.label is not None:
+        path = record.label
+        try:
+            image = load_nifti(path)
+            if image.ndim != 3:
+                problems.append(f"{path}: expected a 3D segmentation, got shape {image.shape}")
+                return problems
+            grid = _grid_problem(path, image, reference[1], reference[2], reference[0]) if reference else None
+            if grid:
+                problems.append(grid)
+                return problems
+            seg = read_voxels(image, path)
+        except InputError as err:
+            problems.append(str(err))
+            return problems
+        problems += _label_problems(path, seg, record.label_convention, allow_resection_cavity)
+    return problems
+
+
+def validate_cases(
+    records: Sequence[CaseRecord], allow_resection_cavity: bool = False, workers: int = 1, progress: bool = True
+) -> dict[str, list[str]]:
+    """Run :func:`validate_case` over many cases, in a process pool when ``workers`` > 1.
+
+    Returns:
+        Problem lines by case id, for every case (an empty list for a usable one), in input order.
+    """
+    check = functools.partial(validate_case, allow_resection_cavity=allow_resection_cavity)
+    bar = tqdm(total=len(records), desc="validating cases", unit="case", disable=not progress)
+    results: dict[str, list[str]] = {}
+    with bar:
+        if workers <= 1 or len(records) <= 1:
+            for record in records:
+                results[record.case_id] = check(record)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, len(records))) as pool:
+                for record, problems in zip(records, pool.map(check, records)):
+                    results[record.case_id] = problems
+                    bar.update()
+    return results
