@@ -1,0 +1,112 @@
+"""Exact reorientation, cropping and their inverse (pipeline.geometry)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from nibabel.affines import apply_affine
+from nibabel.orientations import apply_orientation, io_orientation
+
+from pipeline.geometry import (
+    bounding_box,
+    box_slices,
+    cache_affine,
+    invert_orientation,
+    reorient_box,
+    reoriented_shape,
+    restore_to_original,
+    voxel_orientation,
+)
+
+
+def all_orientations() -> list[np.ndarray]:
+    """Every axis permutation with every combination of flips (48 voxel orders)."""
+    return [
+        np.array([[axis, flip] for axis, flip in zip(permutation, flips)])
+        for permutation in itertools.permutations(range(3))
+        for flips in itertools.product((1, -1), repeat=3)
+    ]
+
+
+def affine_of(ornt: np.ndarray, zooms=(1.0, 2.0, 3.0), offset=(5.0, -7.0, 11.0)) -> np.ndarray:
+    """An affine whose voxel axes point along the world axes ``ornt`` names."""
+    affine = np.zeros((4, 4))
+    for axis, (target, flip) in enumerate(ornt):
+        affine[target, axis] = flip * zooms[axis]
+    affine[:3, 3] = offset
+    affine[3, 3] = 1
+    return affine
+
+
+@pytest.mark.parametrize("ornt", all_orientations(), ids=lambda o: "".join(f"{a}{'+' if f > 0 else '-'}" for a, f in o))
+def test_orientation_and_box_round_trip(ornt: np.ndarray) -> None:
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 255, size=(5, 6, 7), dtype=np.uint8)
+    assert np.array_equal(voxel_orientation(affine_of(ornt)), ornt)
+    canonical = apply_orientation(source, ornt)
+    assert canonical.shape == reoriented_shape(source.shape, ornt)
+    assert np.array_equal(apply_orientation(canonical, invert_orientation(ornt)), source)
+    source_box = [[1, 4], [0, 5], [2, 7]]
+    mask = np.zeros(source.shape, dtype=bool)
+    mask[box_slices(source_box)] = True
+    canonical_box = reorient_box(source_box, source.shape, ornt)
+    assert canonical_box == bounding_box(apply_orientation(mask, ornt))
+    assert np.array_equal(canonical[box_slices(canonical_box)], apply_orientation(source[box_slices(source_box)], ornt))
+
+
+@pytest.mark.parametrize("ornt", all_orientations()[::5])
+def test_cache_affine_maps_cache_voxels_to_the_same_world_points(ornt: np.ndarray) -> None:
+    affine = affine_of(ornt)
+    shape = (5, 6, 7)
+    crop_box = [[1, 3], [2, 5], [0, 4]]
+    grid = cache_affine(affine, ornt, shape, crop_box)
+    assert np.array_equal(io_orientation(grid), [[0, 1], [1, 1], [2, 1]])  # cache grid is RAS
+    canonical_index = apply_orientation(np.indices(shape).transpose(1, 2, 3, 0), ornt)
+    cropped = canonical_index[box_slices(crop_box)].reshape(-1, 3)
+    cache_index = np.indices([high - low for low, high in crop_box]).reshape(3, -1).T
+    np.testing.assert_allclose(apply_affine(grid, cache_index), apply_affine(affine, cropped))
+
+
+def test_bounding_box_margin_is_clipped_to_the_grid() -> None:
+    mask = np.zeros((10, 8, 6), dtype=bool)
+    mask[1, 3, 2] = mask[4, 5, 3] = True
+    assert bounding_box(mask) == [[1, 5], [3, 6], [2, 4]]
+    assert bounding_box(mask, margin=2) == [[0, 7], [1, 8], [0, 6]]
+    with pytest.raises(ValueError, match="empty"):
+        bounding_box(np.zeros((3, 3, 3), dtype=bool))
+
+
+def test_degenerate_affine_is_refused() -> None:
+    affine = np.diag([1.0, 0.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="degenerate"):
+        voxel_orientation(affine)
+
+
+def _meta(ornt: np.ndarray, shape: tuple[int, int, int], source_box: list[list[int]]) -> dict:
+    crop_box = reorient_box(source_box, shape, ornt)
+    return {"orientation": ornt.tolist(), "canonical_shape": list(reoriented_shape(shape, ornt)), "crop_box": crop_box}
+
+
+def test_restore_pads_with_fill_and_keeps_leading_axes() -> None:
+    ornt = np.array([[2, -1], [0, 1], [1, -1]])
+    shape = (6, 5, 4)
+    source_box = [[1, 5], [0, 3], [1, 4]]
+    meta = _meta(ornt, shape, source_box)
+    rng = np.random.default_rng(1)
+    source = rng.random((2, *shape)).astype(np.float32)
+    canonical = np.stack([apply_orientation(channel, ornt)[box_slices(meta["crop_box"])] for channel in source])
+    on_cache_grid = np.moveaxis(canonical, -1, -3)  # (2, Z, X, Y)
+    restored = restore_to_original(on_cache_grid, meta, fill=-1)
+    assert restored.shape == source.shape and restored.dtype == np.float32 and restored.flags.c_contiguous
+    inside = np.zeros(shape, dtype=bool)
+    inside[box_slices(source_box)] = True
+    assert np.array_equal(restored[:, inside], source[:, inside])
+    assert np.all(restored[:, ~inside] == -1)
+
+
+def test_restore_refuses_an_array_of_another_grid() -> None:
+    meta = _meta(np.array([[0, 1], [1, 1], [2, 1]]), (4, 4, 4), [[0, 2], [0, 3], [0, 4]])
+    with pytest.raises(ValueError, match="Z, X, Y"):
+        restore_to_original(np.zeros((2, 3, 4)), meta)
