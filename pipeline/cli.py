@@ -90,11 +90,22 @@ def preprocess(
 @click.option("--test-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="Share of labelled cases held out as the test set.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the patient shuffle.")
 @click.option("--skip-bad", is_flag=True, help="Leave bad cases out (listed as warnings) instead of failing.")
-@click.option("--map-resection-cavity", is_flag=True, help="Accept BraTS 2024 label 4 (resection cavity), mapped to background.")
+@click.option(
+    "--map-resection-cavity", "--allow-resection-cavity", is_flag=True, help="Accept BraTS 2024 label 4 (resection cavity), mapped to background."
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes validating cases in parallel.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors
 def datalist(
-    data_root: Path, out: Path, folds: int, test_fraction: float, seed: int, skip_bad: bool, map_resection_cavity: bool, workers: int
+    data_root: Path,
+    out: Path,
+    folds: int,
+    test_fraction: float,
+    seed: int,
+    skip_bad: bool,
+    map_resection_cavity: bool,
+    workers: int,
+    no_progress: bool,
 ) -> None:
     """Discover and validate every case of a release and write patient-level folds.
 
@@ -111,7 +122,54 @@ def datalist(
         seed=seed,
         skip_bad=skip_bad,
         allow_resection_cavity=map_resection_cavity,
+        progress=not no_progress,
         workers=workers,
     )
     counts = ", ".join(f"{len(payload[split])} {split}" for split in ("training", "validation", "test", "unlabelled"))
     click.echo(f"{out}: {counts} ({payload['release']}, {payload['num_folds']} folds)")
+
+
+@main.command()
+@click.option("--datalist", "datalist_path", required=True, type=_EXISTING, help="Data list JSON (brats-pipeline datalist).")
+@click.option("--cache", "cache_dir", required=True, type=_EXISTING, help="Its preprocessed cache (brats-pipeline preprocess).")
+@click.option("--mode", required=True, type=click.Choice(["2d", "2.5d", "3d"]), help="Slices, slice stacks or 3D patches.")
+@click.option("--epochs", required=True, type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--out", required=True, type=_PATH, help="Run directory (config, provenance, checkpoints, logs).")
+@click.option("--fold", default=0, show_default=True, type=click.IntRange(min=0), help="Cross-validation fold whose cases validate.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/models/latest.pt.")
+@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]), help="Where to train.")
+@click.option("--config", "config_files", multiple=True, type=_EXISTING, help="Bundle override file merged after train.yaml (repeatable), e.g. configs/gpu_train.yaml.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any bundle key, e.g. --set batch_size=32 (repeatable).")
+@_reports_errors
+def train(
+    datalist_path: Path,
+    cache_dir: Path,
+    mode: str,
+    epochs: int,
+    out: Path,
+    fold: int,
+    resume: bool,
+    device: str,
+    config_files: tuple[Path, ...],
+    settings: tuple[str, ...],
+) -> None:
+    """Train a segmentation network with the bundle's configs/train.yaml.
+
+    The same run as `python -m monai.bundle run training --config_file
+    bundles/brats_segmentation/configs/train.yaml`, with these options filled in.
+    """
+    from pipeline.training import parse_overrides, train as run_training
+
+    run_dir = run_training(
+        datalist=datalist_path,
+        cache_dir=cache_dir,
+        out=out,
+        mode=mode,
+        epochs=epochs,
+        fold=fold,
+        resume=resume,
+        device=device,
+        config_files=config_files,
+        overrides=parse_overrides(settings),
+    )
+    click.echo(f"run directory: {run_dir} (best weights: {run_dir / 'models' / 'model.pt'})")

@@ -9,6 +9,7 @@ Each problem is one line, ``<file>: <reason>``.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -26,6 +27,11 @@ from pipeline.modalities import MODALITIES
 
 #: Largest difference (mm) between two affines' entries that still counts as the same grid.
 AFFINE_TOLERANCE_MM = 1e-3
+
+
+def _one_line(err: InputError) -> str:
+    # library messages (nibabel, gzip) sometimes span lines; a problem is always one line
+    return re.sub(r"\s*\n\s*", " ", str(err))
 
 
 def _grid_problem(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...], affine: np.ndarray, reference: Path) -> str | None:
@@ -63,8 +69,8 @@ def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_res
     hint = ""
     if refused:
         hint = (
-            f"; label {refused[0]} ({convention.names.get(refused[0], 'optional')}, BraTS 2024 post-treatment) "
-            "is read only when mapping it to background is asked for (--map-resection-cavity)"
+            f"; label {refused[0]} (the BraTS 2024 resection cavity) is read only when mapping it to "
+            "background is asked for (--map-resection-cavity)"
         )
     return [f"{path}: labels {unknown} are not in the {convention.name} convention {list(convention.labels)}{hint}"]
 
@@ -108,7 +114,7 @@ def validate_case(record: CaseRecord, allow_resection_cavity: bool = False) -> l
                     continue
             voxels = read_voxels(image, path)
         except InputError as err:
-            problems.append(str(err))
+            problems.append(_one_line(err))
             continue
         if is_4d:
             for modality, channel in zip(MODALITIES, record.channel_indices or ()):
@@ -130,7 +136,7 @@ def validate_case(record: CaseRecord, allow_resection_cavity: bool = False) -> l
                 return problems
             seg = read_voxels(image, path)
         except InputError as err:
-            problems.append(str(err))
+            problems.append(_one_line(err))
             return problems
         problems += _label_problems(path, seg, record.label_convention, allow_resection_cavity)
     return problems
