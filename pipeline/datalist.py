@@ -38,6 +38,7 @@ SPLITS: tuple[str, ...] = ("training", "validation", "test", "unlabelled")
 SPLIT_CHOICES: tuple[str, ...] = ("training", "validation", "test", "unlabelled", "all")
 
 _REQUIRED_KEYS = ("data_root", "label_convention", "training", "validation", "test")
+_SETTING_KEYS = ("name", "release", "label_convention", "data_root", "modalities", "num_folds", "seed", "test_fraction")
 _SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -134,7 +135,7 @@ def load_datalist(path: str | Path) -> Datalist:
     missing = [key for key in _REQUIRED_KEYS if key not in payload]
     if missing:
         raise ConfigError(source, f"data list is missing key(s): {', '.join(missing)}")
-    unknown = [key for key, value in payload.items() if isinstance(value, list) and key not in SPLITS and key != "modalities"]
+    unknown = [key for key, value in payload.items() if isinstance(value, list) and key not in SPLITS and key not in _SETTING_KEYS]
     if unknown:
         raise ConfigError(source, f"unknown split(s) {', '.join(unknown)}; a data list holds {', '.join(SPLITS)}")
     modalities = payload.get("modalities", list(MODALITIES))
