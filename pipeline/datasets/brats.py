@@ -133,6 +133,8 @@ def read_case_folder(folder: Path, release: Release, case_id: str | None = None)
     found: dict[str, list[Path]] = {}
     extra: list[Path] = []
     for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue  # operating-system metadata (.DS_Store, ._* resource forks), never case data
         stem = _nifti_stem(entry.name)
         if entry.is_file() and stem in wanted:
             found.setdefault(wanted[stem], []).append(entry)

@@ -116,7 +116,8 @@ def discover(data_root: str | Path) -> DiscoveredDataset:
     found = _Found()
     _scan(root, 0, found)
     if not found.records:
-        raise InputError(data_root, f"no recognisable case found; expected {_EXPECTED}")
+        hint = "; this looks like one case folder: pass the folder that holds the cases" if identify_release(root.name) else ""
+        raise InputError(data_root, f"no recognisable case found; expected {_EXPECTED}{hint}")
 
     first_seen: dict[str, CaseRecord] = {}
     for record, _ in found.records:

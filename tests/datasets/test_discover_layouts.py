@@ -132,6 +132,7 @@ def test_msd_without_dataset_json_is_an_error(tmp_path, cases):
 def test_unknown_extra_files_are_warnings_only(legacy_root):
     (legacy_root / "name_mapping.csv").write_text("a,b\n")
     (legacy_root / "BraTS2021_00003" / "notes.txt").write_text("x")
+    (legacy_root / "BraTS2021_00003" / ".DS_Store").write_text("x")  # operating-system metadata: not even a warning
     (legacy_root / "docs").mkdir()
     (legacy_root / "docs" / "readme.md").write_text("x")
     dataset = discover(legacy_root)
@@ -183,6 +184,12 @@ def test_empty_missing_and_unrecognisable_roots_are_clear_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="data root is not a folder"):
         discover(tmp_path / "file")
+
+
+def test_a_single_case_folder_as_data_root_gets_a_hint(tmp_path, cases):
+    folder = cases.legacy(tmp_path, "BraTS2021_00001")
+    with pytest.raises(InputError, match="this looks like one case folder: pass the folder that holds the cases"):
+        discover(folder)
 
 
 def test_a_mixed_root_is_read_case_by_case(tmp_path, cases):
