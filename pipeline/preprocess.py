@@ -263,13 +263,14 @@ def _read_case(record: CaseRecord) -> tuple[list[np.ndarray], np.ndarray | None,
 def _to_internal_labels(label: np.ndarray, record: CaseRecord, allow_resection_cavity: bool) -> np.ndarray:
     """Map a (cropped) label volume to internal labels through a look-up table of the values it holds."""
     convention = get_convention(record.label_convention)
+    label = np.ascontiguousarray(label)
     if label.dtype.kind == "b":
         label = label.view(np.uint8)
     integer = label.dtype.kind in "iu" and label.dtype.itemsize <= 2
     if integer:
         # np.unique sorts every voxel; counting the values of a small integer type is one pass.
         as_index = label.view(label.dtype.str.replace("i", "u"))
-        values = np.flatnonzero(np.bincount(as_index.ravel(order="K"), minlength=1)).astype(as_index.dtype).view(label.dtype)
+        values = np.flatnonzero(np.bincount(as_index.ravel(), minlength=1)).astype(as_index.dtype).view(label.dtype)
     else:
         values = np.unique(label)
         if not np.array_equal(values, np.round(values)):
@@ -281,7 +282,7 @@ def _to_internal_labels(label: np.ndarray, record: CaseRecord, allow_resection_c
     if integer:
         table = np.zeros(1 << (8 * label.dtype.itemsize), dtype=np.uint8)
         table[values.view(as_index.dtype)] = mapped
-        return table[as_index]
+        return np.take(table, as_index)
     return mapped[np.searchsorted(values, label)]
 
 
