@@ -1,0 +1,47 @@
+"""Internal labels to BraTS region channels (TC, WT, ET), for region-based (sigmoid) training."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+
+from pipeline.labels import labels_to_regions
+
+
+class LabelsToRegions(Transform):
+    """Turn a one-channel internal label map ``(1, ...)`` into three channels TC, WT, ET ``(3, ...)``.
+
+    The conversion is :func:`pipeline.labels.labels_to_regions`; the output keeps the input's
+    array type (numpy or torch, device included) and is uint8.
+    """
+
+    def __call__(self, label: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        if label.shape[0] != 1:
+            raise ValueError(f"expected a one-channel label map (1, ...), got shape {tuple(label.shape)}")
+        if isinstance(label, torch.Tensor):
+            return torch.as_tensor(labels_to_regions(label[0].cpu().numpy()), device=label.device)
+        return labels_to_regions(np.asarray(label)[0])
+
+
+class LabelsToRegionsd(MapTransform):
+    """Dictionary wrapper of :class:`LabelsToRegions`.
+
+    Args:
+        keys: keys of the label maps to convert.
+        allow_missing_keys: do not raise if a key is absent.
+    """
+
+    def __init__(self, keys: KeysCollection = "label", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = LabelsToRegions()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
