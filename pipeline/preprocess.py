@@ -128,6 +128,18 @@ class PreprocessSummary:
 # ----------------------------------------------------------------------------- reading
 
 
+class _ImageBuffer:
+    """A SimpleITK image's voxel buffer as a NumPy array that keeps the image alive.
+
+    ``sitk.GetArrayFromImage`` copies every volume; ``GetArrayViewFromImage`` does not, but its
+    array dangles once the image is freed. An array made from this object holds it (``.base``).
+    """
+
+    def __init__(self, image: sitk.Image) -> None:
+        self.image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
+
+
 def _read_with_simpleitk(path: Path, image: nib.Nifti1Image) -> np.ndarray | None:
     """Voxels decompressed by SimpleITK in nibabel's (i, j, k) order, or None where they might differ from nibabel's.
 
@@ -156,7 +168,7 @@ def _read_with_simpleitk(path: Path, image: nib.Nifti1Image) -> np.ndarray | Non
                 prefix = handle.read(offset)
         elif os.path.getsize(path) < expected_size:
             return None
-        voxels = sitk.GetArrayFromImage(sitk.ReadImage(str(path), imageIO="NiftiImageIO"))
+        voxels = np.asarray(_ImageBuffer(sitk.ReadImage(str(path), imageIO="NiftiImageIO")))
     except (OSError, EOFError, RuntimeError, zlib.error):  # nibabel then reads it or names the problem
         return None
     if voxels.T.shape != image.shape or voxels.dtype != stored:

@@ -484,3 +484,17 @@ def test_real_cases_through_a_datalist(real_brats_dir: Path, tmp_path: Path) -> 
     assert cached.label is None and cached.image.shape[1] == 4
     assert cached.meta["original"]["shape"] == [240, 240, 155]
     assert cached.meta["orientation"] == [[0, -1], [1, -1], [2, 1]]  # L-P-S storage flipped to R-A-S
+
+
+def test_synthetic_cohort_cache(tiny_cache: Path) -> None:
+    index = json.loads((tiny_cache / "cache.json").read_text())
+    assert len(index["cases"]) == 8
+    for case_id in index["cases"]:
+        cached = load_cached_case(tiny_cache, case_id)
+        meta = cached.meta
+        assert cached.image.dtype == np.float16 and list(cached.image.shape) == meta["shape"]
+        assert meta["orientation"] == [[0, -1], [1, -1], [2, 1]]  # the cohort is stored L-P-S like BraTS
+        seg = np.asarray(nib.load(meta["source"]["label"]).dataobj)
+        convention = get_convention(meta["label_convention"])
+        assert np.array_equal(convention.from_internal(restore_to_original(cached.label, meta)), seg)
+        assert sum(meta["foreground_per_slice"]) == np.count_nonzero(seg)
