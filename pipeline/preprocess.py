@@ -339,8 +339,11 @@ def _normalise_channel(volume: np.ndarray, out: np.ndarray) -> tuple[float, floa
     return mean, std, count
 
 
-def _header_b64(image: nib.Nifti1Image) -> str:
-    return base64.b64encode(image.header.binaryblock).decode("ascii")
+def _file_header_b64(path: Path, image: nib.Nifti1Image) -> str:
+    """The header exactly as stored in the file, base64 (``image.header`` has vox_offset and scaling reset)."""
+    with nib.openers.ImageOpener(path) as handle:
+        header = type(image.header).from_fileobj(handle, check=False)
+    return base64.b64encode(header.binaryblock).decode("ascii")
 
 
 def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -410,7 +413,7 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> t
             "zooms": [float(z) for z in header.get_zooms()[:3]],
             "dtype": header.get_data_dtype().name,
             "label_dtype": raw_label.dtype.name if raw_label is not None else None,
-            "header": _header_b64(reference),
+            "header": _file_header_b64(record.images[0], reference),
             "header_source": str(record.images[0]),
         },
         "orientation": ornt.tolist(),
@@ -551,8 +554,9 @@ def preprocess_datalist(
         raise ConfigError("--splits", f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}")
     records = [record for split in SPLITS if split in selected for record in loaded.records[split]]
 
-    skipped = [r.case_id for r in records if _is_cached(r, cache / r.case_id, margin, allow_resection_cavity)]
-    todo = [r for r in records if r.case_id not in set(skipped)]
+    cached = {r.case_id for r in records if _is_cached(r, cache / r.case_id, margin, allow_resection_cavity)}
+    skipped = [r.case_id for r in records if r.case_id in cached]
+    todo = [r for r in records if r.case_id not in cached]
     bar = tqdm(total=len(records), initial=len(skipped), desc="preprocess", unit="case", disable=not progress)
     try:
         if workers == 1 or len(todo) <= 1:

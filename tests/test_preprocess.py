@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 from pathlib import Path
@@ -168,10 +170,10 @@ def test_spacing_and_header_are_recorded(tmp_path: Path) -> None:
     assert meta["original"]["shape"] == list(SHAPE)
     np.testing.assert_array_equal(meta["original"]["affine"], reference.affine)
     assert meta["original"]["sform_code"] == 1 and meta["original"]["qform_code"] == 1
-    import base64
-
-    header = nib.Nifti1Header(base64.b64decode(meta["original"]["header"]))
-    np.testing.assert_array_equal(header.get_best_affine(), reference.header.get_best_affine())
+    stored = base64.b64decode(meta["original"]["header"])
+    with gzip.open(record.images[0]) as handle:
+        assert stored == handle.read(348)  # the file's own header, byte for byte
+    np.testing.assert_array_equal(nib.Nifti1Header(stored).get_best_affine(), reference.header.get_best_affine())
     assert meta["canonical_shape"] == [SHAPE[1], SHAPE[2], SHAPE[0]]
 
 
