@@ -1,0 +1,344 @@
+"""Ignite event handlers the training bundle adds to MONAI's: checkpoints, resume, sampler epochs, clipping, progress, overlays.
+
+Each handler follows MONAI's handler pattern: configured in ``__init__``, connected to an engine
+by ``attach(engine)``, so the bundle configs list them next to MONAI's own handlers.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+from tqdm.auto import tqdm
+
+from pipeline.errors import ConfigError
+from pipeline.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+LATEST = "latest.pt"
+BEST = "model.pt"
+
+
+def is_rank_zero() -> bool:
+    """True outside distributed training and on rank 0 within it."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside ``DistributedDataParallel`` or ``torch.compile`` wrappers."""
+    for attribute in ("module", "_orig_mod"):
+        inner = getattr(network, attribute, None)
+        if isinstance(inner, torch.nn.Module):
+            return unwrap(inner)
+    return network
+
+
+def rng_state() -> dict[str, Any]:
+    """The Python, NumPy and torch random states, in tensors and plain types that ``weights_only`` loading accepts."""
+    py_version, py_internal, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": {"version": py_version, "state": torch.tensor(py_internal, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": np_pos, "has_gauss": np_has_gauss, "gauss": np_gauss},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    nps = state["numpy"]
+    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; an unreadable file is a :class:`ConfigError`."""
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigError(source, "checkpoint not found")
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and weights-only errors all mean an unusable file
+        raise ConfigError(source, f"not a loadable checkpoint ({type(err).__name__}: {err})") from err
+
+
+def load_matching_state(network: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load ``state_dict`` into ``network``, or raise a :class:`ConfigError` naming the first mismatching key and shape."""
+    target = unwrap(network)
+    expected = target.state_dict()
+    for key, value in expected.items():
+        if key not in state_dict:
+            raise ConfigError(path, f"checkpoint does not match the configured network: key {key!r} is missing from the checkpoint")
+        if tuple(state_dict[key].shape) != tuple(value.shape):
+            raise ConfigError(
+                path,
+                f"checkpoint does not match the configured network: {key!r} has shape {tuple(state_dict[key].shape)} "
+                f"in the checkpoint but {tuple(value.shape)} in the network",
+            )
+    extra = [key for key in state_dict if key not in expected]
+    if extra:
+        raise ConfigError(path, f"checkpoint does not match the configured network: unexpected key {extra[0]!r}")
+    target.load_state_dict(state_dict)
+
+
+def _save(payload: dict[str, Any], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+class TrainingCheckpoint:
+    """Full-state checkpoints every epoch, the best weights by a validation metric, and resume.
+
+    After each epoch (attach it after ``ValidationHandler`` so the epoch's validation has run)
+    ``models/latest.pt`` receives the network, optimizer, scheduler and AMP scaler states, the
+    epoch and iteration, the Python/NumPy/torch random states and the best metric so far; when
+    the key metric improved, ``models/model.pt`` receives the network's plain ``state_dict``.
+    Both are written atomically. With ``resume`` the trainer restarts from ``latest.pt``.
+
+    Args:
+        ckpt_dir: the folder of the checkpoints (``RUN_DIR/models``).
+        network: the trained network (DDP or compiled wrappers are unwrapped).
+        optimizer: its optimizer.
+        lr_scheduler: the learning-rate scheduler, if any.
+        evaluator: the validation engine whose ``key_metric`` selects the best weights.
+        key_metric: name of the metric in ``evaluator.state.metrics`` (higher is better).
+        resume: continue from ``latest.pt`` (an error if it does not exist).
+        stop_after_epoch: end the run after this epoch, its checkpoint written (the schedule still
+            spans all epochs), e.g. to train in chunks that fit a job's time limit; ``None`` runs to the end.
+    """
+
+    def __init__(
+        self,
+        ckpt_dir: str | Path,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any = None,
+        evaluator: Engine | None = None,
+        key_metric: str = "val_mean_dice",
+        resume: bool = False,
+        stop_after_epoch: int | None = None,
+    ) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.stop_after_epoch = stop_after_epoch
+        self.network = network
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.evaluator = evaluator
+        self.key_metric = key_metric
+        self.resume = resume
+        self.best_metric = -1.0
+        self.best_metric_epoch = -1
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.start)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def start(self, engine: Engine) -> None:
+        """Resume from ``latest.pt`` when asked; refuse to overwrite another run's checkpoints otherwise."""
+        latest = self.ckpt_dir / LATEST
+        if not self.resume:
+            if latest.exists():
+                raise ConfigError(latest, "this run directory already holds a checkpoint; resume it (--resume) or choose another output folder")
+            return
+        state = load_checkpoint(latest)
+        load_matching_state(self.network, state["network"], latest)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.best_metric = float(state.get("best_metric", -1.0))
+        self.best_metric_epoch = int(state.get("best_metric_epoch", -1))
+        engine.state.epoch = int(state["epoch"])
+        engine.state.iteration = int(state["iteration"])
+        if is_rank_zero():
+            message = f"resuming from {latest} (epoch {engine.state.epoch} of {engine.state.max_epochs} done, best {self.key_metric} {self.best_metric:.4f})"
+            logger.info(message)
+            print(message, flush=True)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        """Record the best weights if validation improved this epoch, then write ``latest.pt``."""
+        evaluator = self.evaluator
+        if evaluator is not None and evaluator.state.epoch == engine.state.epoch and self.key_metric in evaluator.state.metrics:
+            value = float(evaluator.state.metrics[self.key_metric])
+            if value > self.best_metric:
+                self.best_metric, self.best_metric_epoch = value, engine.state.epoch
+                if is_rank_zero():
+                    _save(unwrap(self.network).state_dict(), self.ckpt_dir / BEST)
+                    logger.info(f"new best {self.key_metric} {value:.4f} at epoch {engine.state.epoch}: saved {self.ckpt_dir / BEST}")
+        if self.stop_after_epoch is not None and engine.state.epoch >= int(self.stop_after_epoch):
+            engine.terminate()
+        if not is_rank_zero():
+            return
+        scaler = getattr(engine, "scaler", None)
+        payload = {
+            "network": unwrap(self.network).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": engine.state.epoch,
+            "iteration": engine.state.iteration,
+            "rng": rng_state(),
+            "best_metric": self.best_metric,
+            "best_metric_epoch": self.best_metric_epoch,
+        }
+        _save(payload, self.ckpt_dir / LATEST)
+
+
+class SamplerEpoch:
+    """Call ``set_epoch`` on the data loader's sampler at the start of each epoch.
+
+    MONAI's workflow does this only for ``DistributedSampler``; the foreground-weighted sampler
+    also needs it, since it seeds each epoch's draws (and augmentations) from the epoch.
+
+    Args:
+        data_loader: the training data loader.
+    """
+
+    def __init__(self, data_loader: torch.utils.data.DataLoader) -> None:
+        self.data_loader = data_loader
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        sampler = getattr(self.data_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(engine.state.epoch)
+
+
+class GradientClipping:
+    """Clip the gradient norm after the backward pass, before the optimizer step (unscaled first under AMP).
+
+    Args:
+        max_norm: the largest total gradient norm; ``None`` or ``0`` disables clipping.
+    """
+
+    def __init__(self, max_norm: float | None = None) -> None:
+        self.max_norm = max_norm
+
+    def attach(self, engine: Engine) -> None:
+        if self.max_norm:
+            engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        scaler = getattr(engine, "scaler", None)
+        if engine.amp and scaler is not None:
+            scaler.unscale_(engine.optimizer)
+        torch.nn.utils.clip_grad_norm_(engine.network.parameters(), float(self.max_norm))
+
+
+class TrainingProgress:
+    """A tqdm bar per epoch with the loss and samples/s; sets ``state.samples_per_second`` and ``state.learning_rate``.
+
+    ignite's ``ProgressBar`` shows iterations per second; slices or patches per second are what
+    compare across batch sizes, so this bar counts samples.
+
+    Args:
+        batch_size: samples per iteration (per process).
+        world_size: number of processes training together.
+        progress: show the bar (the attributes are set either way).
+    """
+
+    def __init__(self, batch_size: int, world_size: int = 1, progress: bool = True) -> None:
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.progress = progress
+        self._bar: tqdm | None = None
+        self._start = 0.0
+        self._samples = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._start, self._samples = time.perf_counter(), 0
+        if self.progress:
+            self._bar = tqdm(total=engine.state.epoch_length, desc=f"epoch {engine.state.epoch}/{engine.state.max_epochs}", unit="it", leave=True, dynamic_ncols=True)
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self._samples += self.batch_size * self.world_size
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        engine.state.samples_per_second = self._samples / elapsed
+        engine.state.learning_rate = float(engine.optimizer.param_groups[0]["lr"])
+        if self._bar is not None:
+            output = engine.state.output
+            loss = output.get("loss") if isinstance(output, dict) else None
+            postfix = {"samples/s": f"{engine.state.samples_per_second:.1f}", "lr": f"{engine.state.learning_rate:.2e}"}
+            if loss is not None:
+                postfix = {"loss": f"{float(loss):.4f}", **postfix}
+            self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(1)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+class PredictionOverlay:
+    """After each validation, write an overlay of the first validation case to TensorBoard.
+
+    The axial slice with the most ground-truth tumour is shown three times side by side: FLAIR,
+    FLAIR with the ground truth, FLAIR with the prediction (NEC red, ED green, ET yellow).
+
+    Args:
+        summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.
+        tag: the image tag.
+        global_step_engine: the engine whose epoch is the step (the trainer); default the evaluator's.
+    """
+
+    COLOURS = np.array([[0, 0, 0], [1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [1.0, 0.9, 0.1]], dtype=np.float32)
+    FLAIR_CHANNEL = 3
+
+    def __init__(self, summary_writer: Any, tag: str = "val/overlay", global_step_engine: Engine | None = None) -> None:
+        self.writer = summary_writer
+        self.tag = tag
+        self.global_step_engine = global_step_engine
+        self._image: np.ndarray | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self.capture)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def capture(self, engine: Engine) -> None:
+        output = engine.state.output
+        item = output[0] if isinstance(output, list) else output
+        image = torch.as_tensor(item["image"]).float().cpu().numpy()  # (Z, C, X, Y)
+        pred, label = (torch.as_tensor(item[k]).cpu().numpy() for k in ("pred", "label"))  # (5, Z, X, Y) structure masks
+        z = int(label[3].reshape(label.shape[1], -1).sum(1).argmax())
+        flair = image[z, self.FLAIR_CHANNEL]
+        span = np.percentile(flair, 99.5) - flair.min()
+        grey = np.clip((flair - flair.min()) / (span if span > 0 else 1.0), 0, 1)[..., None].repeat(3, -1)
+        panels = [grey]
+        for masks in (label, pred):
+            labels = masks[0, z] * 1 + masks[1, z] * 2 + masks[2, z] * 3  # NEC, ED, ET channels
+            colour = self.COLOURS[np.clip(labels, 0, 3)]
+            panels.append(np.where(labels[..., None] > 0, 0.5 * grey + 0.5 * colour, grey))
+        # (X, Y) in RAS: show with anterior up and patient left on the right, as radiologists read
+        self._image = np.concatenate([np.rot90(p, 1) for p in panels], axis=1)
+
+    def write(self, engine: Engine) -> None:
+        if self._image is None or self.writer is None:
+            return
+        step = (self.global_step_engine or engine).state.epoch
+        self.writer.add_image(self.tag, np.ascontiguousarray(self._image), step, dataformats="HWC")
+        self.writer.flush()
+        self._image = None

@@ -1,0 +1,305 @@
+"""The training run: the bundle's ``configs/train.yaml`` executed by MONAI's ``ConfigWorkflow``, plus the pieces it imports.
+
+The bundle config is the one definition of a training run. :func:`train` (behind
+``brats-pipeline train`` and ``make train``) only fills in paths and overrides and runs the same
+workflow that ``python -m monai.bundle run training --config_file ...`` runs. The helpers below
+are what the config calls: fold case selection, optimiser and schedule builders, and
+:func:`start_run`, which lays out the run directory::
+
+    RUN_DIR/config.json        the merged raw bundle config, overrides applied (reloadable with ConfigParser)
+    RUN_DIR/provenance.json    package versions, git commit, data list sha256, command line, seed
+    RUN_DIR/models/model.pt    best weights (plain state_dict)
+    RUN_DIR/models/latest.pt   full training state, for --resume
+    RUN_DIR/logs/train.log     the log
+    RUN_DIR/tensorboard/       TensorBoard events (losses, learning rate, Dice, samples/s, overlays)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import platform
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.io import write_json
+
+logger = logging.getLogger(__name__)
+
+#: The bundle shipped with the repository.
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation"
+TRAIN_CONFIG = BUNDLE_DIR / "configs" / "train.yaml"
+MULTI_GPU_CONFIG = BUNDLE_DIR / "configs" / "multi_gpu_train.yaml"
+GPU_CONFIG = BUNDLE_DIR / "configs" / "gpu_train.yaml"
+LOGGING_CONFIG = BUNDLE_DIR / "configs" / "logging.conf"
+
+_VERSIONED_PACKAGES = ("brats-pipeline", "torch", "monai", "pytorch-ignite", "numpy", "nibabel", "SimpleITK", "tensorboard", "mlflow")
+
+
+def fold_case_ids(datalist: str | Path, fold: int, cache_dir: str | Path) -> tuple[list[str], list[str]]:
+    """Training and validation case ids of cross-validation fold ``fold``, each checked to be in the cache.
+
+    Raises:
+        ConfigError: the fold does not exist, has no training or validation cases, or a case
+            was not preprocessed into ``cache_dir``.
+    """
+    from pipeline.datalist import load_datalist
+
+    listing = load_datalist(datalist)
+    training, validation = listing.fold_split(int(fold))
+    if not training or not validation:
+        raise ConfigError(listing.path, f"fold {fold} has {len(training)} training and {len(validation)} validation cases; both must be non-empty")
+    cache = Path(cache_dir)
+    for record in training + validation:
+        meta = cache / record.case_id / "meta.json"
+        if not meta.is_file() or not json.loads(meta.read_text()).get("complete", False):
+            raise ConfigError(cache, f"case {record.case_id} of {listing.path.name} is not in the cache (run preprocess with this data list)")
+    return [r.case_id for r in training], [r.case_id for r in validation]
+
+
+def apply_output_mode(dataset: Any, output_mode: str) -> Any:
+    """Append the TC/WT/ET label conversion to a training dataset's transforms in ``regions`` mode."""
+    if output_mode == "regions":
+        from monai.transforms import Compose
+
+        from pipeline.transforms.regions import LabelsToRegionsd
+
+        dataset.transform = Compose([dataset.transform, LabelsToRegionsd(keys="label")])
+    return dataset
+
+
+def build_optimizer(name: str, parameters: Any, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """``adam`` or ``adamw`` over ``parameters``."""
+    choices = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if name not in choices:
+        raise ConfigError("optimizer_name", f"unknown optimizer {name!r}; choose one of {', '.join(choices)}")
+    return choices[name](parameters, lr=float(learning_rate), weight_decay=float(weight_decay))
+
+
+def build_lr_scheduler(
+    name: str, optimizer: torch.optim.Optimizer, epochs: int, iterations_per_epoch: int, warmup_epochs: float = 1.0, patience: int = 5
+) -> Any:
+    """``warmup_cosine`` (MONAI ``WarmupCosineSchedule``, stepped per iteration) or ``plateau`` (``ReduceLROnPlateau`` on the validation Dice, per epoch)."""
+    if name == "warmup_cosine":
+        from monai.optimizers import WarmupCosineSchedule
+
+        total = max(int(epochs) * int(iterations_per_epoch), 1)
+        return WarmupCosineSchedule(optimizer, warmup_steps=min(int(warmup_epochs * iterations_per_epoch), total - 1), t_total=total)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=int(patience))
+    raise ConfigError("lr_schedule", f"unknown schedule {name!r}; choose warmup_cosine or plateau")
+
+
+def lr_step_transform(name: str, evaluator: Any, key_metric: str = "val_mean_dice") -> Any:
+    """What ``LrScheduleHandler`` passes to ``step()``: nothing, or the latest validation Dice for ``plateau``."""
+    if name == "plateau":
+        return lambda engine: evaluator.state.metrics.get(key_metric, 0.0)
+    return lambda engine: ()
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch; with ``deterministic`` also make cuDNN and torch algorithms deterministic (MONAI ``set_determinism``)."""
+    from monai.utils import set_determinism
+
+    if deterministic:
+        set_determinism(seed=int(seed))
+        return
+    set_determinism(seed=None)  # undo a previous deterministic run in this process
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    torch.manual_seed(int(seed))
+    torch.backends.cudnn.benchmark = torch.cuda.is_available()
+
+
+def world_size() -> int:
+    """Number of processes in the distributed group (1 without one)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def _running_workflow_config() -> dict[str, Any] | None:
+    # monai.bundle passes no handle on its parser to the config's expressions; the running
+    # ConfigWorkflow is on the call stack, and its parser holds the merged raw config.
+    from monai.bundle import ConfigWorkflow
+
+    for frame_info in inspect.stack(context=0):
+        candidate = frame_info.frame.f_locals.get("self")
+        if isinstance(candidate, ConfigWorkflow):
+            return candidate.parser.get()
+    return None
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+uncommitted" if dirty else "")
+
+
+def provenance(datalist: str | Path, seed: int) -> dict[str, Any]:
+    """Package versions, git commit, data list sha256, command line, seed, host and start time."""
+    from pipeline.datalist import load_datalist
+
+    versions = {}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    listing = load_datalist(datalist)
+    return {
+        "versions": {"python": platform.python_version(), **versions},
+        "git_commit": _git_commit(),
+        "datalist": str(Path(datalist).resolve()),
+        "datalist_sha256": listing.sha256,
+        "command_line": [sys.executable, *sys.argv],
+        "seed": int(seed),
+        "host": socket.gethostname(),
+        "cuda": torch.version.cuda,
+        "world_size": world_size(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def start_run(output_dir: str | Path, datalist: str | Path, seed: int) -> Path:
+    """Create the run directory and (rank 0) write ``config.json``, ``provenance.json`` and the log file handler.
+
+    Called from the bundle's ``initialize`` section, so every entry point lays out the run the same way.
+    """
+    from pipeline.handlers import is_rank_zero
+
+    run_dir = Path(output_dir)
+    if not is_rank_zero():
+        return run_dir
+    for sub in ("models", "logs", "tensorboard"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    config = _running_workflow_config()
+    if config is not None:
+        write_json(run_dir / "config.json", json.loads(json.dumps(config, default=str)))
+    else:
+        logger.warning("no running bundle workflow found: config.json not written")
+    write_json(run_dir / "provenance.json", provenance(datalist, seed))
+    log_path = (run_dir / "logs" / "train.log").resolve()
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_path for h in root.handlers):
+        handler = logging.FileHandler(log_path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+    return run_dir
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` strings (``--set``) to bundle overrides; values are read as YAML (numbers, lists, booleans)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", f"expected key=value, got {pair!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def train(
+    datalist: str | Path,
+    cache_dir: str | Path,
+    out: str | Path,
+    mode: str,
+    epochs: int,
+    fold: int = 0,
+    resume: bool = False,
+    device: str = "cpu",
+    config_files: Sequence[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> Path:
+    """Train with the bundle's ``train.yaml`` (plus ``config_files``, merged in order) and return the run directory.
+
+    Args:
+        datalist: the data list JSON.
+        cache_dir: its preprocessed cache.
+        out: the run directory (created).
+        mode: ``2d``, ``2.5d`` or ``3d``.
+        epochs: training epochs.
+        fold: the cross-validation fold whose cases validate.
+        resume: continue from ``out/models/latest.pt``.
+        device: ``cpu`` or ``cuda``.
+        config_files: override YAML/JSON files merged after ``train.yaml`` (e.g. ``configs/gpu_train.yaml``).
+        overrides: any bundle keys (``#``-separated ids), applied last.
+
+    Raises:
+        ConfigError: a missing file, an unknown mode or device, or a checkpoint that does not
+            match the network.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    from pipeline.networks import check_mode
+
+    check_mode(mode)
+    if device not in ("cpu", "cuda"):
+        raise ConfigError("--device", f"choose cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "cuda was asked for but PyTorch sees no GPU")
+    if int(epochs) < 1:
+        raise ConfigError("--epochs", f"must be >= 1, got {epochs}")
+    for path, what in ((Path(datalist), "data list"), (Path(cache_dir), "cache folder")):
+        if not path.exists():
+            raise ConfigError(path, f"{what} not found")
+    files = [TRAIN_CONFIG, *(Path(f) for f in config_files)]
+    for path in files:
+        if not path.is_file():
+            raise ConfigError(path, "config file not found")
+    settings: dict[str, Any] = {
+        "datalist": str(Path(datalist).resolve()),
+        "dataset_dir": str(Path(cache_dir).resolve()),
+        "output_dir": str(Path(out).resolve()),
+        "mode": mode,
+        "epochs": int(epochs),
+        "fold": int(fold),
+        "resume": bool(resume),
+        "device": f"$torch.device('{device}')",
+    }
+    settings.update(dict(overrides or {}))
+    workflow = ConfigWorkflow(
+        config_file=[str(p) for p in files],
+        meta_file=str(BUNDLE_DIR / "configs" / "metadata.json") if (BUNDLE_DIR / "configs" / "metadata.json").is_file() else None,
+        logging_file=str(LOGGING_CONFIG),
+        workflow_type="train",
+        run_id="training",
+        **settings,
+    )
+    try:
+        workflow.initialize()
+        workflow.run()
+    except PipelineError:
+        raise
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as err:
+        cause = err
+        while cause.__cause__ is not None and not isinstance(cause, PipelineError):
+            cause = cause.__cause__
+        if isinstance(cause, PipelineError):
+            raise cause from err
+        raise
+    finally:
+        workflow.finalize()
+    return Path(out)

@@ -1,0 +1,118 @@
+"""Validation during training: whole cached volumes in, per-patient Dice of every BraTS structure out.
+
+The evaluator reads each validation patient's whole volume from the cache
+(:class:`ValidationVolumes`), predicts it with :class:`pipeline.inference.EngineInferer`, and
+turns prediction and ground truth into one binary mask per scored structure (NEC, ED, ET, WT,
+TC; :class:`StructureMasks`). Dice uses MONAI's ``DiceMetric(ignore_empty=False)``: a structure
+absent from both prediction and ground truth scores 1, as BraTS scores it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.handlers import IgniteMetricHandler
+from monai.metrics import DiceMetric
+from torch.utils.data import Dataset
+
+from pipeline.data import read_case_meta
+from pipeline.errors import InputError
+from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, regions_to_labels
+
+#: Name of the key validation metric (mean Dice over patients and structures); it selects the best checkpoint.
+KEY_METRIC = "val_mean_dice"
+
+
+class ValidationVolumes(Dataset):
+    """Whole cached volumes: ``image`` float16 ``(Z, C, X, Y)``, ``label`` uint8 ``(Z, X, Y)``, ``case_id``.
+
+    Arrays are memory-mapped and read when an item is requested, so memory holds one volume at a time.
+
+    Args:
+        cache_dir: the preprocessed cache.
+        case_ids: the validation cases (labelled).
+    """
+
+    def __init__(self, cache_dir: str | Path, case_ids: Sequence[str]) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.case_ids = list(case_ids)
+        for case_id in self.case_ids:
+            read_case_meta(self.cache_dir, case_id)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        folder = self.cache_dir / self.case_ids[index]
+        arrays = {}
+        for key in ("image", "label"):
+            path = folder / f"{key}.npy"
+            try:
+                arrays[key] = torch.from_numpy(np.array(np.load(path, mmap_mode="r")))
+            except (OSError, ValueError) as err:
+                raise InputError(path, f"cannot read cached array ({err})") from err
+        return {"image": arrays["image"], "label": arrays["label"], "case_id": self.case_ids[index]}
+
+
+def structure_masks(labels: torch.Tensor) -> torch.Tensor:
+    """One binary channel per scored structure (NEC, ED, ET, WT, TC) of internal labels ``(...)``."""
+    labels = torch.as_tensor(labels)
+    nec, ed, et = labels == NEC, labels == ED, labels == ET
+    masks = {"NEC": nec, "ED": ed, "ET": et, "WT": nec | ed | et, "TC": nec | et}
+    return torch.stack([masks[name] for name in SCORED_STRUCTURES]).to(torch.uint8)
+
+
+class StructureMasks:
+    """Evaluator post-processing: decode ``pred`` probabilities to labels, then both ``pred`` and ``label`` to structure masks.
+
+    Args:
+        output_mode: ``softmax`` (argmax over 4 classes) or ``regions`` (TC/WT/ET thresholded at 0.5).
+    """
+
+    def __init__(self, output_mode: str = "softmax") -> None:
+        self.output_mode = output_mode
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        probabilities = data["pred"]
+        if self.output_mode == "regions":
+            predicted = torch.as_tensor(regions_to_labels((probabilities > 0.5).cpu().numpy()), device=probabilities.device)
+        else:
+            predicted = probabilities.argmax(dim=0)
+        label = torch.as_tensor(data["label"]).to(probabilities.device)
+        if label.ndim == predicted.ndim + 1:
+            label = label[0]
+        return {**data, "pred": structure_masks(predicted), "label": structure_masks(label)}
+
+
+def _select(structure: str | None) -> Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    channel = None if structure is None else SCORED_STRUCTURES.index(structure)
+
+    def transform(output: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        items = output if isinstance(output, list) else [output]
+        if channel is None:
+            return [d["pred"] for d in items], [d["label"] for d in items]
+        return [d["pred"][channel : channel + 1] for d in items], [d["label"][channel : channel + 1] for d in items]
+
+    return transform
+
+
+def dice_metric(structure: str | None = None) -> IgniteMetricHandler:
+    """Per-patient Dice with the BraTS empty-case convention, of one structure or (``None``) all five averaged."""
+    return IgniteMetricHandler(
+        metric_fn=DiceMetric(include_background=True, reduction="mean", ignore_empty=False),
+        output_transform=_select(structure),
+    )
+
+
+def key_metric() -> dict[str, IgniteMetricHandler]:
+    """The evaluator's key metric: ``val_mean_dice``."""
+    return {KEY_METRIC: dice_metric()}
+
+
+def structure_metrics() -> dict[str, IgniteMetricHandler]:
+    """``val_dice_<structure>`` for NEC, ED, ET, WT and TC."""
+    return {f"val_dice_{name}": dice_metric(name) for name in SCORED_STRUCTURES}

@@ -1,0 +1,225 @@
+"""The training bundle end to end on a tiny cache: every mode and entry point, the run directory, resume, errors, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from monai.bundle import ConfigParser
+
+from pipeline.cli import main
+from pipeline.training import MULTI_GPU_CONFIG, TRAIN_CONFIG
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (12, 4, 28, 24)  # (Z, C, X, Y): X and Y deliberately not multiples of the network's 4
+CASES = 6
+
+#: Small, fast settings shared by every run here.
+TINY = [
+    "channels=[4, 8, 16]",
+    "strides=[2, 2]",
+    "num_res_units=0",
+    "samples_per_epoch=8",
+    "batch_size=4",
+    "num_workers=0",
+    "progress=false",
+    "patch_size=[16, 16, 8]",
+    "sw_batch_size=8",
+    "deterministic=true",
+]
+
+
+def _write_case(root: Path, case_id: str, rng: np.random.Generator) -> None:
+    """One cached case in the preprocessing contract's layout: a bright ellipsoid tumour with NEC/ED/ET shells."""
+    z, c, x, y = SHAPE
+    zz, xx, yy = np.meshgrid(np.arange(z), np.arange(x), np.arange(y), indexing="ij")
+    centre = rng.uniform([4, 9, 8], [8, 19, 16])
+    radius = np.sqrt(((zz - centre[0]) / 3.0) ** 2 + ((xx - centre[1]) / 5.0) ** 2 + ((yy - centre[2]) / 5.0) ** 2)
+    label = np.select([radius < 0.4, radius < 0.7, radius < 1.0], [1, 3, 2], 0).astype(np.uint8)
+    image = rng.normal(0, 0.3, size=SHAPE).astype(np.float32)
+    image += (label[:, None] > 0) * np.array([0.5, 1.0, 1.5, 2.0], dtype=np.float32)[None, :, None, None]
+    image[:, 1] += (label == 3) * 1.5
+    folder = root / case_id
+    folder.mkdir(parents=True)
+    np.save(folder / "image.npy", image.astype(np.float16))
+    np.save(folder / "label.npy", label)
+    meta = {
+        "case_id": case_id,
+        "complete": True,
+        "format_version": 1,
+        "has_label": True,
+        "shape": list(SHAPE),
+        "spacing": [5.0, 5.0, 5.0],
+        "foreground_per_slice": [int(n) for n in (label > 0).reshape(z, -1).sum(1)],
+    }
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def tiny_run_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data list, cache) of six tiny cases in two folds, written in the cache contract's format."""
+    root = tmp_path_factory.mktemp("training_data")
+    rng = np.random.default_rng(0)
+    entries = []
+    for index in range(CASES):
+        case_id = f"Case_{index:03d}"
+        _write_case(root / "cache", case_id, rng)
+        images = [f"{case_id}/{case_id}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
+        entries.append({"case_id": case_id, "image": images, "label": f"{case_id}/{case_id}_seg.nii.gz", "fold": index % 2})
+    datalist = {
+        "name": "tiny",
+        "label_convention": "brats2017",
+        "data_root": "data",
+        "num_folds": 2,
+        "training": [e for e in entries if e["fold"] == 1],
+        "validation": [e for e in entries if e["fold"] == 0],
+        "test": [],
+    }
+    (root / "tiny.json").write_text(json.dumps(datalist))
+    return root / "tiny.json", root / "cache"
+
+
+def _bundle_overrides(settings: list[str]) -> list[str]:
+    """``--set`` settings as ``monai.bundle run`` arguments (fire reads Python literals)."""
+    literal = {"true": "True", "false": "False"}
+    return [f"--{key}={literal.get(value, value.replace(' ', ''))}" for key, value in (s.split("=", 1) for s in settings)]
+
+
+def _cli_train(datalist: Path, cache: Path, out: Path, mode: str, epochs: int, *extra: str, settings: list[str] = TINY):
+    args = ["train", "--datalist", str(datalist), "--cache", str(cache), "--mode", mode, "--epochs", str(epochs), "--out", str(out), *extra]
+    for setting in settings:
+        args += ["--set", setting]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def _check_run_dir(run_dir: Path, mode: str) -> None:
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["mode"] == mode and config["channels"] == [4, 8, 16]
+    parser = ConfigParser(config)
+    assert parser.get_parsed_content("network_def").spatial_divisor == 4  # the stored config rebuilds the network
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["seed"] == 0 and len(provenance["datalist_sha256"]) == 64
+    assert provenance["versions"]["monai"] and provenance["versions"]["torch"]
+    assert provenance["command_line"]
+    best = torch.load(run_dir / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in best.values())  # a plain state_dict
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(best)
+    latest = torch.load(run_dir / "models" / "latest.pt", weights_only=True)
+    assert {"network", "optimizer", "lr_scheduler", "epoch", "iteration", "rng", "best_metric"} <= set(latest)
+    assert 0.0 <= latest["best_metric"] <= 1.0
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "logs" / "train.log").read_text()
+
+
+def _tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[float]] = {}
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(e.value for e in accumulator.Scalars(tag))
+        if accumulator.Tags()["images"]:
+            scalars.setdefault("images", []).append(len(accumulator.Tags()["images"]))
+    return scalars
+
+
+def test_cli_trains_2d(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 1)
+    assert result.exit_code == 0, result.output
+    _check_run_dir(tmp_path / "run", "2d")
+    scalars = _tensorboard_scalars(tmp_path / "run")
+    for tag in ("train_loss", "learning_rate", "samples_per_second", "val_mean_dice", "val_dice_NEC", "val_dice_ED", "val_dice_ET", "val_dice_WT", "val_dice_TC"):
+        assert tag in scalars, tag
+    assert scalars.get("images"), "no prediction overlay"
+
+
+def test_cli_trains_3d_regions(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    result = _cli_train(datalist, cache, tmp_path / "run", "3d", 1, settings=[*TINY, "output_mode=regions"])
+    assert result.exit_code == 0, result.output
+    _check_run_dir(tmp_path / "run", "3d")
+    best = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
+    final_bias = [v for k, v in best.items() if k.endswith("bias")][-1]
+    assert final_bias.shape == (3,)  # TC, WT, ET
+
+
+def test_monai_bundle_run_trains_2_5d(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """`python -m monai.bundle run training` runs the same definition and lays out the same run directory."""
+    datalist, cache = tiny_run_data
+    out = tmp_path / "run"
+    overrides = _bundle_overrides(TINY)
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_CONFIG),
+               "--datalist", str(datalist), "--dataset_dir", str(cache), "--output_dir", str(out), "--epochs", "1", *overrides]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    _check_run_dir(out, "2.5d")
+    assert ConfigParser(json.loads((out / "config.json").read_text())).get_parsed_content("network_def").model[0].conv.in_channels == 20
+
+
+def test_resume_gives_the_same_weights(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    assert _cli_train(datalist, cache, tmp_path / "straight", "2.5d", 2).exit_code == 0
+    assert _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, settings=[*TINY, "stop_after_epoch=1"]).exit_code == 0
+    first = torch.load(tmp_path / "resumed" / "models" / "latest.pt", weights_only=True)
+    assert first["epoch"] == 1
+    result = _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resuming from" in result.output and "epoch 1 of 2" in result.output
+    straight = torch.load(tmp_path / "straight" / "models" / "latest.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "models" / "latest.pt", weights_only=True)
+    assert resumed["epoch"] == straight["epoch"] == 2 and resumed["iteration"] == straight["iteration"] == 4
+    for key, value in straight["network"].items():
+        assert torch.equal(value, resumed["network"][key]), key
+    assert any(not torch.equal(v, first["network"][k]) for k, v in resumed["network"].items())  # epoch 2 did train
+
+
+def test_checkpoint_errors(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    out = tmp_path / "run"
+    result = _cli_train(datalist, cache, out, "2d", 1, "--resume")
+    assert result.exit_code == 1 and "latest.pt: checkpoint not found" in result.output
+    assert _cli_train(datalist, cache, out, "2d", 1).exit_code == 0
+    again = _cli_train(datalist, cache, out, "2d", 1)
+    assert again.exit_code == 1 and "already holds a checkpoint" in again.output
+    wider = [s for s in TINY if not s.startswith("channels")] + ["channels=[4, 8, 32]"]
+    mismatch = _cli_train(datalist, cache, out, "2d", 2, "--resume", settings=wider)
+    assert mismatch.exit_code == 1
+    assert f"error: {out / 'models' / 'latest.pt'}: checkpoint does not match the configured network" in mismatch.output
+    assert "(32," in mismatch.output and "(16," in mismatch.output
+
+
+def test_bad_options_are_one_line_errors(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 1, "--fold", "5")
+    assert result.exit_code == 1 and "fold 5 does not exist" in result.output
+    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 1, settings=["optimizer_name=sgd"])
+    assert result.exit_code == 1 and "unknown optimizer 'sgd'" in result.output
+
+
+def test_ddp_gloo_two_processes(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """multi_gpu_train.yaml under torchrun: 2 CPU processes on gloo share the draws, rank 0 writes the run."""
+    datalist, cache = tiny_run_data
+    out = tmp_path / "run"
+    overrides = _bundle_overrides([s for s in TINY if not s.startswith("deterministic")])
+    configs = f"['{TRAIN_CONFIG}','{MULTI_GPU_CONFIG}']"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "monai.bundle", "run", "training",
+               "--config_file", configs, "--datalist", str(datalist), "--dataset_dir", str(cache), "--output_dir", str(out), "--epochs", "1", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    latest = torch.load(out / "models" / "latest.pt", weights_only=True)
+    assert latest["epoch"] == 1 and latest["iteration"] == 1  # 8 samples over 2 ranks of batch 4: one step each
+    config = json.loads((out / "config.json").read_text())
+    assert config["backend"] == "$'nccl' if torch.cuda.is_available() else 'gloo'"
+    assert json.loads((out / "provenance.json").read_text())["world_size"] == 2
