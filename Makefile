@@ -58,3 +58,15 @@ endif
 
 clean:  ## Remove caches, outputs and build files (keeps .venv and data/)
 	rm -rf cache outputs runs .make .pytest_cache build *.egg-info
+
+# Training: the bundle's configs/train.yaml on the data list and cache `make preprocess` recorded.
+# GPU workstation: make train DEVICE=cuda TRAIN_ARGS="--config bundles/brats_segmentation/configs/gpu_train.yaml"
+MODE        ?= 2.5d
+EPOCHS      ?= 12
+FOLD        ?= 0
+DEVICE      ?= cpu
+RUN_DIR     ?= runs/$(basename $(notdir $(DATALIST)))_$(MODE)_fold$(FOLD)
+TRAIN_ARGS  ?=
+.PHONY: train
+train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD, DEVICE, RUN_DIR; TRAIN_ARGS="--resume --set batch_size=32 ...")
+	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) --epochs $(EPOCHS) --fold $(FOLD) --device $(DEVICE) --out $(RUN_DIR) $(TRAIN_ARGS)
