@@ -1,0 +1,352 @@
+"""Evaluation reports: the per-patient table, its summary, plots, overlays and the printed table.
+
+Everything lands in the evaluation output folder:
+
+``metrics.csv``
+    one row per patient: ``case_id`` then ``<metric>_<structure>`` columns (:mod:`pipeline.metrics`).
+``summary.json``
+    ``cases`` (the number of patients) and, per metric column, its mean, median, std (sample
+    standard deviation, ``ddof=1``; 0 for one case), min and max; plus what the caller adds
+    (model, data list, post-processing...).
+``plots/dice_distribution.png``, ``plots/dice_per_case.png``
+    Dice per structure as box and violin plots, and Dice of WT, TC and ET per case as bars.
+``plots/training_curves.png``
+    when the model's run folder holds logs (TensorBoard event files or CSV).
+``overlays/<case_id>.png``
+    ground-truth (solid) and predicted (dashed) contours of WT, TC and ET over FLAIR and T1ce,
+    on the slice with the most tumour in each plane (axial, coronal, sagittal).
+
+Overlays are drawn in the **radiological convention**, as 3D Slicer and most clinical viewers
+show images: the patient's right on the left of the picture; axial slices seen from the feet
+with anterior up, coronal slices seen from the front with superior up, sagittal slices with
+anterior on the left and superior up. Pixels keep their physical aspect ratio.
+
+Figures are drawn with Matplotlib's object API on the Agg canvas (no display needed, no global
+pyplot state).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from pipeline.export import LABEL_COLOURS
+from pipeline.io import atomic_path, write_json, write_text
+from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, region_masks
+from pipeline.modalities import MODALITIES, MODALITY_NAMES
+
+METRICS_FILE, SUMMARY_FILE = "metrics.csv", "summary.json"
+PLOTS_DIR, OVERLAYS_DIR = "plots", "overlays"
+STATISTICS: tuple[str, ...] = ("mean", "median", "std", "min", "max")
+
+#: Contour colour of each region in overlays (the colour of its defining sub-region).
+REGION_COLOURS: dict[str, tuple[float, float, float]] = {
+    "WT": tuple(c / 255 for c in LABEL_COLOURS[ED]),
+    "TC": tuple(c / 255 for c in LABEL_COLOURS[NEC]),
+    "ET": tuple(c / 255 for c in LABEL_COLOURS[ET]),
+}
+_CONTOUR_REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
+_PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def metrics_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per patient, ``case_id`` first, in the given order."""
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        return pd.DataFrame(columns=["case_id"])
+    columns = ["case_id"] + [c for c in frame.columns if c != "case_id"]
+    return frame[columns]
+
+
+def write_metrics_csv(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write the per-patient table as CSV, atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+    return Path(path)
+
+
+def summarise(frame: pd.DataFrame) -> dict[str, Any]:
+    """``{"cases": n, "metrics": {column: {mean, median, std, min, max}}}`` over the numeric columns."""
+    numeric = frame.drop(columns=["case_id"], errors="ignore").apply(pd.to_numeric, errors="coerce")
+    metrics: dict[str, dict[str, float | None]] = {}
+    for column in numeric.columns:
+        values = numeric[column].dropna()
+        if values.empty:
+            metrics[column] = {name: None for name in STATISTICS}
+            continue
+        metrics[column] = {
+            "mean": float(values.mean()),
+            "median": float(values.median()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
+    return {"cases": int(len(frame)), "metrics": metrics}
+
+
+def summary_table(frame: pd.DataFrame, structures: Sequence[str] = SCORED_STRUCTURES) -> str:
+    """A short text table: mean and std of Dice and HD95 per structure, and the number of cases."""
+    lines = [f"{'structure':<10}{'Dice mean':>10}{'Dice std':>10}{'HD95 mean':>11}{'HD95 std':>10}"]
+    for name in structures:
+        cells = []
+        for metric in ("dice", "hd95"):
+            values = pd.to_numeric(frame.get(f"{metric}_{name}", pd.Series(dtype=float)), errors="coerce").dropna()
+            mean = values.mean() if len(values) else math.nan
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            cells.append((mean, std))
+        (dice_mean, dice_std), (hd_mean, hd_std) = cells
+        lines.append(f"{name:<10}{dice_mean:>10.3f}{dice_std:>10.3f}{hd_mean:>11.2f}{hd_std:>10.2f}")
+    lines.append(f"{len(frame)} case(s); HD95 in mm")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _save(figure: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    FigureCanvasAgg(figure)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(path)
+
+
+def plot_dice_distribution(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Violin plot with a box plot inside of the Dice of every structure."""
+    names = [s for s in SCORED_STRUCTURES if f"dice_{s}" in frame]
+    data = [pd.to_numeric(frame[f"dice_{s}"], errors="coerce").dropna().to_numpy() for s in names]
+    figure = Figure(figsize=(1.4 * len(names) + 2, 4))
+    axes = figure.add_subplot()
+    positions = list(range(1, len(names) + 1))
+    drawable = [(p, d) for p, d in zip(positions, data) if len(d) > 1 and np.ptp(d) > 0]
+    if drawable:  # a violin needs at least two distinct values
+        parts = axes.violinplot([d for _, d in drawable], positions=[p for p, _ in drawable], showextrema=False)
+        for body in parts["bodies"]:
+            body.set_alpha(0.3)
+    axes.boxplot(data, positions=positions, widths=0.25, showmeans=True)
+    axes.set_xticks(positions, names)
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_ylabel("Dice")
+    axes.set_title(f"Dice per structure ({len(frame)} case(s))")
+    axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_dice_per_case(frame: pd.DataFrame, path: str | os.PathLike[str], regions: Sequence[str] = ("WT", "TC", "ET")) -> Path:
+    """Grouped bars: the Dice of each region for every case."""
+    cases = frame["case_id"].astype(str).tolist()
+    figure = Figure(figsize=(max(6, 0.5 * len(cases) + 2), 4))
+    axes = figure.add_subplot()
+    width = 0.8 / len(regions)
+    x = np.arange(len(cases))
+    for index, region in enumerate(regions):
+        values = pd.to_numeric(frame.get(f"dice_{region}", pd.Series([np.nan] * len(cases))), errors="coerce")
+        axes.bar(x + (index - (len(regions) - 1) / 2) * width, values, width, label=region, color=REGION_COLOURS.get(region))
+    axes.set_xticks(x, cases, rotation=60, ha="right", fontsize=7)
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("Dice")
+    axes.set_title("Dice per case")
+    axes.legend(loc="lower right", fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def read_training_logs(run_dir: str | os.PathLike[str]) -> dict[str, list[tuple[float, float]]]:
+    """Scalar series ``{tag: [(step, value), ...]}`` from a run folder's TensorBoard events or CSV logs.
+
+    Looks under ``run_dir/logs`` (and ``run_dir`` itself) for ``events.out.tfevents.*`` files and
+    ``*.csv`` files with an ``epoch`` or ``step`` column. Returns ``{}`` when there is none.
+    """
+    root = Path(run_dir)
+    search = [root / "logs", root]
+    series: dict[str, list[tuple[float, float]]] = {}
+    event_files = sorted({p for folder in search if folder.is_dir() for p in folder.rglob("events.out.tfevents.*")})
+    if event_files:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        for event_file in event_files:
+            accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+            try:
+                accumulator.Reload()
+            except Exception:  # a damaged or half-written event file only loses its curves
+                continue
+            for tag in accumulator.Tags().get("scalars", []):
+                series.setdefault(tag, []).extend((float(e.step), float(e.value)) for e in accumulator.Scalars(tag))
+    csv_files = sorted({p for folder in search if folder.is_dir() for p in folder.glob("*.csv")})
+    for csv_file in csv_files:
+        try:
+            with open(csv_file, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except (OSError, csv.Error, UnicodeDecodeError):
+            continue
+        if not rows:
+            continue
+        step_key = next((k for k in ("epoch", "step", "iteration") if k in rows[0]), None)
+        if step_key is None:
+            continue
+        for key in rows[0]:
+            if key == step_key:
+                continue
+            points = []
+            for row in rows:
+                try:
+                    points.append((float(row[step_key]), float(row[key])))
+                except (TypeError, ValueError):
+                    continue
+            if points:
+                series.setdefault(f"{csv_file.stem}/{key}", []).extend(points)
+    return {tag: sorted(points) for tag, points in series.items() if points}
+
+
+def plot_training_curves(run_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path | None:
+    """One panel per logged scalar of the run (loss, validation Dice, learning rate...); None without logs."""
+    series = read_training_logs(run_dir)
+    if not series:
+        return None
+    tags = sorted(series)
+    columns = min(3, len(tags))
+    rows = math.ceil(len(tags) / columns)
+    figure = Figure(figsize=(4.5 * columns, 3 * rows))
+    for index, tag in enumerate(tags, start=1):
+        axes = figure.add_subplot(rows, columns, index)
+        steps, values = zip(*series[tag])
+        axes.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3)
+        axes.set_title(tag, fontsize=9)
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# ----------------------------------------------------------------------------- overlays
+
+
+def most_tumour_slices(mask_zxy: np.ndarray) -> dict[str, int]:
+    """Index of the slice with the most true voxels in each plane of a ``(Z, X, Y)`` mask (centre if empty)."""
+    mask = np.asarray(mask_zxy, dtype=bool)
+    if not mask.any():
+        return {plane: size // 2 for plane, size in zip(_PLANES, (mask.shape[0], mask.shape[2], mask.shape[1]))}
+    return {
+        "axial": int(np.argmax(mask.sum(axis=(1, 2)))),
+        "coronal": int(np.argmax(mask.sum(axis=(0, 1)))),
+        "sagittal": int(np.argmax(mask.sum(axis=(0, 2)))),
+    }
+
+
+def radiological_slice(volume_zxy: np.ndarray, plane: str, index: int, spacing_xyz: Sequence[float]) -> tuple[np.ndarray, float]:
+    """A 2D slice of a RAS-ordered ``(Z, X, Y)`` volume, arranged for ``imshow(origin="lower")``, and its aspect.
+
+    Rows go up (anterior for axial, superior otherwise); columns put the patient's right on the
+    left (axial, coronal) and anterior on the left (sagittal).
+    """
+    sx, sy, sz = (float(s) for s in spacing_xyz)
+    if plane == "axial":
+        return volume_zxy[index].T[:, ::-1], sy / sx
+    if plane == "coronal":
+        return volume_zxy[:, :, index][:, ::-1], sz / sx
+    if plane == "sagittal":
+        return volume_zxy[:, index, :][:, ::-1], sz / sy
+    raise ValueError(f"unknown plane {plane!r}")
+
+
+def write_overlay(
+    path: str | os.PathLike[str],
+    image_zcxy: np.ndarray,
+    prediction_zxy: np.ndarray,
+    ground_truth_zxy: np.ndarray | None,
+    spacing_xyz: Sequence[float],
+    title: str = "",
+) -> Path:
+    """Contours of WT, TC, ET (ground truth solid, prediction dashed) over FLAIR and T1ce in three planes.
+
+    Args:
+        path: the PNG to write.
+        image_zcxy: the case's preprocessed image ``(Z, C, X, Y)``, RAS voxel order, channels in
+            :data:`pipeline.modalities.MODALITIES` order.
+        prediction_zxy: predicted internal labels on the same grid.
+        ground_truth_zxy: ground-truth internal labels on the same grid, or None.
+        spacing_xyz: voxel size (mm) along X, Y, Z.
+        title: figure title (the case id).
+    """
+    reference = ground_truth_zxy if ground_truth_zxy is not None and np.any(ground_truth_zxy) else prediction_zxy
+    slices = most_tumour_slices(np.asarray(reference) > 0)
+    masks = {"prediction": region_masks(prediction_zxy)}
+    if ground_truth_zxy is not None:
+        masks["ground truth"] = region_masks(ground_truth_zxy)
+    styles = {"ground truth": "solid", "prediction": "dashed"}
+    shown = ("flair", "t1ce")
+    figure = Figure(figsize=(4 * len(_PLANES), 4 * len(shown)))
+    for row, modality in enumerate(shown):
+        channel = np.asarray(image_zcxy[:, MODALITIES.index(modality)], dtype=np.float32)
+        brain = channel[channel != 0]
+        low, high = (np.percentile(brain, (1, 99)) if brain.size else (0.0, 1.0))
+        for column, plane in enumerate(_PLANES):
+            axes = figure.add_subplot(len(shown), len(_PLANES), row * len(_PLANES) + column + 1)
+            picture, aspect = radiological_slice(channel, plane, slices[plane], spacing_xyz)
+            axes.imshow(picture, cmap="gray", origin="lower", aspect=aspect, vmin=low, vmax=high, interpolation="nearest")
+            for source, regions in masks.items():
+                for region in _CONTOUR_REGIONS:
+                    outline, _ = radiological_slice(regions[region], plane, slices[plane], spacing_xyz)
+                    if outline.any() and not outline.all():
+                        axes.contour(outline.astype(np.float32), levels=[0.5], colors=[REGION_COLOURS[region]], linestyles=styles[source], linewidths=1.0)
+            axes.set_title(f"{MODALITY_NAMES[modality]} {plane} {slices[plane]}", fontsize=9)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if plane != "sagittal":
+                axes.text(0.02, 0.02, "R", color="white", transform=axes.transAxes, fontsize=9)
+                axes.text(0.95, 0.02, "L", color="white", transform=axes.transAxes, fontsize=9)
+            else:
+                axes.text(0.02, 0.02, "A", color="white", transform=axes.transAxes, fontsize=9)
+                axes.text(0.95, 0.02, "P", color="white", transform=axes.transAxes, fontsize=9)
+    handles = [Line2D([], [], color=REGION_COLOURS[r], label=r) for r in _CONTOUR_REGIONS]
+    handles += [Line2D([], [], color="black", linestyle=styles[s], label=s) for s in masks]
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
+    figure.suptitle(f"{title} (radiological convention: patient right on the left)", fontsize=11)
+    return _save(figure, path, dpi=72)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def write_report(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str] | None = None,
+    extra_summary: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``metrics.csv``, ``summary.json`` and the plots; return the summary.
+
+    Args:
+        rows: per-patient metric dicts, each with a ``case_id``.
+        out_dir: the evaluation output folder.
+        run_dir: the model's run folder; its logs give the training curves when present.
+        extra_summary: more keys for ``summary.json`` (model, data list, settings).
+    """
+    out = Path(out_dir)
+    frame = metrics_frame(rows)
+    write_metrics_csv(frame, out / METRICS_FILE)
+    summary = {**summarise(frame), **dict(extra_summary or {})}
+    plots = {}
+    if len(frame):
+        plots["dice_distribution"] = str(plot_dice_distribution(frame, out / PLOTS_DIR / "dice_distribution.png").relative_to(out))
+        plots["dice_per_case"] = str(plot_dice_per_case(frame, out / PLOTS_DIR / "dice_per_case.png").relative_to(out))
+    if run_dir is not None:
+        curves = plot_training_curves(run_dir, out / PLOTS_DIR / "training_curves.png")
+        if curves is not None:
+            plots["training_curves"] = str(curves.relative_to(out))
+    summary["plots"] = plots
+    write_json(out / SUMMARY_FILE, summary)
+    write_text(out / "summary.txt", summary_table(frame) + "\n")
+    return summary

@@ -1,0 +1,161 @@
+"""BraTS per-patient metrics against hand-computed cases, empty structures and anisotropic voxels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES
+from pipeline.metrics import (
+    EMPTY_HD95_MM,
+    LESION_MISS_HD95_MM,
+    case_metrics,
+    hd95,
+    lesion_wise_scores,
+    metric_columns,
+    structure_metrics,
+)
+
+
+def test_hand_computed_overlap():
+    # truth: 8 voxels; prediction: 12 voxels, 4 of them inside the truth
+    truth = np.zeros((6, 6, 6), bool)
+    truth[1:3, 1:3, 1:3] = True
+    pred = np.zeros_like(truth)
+    pred[2:4, 1:3, 1:4] = True
+    tp, fp, fn = 4, 8, 4
+    tn = truth.size - tp - fp - fn
+    result = structure_metrics(pred, truth, (1.0, 1.0, 1.0))
+    assert result["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert result["iou"] == pytest.approx(tp / (tp + fp + fn))
+    assert result["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert result["precision"] == pytest.approx(tp / (tp + fp))
+    assert result["specificity"] == pytest.approx(tn / (tn + fp))
+
+
+def test_volumes_are_millilitres_with_the_voxel_size():
+    truth = np.zeros((4, 4, 4), bool)
+    truth[:2, :2, :2] = True  # 8 voxels of 2 x 2 x 2.5 mm = 80 mm^3
+    pred = np.zeros_like(truth)
+    pred[:1, :1, :1] = True
+    result = structure_metrics(pred, truth, (2.0, 2.0, 2.5))
+    assert result["true_volume_ml"] == pytest.approx(0.08)
+    assert result["pred_volume_ml"] == pytest.approx(0.01)
+
+
+def test_both_empty_scores_perfect():
+    empty = np.zeros((5, 5, 5), bool)
+    result = structure_metrics(empty, empty, (1, 1, 1))
+    assert result["dice"] == 1.0 and result["iou"] == 1.0
+    assert result["hd95"] == 0.0
+    assert result["sensitivity"] == 1.0 and result["precision"] == 1.0 and result["specificity"] == 1.0
+
+
+@pytest.mark.parametrize("empty_side", ["prediction", "truth"])
+def test_one_empty_scores_zero_and_the_brats_hd95(empty_side):
+    mask = np.zeros((5, 5, 5), bool)
+    mask[2, 2, 2] = True
+    empty = np.zeros_like(mask)
+    pred, truth = (empty, mask) if empty_side == "prediction" else (mask, empty)
+    result = structure_metrics(pred, truth, (1, 1, 1))
+    assert result["dice"] == 0.0 and result["iou"] == 0.0
+    assert result["hd95"] == EMPTY_HD95_MM == 373.13
+    assert result["sensitivity"] == 0.0 and result["precision"] == 0.0
+
+
+def test_hd95_uses_the_spacing():
+    a = np.zeros((6, 6, 6), bool)
+    b = np.zeros_like(a)
+    a[1, 1, 1] = True
+    b[1, 1, 3] = True  # two voxels apart along the third axis
+    assert hd95(a, b, (1, 1, 1)) == pytest.approx(2.0)
+    assert hd95(a, b, (1, 1, 2.5)) == pytest.approx(5.0)
+    assert hd95(a, b, (7, 7, 0.5)) == pytest.approx(1.0)
+
+
+def test_hd95_is_the_max_of_the_directed_95th_percentiles():
+    # prediction->truth distances {0, 4 * 2.5}; truth->prediction {0}
+    truth = np.zeros((5, 5, 8), bool)
+    truth[2, 2, 0] = True
+    pred = truth.copy()
+    pred[2, 2, 4] = True
+    directed = np.percentile([0.0, 10.0], 95)  # 9.5: MONAI / DeepMind definition
+    pooled = np.percentile([0.0, 10.0, 0.0], 95)  # 9.0: medpy / panoptica pool both directions
+    assert hd95(pred, truth, (1, 1, 2.5)) == pytest.approx(directed, abs=1e-4)
+    assert hd95(truth, pred, (1, 1, 2.5)) == pytest.approx(directed, abs=1e-4)
+    assert not math.isclose(directed, pooled)
+
+
+def test_case_metrics_scores_subregions_and_regions():
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[2:6, 2:6, 2:6] = ED
+    truth[3:5, 3:5, 3:5] = NEC
+    pred = truth.copy()
+    pred[pred == NEC] = ET  # the core predicted as enhancing
+    result = case_metrics(pred, truth, (1, 1, 1))
+    assert list(result) == metric_columns()
+    assert result["dice_WT"] == 1.0 and result["dice_TC"] == 1.0 and result["dice_ED"] == 1.0
+    assert result["dice_NEC"] == 0.0 and result["hd95_NEC"] == EMPTY_HD95_MM
+    assert result["dice_ET"] == 0.0  # truth has no ET, prediction has
+    assert result["true_volume_ml_TC"] == pytest.approx(8 / 1000)
+    assert result["pred_volume_ml_ET"] == pytest.approx(8 / 1000)
+
+
+def test_case_metrics_empty_case_follows_brats():
+    empty = np.zeros((4, 4, 4), np.uint8)
+    result = case_metrics(empty, empty, (1, 1, 1))
+    assert all(result[f"dice_{s}"] == 1.0 and result[f"hd95_{s}"] == 0.0 for s in SCORED_STRUCTURES)
+
+
+def test_case_metrics_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shape"):
+        case_metrics(np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 5), np.uint8), (1, 1, 1))
+
+
+def test_metric_columns_are_named_metric_structure():
+    columns = metric_columns(lesion_wise=True)
+    assert "dice_WT" in columns and "hd95_ET" in columns and "sensitivity_NEC" in columns
+    assert "lesion_dice_TC" in columns and "lesion_hd95_WT" in columns
+    assert len(columns) == len(set(columns))
+
+
+def _cube(mask: np.ndarray, corner: tuple[int, int, int], size: int) -> None:
+    x, y, z = corner
+    mask[x : x + size, y : y + size, z : z + size] = True
+
+
+def test_lesion_wise_counts_missed_and_false_positive_lesions():
+    truth = np.zeros((40, 40, 40), bool)
+    _cube(truth, (2, 2, 2), 4)  # lesion A: 64 mm^3, found exactly
+    _cube(truth, (25, 25, 25), 4)  # lesion B: 64 mm^3, missed
+    _cube(truth, (2, 30, 30), 2)  # 8 mm^3 <= 50 mm^3: dropped
+    pred = np.zeros_like(truth)
+    _cube(pred, (2, 2, 2), 4)
+    _cube(pred, (30, 2, 30), 3)  # false positive
+    dice, distance = lesion_wise_scores(pred, truth, (1, 1, 1))
+    assert dice == pytest.approx((1.0 + 0.0) / 3)
+    assert distance == pytest.approx((0.0 + LESION_MISS_HD95_MM + LESION_MISS_HD95_MM) / 3)
+
+
+def test_lesion_wise_merges_nearby_lesions_by_dilation():
+    truth = np.zeros((30, 30, 30), bool)
+    _cube(truth, (5, 5, 5), 4)
+    _cube(truth, (11, 5, 5), 4)  # two voxels of gap: one lesion after 3 dilations
+    pred = np.zeros_like(truth)
+    _cube(pred, (5, 5, 5), 4)  # only the first half predicted
+    dice, _ = lesion_wise_scores(pred, truth, (1, 1, 1))
+    assert dice == pytest.approx(2 * 64 / (64 + 128))  # one merged lesion, half found
+    dice_apart, _ = lesion_wise_scores(pred, truth, (1, 1, 1), dilation_iterations=0)
+    assert dice_apart == pytest.approx(1 / 2)  # two lesions: one perfect, one missed
+
+
+def test_lesion_wise_empty_and_case_metrics_flag():
+    empty = np.zeros((10, 10, 10), bool)
+    assert lesion_wise_scores(empty, empty, (1, 1, 1)) == (1.0, 0.0)
+    seg = np.zeros((10, 10, 10), np.uint8)
+    seg[2:7, 2:7, 2:7] = ET
+    result = case_metrics(seg, seg, (1, 1, 1), lesion_wise=True)
+    assert result["lesion_dice_ET"] == 1.0 and result["lesion_hd95_WT"] == 0.0
+    assert "lesion_dice_ET" not in case_metrics(seg, seg, (1, 1, 1))

@@ -1,0 +1,94 @@
+"""Post-processing: small components, largest component, tiny ET relabelled as NEC, region nesting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.labels import ED, ET, NEC
+from pipeline.postprocess import (
+    DEFAULT_POSTPROCESSING,
+    PostProcessing,
+    keep_largest_component,
+    relabel_small_enhancing_tumour,
+    remove_small_components,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation" / "configs"
+
+
+def _tumour() -> np.ndarray:
+    seg = np.zeros((20, 20, 20), np.uint8)
+    seg[2:10, 2:10, 2:10] = ED  # 512-voxel tumour
+    seg[3:9, 3:9, 3:9] = NEC
+    seg[5:7, 5:7, 5:7] = ET  # 8 ET voxels
+    seg[15, 15, 15] = ED  # a one-voxel speck far away
+    return seg
+
+
+def test_remove_small_components_keeps_big_ones():
+    mask = _tumour() > 0
+    cleaned = remove_small_components(mask, min_voxels=2)
+    assert not cleaned[15, 15, 15]
+    assert cleaned.sum() == mask.sum() - 1
+    assert remove_small_components(mask, 0).sum() == mask.sum()
+
+
+def test_keep_largest_component():
+    mask = _tumour() > 0
+    mask[15:18, 15:18, 15:18] = True
+    largest = keep_largest_component(mask)
+    assert largest.sum() == 512 and not largest[16, 16, 16]
+    assert not keep_largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+def test_relabel_small_enhancing_tumour():
+    seg = _tumour()
+    relabelled = relabel_small_enhancing_tumour(seg, min_voxels=9)
+    assert not (relabelled == ET).any()
+    assert (relabelled == NEC).sum() == (seg == NEC).sum() + (seg == ET).sum()
+    assert np.array_equal(relabel_small_enhancing_tumour(seg, min_voxels=8), seg)  # 8 is not below 8
+
+
+def test_nesting_removed_core_becomes_edema_and_removed_et_becomes_necrosis():
+    seg = _tumour()
+    seg[12:15, 2:5, 2:5] = ED  # a second edema blob...
+    seg[13, 3, 3] = NEC  # ...around a one-voxel core
+    seg[3, 3, 3] = ET  # a one-voxel ET inside the main core, apart from the main ET
+    out = PostProcessing(min_component_voxels={"TC": 2, "ET": 2})(seg)
+    assert out[13, 3, 3] == ED  # TC speck removed, still whole tumour
+    assert out[3, 3, 3] == NEC  # ET speck removed, still tumour core
+    assert out[15, 15, 15] == ED  # WT untouched
+    assert (out == ET).sum() == 8 and (out > 0).sum() == (seg > 0).sum()
+
+
+def test_full_postprocessing_and_identity():
+    seg = _tumour()
+    post = PostProcessing(min_component_voxels=2, keep_largest=["WT"], min_et_voxels=100)
+    out = post(seg)
+    assert out[15, 15, 15] == 0
+    assert not (out == ET).any()
+    identity = PostProcessing()
+    assert identity.is_identity and np.array_equal(identity(seg), seg)
+
+
+def test_config_round_trip_and_errors():
+    post = PostProcessing.from_config({"min_component_voxels": {"WT": 5}, "keep_largest": ["TC"], "min_et_voxels": 3})
+    assert post.to_config()["min_component_voxels"] == {"TC": 0, "WT": 5, "ET": 0}
+    assert PostProcessing.from_config(post.to_config()) == post
+    with pytest.raises(ConfigError, match="unknown region"):
+        PostProcessing(keep_largest=["XX"])
+    with pytest.raises(ConfigError, match="unknown key"):
+        PostProcessing.from_config({"min_voxels": 3})
+    with pytest.raises(ConfigError, match="connectivity"):
+        PostProcessing(connectivity=4)
+
+
+@pytest.mark.parametrize("name", ["inference.yaml", "evaluate.yaml"])
+def test_bundle_configs_use_the_default_postprocessing(name):
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    assert PostProcessing.from_config(config["postprocessing"]) == PostProcessing.from_config(DEFAULT_POSTPROCESSING)
