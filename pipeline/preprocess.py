@@ -29,7 +29,7 @@ import struct
 import time
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -571,7 +571,7 @@ def preprocess_datalist(
                 futures = [pool.submit(_write_case_in_worker, r, cache / r.case_id, margin, allow_resection_cavity) for r in todo]
                 pending = set(futures)
                 while pending:
-                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:
                         error = future.result()
                         if error is not None:
