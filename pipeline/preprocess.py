@@ -74,7 +74,7 @@ FORMAT_VERSION = 1
 #: Voxels kept around the brain box on every side.
 DEFAULT_MARGIN = 4
 
-#: Largest affine difference (mm) accepted between the files of one case.
+#: Largest affine difference (mm) accepted between the files of one case (as in pipeline.datasets.validation).
 AFFINE_TOLERANCE = 1e-3
 
 IMAGE_FILE, LABEL_FILE, META_FILE, INDEX_FILE = "image.npy", "label.npy", "meta.json", "cache.json"
