@@ -39,6 +39,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise PipelineError(target, f"cannot write: {err.strerror or err}") from err
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; outputs get the usual permissions
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -49,6 +50,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:
