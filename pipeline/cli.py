@@ -47,6 +47,32 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 @main.command()
+@click.option("--out", default=Path("data/synthetic"), show_default=True, type=_PATH, help="Folder for the cohort (created if needed).")
+@click.option("--cases", default=24, show_default=True, type=click.IntRange(min=1, max=100_000), help="Number of cases.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Cohort seed: the same seed gives identical files.")
+@click.option(
+    "--size",
+    default="small",
+    show_default=True,
+    type=click.Choice(["full", "small", "tiny"]),
+    help="full: 240x240x155 at 1 mm (like BraTS); small: 96x96x62 at 2.5 mm; tiny: 48x48x32 at 5 mm.",
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_reports_errors
+def synth(out: Path, cases: int, seed: int, size: str, no_progress: bool) -> None:
+    """Generate a synthetic BraTS 2021-style cohort (the default data for the demo and tests).
+
+    Writes OUT/BraTS2021_NNNNN/BraTS2021_NNNNN_{t1,t1ce,t2,flair,seg}.nii.gz: MNI152 brains with
+    a glioma each (labels 0/1/2/4), int16 images with the BraTS header (L-P-S, 1 mm at full size).
+    Case k depends only on the seed and k; finished cases are skipped, so a rerun completes a cohort.
+    """
+    from pipeline.synth import generate_cohort
+
+    folders = generate_cohort(out, cases=cases, seed=seed, size=size, progress=not no_progress)
+    click.echo(f"{len(folders)} synthetic cases ({size}, seed {seed}) in {out}")
+
+
+@main.command()
 @click.option("--datalist", required=True, type=_EXISTING, help="Data list JSON (from `brats-pipeline datalist`).")
 @click.option("--cache", "cache_dir", required=True, type=_PATH, help="Cache folder to build or complete.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Cases processed in parallel.")
