@@ -182,7 +182,8 @@ def _metadata_tracking_off() -> Iterator[None]:
     """Run MONAI transforms on plain tensors: MetaTensor bookkeeping triples the cost of a 2.5D sample.
 
     The samples carry no geometry (they are crops of the cache grid), so nothing is lost. MONAI's
-    switch is process-wide; it is restored on exit.
+    switch is process-wide; it is restored on exit (do not share the dataset with threads that
+    need metadata at the same moment).
     """
     previous = get_track_meta()
     set_track_meta(False)
@@ -269,6 +270,7 @@ class SliceDataset(_CachedDataset):
         self.slice_z = np.concatenate([np.arange(d, dtype=np.int32) for d in depths])
         self.foreground_per_item = np.concatenate(self.foreground_per_case)
         self.foreground_ratio = foreground_ratio
+        self.slice_size: tuple[int, int] | None = None  # set by build_train_dataset, for the record
 
     def __len__(self) -> int:
         return int(self.slice_case.size)
@@ -523,7 +525,7 @@ def build_train_dataset(
         return PatchDataset(cache_dir, ids, transform, patches_per_case, seed, max_open_cases)
     if context < 0:
         raise ConfigError("context", f"must be >= 0, got {context}")
-    dataset = SliceDataset(cache_dir, ids, Compose([]), foreground_ratio, seed, max_open_cases)
+    dataset = SliceDataset(cache_dir, ids, Compose([]), foreground_ratio, seed, max_open_cases)  # the size needs the shapes
     if slice_size is None:
         size2 = _default_slice_size(dataset.shapes)
     else:
