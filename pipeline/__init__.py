@@ -1,3 +1,17 @@
 """Brain-tumour segmentation of multi-modal MRI (BraTS) with MONAI."""
 
 __version__ = "0.1.0"
+
+#: Public functions re-exported lazily, so ``import pipeline`` stays light (no torch, no MONAI).
+_LAZY_EXPORTS = {"load_model": "pipeline.api", "segment": "pipeline.api"}
+
+
+def __getattr__(name: str):
+    """``pipeline.load_model`` / ``pipeline.segment`` (from :mod:`pipeline.api`), imported on first use."""
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

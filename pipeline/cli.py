@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -33,6 +34,24 @@ def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class _EchoWarnings(logging.Handler):
+    """Print the pipeline's warnings (``warning: <path>: <reason>``) on stderr, whatever logging the host process set up."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # logging must never break a command
+            self.handleError(record)
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("pipeline")
+    if not any(isinstance(handler, _EchoWarnings) for handler in logger.handlers):
+        handler = _EchoWarnings(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
 @click.version_option(package_name="brats-pipeline")
@@ -44,6 +63,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    _show_warnings()
 
 
 @main.command()
@@ -199,3 +219,94 @@ def train(
         overrides=parse_overrides(settings),
     )
     click.echo(f"run directory: {run_dir} (best weights: {run_dir / 'models' / 'model.pt'})")
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
+@click.option("--input", "input_path", required=True, type=_EXISTING, help="Case folder, MSD 4D image, data list JSON or data root.")
+@click.option("--out", required=True, type=_PATH, help="Folder for the NIfTI predictions.")
+@click.option("--device", default="cpu", show_default=True, help="Where the network runs: cpu, cuda, cuda:N.")
+@click.option("--tta/--no-tta", default=None, help="Mirrored test-time augmentation (default: the model config's setting).")
+@click.option(
+    "--label-convention",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "brats2017", "brats2023", "msd", "internal"]),
+    help="Labels written: auto = each case's own (0/1/2/4 for 2017-2021, 0/1/2/3 for 2023+, MSD's for MSD).",
+)
+@click.option("--probabilities", is_flag=True, help="Also write float16 probability maps (<case>_probabilities.nii.gz).")
+@click.option("--submission-names", is_flag=True, help="Name files <case_id>.nii.gz as the BraTS portals expect (default <case_id>_seg.nii.gz).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_reports_errors
+def predict(
+    model_dir: Path,
+    input_path: Path,
+    out: Path,
+    device: str,
+    tta: bool | None,
+    label_convention: str,
+    probabilities: bool,
+    submission_names: bool,
+    no_progress: bool,
+) -> None:
+    """Segment cases (with or without ground truth) into NIfTI files for 3D Slicer.
+
+    Each segmentation is uint8 on exactly the input's grid (shape, affine, qform/sform, voxel
+    order), with a Slicer colour table (brats_<convention>.ctbl) next to it.
+    """
+    from pipeline.predict import predict as run_predict
+
+    summary = run_predict(
+        model_dir,
+        input_path,
+        out,
+        device=device,
+        tta=tta,
+        label_convention=label_convention,
+        probabilities=probabilities,
+        submission_names=submission_names,
+        progress=not no_progress,
+    )
+    click.echo(str(summary))
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
+@click.option("--datalist", "datalist_path", required=True, type=_EXISTING, help="Data list JSON with ground truth.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "validation", "training", "all"]), help="Cases to score.")
+@click.option("--out", required=True, type=_PATH, help="Evaluation folder: metrics.csv, summary.json, plots/, overlays/, predictions/.")
+@click.option("--device", default="cpu", show_default=True, help="Where the network runs: cpu, cuda, cuda:N.")
+@click.option("--tta/--no-tta", default=None, help="Mirrored test-time augmentation (default: the model config's setting).")
+@click.option("--lesion-wise", is_flag=True, help="Add BraTS 2023 lesion-wise Dice and HD95 (TC, WT, ET).")
+@click.option("--no-overlays", is_flag=True, help="Skip the per-case overlay PNGs.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_reports_errors
+def evaluate(
+    model_dir: Path,
+    datalist_path: Path,
+    split: str,
+    out: Path,
+    device: str,
+    tta: bool | None,
+    lesion_wise: bool,
+    no_overlays: bool,
+    no_progress: bool,
+) -> None:
+    """Score a model per patient (Dice, HD95, sensitivity, specificity, precision, IoU, volumes).
+
+    Predictions are written as predict writes them and scored on the original grid; HD95 is
+    MONAI's (max of the two directed 95th percentiles, in mm).
+    """
+    from pipeline.evaluate import evaluate as run_evaluate
+
+    run_evaluate(
+        model_dir,
+        datalist_path,
+        out,
+        split=split,
+        device=device,
+        tta=tta,
+        lesion_wise=lesion_wise,
+        overlays=not no_overlays,
+        progress=not no_progress,
+    )

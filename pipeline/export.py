@@ -92,7 +92,8 @@ def segmentation_image(labels: np.ndarray, reference: nib.Nifti1Image) -> nib.Ni
     header["intent_code"] = NIFTI_INTENT_LABEL
     header["cal_max"] = float(labels.max()) if labels.size else 0.0
     header["descrip"] = b"brats-pipeline segmentation"
-    return type(reference)(labels.astype(np.uint8), None, header=header)
+    # The header is a copy of the reference, so its best affine is the reference affine: nibabel keeps the header as is.
+    return type(reference)(labels.astype(np.uint8), reference.affine, header=header)
 
 
 def probability_image(probabilities: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
@@ -113,7 +114,7 @@ def probability_image(probabilities: np.ndarray, reference: nib.Nifti1Image) -> 
     # The fourth axis is a vector of class probabilities, not time.
     header.set_intent("vector")
     # Float voxels with a uint8 on-disk type: nibabel picks scl_slope (at most 1/255) when saving.
-    return type(reference)(voxels, None, header=header)
+    return type(reference)(voxels, reference.affine, header=header)
 
 
 def load_reference(path: str | os.PathLike[str]) -> nib.Nifti1Image:

@@ -171,26 +171,69 @@ class OracleNetwork(torch.nn.Module):
 
 
 #: Tiny network settings for run folders made in tests (a real MONAI UNet, untrained).
-TINY_NETWORK = {"mode": "2.5d", "context": 1, "channels": [8, 16], "strides": [2], "num_res_units": 1}
+TINY_NETWORK = {"mode": "2.5d", "context": 1, "channels": [8, 16], "strides": [2], "num_res_units": 1, "sw_batch_size": 8}
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation" / "configs"
 
 
-def write_run_dir(run_dir: Path, seed: int = 0) -> Path:
+def write_run_dir(run_dir: Path, seed: int = 0, **settings) -> Path:
     """A run folder as training lays it out (config.json + models/model.pt) with an untrained tiny UNet.
 
-    The config is the bundle's inference.yaml with tiny network settings, saved as JSON like a
-    training run's merged config.
+    ``config.json`` is the bundle's train.yaml with tiny network settings (and ``settings``),
+    the merged raw config a training run stores.
     """
     from monai.bundle import ConfigParser
 
-    bundle = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation" / "configs" / "inference.yaml"
-    config = ConfigParser.load_config_file(str(bundle))
+    config = ConfigParser.load_config_file(str(CONFIGS / "train.yaml"))
     config.update(TINY_NETWORK)
-    config["sw_batch_size"] = 8
-    config["postprocessing"] = {"min_component_voxels": {}, "keep_largest": [], "min_et_voxels": 0}
+    config.update(settings)
     (run_dir / "models").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=1))
-    parser = ConfigParser(config)
     torch.manual_seed(seed)
-    network = parser.get_parsed_content("network_def")
+    network = ConfigParser(config).get_parsed_content("network_def")
     torch.save(network.state_dict(), run_dir / "models" / "model.pt")
     return run_dir
+
+
+def write_bundle_dir(bundle_dir: Path, weights: Path | None = None, **settings) -> Path:
+    """A bundle folder: configs/inference.yaml with tiny network settings, and models/model.pt copied from ``weights``."""
+    import shutil
+
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
+    config.update(TINY_NETWORK)
+    config.update(settings)
+    (bundle_dir / "configs").mkdir(parents=True, exist_ok=True)
+    (bundle_dir / "configs" / "inference.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if weights is not None:
+        (bundle_dir / "models").mkdir(parents=True, exist_ok=True)
+        shutil.copy(weights, bundle_dir / "models" / "model.pt")
+    return bundle_dir
+
+
+GEOMETRY_FIELDS = (
+    "qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z",
+    "srow_x", "srow_y", "srow_z", "xyzt_units",
+)  # fmt: skip
+
+
+def assert_same_geometry(output: Path | nib.Nifti1Image, reference: Path) -> None:
+    """The output lies exactly on the reference's grid, read with nibabel and with SimpleITK."""
+    import SimpleITK as sitk
+
+    out_image = output if isinstance(output, nib.Nifti1Image) else nib.load(output)
+    ref_image = nib.load(reference)
+    assert out_image.shape == ref_image.shape[:3]
+    np.testing.assert_array_equal(out_image.affine, ref_image.affine)
+    for name in GEOMETRY_FIELDS:
+        np.testing.assert_array_equal(out_image.header[name], ref_image.header[name], err_msg=name)
+    np.testing.assert_array_equal(out_image.header["pixdim"][:4], ref_image.header["pixdim"][:4])
+    if isinstance(output, nib.Nifti1Image):
+        return
+    out_itk, ref_itk = sitk.ReadImage(str(output)), sitk.ReadImage(str(reference))
+    assert out_itk.GetSize() == ref_itk.GetSize()[:3]
+    np.testing.assert_allclose(out_itk.GetOrigin(), ref_itk.GetOrigin()[:3], atol=1e-6)
+    np.testing.assert_allclose(out_itk.GetSpacing(), ref_itk.GetSpacing()[:3], atol=1e-6)
+    directions = np.reshape(ref_itk.GetDirection(), (ref_itk.GetDimension(), -1))[:3, :3]
+    np.testing.assert_allclose(np.reshape(out_itk.GetDirection(), (3, 3)), directions, atol=1e-6)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from prediction_cases import LAYOUTS, canonical_case, stored, write_image
+from prediction_cases import LAYOUTS, assert_same_geometry, canonical_case, stored, write_image
 
 from pipeline.export import (
     NIFTI_INTENT_LABEL,
@@ -23,8 +23,6 @@ from pipeline.export import (
 )
 from pipeline.labels import CONVENTIONS, get_convention
 
-GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z", "pixdim", "xyzt_units")
-
 
 def _reference(tmp_path: Path, layout: str) -> tuple[Path, np.ndarray]:
     modalities, labels = canonical_case()
@@ -33,28 +31,12 @@ def _reference(tmp_path: Path, layout: str) -> tuple[Path, np.ndarray]:
     return path, stored(layout, labels)[0]
 
 
-def assert_same_geometry(output: Path, reference: Path) -> None:
-    """The output lies on the reference's grid, read with nibabel and with SimpleITK."""
-    out_image, ref_image = nib.load(output), nib.load(reference)
-    assert out_image.shape == ref_image.shape[:3]
-    np.testing.assert_array_equal(out_image.affine, ref_image.affine)
-    for name in GEOMETRY_FIELDS:
-        expected = ref_image.header[name][:4] if name == "pixdim" else ref_image.header[name]
-        actual = out_image.header[name][:4] if name == "pixdim" else out_image.header[name]
-        np.testing.assert_array_equal(actual, expected, err_msg=name)
-    assert same_geometry(out_image, ref_image) == []
-    out_itk, ref_itk = sitk.ReadImage(str(output)), sitk.ReadImage(str(reference))
-    assert out_itk.GetSize() == ref_itk.GetSize()[:3]
-    np.testing.assert_allclose(out_itk.GetOrigin(), ref_itk.GetOrigin()[:3], atol=1e-6)
-    np.testing.assert_allclose(out_itk.GetSpacing(), ref_itk.GetSpacing()[:3], atol=1e-6)
-    np.testing.assert_allclose(np.reshape(out_itk.GetDirection(), (3, 3)), np.reshape(ref_itk.GetDirection(), (-1, ref_itk.GetDimension()))[:3, :3], atol=1e-6)
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_segmentation_has_the_reference_geometry(tmp_path, layout):
     reference, labels = _reference(tmp_path, layout)
     out = write_segmentation(labels, reference, tmp_path / "out" / "case_seg.nii.gz", get_convention("brats2017"))
     assert_same_geometry(out, reference)
+    assert same_geometry(nib.load(out), nib.load(reference)) == []
     image = nib.load(out)
     assert image.get_data_dtype() == np.uint8
     assert image.header["intent_code"] == NIFTI_INTENT_LABEL

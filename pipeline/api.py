@@ -1,0 +1,400 @@
+"""Load a trained model and segment cases with it, from Python.
+
+Example:
+    >>> import pipeline
+    >>> model = pipeline.load_model("runs/2.5d-fold0")                # a run folder or a bundle folder
+    >>> image = model.segment("/data/BraTS2021_00006")                 # doctest: +SKIP
+    >>> image.to_filename("BraTS2021_00006_seg.nii.gz")               # same grid as the input, 0/1/2/4
+    >>> image = pipeline.segment("/data/BraTS-GLI-00001-000", model=model)   # doctest: +SKIP
+
+Every case goes through the one inference path the CLI and the bundle configs use
+(:meth:`SegmentationModel.predict_case`): raw NIfTI -> :func:`pipeline.preprocess.prepare_case`
+(the preprocessing of training) -> :class:`pipeline.inference.VolumeInferer` -> post-processing
+(:class:`pipeline.postprocess.PostProcessing`) -> :func:`pipeline.preprocess.restore_to_original`
+-> labels in the case's own convention on the input's grid.
+
+A *run folder* holds ``config.json`` (the merged bundle config of the training run) and
+``models/model.pt``; a *bundle folder* holds ``configs/inference.yaml`` and ``models/model.pt``
+(or a TorchScript ``models/model.ts``). Weights are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from pipeline.datalist import CaseRecord
+from pipeline.errors import ConfigError, InputError
+from pipeline.labels import get_convention
+from pipeline.postprocess import PostProcessing
+
+RUN_CONFIG = "config.json"
+BUNDLE_CONFIG = Path("configs") / "inference.yaml"
+WEIGHTS = Path("models") / "model.pt"
+TORCHSCRIPT = Path("models") / "model.ts"
+
+#: Inference settings read from a config, with their defaults when a config does not set them.
+INFERENCE_DEFAULTS: dict[str, Any] = {
+    "mode": "2.5d",
+    "context": 2,
+    "output_mode": "softmax",
+    "roi_size": None,
+    "sw_batch_size": 16,
+    "overlap": 0.5,
+    "tta": False,
+}
+
+#: Label conventions a prediction can be written in; ``auto`` is each case's own.
+OUTPUT_CONVENTIONS: tuple[str, ...] = ("auto", "brats2017", "brats2023", "msd", "internal")
+
+
+@dataclass(frozen=True)
+class CasePrediction:
+    """The result of segmenting one case.
+
+    Attributes:
+        record: the case.
+        labels: internal labels (0-3) on the source grid ``(X0, Y0, Z0)``, post-processed.
+        reference: the image whose header the prediction copies (the first modality).
+        cache_image: the preprocessed image ``(Z, C, X, Y)`` (RAS voxel order, cropped).
+        cache_labels: the post-processed internal labels on the cache grid ``(Z, X, Y)``.
+        cache_ground_truth: the ground truth on the cache grid, or None.
+        meta: the preprocessing manifest (grid bookkeeping, spacing).
+        probabilities: class or region probabilities on the source grid ``(K, X0, Y0, Z0)`` when asked for.
+        channel_names: the names of the probability channels.
+    """
+
+    record: CaseRecord
+    labels: np.ndarray
+    reference: nib.Nifti1Image
+    cache_image: np.ndarray
+    cache_labels: np.ndarray
+    cache_ground_truth: np.ndarray | None
+    meta: dict
+    probabilities: np.ndarray | None = None
+    channel_names: tuple[str, ...] = ()
+
+    @property
+    def case_id(self) -> str:
+        return self.record.case_id
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size (mm) along the source grid's axes."""
+        return tuple(float(z) for z in self.reference.header.get_zooms()[:3])
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike[str]) -> torch.nn.Module:
+    """Load a plain ``state_dict`` (``weights_only=True``) into ``network``.
+
+    Accepts the keys of a ``DistributedDataParallel`` (``module.``) or ``torch.compile``
+    (``_orig_mod.``) network, and a full training state holding the weights under ``model``,
+    ``network`` or ``state_dict``.
+
+    Raises:
+        ConfigError: naming the file when it is missing, unreadable or corrupt, or when its keys
+            or tensor shapes do not match the network built from the config.
+    """
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigError(source, "checkpoint not found")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a truncated, corrupt or unsafe file
+        raise ConfigError(source, f"not a readable weights-only checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    if isinstance(state, Mapping):
+        for key in ("model", "network", "state_dict"):
+            if key in state and isinstance(state[key], Mapping):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(source, "does not hold a state_dict of tensors")
+    state = {re.sub(r"^(module\.|_orig_mod\.)+", "", key): value for key, value in state.items()}
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
+        for key in sorted(set(state) & set(expected))
+        if state[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es) (e.g. {mismatched[0]})")
+        raise ConfigError(source, "weights do not fit the network of the config: " + "; ".join(parts))
+    network.load_state_dict(state, strict=True)
+    return network
+
+
+class SegmentationModel:
+    """A trained network with its whole-volume inference and post-processing.
+
+    Args:
+        network: the network (weights loaded, or loaded from ``checkpoint``).
+        inferer: a :class:`pipeline.inference.VolumeInferer`.
+        postprocessing: a :class:`PostProcessing` or its config mapping (``None``: the default of
+            :data:`pipeline.postprocess.DEFAULT_POSTPROCESSING`).
+        device: where the network runs.
+        checkpoint: a state_dict file to load into ``network``.
+        allow_resection_cavity: read BraTS 2024 ground truth with label 4 (mapped to background).
+        source: the run or bundle folder the model came from (reports read its logs).
+
+    Example:
+        >>> from pipeline.inference import VolumeInferer
+        >>> from pipeline.networks import build_network
+        >>> model = SegmentationModel(build_network("2d"), VolumeInferer("2d"))
+        >>> seg = model.segment("/data/BraTS2021_00006")   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        inferer: Any,
+        postprocessing: PostProcessing | Mapping | None = None,
+        device: str | torch.device = "cpu",
+        checkpoint: str | os.PathLike[str] | None = None,
+        allow_resection_cavity: bool = False,
+        source: str | os.PathLike[str] | None = None,
+    ) -> None:
+        from pipeline.postprocess import DEFAULT_POSTPROCESSING
+
+        self.device = _device(device)
+        if checkpoint is not None:
+            load_weights(network, checkpoint)
+        self.network = network.to(self.device).eval()
+        self.inferer = inferer
+        self.postprocessing = PostProcessing.from_config(DEFAULT_POSTPROCESSING if postprocessing is None else postprocessing)
+        self.allow_resection_cavity = allow_resection_cavity
+        self.source = Path(source) if source is not None else None
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentationModel(mode={self.inferer.mode!r}, output_mode={self.inferer.output_mode!r}, "
+            f"tta={self.inferer.tta}, device={str(self.device)!r}, source={str(self.source) if self.source else None!r})"
+        )
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Names of the probability channels the network outputs."""
+        return ("TC", "WT", "ET") if self.inferer.output_mode == "regions" else ("background", "NEC", "ED", "ET")
+
+    def predict_case(self, case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]], probabilities: bool = False) -> CasePrediction:
+        """Segment one case: preprocess, infer, post-process, and map back onto the source grid.
+
+        Args:
+            case: a :class:`CaseRecord`, a case folder, an MSD 4D file, or the four modality
+                files in canonical order (T1, T1ce, T2, FLAIR).
+            probabilities: also return the probabilities on the source grid.
+        """
+        from pipeline.io import load_nifti
+        from pipeline.preprocess import prepare_case, restore_to_original
+
+        record = case_record(case)
+        prepared = prepare_case(record, allow_resection_cavity=self.allow_resection_cavity)
+        scores = self.inferer(self.network, prepared.image, self.device)
+        cache_labels = self.postprocessing(self.inferer.to_labels(scores))
+        labels = restore_to_original(cache_labels, prepared.meta, fill=0)
+        restored = None
+        if probabilities:
+            scores = scores.numpy()
+            restored = restore_to_original(scores, prepared.meta, fill=0)
+            if self.inferer.output_mode != "regions":
+                # Outside the brain crop the prediction is background with certainty.
+                restored[0] = restore_to_original(scores[0], prepared.meta, fill=1)
+        return CasePrediction(
+            record=record,
+            labels=labels,
+            reference=load_nifti(record.images[0]),
+            cache_image=prepared.image,
+            cache_labels=cache_labels,
+            cache_ground_truth=prepared.label,
+            meta=prepared.meta,
+            probabilities=restored,
+            channel_names=self.channel_names,
+        )
+
+    def segment(
+        self,
+        case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        label_convention: str = "auto",
+    ) -> nib.Nifti1Image:
+        """Segment one case and return the uint8 NIfTI image on the input's grid.
+
+        Args:
+            case: see :meth:`predict_case`.
+            label_convention: ``auto`` (the case's own: 0/1/2/4 for BraTS 2017-2021, 0/1/2/3 for
+                2023+, MSD's for MSD) or a convention name.
+        """
+        from pipeline.export import segmentation_image
+
+        prediction = self.predict_case(case)
+        convention = get_convention(output_convention(prediction.record, label_convention))
+        return segmentation_image(convention.from_internal(prediction.labels), prediction.reference)
+
+
+def check_output_convention(label_convention: str) -> str:
+    """``label_convention`` if it is one of :data:`OUTPUT_CONVENTIONS`, else a :class:`ConfigError`."""
+    if label_convention not in OUTPUT_CONVENTIONS:
+        raise ConfigError("label_convention", f"unknown label convention {label_convention!r}; choose one of {', '.join(OUTPUT_CONVENTIONS)}")
+    return label_convention
+
+
+def output_convention(record: CaseRecord, label_convention: str = "auto") -> str:
+    """The convention a case's prediction is written in (``auto``: the case's own)."""
+    check_output_convention(label_convention)
+    return record.label_convention if label_convention == "auto" else label_convention
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError("device", f"not a device: {device!r}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{device} requested but CUDA is not available")
+    return resolved
+
+
+def case_record(case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> CaseRecord:
+    """A :class:`CaseRecord` from a record, a case folder, an MSD 4D file, or four modality files."""
+    if isinstance(case, CaseRecord):
+        return case
+    if isinstance(case, (str, os.PathLike)):
+        from pipeline.datasets import discover_case
+
+        return discover_case(case)
+    files = [Path(p) for p in case]
+    if len(files) != 4:
+        raise InputError(", ".join(map(str, files)) or "case", f"expected 4 modality files (T1, T1ce, T2, FLAIR), got {len(files)}")
+    names = [f.name for f in files]
+    stem = os.path.commonprefix(names).rstrip("_-.") or files[0].name.split(".")[0]
+    brats2023 = all(re.search(r"-(t1n|t1c|t2w|t2f)\.nii(\.gz)?$", n) for n in names)
+    return CaseRecord(
+        case_id=stem,
+        images=tuple(f.resolve() for f in files),
+        label=None,
+        split="unlabelled",
+        label_convention="brats2023" if brats2023 else "brats2017",
+    )
+
+
+def _config_value(parser: Any, key: str, where: Path) -> Any:
+    if key not in parser:
+        return INFERENCE_DEFAULTS[key]
+    try:
+        return parser.get_parsed_content(key)
+    except Exception as err:  # MONAI wraps every parse failure in its own error types
+        raise ConfigError(where, f"cannot read {key!r}: {err}") from err
+
+
+def load_model(
+    bundle_or_run_dir: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    tta: bool | None = None,
+    postprocessing: PostProcessing | Mapping | None = None,
+) -> SegmentationModel:
+    """Load a trained model from a run folder or a bundle folder.
+
+    Args:
+        bundle_or_run_dir: a run folder (``config.json`` + ``models/model.pt``) or a bundle
+            folder (``configs/inference.yaml`` + ``models/model.pt`` or ``models/model.ts``).
+        device: where the network runs (``cpu``, ``cuda``, ``cuda:1``).
+        tta: override the config's test-time augmentation setting.
+        postprocessing: override the config's ``postprocessing`` settings.
+
+    Returns:
+        The model, ready for :meth:`SegmentationModel.segment`.
+
+    Raises:
+        ConfigError: naming the file when the folder, config or weights are missing or do not fit.
+
+    Example:
+        >>> model = load_model("runs/2.5d-fold0", device="cpu")     # doctest: +SKIP
+        >>> model.segment("/data/BraTS2021_00006").shape             # doctest: +SKIP
+        (240, 240, 155)
+    """
+    from monai.bundle import ConfigParser
+
+    from pipeline.inference import VolumeInferer
+
+    root = Path(bundle_or_run_dir)
+    if not root.is_dir():
+        raise ConfigError(root, "model folder not found" if not root.exists() else "expected a run or bundle folder")
+    if (root / RUN_CONFIG).is_file():
+        config_path = root / RUN_CONFIG
+    elif (root / BUNDLE_CONFIG).is_file():
+        config_path = root / BUNDLE_CONFIG
+    else:
+        raise ConfigError(root, f"neither a run folder ({RUN_CONFIG}) nor a bundle folder ({BUNDLE_CONFIG.as_posix()})")
+    try:
+        parser = ConfigParser(ConfigParser.load_config_file(str(config_path)))
+    except Exception as err:  # json/yaml errors
+        raise ConfigError(config_path, f"cannot read config: {err}") from err
+    if "network_def" not in parser:
+        raise ConfigError(config_path, "config has no 'network_def'")
+    parser["bundle_root"] = str(root)
+    try:
+        network = parser.get_parsed_content("network_def")
+    except Exception as err:
+        raise ConfigError(config_path, f"cannot build 'network_def': {err}") from err
+    if not isinstance(network, torch.nn.Module):
+        raise ConfigError(config_path, f"'network_def' built a {type(network).__name__}, not a torch module")
+    settings = {key: _config_value(parser, key, config_path) for key in INFERENCE_DEFAULTS}
+    if tta is not None:
+        settings["tta"] = bool(tta)
+    inferer = VolumeInferer(**settings)
+
+    weights = root / WEIGHTS
+    checkpoint: Path | None = weights
+    if not weights.is_file() and (root / TORCHSCRIPT).is_file():
+        from pipeline.networks import spatial_divisor
+
+        inferer.divisor = spatial_divisor(network)
+        try:
+            network = torch.jit.load(str(root / TORCHSCRIPT), map_location="cpu")
+        except Exception as err:
+            raise ConfigError(root / TORCHSCRIPT, f"not a readable TorchScript model ({type(err).__name__})") from err
+        checkpoint = None
+    elif not weights.is_file():
+        raise ConfigError(weights, "checkpoint not found (train a model first, or point --model at a run folder)")
+    if postprocessing is None and "postprocessing" in parser:
+        postprocessing = parser.get("postprocessing")
+    allow_cavity = bool(parser.get("allow_resection_cavity", False))
+    return SegmentationModel(
+        network,
+        inferer,
+        postprocessing=postprocessing,
+        device=device,
+        checkpoint=checkpoint,
+        allow_resection_cavity=allow_cavity,
+        source=root,
+    )
+
+
+def segment(
+    case_files_or_dir: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    model: SegmentationModel | str | os.PathLike[str],
+    label_convention: str = "auto",
+    device: str | torch.device = "cpu",
+) -> nib.Nifti1Image:
+    """Segment one case with a model (a :class:`SegmentationModel` or a run/bundle folder).
+
+    Example:
+        >>> image = segment("/data/BraTS2021_00006", model="runs/2.5d-fold0")   # doctest: +SKIP
+    """
+    if not isinstance(model, SegmentationModel):
+        model = load_model(model, device=device)
+    return model.segment(case_files_or_dir, label_convention=label_convention)

@@ -1,0 +1,176 @@
+"""Segment new cases and write NIfTI files for 3D Slicer: the ``predict`` command.
+
+``--input`` may be one case folder (any supported naming, also a folder not named after its
+case), one MSD Task01 4D image, a data list JSON (every case it lists, with or without ground
+truth), or a data root (every case :func:`pipeline.datasets.discover` finds: BraTS 2017-2021,
+2023+, MSD).
+
+The output folder receives, per case, ``<case_id>_seg.nii.gz`` (or ``<case_id>.nii.gz`` with
+BraTS submission naming) on exactly the input's grid, a 3D Slicer colour table per label
+convention used (``brats_<convention>.ctbl``), optional float16 probability maps
+(``<case_id>_probabilities.nii.gz``, channels last), and ``predictions.json`` listing what was
+written with the settings used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pipeline.api import SegmentationModel, check_output_convention, load_model, output_convention
+from pipeline.datalist import SPLITS, CaseRecord, load_datalist
+from pipeline.errors import InputError
+from pipeline.export import (
+    colour_table_filename,
+    probability_filename,
+    segmentation_filename,
+    write_colour_table,
+    write_probabilities,
+    write_segmentation,
+)
+from pipeline.io import write_json
+from pipeline.labels import get_convention
+
+MANIFEST = "predictions.json"
+
+
+@dataclass
+class PredictionSummary:
+    """What :func:`predict` wrote."""
+
+    out_dir: Path
+    segmentations: dict[str, Path] = field(default_factory=dict)
+    probabilities: dict[str, Path] = field(default_factory=dict)
+    colour_tables: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{len(self.segmentations)} case(s) segmented -> {self.out_dir} ({self.seconds:.1f} s)"
+
+
+def _has_nifti_files(folder: Path) -> bool:
+    return any(p.is_file() and (p.name.endswith(".nii") or p.name.endswith(".nii.gz")) for p in folder.iterdir())
+
+
+def resolve_cases(input_path: str | os.PathLike[str]) -> list[CaseRecord]:
+    """Every case an ``--input`` names: a case folder, an MSD 4D file, a data list JSON or a data root."""
+    from pipeline.datasets import discover, discover_case
+
+    source = Path(input_path)
+    if not source.exists():
+        raise InputError(source, "input not found")
+    if source.is_file() and source.suffix == ".json":
+        datalist = load_datalist(source)
+        return [record for split in SPLITS for record in datalist.records[split]]
+    if source.is_file() or _has_nifti_files(source):
+        return [discover_case(source)]
+    return list(discover(source).records)
+
+
+def write_case_prediction(
+    prediction: Any,
+    out_dir: Path,
+    label_convention: str = "auto",
+    submission_names: bool = False,
+) -> tuple[Path, Path | None, str]:
+    """Write one :class:`pipeline.api.CasePrediction`: the segmentation and, if present, the probabilities.
+
+    Returns:
+        The segmentation path, the probability path (or None) and the convention written.
+    """
+    convention = output_convention(prediction.record, label_convention)
+    seg_path = write_segmentation(
+        prediction.labels,
+        prediction.reference,
+        out_dir / segmentation_filename(prediction.case_id, submission_names),
+        get_convention(convention),
+    )
+    prob_path = None
+    if prediction.probabilities is not None:
+        prob_path = write_probabilities(prediction.probabilities, prediction.reference, out_dir / probability_filename(prediction.case_id))
+    return seg_path, prob_path, convention
+
+
+def predict(
+    model: SegmentationModel | str | os.PathLike[str],
+    input_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    device: str = "cpu",
+    tta: bool | None = None,
+    label_convention: str = "auto",
+    probabilities: bool = False,
+    submission_names: bool = False,
+    progress: bool = True,
+) -> PredictionSummary:
+    """Segment every case of ``input_path`` with ``model`` and write the NIfTI files into ``out_dir``.
+
+    Args:
+        model: a loaded model, or a run or bundle folder.
+        input_path: a case folder, an MSD 4D file, a data list JSON or a data root.
+        out_dir: where the predictions go (created).
+        device: where the network runs (when ``model`` is a folder).
+        tta: override the model's test-time augmentation (when ``model`` is a folder).
+        label_convention: ``auto`` (each case's own) or ``brats2017``, ``brats2023``, ``msd``, ``internal``.
+        probabilities: also write float16 probability maps.
+        submission_names: name files ``<case_id>.nii.gz`` (BraTS portals) instead of ``<case_id>_seg.nii.gz``.
+        progress: show a progress bar.
+    """
+    started = time.perf_counter()
+    out = Path(out_dir)
+    check_output_convention(label_convention)
+    if not isinstance(model, SegmentationModel):
+        model = load_model(model, device=device, tta=tta)
+    elif tta is not None:
+        model.inferer.tta = bool(tta)
+    records = resolve_cases(input_path)
+    summary = PredictionSummary(out_dir=out)
+    entries: list[dict[str, Any]] = []
+    conventions: set[str] = set()
+    for record in tqdm(records, desc="predict", unit="case", disable=not progress):
+        case_started = time.perf_counter()
+        prediction = model.predict_case(record, probabilities=probabilities)
+        seg_path, prob_path, convention = write_case_prediction(prediction, out, label_convention, submission_names)
+        conventions.add(convention)
+        summary.segmentations[record.case_id] = seg_path
+        entry: dict[str, Any] = {
+            "case_id": record.case_id,
+            "segmentation": seg_path.name,
+            "label_convention": convention,
+            "source": [str(p) for p in record.images],
+            "voxels": {name: int(np.count_nonzero(prediction.labels == value)) for value, name in ((1, "NEC"), (2, "ED"), (3, "ET"))},
+            "seconds": round(time.perf_counter() - case_started, 3),
+        }
+        if prob_path is not None:
+            summary.probabilities[record.case_id] = prob_path
+            entry["probabilities"] = prob_path.name
+            entry["probability_channels"] = list(prediction.channel_names)
+        entries.append(entry)
+    for name in sorted(conventions):
+        summary.colour_tables.append(write_colour_table(out / colour_table_filename(get_convention(name)), get_convention(name)))
+    summary.seconds = time.perf_counter() - started
+    write_json(out / MANIFEST, {"model": model_settings(model), "input": str(input_path), "cases": entries})
+    return summary
+
+
+def model_settings(model: SegmentationModel) -> dict[str, Any]:
+    """The settings that shaped a prediction, for manifests and summaries."""
+    inferer = model.inferer
+    return {
+        "source": str(model.source) if model.source else None,
+        "mode": inferer.mode,
+        "context": inferer.context,
+        "output_mode": inferer.output_mode,
+        "roi_size": list(inferer.roi_size) if inferer.roi_size else None,
+        "sw_batch_size": inferer.sw_batch_size,
+        "overlap": inferer.overlap,
+        "tta": inferer.tta,
+        "device": str(model.device),
+        "postprocessing": model.postprocessing.to_config(),
+    }
+

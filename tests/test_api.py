@@ -1,0 +1,141 @@
+"""Loading models from run and bundle folders, checkpoint errors, and segmenting from Python."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+from prediction_cases import CONFIGS, TINY_NETWORK, assert_same_geometry, write_bundle_dir, write_case, write_run_dir
+
+import pipeline
+from pipeline.api import SegmentationModel, case_record, load_model, segment
+from pipeline.errors import ConfigError, InputError
+from pipeline.postprocess import DEFAULT_POSTPROCESSING, PostProcessing
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_run_dir(tmp_path_factory.mktemp("api") / "run")
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_case(tmp_path_factory.mktemp("api_cases"), layout="lps")
+
+
+def test_load_model_from_a_run_folder(run_dir):
+    model = load_model(run_dir)
+    assert isinstance(model, SegmentationModel)
+    assert model.inferer.mode == "2.5d" and model.inferer.context == TINY_NETWORK["context"]
+    assert model.inferer.sw_batch_size == TINY_NETWORK["sw_batch_size"] and model.inferer.tta is False
+    assert model.postprocessing == PostProcessing.from_config(DEFAULT_POSTPROCESSING)  # train.yaml sets none
+    assert load_model(run_dir, tta=True).inferer.tta is True
+    saved = torch.load(run_dir / "models" / "model.pt", weights_only=True)
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, saved[key])
+
+
+def test_segment_returns_the_case_geometry_and_convention(run_dir, case_dir):
+    model = load_model(run_dir)
+    image = model.segment(case_dir)
+    reference = case_dir / "BraTS2021_00001_flair.nii.gz"
+    assert isinstance(image, nib.Nifti1Image)
+    assert_same_geometry(image, case_dir / "BraTS2021_00001_t1.nii.gz")
+    assert image.shape == nib.load(reference).shape and image.get_data_dtype() == np.uint8
+    labels = np.asarray(image.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2, 4} and len(np.unique(labels)) > 1
+    internal = model.segment(case_dir, label_convention="internal")
+    np.testing.assert_array_equal(np.asarray(internal.dataobj), np.where(labels == 4, 3, labels))
+
+
+def test_segment_takes_four_files_and_the_lazy_package_export(run_dir, case_dir):
+    files = [case_dir / f"BraTS2021_00001_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
+    record = case_record(files)
+    assert record.case_id == "BraTS2021_00001" and record.label_convention == "brats2017" and record.label is None
+    from_files = pipeline.segment(files, model=run_dir)
+    from_folder = segment(case_dir, model=load_model(run_dir))
+    np.testing.assert_array_equal(np.asarray(from_files.dataobj), np.asarray(from_folder.dataobj))
+    assert pipeline.load_model is load_model
+    with pytest.raises(InputError, match="expected 4 modality files"):
+        case_record(files[:3])
+
+
+def test_import_pipeline_stays_light():
+    code = "import sys, pipeline; print('torch' in sys.modules, 'monai' in sys.modules, callable(pipeline.load_model))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False", "True"]
+
+
+def test_load_model_from_a_bundle_folder_and_torchscript(run_dir, case_dir, tmp_path):
+    bundle = write_bundle_dir(tmp_path / "bundle", weights=run_dir / "models" / "model.pt")
+    from_bundle = load_model(bundle)
+    assert from_bundle.postprocessing == PostProcessing.from_config(yaml.safe_load((CONFIGS / "inference.yaml").read_text())["postprocessing"])
+    expected = np.asarray(load_model(run_dir).segment(case_dir).dataobj)
+    np.testing.assert_array_equal(np.asarray(from_bundle.segment(case_dir).dataobj), expected)
+
+    scripted = write_bundle_dir(tmp_path / "scripted")
+    (scripted / "models").mkdir()
+    torch.jit.script(from_bundle.network).save(str(scripted / "models" / "model.ts"))
+    model = load_model(scripted)
+    assert isinstance(model.network, torch.jit.ScriptModule)
+    np.testing.assert_array_equal(np.asarray(model.segment(case_dir).dataobj), expected)
+
+
+def test_wrapped_and_full_state_checkpoints_load(run_dir, tmp_path):
+    state = torch.load(run_dir / "models" / "model.pt", weights_only=True)
+    for name, payload in (("ddp", {f"module.{k}": v for k, v in state.items()}), ("full", {"network": state, "epoch": torch.tensor(3)})):
+        folder = tmp_path / name
+        write_run_dir(folder)
+        torch.save(payload, folder / "models" / "model.pt")
+        loaded = load_model(folder)
+        first = next(iter(state))
+        assert torch.equal(loaded.network.state_dict()[first], state[first])
+
+
+def test_checkpoint_errors_name_the_file(run_dir, tmp_path):
+    with pytest.raises(ConfigError, match="model folder not found"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="neither a run folder"):
+        load_model(tmp_path / "empty")
+
+    no_weights = write_run_dir(tmp_path / "no_weights")
+    (no_weights / "models" / "model.pt").unlink()
+    with pytest.raises(ConfigError, match=r"model\.pt: checkpoint not found"):
+        load_model(no_weights)
+
+    corrupt = write_run_dir(tmp_path / "corrupt")
+    (corrupt / "models" / "model.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ConfigError) as error:
+        load_model(corrupt)
+    assert str(corrupt / "models" / "model.pt") in str(error.value) and "not a readable" in str(error.value)
+
+    wider = write_run_dir(tmp_path / "wider", channels=[12, 24])
+    mismatched = write_run_dir(tmp_path / "mismatched")
+    (mismatched / "models" / "model.pt").write_bytes((wider / "models" / "model.pt").read_bytes())
+    with pytest.raises(ConfigError, match="shape mismatch"):
+        load_model(mismatched)
+
+    missing_keys = write_run_dir(tmp_path / "missing_keys")
+    state = torch.load(run_dir / "models" / "model.pt", weights_only=True)
+    torch.save({k: v for i, (k, v) in enumerate(state.items()) if i > 0}, missing_keys / "models" / "model.pt")
+    with pytest.raises(ConfigError, match="missing key"):
+        load_model(missing_keys)
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    unsafe = write_run_dir(tmp_path / "unsafe")
+    torch.save({"weights": Path("/etc")}, unsafe / "models" / "model.pt")  # an arbitrary pickled object
+    with pytest.raises(ConfigError, match="weights-only"):
+        load_model(unsafe)
+
+
+def test_bad_device_is_a_config_error(run_dir):
+    with pytest.raises(ConfigError, match="device"):
+        load_model(run_dir, device="tpu:7")
