@@ -378,9 +378,10 @@ def slice_transforms(
         CentrePadCropd(keys=keys, spatial_size=size),
     ]
     if augment:
-        transforms += [_as_float32(), RandFlipd(keys=keys, prob=0.5, spatial_axis=0), RandFlipd(keys=keys, prob=0.5, spatial_axis=1)]
+        transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=0), RandFlipd(keys=keys, prob=0.5, spatial_axis=1)]
         if size[0] == size[1]:
             transforms.append(RandRotate90d(keys=keys, prob=0.5, max_k=3))
+        transforms.append(_as_float32())  # flips move float16 bytes; resampling and intensity need float32
         transforms.append(
             RandAffined(
                 keys=keys,
@@ -432,10 +433,10 @@ def patch_transforms(
         RandPosNegPatchd(keys=keys, label_key="label", patch_size=size, pos_fraction=foreground_ratio),
     ]
     if augment:
-        transforms.append(_as_float32())
         transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
         if size[0] == size[1]:
             transforms.append(RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)))
+        transforms.append(_as_float32())
         transforms.append(
             RandAffined(
                 keys=keys,
