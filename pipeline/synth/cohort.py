@@ -80,18 +80,23 @@ def brats_image(voxels: np.ndarray, grid: SynthGrid) -> nib.Nifti1Image:
 
 
 def is_complete(case_dir: Path, grid: SynthGrid) -> bool:
-    """Whether all five files of ``case_dir`` open as NIfTI with ``grid``'s shape.
+    """Whether all five files of ``case_dir`` open as NIfTI with ``grid``'s shape and the expected data types.
+
+    Only headers are read: files are written atomically, so one that opens was written whole.
 
     Raises:
         ConfigError: if the case was generated at another size.
     """
-    for path in case_files(case_dir).values():
+    for suffix, path in case_files(case_dir).items():
         if not path.is_file():
             return False
         try:
-            shape = load_nifti(path).shape
+            image = load_nifti(path)
         except InputError:
             return False
+        if image.get_data_dtype() != (np.uint8 if suffix == "seg" else np.int16):
+            return False
+        shape = image.shape
         if tuple(shape) != grid.shape:
             raise ConfigError(path, f"holds a case of shape {tuple(shape)}, not size {grid.name!r} {grid.shape}; use another output folder")
     return True

@@ -102,6 +102,8 @@ def draw_lesions(rng: np.random.Generator, placement: BrainPlacement, enhancing:
             earlier_mni = earlier.centre @ placement.matrix.T + placement.centre
             eligible &= np.linalg.norm(positions - earlier_mni, axis=1) >= earlier.core_radius + radius + 12.0
         candidates = np.flatnonzero(eligible)
+        if candidates.size == 0:  # no room left for another lesion
+            break
         site = positions[candidates[rng.integers(len(candidates))]] + rng.uniform(-1.0, 1.0, size=3)
         lesions.append(_draw_lesion(rng, placement.to_fov(site), radius, enhancing))
     return lesions
