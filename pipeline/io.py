@@ -21,6 +21,10 @@ import numpy as np
 
 from pipeline.errors import InputError, PipelineError
 
+# The process's file-creation mask, read once at import (os.umask can only be read by setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -35,6 +39,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
+        # mkstemp creates the file private (0600); the output gets the permissions open() would give it
+        os.chmod(tmp_name, 0o666 & ~_UMASK)
     except OSError as err:
         raise PipelineError(target, f"cannot write: {err.strerror or err}") from err
     tmp = Path(tmp_name)
@@ -94,7 +100,13 @@ def load_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
     """Open a NIfTI file (header only; voxels stay on disk) or raise a one-line :class:`InputError`."""
     source = Path(path)
     if not source.is_file():
-        raise InputError(source, "file not found")
+        raise InputError(source, "is a folder, not a NIfTI file" if source.is_dir() else "file not found")
+    try:
+        # nibabel reports a permission or I/O error as "Could not read file"; say which it is
+        with open(source, "rb") as handle:
+            handle.read(1)
+    except OSError as err:
+        raise InputError(source, f"cannot read: {err.strerror or err}") from err
     try:
         image = nib.load(source)
     except Exception as err:  # nibabel raises many types for a non-NIfTI or damaged file

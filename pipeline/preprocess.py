@@ -21,6 +21,7 @@ Cache layout, one folder per case (``cache_dir/<case_id>/``):
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import multiprocessing
@@ -493,12 +494,22 @@ def _write_case(record: CaseRecord, case_dir: Path, margin: int, allow_resection
     for leftover in case_dir.glob(".*.tmp"):
         leftover.unlink(missing_ok=True)
     image, label, meta = _prepare(record, margin, allow_resection_cavity)
-    save_npy(case_dir / IMAGE_FILE, image)
-    if label is not None:
-        save_npy(case_dir / LABEL_FILE, label)
-    else:
-        (case_dir / LABEL_FILE).unlink(missing_ok=True)
-    write_json(case_dir / META_FILE, {**meta, "complete": True})
+    created = not case_dir.exists()
+    try:
+        save_npy(case_dir / IMAGE_FILE, image)
+        if label is not None:
+            save_npy(case_dir / LABEL_FILE, label)
+        else:
+            (case_dir / LABEL_FILE).unlink(missing_ok=True)
+        write_json(case_dir / META_FILE, {**meta, "complete": True})
+    except BaseException:
+        # a failed write (full disk, interrupt) leaves no arrays without their meta.json behind
+        for name in (IMAGE_FILE, LABEL_FILE, META_FILE):
+            (case_dir / name).unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                case_dir.rmdir()
+        raise
 
 
 def _write_case_in_worker(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool) -> tuple[str, str, str] | None:

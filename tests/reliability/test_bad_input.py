@@ -1,0 +1,386 @@
+"""Bad input through the command line: one clear line, exit status 1, nothing half-written, sources untouched."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from cli_runs import TINY_TRAINING, cli, train_args
+from corruptions import (
+    IMAGE_CORRUPTIONS,
+    SEG_CORRUPTIONS,
+    assert_one_line_error,
+    checksums,
+    damage,
+    files_under,
+    leftover_temporaries,
+    modality_file,
+)
+
+from pipeline.io import file_sha256
+
+DAMAGED_CASE = "BraTS2021_00001"
+
+
+def _damaged(root: Path, name: str, monkeypatch: pytest.MonkeyPatch, case_id: str = DAMAGED_CASE) -> tuple[Path, str, dict[str, str]]:
+    path, pattern = damage(root / case_id, name, monkeypatch)
+    return path, pattern, checksums(root)
+
+
+def _case_of_split(datalist: Path, split: str) -> str:
+    return json.loads(datalist.read_text())[split][0]["case_id"]
+
+
+# ----------------------------------------------------------------------------- datalist
+
+
+@pytest.mark.parametrize("corruption", [*IMAGE_CORRUPTIONS, *SEG_CORRUPTIONS])
+def test_datalist_refuses_a_damaged_case(corruption: str, cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, pattern, before = _damaged(cohort, corruption, monkeypatch)
+    out = tmp_path / "lists" / "out.json"
+    result = cli("datalist", "--data-root", cohort, "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, path, pattern)
+    assert not out.exists() and not leftover_temporaries(out.parent)
+    assert checksums(cohort) == before
+
+
+def test_debug_shows_the_traceback(cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, pattern, _ = _damaged(cohort, "missing_modality", monkeypatch)
+    result = cli("--debug", "datalist", "--data-root", cohort, "--out", tmp_path / "out.json", "--no-progress")
+    assert result.exit_code == 1
+    assert "Traceback" in result.output and f"error: {path}: " in result.output
+
+
+def test_unknown_extra_files_are_warnings(cohort: Path, tmp_path: Path) -> None:
+    notes = cohort / DAMAGED_CASE / "notes.txt"
+    notes.write_text("scanned twice\n")
+    stray = cohort / "README.pdf"
+    stray.write_bytes(b"%PDF-1.4\n")
+    before = checksums(cohort)
+    out = tmp_path / "out.json"
+    result = cli("datalist", "--data-root", cohort, "--out", out, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert f"{notes}: not one of {DAMAGED_CASE}'s modality or seg files; ignored" in result.output
+    assert f"{stray}: not a case file; ignored" in result.output
+    listed = json.loads(out.read_text())
+    assert sum(len(listed[split]) for split in ("training", "validation", "test")) == 4
+    assert checksums(cohort) == before
+
+
+def test_duplicate_case_id_is_refused(cohort: Path, tmp_path: Path) -> None:
+    (cohort / "HGG").mkdir()
+    (cohort / "LGG").mkdir()
+    shutil.move(cohort / DAMAGED_CASE, cohort / "HGG" / DAMAGED_CASE)
+    shutil.copytree(cohort / "HGG" / DAMAGED_CASE, cohort / "LGG" / DAMAGED_CASE)
+    before = checksums(cohort)
+    out = tmp_path / "out.json"
+    result = cli("datalist", "--data-root", cohort, "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, cohort / "LGG" / DAMAGED_CASE, rf"{DAMAGED_CASE} appears twice")
+    assert not out.exists() and checksums(cohort) == before
+
+
+def test_empty_data_root_is_refused(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out.json"
+    result = cli("datalist", "--data-root", empty, "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, empty, "empty")
+    assert not out.exists()
+
+
+def _msd_root(cohort: Path, root: Path, channels: int) -> Path:
+    """An MSD Task01 folder made from the cohort's cases, with ``channels`` channels per 4D image."""
+    from pipeline.modalities import MSD_CHANNELS
+
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    dataset = {
+        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+    }
+    (root / "dataset.json").write_text(json.dumps(dataset))
+    order = sorted(MSD_CHANNELS, key=MSD_CHANNELS.get)
+    for number, case_dir in enumerate(sorted(p for p in cohort.iterdir() if p.is_dir()), start=1):
+        reference = nib.load(modality_file(case_dir, "t1"))
+        stacked = np.stack([np.asarray(nib.load(modality_file(case_dir, m)).dataobj) for m in order][:channels], axis=-1)
+        nib.save(nib.Nifti1Image(stacked, reference.affine), root / "imagesTr" / f"BRATS_{number:03d}.nii.gz")
+        seg = np.asarray(nib.load(modality_file(case_dir, "seg")).dataobj)
+        msd = np.select([seg == 2, seg == 1, seg == 4], [1, 2, 3], 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(msd, reference.affine), root / "labelsTr" / f"BRATS_{number:03d}.nii.gz")
+    return root
+
+
+def test_msd_image_with_the_wrong_channel_count_is_refused(cohort: Path, tmp_path: Path) -> None:
+    root = _msd_root(cohort, tmp_path / "Task01_BrainTumour", channels=3)
+    before = checksums(root)
+    out = tmp_path / "out.json"
+    result = cli("datalist", "--data-root", root, "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, root / "imagesTr" / "BRATS_001.nii.gz", r"4 channels")
+    assert not out.exists() and checksums(root) == before
+
+
+def test_msd_image_with_four_channels_is_accepted(cohort: Path, tmp_path: Path) -> None:
+    """The same MSD folder with the right channel count passes: the refusal above is about the channels."""
+    root = _msd_root(cohort, tmp_path / "Task01_BrainTumour", channels=4)
+    result = cli("datalist", "--data-root", root, "--out", tmp_path / "out.json", "--no-progress")
+    assert result.exit_code == 0, result.output
+
+
+# ----------------------------------------------------------------------------- preprocess
+
+
+def _assert_cache_has_no_partial_case(cache: Path, bad_case: str) -> None:
+    assert not files_under(cache / bad_case), f"partial cache entry {bad_case}"
+    assert not leftover_temporaries(cache)
+    for case_dir in (p for p in cache.iterdir() if p.is_dir()) if cache.exists() else ():
+        meta = json.loads((case_dir / "meta.json").read_text())  # every entry present is complete
+        assert meta["complete"] is True and (case_dir / "image.npy").is_file()
+
+
+@pytest.mark.parametrize("corruption", [*IMAGE_CORRUPTIONS, *SEG_CORRUPTIONS])
+def test_preprocess_refuses_a_case_damaged_after_listing(
+    corruption: str, cohort: Path, cohort_datalist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, pattern, before = _damaged(cohort, corruption, monkeypatch)
+    cache = tmp_path / "cache"
+    result = cli("preprocess", "--datalist", cohort_datalist, "--cache", cache, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, path, pattern)
+    _assert_cache_has_no_partial_case(cache, DAMAGED_CASE)
+    assert checksums(cohort) == before
+
+
+def _edit_datalist(datalist: Path, edit: str) -> tuple[Path, str]:
+    payload = json.loads(datalist.read_text())
+    first = payload["training"][0]
+    if edit == "missing_key":
+        del payload["label_convention"]
+        pattern = "missing key.*label_convention"
+    elif edit == "entry_without_image":
+        del first["image"]
+        pattern = "needs 'case_id' and 'image'"
+    elif edit == "unknown_split":
+        payload["holdout"] = payload.pop("test")
+        payload["test"] = []
+        pattern = "unknown split.*holdout"
+    elif edit == "path_escaping_root":
+        first["image"][0] = "../../../etc/passwd"
+        pattern = "escapes the data root"
+    elif edit == "absolute_path":
+        first["label"] = "/etc/passwd"
+        pattern = "escapes the data root"
+    elif edit == "duplicate_case_id":
+        payload["validation"][0]["case_id"] = first["case_id"]
+        pattern = f"{first['case_id']} appears twice"
+    elif edit == "case_id_escaping_output":
+        first["case_id"] = "../../evil"
+        pattern = "not a safe file name"
+    elif edit == "not_json":
+        datalist.write_text(datalist.read_text()[:-20])
+        return datalist, "not valid JSON"
+    else:
+        raise AssertionError(edit)
+    datalist.write_text(json.dumps(payload, indent=2))
+    return datalist, pattern
+
+
+DATALIST_EDITS = (
+    "missing_key",
+    "entry_without_image",
+    "unknown_split",
+    "path_escaping_root",
+    "absolute_path",
+    "duplicate_case_id",
+    "case_id_escaping_output",
+    "not_json",
+)
+
+
+@pytest.mark.parametrize("edit", DATALIST_EDITS)
+def test_preprocess_refuses_a_bad_datalist(edit: str, cohort: Path, cohort_datalist: Path, tmp_path: Path) -> None:
+    datalist, pattern = _edit_datalist(cohort_datalist, edit)
+    before = checksums(cohort)
+    cache = tmp_path / "out" / "cache"
+    result = cli("preprocess", "--datalist", datalist, "--cache", cache, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, datalist, pattern)
+    assert not files_under(tmp_path / "out") and not (tmp_path / "evil").exists()
+    assert checksums(cohort) == before
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _checkpoint_of_another_network(path: Path) -> None:
+    from pipeline.networks import build_network
+
+    network = build_network("2d", channels=(4, 8, 32), strides=(2, 2), num_res_units=0)
+    torch.save(network.state_dict(), path)
+
+
+def _run_copy(trained_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("problem", ["other_network", "truncated", "not_a_checkpoint"])
+def test_train_resume_refuses_a_bad_checkpoint(
+    problem: str, trained_run: Path, pristine_datalist: Path, pristine_cache: Path, tmp_path: Path
+) -> None:
+    run = _run_copy(trained_run, tmp_path)
+    latest = run / "models" / "latest.pt"
+    if problem == "other_network":
+        state = torch.load(latest, weights_only=True)
+        from pipeline.networks import build_network
+
+        state["network"] = build_network("2d", channels=(4, 8, 32), strides=(2, 2), num_res_units=0).state_dict()
+        torch.save(state, latest)
+        pattern = "does not match the configured network"
+    elif problem == "truncated":
+        latest.write_bytes(latest.read_bytes()[:1000])
+        pattern = "not a loadable checkpoint"
+    else:
+        latest.write_text("not a checkpoint")
+        pattern = "not a loadable checkpoint"
+    before = checksums(run)
+    result = cli(*train_args(pristine_datalist, pristine_cache, run, epochs=2), "--resume")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, latest, pattern)
+    assert checksums(run / "models") == {k.removeprefix("models/"): v for k, v in before.items() if k.startswith("models/")}
+    assert not leftover_temporaries(run)
+
+
+# ----------------------------------------------------------------------------- predict and evaluate
+
+
+@pytest.mark.parametrize("corruption", list(IMAGE_CORRUPTIONS))
+def test_predict_refuses_a_damaged_case(corruption: str, cohort: Path, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, pattern, before = _damaged(cohort, corruption, monkeypatch)
+    out = tmp_path / "predictions"
+    result = cli("predict", "--model", trained_run, "--input", cohort / DAMAGED_CASE, "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, path, pattern)
+    assert not files_under(out)
+    assert checksums(cohort) == before
+
+
+def test_predict_refuses_an_empty_input_folder(trained_run: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "predictions"
+    result = cli("predict", "--model", trained_run, "--input", empty, "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, empty, "empty")
+    assert not files_under(out)
+
+
+@pytest.mark.parametrize("corruption", list(SEG_CORRUPTIONS))
+def test_evaluate_refuses_damaged_ground_truth(
+    corruption: str, cohort: Path, cohort_datalist: Path, trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case_id = _case_of_split(cohort_datalist, "test")
+    path, pattern, before = _damaged(cohort, corruption, monkeypatch, case_id=case_id)
+    out = tmp_path / "evaluation"
+    result = cli("evaluate", "--model", trained_run, "--datalist", cohort_datalist, "--out", out, "--no-progress", "--no-overlays")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, path, pattern)
+    assert not files_under(out)
+    assert checksums(cohort) == before
+
+
+@pytest.mark.parametrize("problem", ["other_network", "truncated", "not_a_checkpoint"])
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_bad_weights_are_refused(
+    command: str, problem: str, trained_run: Path, pristine_cohort: Path, pristine_datalist: Path, tmp_path: Path
+) -> None:
+    run = _run_copy(trained_run, tmp_path)
+    weights = run / "models" / "model.pt"
+    if problem == "other_network":
+        _checkpoint_of_another_network(weights)
+        pattern = "do not fit the network"
+    elif problem == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        pattern = "not a readable weights-only checkpoint"
+    else:
+        weights.write_bytes(b"\x00" * 64)
+        pattern = "not a readable weights-only checkpoint"
+    weights_sha = file_sha256(weights)
+    out = tmp_path / "out"
+    if command == "predict":
+        result = cli("predict", "--model", run, "--input", pristine_cohort / DAMAGED_CASE, "--out", out, "--no-progress")
+    else:
+        result = cli("evaluate", "--model", run, "--datalist", pristine_datalist, "--out", out, "--no-progress", "--no-overlays")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, weights, pattern)
+    assert not files_under(out) and file_sha256(weights) == weights_sha
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+def _full_disk_on(monkeypatch: pytest.MonkeyPatch, name_part: str) -> None:
+    """Make flushing any atomically written file whose name contains ``name_part`` fail with ENOSPC, as a full disk does."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if name_part in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see which file a descriptor writes")
+@pytest.mark.parametrize(
+    "command, failing",
+    [
+        ("datalist", "out.json"),
+        ("preprocess", "image.npy"),
+        ("preprocess", "meta.json"),
+        ("train", "latest.pt"),
+        ("predict", "_seg.nii.gz"),
+        ("evaluate", "metrics.csv"),
+    ],
+)
+def test_full_disk_leaves_no_partial_file(
+    command: str,
+    failing: str,
+    pristine_cohort: Path,
+    pristine_datalist: Path,
+    pristine_cache: Path,
+    trained_run: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = tmp_path / "out"
+    before = checksums(pristine_cohort)
+    _full_disk_on(monkeypatch, failing)
+    if command == "datalist":
+        args = ["datalist", "--data-root", pristine_cohort, "--out", out / "out.json", "--no-progress"]
+    elif command == "preprocess":
+        args = ["preprocess", "--datalist", pristine_datalist, "--cache", out, "--no-progress"]
+    elif command == "train":
+        args = train_args(pristine_datalist, pristine_cache, out, settings=TINY_TRAINING)
+    elif command == "predict":
+        args = ["predict", "--model", trained_run, "--input", pristine_cohort / DAMAGED_CASE, "--out", out, "--no-progress"]
+    else:
+        args = ["evaluate", "--model", trained_run, "--datalist", pristine_datalist, "--out", out, "--no-progress", "--no-overlays"]
+    result = cli(*args)
+    assert result.exit_code == 1
+    line = assert_one_line_error(result.output, out, "No space left on device")
+    failed = Path(line.removeprefix("error: ").split(": ", 1)[0])
+    assert failing in failed.name and not failed.exists()
+    assert not leftover_temporaries(out)
+    if command == "preprocess":
+        _assert_cache_has_no_partial_case(out, "none")
+    assert checksums(pristine_cohort) == before
