@@ -20,12 +20,11 @@ import numpy as np
 from scipy import ndimage, spatial
 
 from pipeline.errors import PipelineError
-
 from pipeline.synth.grid import SynthGrid
 from pipeline.synth.lattice import Lattice, random_field
 
-#: FOV millimetres of the brain's top (vertex) below the top of the field of view, as in BraTS.
-_VERTEX_MARGIN_MM = 4.0
+#: Millimetres from the brain's top (vertex) to the top of the field of view, as in BraTS.
+_VERTEX_MARGIN_MM = 16.0
 #: Margin (mm) added around the placed brain's box to cover the displacement and mass effect.
 _BOX_MARGIN_MM = 20.0
 #: Half-extent (mm) of the BraTS field of view (240 x 240 x 155 mm).
@@ -184,11 +183,15 @@ class BrainPlacement:
 
 
 def draw_placement(rng: np.random.Generator) -> BrainPlacement:
-    """A random patient: rotation up to about 6 degrees, brain size 0.90-1.02 of MNI per axis, shift of a few mm."""
+    """A random patient: rotation up to about 6 degrees, shift of a few mm, brain size 0.85-1.03 of MNI per axis.
+
+    MNI152 is larger than most brains: the placed brains hold about 1.4-1.8 million 1 mm voxels,
+    like real BraTS cases, with the vertex about 10-25 mm below the top of the field of view.
+    """
     template = load_template()
     angles = np.deg2rad(rng.normal(0.0, [2.5, 2.5, 3.0]).clip(-6, 6))
     rotation = spatial.transform.Rotation.from_euler("xyz", angles).as_matrix()
-    scale = rng.uniform(0.90, 1.02) * rng.uniform(0.97, 1.03, size=3)
+    scale = rng.uniform(0.88, 1.0) * rng.uniform(0.97, 1.03, size=3)
     to_ras = np.diag([-1.0, -1.0, 1.0])  # FOV axes point Left, Posterior, Superior
     matrix = rotation @ np.diag(1.0 / scale) @ to_ras
     shift = rng.normal(0.0, [2.0, 3.0, 1.5])
