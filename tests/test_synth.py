@@ -138,7 +138,7 @@ def test_tumour_contrasts_are_visible(volumes: list[dict[str, np.ndarray]]) -> N
             assert ratio("t1ce", 4) > 1.4 * ratio("t1", 4)  # ... because of the contrast agent
             if (seg == 1).sum() >= 5:
                 assert ratio("t1", 1) < 0.8  # necrosis dark on T1
-                assert ratio("t1ce", 1) < 0.8  # ... and on T1ce
+                assert ratio("t1ce", 1) < 0.6 * ratio("t1ce", 4)  # ... dark inside the bright rim on T1ce
                 assert ratio("t2", 1) > 1.2  # ... bright on T2
 
 
