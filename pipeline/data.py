@@ -662,21 +662,26 @@ def build_train_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
+    drop_last: bool = True,
 ) -> DataLoader:
     """A DataLoader over a training dataset with its sampler (default :func:`build_train_sampler`).
 
     Workers are not persistent: each epoch's workers receive the dataset with the epoch set by
-    ``sampler.set_epoch``, and open their own memory maps.
+    ``sampler.set_epoch``, and open their own memory maps. With ``drop_last`` (default) every
+    batch is full; an epoch shorter than one batch is then an error rather than an empty epoch.
     """
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
+    sampler = sampler if sampler is not None else build_train_sampler(dataset)
+    if drop_last and len(sampler) < batch_size:
+        raise ConfigError("batch_size", f"{batch_size} is more than the {len(sampler)} samples drawn per epoch (per process)")
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler if sampler is not None else build_train_sampler(dataset),
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        drop_last=True,
+        drop_last=drop_last,
         persistent_workers=False,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )

@@ -212,6 +212,8 @@ def test_data_loader(cache: Path, workers: int) -> None:
     batches = list(build_train_loader(dataset, batch_size=4, sampler=sampler, num_workers=workers))
     assert len(batches) == 4
     assert tuple(batches[0]["image"].shape) == (4, 20, 32, 32) and tuple(batches[0]["label"].shape) == (4, 1, 32, 32)
+    with pytest.raises(ConfigError, match="more than the 16 samples"):
+        build_train_loader(dataset, batch_size=32, sampler=sampler)
     # the samples do not depend on the number of workers
     reference = [dataset[i] for i in list(sampler)[:4]]
     assert torch.equal(batches[0]["image"], torch.stack([s["image"] for s in reference]))
