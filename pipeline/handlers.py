@@ -283,7 +283,7 @@ class TrainingProgress:
             loss = output.get("loss") if isinstance(output, dict) else None
             postfix = {"samples/s": f"{engine.state.samples_per_second:.1f}", "lr": f"{engine.state.learning_rate:.2e}"}
             if loss is not None:
-                postfix = {"loss": f"{float(loss):.4f}", **postfix}
+                postfix = {"loss": f"{float(loss.detach()):.4f}", **postfix}
             self._bar.set_postfix(postfix, refresh=False)
             self._bar.update(1)
 

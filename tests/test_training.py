@@ -223,3 +223,16 @@ def test_ddp_gloo_two_processes(tiny_run_data: tuple[Path, Path], tmp_path: Path
     config = json.loads((out / "config.json").read_text())
     assert config["backend"] == "$'nccl' if torch.cuda.is_available() else 'gloo'"
     assert json.loads((out / "provenance.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize(("mode", "batch_size", "top_channels"), [("2.5d", 64, 512), ("3d", 2, 320)])
+def test_gpu_config_merges_over_the_cpu_defaults(mode: str, batch_size: int, top_channels: int) -> None:
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN_CONFIG), str(TRAIN_CONFIG.with_name("gpu_train.yaml"))])
+    parser["mode"] = mode
+    assert parser.get_parsed_content("batch_size") == batch_size
+    assert parser.get_parsed_content("amp") is True
+    network = parser.get_parsed_content("network_def")
+    assert network.spatial_divisor == 16
+    assert top_channels in {p.shape[0] for p in network.parameters() if p.ndim > 1}
+    assert parser.get_parsed_content("roi_size") == (None if mode != "3d" else [128, 128, 128])
