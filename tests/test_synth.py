@@ -159,8 +159,9 @@ def test_same_seed_gives_identical_files_whatever_the_cohort_size(cohort: list[P
 
 def test_another_seed_gives_other_cases(cohort: list[Path], tmp_path: Path) -> None:
     (other,) = generate_cohort(tmp_path / "other", cases=1, seed=1, size="tiny", progress=False)
-    assert not np.array_equal(np.asarray(nib.load(case_files(other)["seg"]).dataobj), np.asarray(nib.load(case_files(cohort[0])["seg"]).dataobj))
-    assert not np.array_equal(np.asarray(nib.load(case_files(other)["t1"]).dataobj), np.asarray(nib.load(case_files(cohort[0])["t1"]).dataobj))
+    for suffix in ("seg", "t1"):
+        ours, theirs = (np.asarray(nib.load(case_files(folder)[suffix]).dataobj) for folder in (other, cohort[0]))
+        assert not np.array_equal(ours, theirs)
 
 
 def test_sizes_show_the_same_tumour() -> None:
@@ -196,7 +197,9 @@ def test_refuses_to_mix_sizes_in_one_folder(tmp_path: Path) -> None:
         generate_cohort(tmp_path, cases=1, seed=0, size="small", progress=False)
 
 
-@pytest.mark.parametrize(("kwargs", "problem"), [({"size": "huge"}, "unknown size"), ({"cases": 0}, "between"), ({"seed": -1}, "non-negative")])
+@pytest.mark.parametrize(
+    ("kwargs", "problem"), [({"size": "huge"}, "unknown size"), ({"cases": 0}, "between"), ({"seed": -1}, "non-negative")]
+)
 def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict, problem: str) -> None:
     arguments = {"cases": 1, "seed": 0, "size": "tiny", **kwargs}
     with pytest.raises(ConfigError, match=problem):
@@ -220,3 +223,14 @@ def test_cli_reports_a_size_clash_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and "shape (48, 48, 32)" in result.output
     assert runner.invoke(main, ["synth", "--out", str(tmp_path), "--size", "huge"]).exit_code == 2
+
+
+def test_template_maps_are_nilearns_mni152() -> None:
+    from nilearn import datasets
+
+    from pipeline.synth.anatomy import load_template
+
+    template = load_template(resolution=1)
+    np.testing.assert_array_equal(template.grey, datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32))
+    np.testing.assert_array_equal(template.white, datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32))
+    np.testing.assert_array_equal(template.brain > 0, datasets.load_mni152_brain_mask(resolution=1, threshold=0).get_fdata() > 0)

@@ -72,7 +72,7 @@ def template_folder() -> Path:
     folder = Path(next(iter(spec.submodule_search_locations)) if spec and spec.submodule_search_locations else ".") / "datasets" / "data"
     for name in _TEMPLATE_FILES.values():
         if not (folder / name).is_file():
-            raise PipelineError(folder / name, "MNI152 template not found: the synthetic cohort needs the nilearn package (pip install nilearn)")
+            raise PipelineError(folder / name, "MNI152 template not found: the synthetic cohort needs nilearn (pip install nilearn)")
     return folder
 
 
