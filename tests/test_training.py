@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -18,8 +17,6 @@ from pipeline.cli import main
 from pipeline.training import MULTI_GPU_CONFIG, TRAIN_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPE = (12, 4, 28, 24)  # (Z, C, X, Y): X and Y deliberately not multiples of the network's 4
-CASES = 6
 
 #: Small, fast settings shared by every run here.
 TINY = [
@@ -36,54 +33,10 @@ TINY = [
 ]
 
 
-def _write_case(root: Path, case_id: str, rng: np.random.Generator) -> None:
-    """One cached case in the preprocessing contract's layout: a bright ellipsoid tumour with NEC/ED/ET shells."""
-    z, c, x, y = SHAPE
-    zz, xx, yy = np.meshgrid(np.arange(z), np.arange(x), np.arange(y), indexing="ij")
-    centre = rng.uniform([4, 9, 8], [8, 19, 16])
-    radius = np.sqrt(((zz - centre[0]) / 3.0) ** 2 + ((xx - centre[1]) / 5.0) ** 2 + ((yy - centre[2]) / 5.0) ** 2)
-    label = np.select([radius < 0.4, radius < 0.7, radius < 1.0], [1, 3, 2], 0).astype(np.uint8)
-    image = rng.normal(0, 0.3, size=SHAPE).astype(np.float32)
-    image += (label[:, None] > 0) * np.array([0.5, 1.0, 1.5, 2.0], dtype=np.float32)[None, :, None, None]
-    image[:, 1] += (label == 3) * 1.5
-    folder = root / case_id
-    folder.mkdir(parents=True)
-    np.save(folder / "image.npy", image.astype(np.float16))
-    np.save(folder / "label.npy", label)
-    meta = {
-        "case_id": case_id,
-        "complete": True,
-        "format_version": 1,
-        "has_label": True,
-        "shape": list(SHAPE),
-        "spacing": [5.0, 5.0, 5.0],
-        "foreground_per_slice": [int(n) for n in (label > 0).reshape(z, -1).sum(1)],
-    }
-    (folder / "meta.json").write_text(json.dumps(meta))
-
-
 @pytest.fixture(scope="module")
-def tiny_run_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(data list, cache) of six tiny cases in two folds, written in the cache contract's format."""
-    root = tmp_path_factory.mktemp("training_data")
-    rng = np.random.default_rng(0)
-    entries = []
-    for index in range(CASES):
-        case_id = f"Case_{index:03d}"
-        _write_case(root / "cache", case_id, rng)
-        images = [f"{case_id}/{case_id}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
-        entries.append({"case_id": case_id, "image": images, "label": f"{case_id}/{case_id}_seg.nii.gz", "fold": index % 2})
-    datalist = {
-        "name": "tiny",
-        "label_convention": "brats2017",
-        "data_root": "data",
-        "num_folds": 2,
-        "training": [e for e in entries if e["fold"] == 1],
-        "validation": [e for e in entries if e["fold"] == 0],
-        "test": [],
-    }
-    (root / "tiny.json").write_text(json.dumps(datalist))
-    return root / "tiny.json", root / "cache"
+def tiny_run_data(tiny_datalist: Path, tiny_cache: Path) -> tuple[Path, Path]:
+    """(data list, cache) of the tiny synthetic cohort: 6 labelled cases in 2 folds, 2 test cases."""
+    return tiny_datalist, tiny_cache
 
 
 def _bundle_overrides(settings: list[str]) -> list[str]:
