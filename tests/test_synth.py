@@ -73,7 +73,7 @@ def test_full_size_header_matches_a_real_brats_case(real_brats_dir: Path) -> Non
         np.testing.assert_allclose(ours.get_qform(), real.get_qform(), atol=1e-5)
         assert nib.aff2axcodes(ours.affine) == nib.aff2axcodes(real.affine)
         assert ours.header.get_zooms() == real.header.get_zooms()
-        assert ours.header.get_xyzt_units()[0] == real.header.get_xyzt_units()[0]
+        assert ours.header.get_xyzt_units() == real.header.get_xyzt_units()
 
 
 def test_grids_cover_the_same_field_of_view() -> None:

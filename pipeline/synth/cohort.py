@@ -74,7 +74,7 @@ def brats_image(voxels: np.ndarray, grid: SynthGrid) -> nib.Nifti1Image:
     image = nib.Nifti1Image(voxels, grid.affine)
     image.set_qform(grid.affine, code=1)
     image.set_sform(grid.affine, code=1)
-    image.header.set_xyzt_units("mm", "sec")
+    image.header.set_xyzt_units("mm")  # time units unknown, as in BraTS files
     image.set_data_dtype(voxels.dtype)
     return image
 
