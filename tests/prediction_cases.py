@@ -170,6 +170,22 @@ class OracleNetwork(torch.nn.Module):
         return torch.stack([background, t1, t2, t1ce], dim=1)
 
 
+class HyperintensityNetwork(torch.nn.Module):
+    """A fixed rule for real scans: edema where FLAIR is bright (z > 2), ET where T1ce is very bright inside it.
+
+    Not a model of anything, only a deterministic predictor whose output overlaps the real
+    tumour, so a mirrored or shifted export shows up as a low Dice.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        start = (x.shape[1] - 4) // 2
+        t1ce, flair = x[:, start + 1], x[:, start + 3]
+        background = torch.full_like(flair, 2.0)
+        never = torch.full_like(flair, -10.0)
+        enhancing = torch.where(t1ce > 3, torch.minimum(flair, t1ce) - 0.5, never)
+        return torch.stack([background, never, flair, enhancing], dim=1)
+
+
 #: Tiny network settings for run folders made in tests (a real MONAI UNet, untrained).
 TINY_NETWORK = {"mode": "2.5d", "context": 1, "channels": [8, 16], "strides": [2], "num_res_units": 1, "sw_batch_size": 8}
 
