@@ -70,3 +70,17 @@ TRAIN_ARGS  ?=
 .PHONY: train
 train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD, DEVICE, RUN_DIR; TRAIN_ARGS="--resume --set batch_size=32 ...")
 	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) --epochs $(EPOCHS) --fold $(FOLD) --device $(DEVICE) --out $(RUN_DIR) $(TRAIN_ARGS)
+
+# Evaluation and prediction with the model `make train` wrote (MODEL: any run or bundle folder).
+MODEL        ?= $(RUN_DIR)
+SPLIT        ?= test
+EVAL_DIR     ?= outputs/eval/$(notdir $(MODEL))_$(SPLIT)
+INPUT        ?= $(DATALIST)
+PRED_DIR     ?= outputs/predictions/$(notdir $(MODEL))
+EVAL_ARGS    ?=
+PREDICT_ARGS ?=
+.PHONY: evaluate predict
+evaluate: $(VENV)/.installed  ## Score MODEL per patient on SPLIT of DATALIST -> EVAL_DIR (metrics.csv, summary.json, plots, overlays; EVAL_ARGS="--lesion-wise --tta")
+	$(CLI) evaluate --model $(MODEL) --datalist $(DATALIST) --split $(SPLIT) --out $(EVAL_DIR) --device $(DEVICE) $(EVAL_ARGS)
+predict: $(VENV)/.installed  ## Segment INPUT (case folder, data list or data root) with MODEL -> PRED_DIR (NIfTI + Slicer colour table; PREDICT_ARGS="--probabilities --submission-names")
+	$(CLI) predict --model $(MODEL) --input $(INPUT) --out $(PRED_DIR) --device $(DEVICE) $(PREDICT_ARGS)
