@@ -14,10 +14,15 @@ Samples are dicts:
 - ``"3d"``: ``image`` float32 ``(4, px, py, pz)`` in (X, Y, Z) order, ``label`` uint8 ``(1, px, py, pz)``,
   ``case_id``, ``patch_centre_zxy``.
 
-``(SX, SY)`` is ``slice_size``. Slices are addressed across the whole cohort by an index of
-(case, z); :class:`ForegroundWeightedSampler` draws them so that a chosen fraction are tumour
-slices. Every sample's augmentation is seeded from ``(seed, epoch, index)``, so the same seed gives
-the same samples whatever the number of workers, and a resumed run repeats the epochs it resumes.
+``(SX, SY)`` is ``slice_size``. With ``image_dtype="float16"`` the image stays in the cache's half
+precision, halving what DataLoader workers send; the training step then casts it on the device.
+
+Slices are addressed across the whole cohort by an index of (case, z);
+:class:`ForegroundWeightedSampler` draws them so that a chosen fraction are tumour slices. Under
+DDP the same sampler splits each epoch's draws between ranks (``build_train_sampler(...,
+distributed=True)``), so no ``DistributedSampler`` is stacked on top. Every sample's augmentation
+is seeded from ``(seed, epoch, index)``, so the same seed gives the same samples whatever the
+number of workers, and a resumed run repeats the epochs it resumes (call ``sampler.set_epoch``).
 """
 
 from __future__ import annotations
