@@ -280,7 +280,8 @@ class TrainingProgress:
         engine.state.learning_rate = float(engine.optimizer.param_groups[0]["lr"])
         if self._bar is not None:
             output = engine.state.output
-            loss = output.get("loss") if isinstance(output, dict) else None
+            first = output[0] if isinstance(output, list) and output else output  # decollated: the loss is on every item
+            loss = first.get("loss") if isinstance(first, dict) else None
             postfix = {"samples/s": f"{engine.state.samples_per_second:.1f}", "lr": f"{engine.state.learning_rate:.2e}"}
             if loss is not None:
                 postfix = {"loss": f"{float(loss.detach()):.4f}", **postfix}
