@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +22,19 @@ import numpy as np
 
 from pipeline.errors import InputError, PipelineError
 
-# The process's file-creation mask, read once at import (os.umask can only be read by setting it).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+def _temporary_name_pattern(target: Path) -> re.Pattern[str]:
+    # mkstemp's random part is 8 characters of [a-z0-9_]; save_nifti adds the NIfTI suffix
+    return re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp(\.nii(\.gz)?)?")
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Delete temporary files of ``target`` that a killed earlier write left behind (never the target itself)."""
+    pattern = _temporary_name_pattern(target)
+    with os.scandir(target.parent) as entries:
+        for entry in entries:
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
 
 
 @contextlib.contextmanager
@@ -31,16 +42,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
 
     The caller writes the file at the yielded path. On error the temporary file is removed
-    and ``path`` is left as it was. ``OSError`` (full disk, permissions) becomes a
+    and ``path`` is left as it was; temporaries of ``path`` left by a killed earlier write are
+    removed first. ``OSError`` (full disk, permissions) becomes a
     :class:`PipelineError` naming ``path``.
     """
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(target)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
-        # mkstemp creates the file private (0600); the output gets the permissions open() would give it
-        os.chmod(tmp_name, 0o666 & ~_UMASK)
     except OSError as err:
         raise PipelineError(target, f"cannot write: {err.strerror or err}") from err
     tmp = Path(tmp_name)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -40,6 +41,19 @@ def train_args(datalist: Path, cache: Path, out: Path, epochs: int = 1, settings
     return args
 
 
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch on one thread in this process, as the CLI subprocesses do (``OMP_NUM_THREADS=1``), for bit-identical results."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def subprocess_env() -> dict[str, str]:
     """Environment of CLI subprocesses: one thread each, no colour or progress noise."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
@@ -49,3 +63,50 @@ def run_cli_subprocess(args: Sequence[str], timeout: float = 240) -> subprocess.
     """Run ``python -m pipeline ARGS`` to completion, single-threaded."""
     command = [sys.executable, "-m", "pipeline", *map(str, args)]
     return subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+
+
+PAUSE_WRAPPER = Path(__file__).resolve().parent / "pause_writes.py"
+
+
+def kill_when_paused(args: Sequence[str], pause_at: str, timeout: float = 240) -> str:
+    """Run ``brats-pipeline ARGS`` until it pauses at ``pause_at`` (see ``pause_writes.py``), then SIGKILL it.
+
+    Returns what it printed. Fails if it ends, or does not pause within ``timeout`` seconds.
+    """
+    import queue
+    import signal
+    import threading
+    import time
+
+    command = [sys.executable, str(PAUSE_WRAPPER), *map(str, args)]
+    process = subprocess.Popen(
+        command, cwd=REPO, env={**subprocess_env(), "PAUSE_AT": pause_at}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:  # type: ignore[union-attr]
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    printed: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(f"no pause at {pause_at} within {timeout} s:\n{''.join(printed)[-3000:]}") from None
+            if line is None:
+                raise AssertionError(f"ended (status {process.wait()}) before pausing at {pause_at}:\n{''.join(printed)[-3000:]}")
+            printed.append(line)
+            if line.startswith("PAUSED "):
+                os.kill(process.pid, signal.SIGKILL)
+                break
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, process.returncode
+    return "".join(printed)
