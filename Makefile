@@ -84,3 +84,12 @@ evaluate: $(VENV)/.installed  ## Score MODEL per patient on SPLIT of DATALIST ->
 	$(CLI) evaluate --model $(MODEL) --datalist $(DATALIST) --split $(SPLIT) --out $(EVAL_DIR) --device $(DEVICE) $(EVAL_ARGS)
 predict: $(VENV)/.installed  ## Segment INPUT (case folder, data list or data root) with MODEL -> PRED_DIR (NIfTI + Slicer colour table; PREDICT_ARGS="--probabilities --submission-names")
 	$(CLI) predict --model $(MODEL) --input $(INPUT) --out $(PRED_DIR) --device $(DEVICE) $(PREDICT_ARGS)
+
+# Benchmarks: loader, training, inference and preprocessing side by side on one synthetic full-size cohort
+# (kept in benchmarks/.work) -> benchmarks/results/<machine>-<date>.json and .md. GPU: make bench DEVICE=cuda
+BENCH_ARGS  ?=
+.PHONY: bench bench-quick
+bench: $(VENV)/.installed  ## Full benchmarks (DEVICE; BENCH_ARGS="--json PATH"); see benchmarks/README.md
+	$(BIN)/python -m benchmarks.run --device $(DEVICE) $(BENCH_ARGS)
+bench-quick: $(VENV)/.installed  ## Quick benchmarks: fewer cases and iterations (under ~10 min on 2 CPU cores)
+	$(BIN)/python -m benchmarks.run --quick --device $(DEVICE) $(BENCH_ARGS)
