@@ -284,7 +284,7 @@ class TrainingProgress:
             loss = first.get("loss") if isinstance(first, dict) else None
             postfix = {"samples/s": f"{engine.state.samples_per_second:.1f}", "lr": f"{engine.state.learning_rate:.2e}"}
             if loss is not None:
-                postfix = {"loss": f"{float(loss.detach()):.4f}", **postfix}
+                postfix = {"loss": f"{float(loss.detach() if isinstance(loss, torch.Tensor) else loss):.4f}", **postfix}
             self._bar.set_postfix(postfix, refresh=False)
             self._bar.update(1)
 
