@@ -139,3 +139,17 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_bad_device_is_a_config_error(run_dir):
     with pytest.raises(ConfigError, match="device"):
         load_model(run_dir, device="tpu:7")
+
+
+SHARED_KEYS = ("mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "init_filters", "roi_size", "sw_batch_size", "overlap", "tta", "network_def")
+
+
+@pytest.mark.parametrize("name", ["inference.yaml", "evaluate.yaml"])
+def test_bundle_configs_match_the_training_network(name):
+    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    for key in SHARED_KEYS:
+        assert config[key] == train[key], key
+    for key in ("bundle_root", "model_dir", "checkpoint", "output_dir", "device", "postprocessing"):
+        assert key in config
+    assert ("datalist" in config) if name == "evaluate.yaml" else ("input" in config)
