@@ -174,3 +174,16 @@ def test_evaluate_on_a_real_case(real_brats_dir, tmp_path):
         mirrored = np.flip(predicted, axis) > 0
         assert 2 * np.count_nonzero(mirrored & whole_tumour) / (mirrored.sum() + whole_tumour.sum()) < 0.6
     assert (tmp_path / "eval" / "overlays" / f"{case}.png").is_file()
+
+
+def test_evaluate_the_synthetic_cohort(tiny_datalist, run_dir, tmp_path):
+    from pipeline.datalist import load_datalist
+    from prediction_cases import assert_same_geometry
+
+    records = load_datalist(tiny_datalist).cases("test")
+    result = evaluate(run_dir, tiny_datalist, tmp_path, split="test", overlays=False, progress=False, echo=False)
+    assert sorted(result.metrics["case_id"]) == sorted(r.case_id for r in records)
+    for record in records:
+        written = tmp_path / "predictions" / f"{record.case_id}_seg.nii.gz"
+        assert_same_geometry(written, record.images[0])
+        assert_same_geometry(written, record.label)
