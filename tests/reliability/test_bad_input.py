@@ -22,6 +22,8 @@ from corruptions import (
     files_under,
     leftover_temporaries,
     modality_file,
+    rewrite,
+    voxels,
 )
 
 from pipeline.io import file_sha256
@@ -384,3 +386,46 @@ def test_full_disk_leaves_no_partial_file(
     if command == "preprocess":
         _assert_cache_has_no_partial_case(out, "none")
     assert checksums(pristine_cohort) == before
+
+
+# ----------------------------------------------------------------------------- valid edge case: no tumour
+
+
+@pytest.mark.slow
+def test_empty_segmentation_works_end_to_end(cohort: Path, tmp_path: Path) -> None:
+    """A case without tumour (all-zero seg) is valid: datalist -> preprocess -> train -> evaluate, scored by the empty-case convention."""
+    import pandas as pd
+
+    from pipeline.metrics import EMPTY_HD95_MM
+    from pipeline.splits import assign_folds
+
+    folds = assign_folds(sorted(p.name for p in cohort.iterdir()), folds=2, test_fraction=0.25, seed=0)
+    test_case = next(case for case, fold in folds.items() if fold == -1)
+    training_case = next(case for case, fold in folds.items() if fold == 1)
+    for case_id in (test_case, training_case):
+        seg = modality_file(cohort / case_id, "seg")
+        rewrite(seg, np.zeros_like(voxels(seg)))
+    before = checksums(cohort)
+
+    datalist, cache, run, evaluation = tmp_path / "list.json", tmp_path / "cache", tmp_path / "run", tmp_path / "eval"
+    result = cli("datalist", "--data-root", cohort, "--out", datalist, "--folds", "2", "--test-fraction", "0.25", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert json.loads(datalist.read_text())["test"][0]["case_id"] == test_case
+    result = cli("preprocess", "--datalist", datalist, "--cache", cache, "--no-progress")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((cache / test_case / "meta.json").read_text())
+    assert meta["has_label"] and not any(meta["foreground_per_slice"])
+    result = cli(*train_args(datalist, cache, run))
+    assert result.exit_code == 0, result.output
+    result = cli("evaluate", "--model", run, "--datalist", datalist, "--out", evaluation, "--no-progress", "--no-overlays")
+    assert result.exit_code == 0, result.output
+
+    row = pd.read_csv(evaluation / "metrics.csv").set_index("case_id").loc[test_case]
+    predicted = np.asarray(nib.load(evaluation / "predictions" / f"{test_case}_seg.nii.gz").dataobj)  # BraTS 2017 labels 0/1/2/4
+    masks = {"NEC": predicted == 1, "ED": predicted == 2, "ET": predicted == 4, "WT": predicted > 0, "TC": np.isin(predicted, (1, 4))}
+    for structure, mask in masks.items():
+        if mask.any():  # tumour predicted where there is none
+            assert row[f"dice_{structure}"] == 0.0 and row[f"hd95_{structure}"] == pytest.approx(EMPTY_HD95_MM), structure
+        else:  # both empty: a perfect score, not NaN
+            assert row[f"dice_{structure}"] == 1.0 and row[f"hd95_{structure}"] == 0.0, structure
+    assert checksums(cohort) == before
