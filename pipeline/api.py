@@ -2,10 +2,10 @@
 
 Example:
     >>> import pipeline
-    >>> model = pipeline.load_model("runs/2.5d-fold0")                # a run folder or a bundle folder
-    >>> image = model.segment("/data/BraTS2021_00006")                 # doctest: +SKIP
-    >>> image.to_filename("BraTS2021_00006_seg.nii.gz")               # same grid as the input, 0/1/2/4
-    >>> image = pipeline.segment("/data/BraTS-GLI-00001-000", model=model)   # doctest: +SKIP
+    >>> model = pipeline.load_model("runs/synthetic_2.5d_fold0")  # a run or bundle folder  # doctest: +SKIP
+    >>> image = model.segment("/data/BraTS2021_00006")  # doctest: +SKIP
+    >>> image.to_filename("BraTS2021_00006_seg.nii.gz")  # the input's grid, labels 0/1/2/4  # doctest: +SKIP
+    >>> image = pipeline.segment("/data/BraTS-GLI-00001-000", model=model)  # labels 0/1/2/3  # doctest: +SKIP
 
 Every case goes through the one inference path the CLI and the bundle configs use
 (:meth:`SegmentationModel.predict_case`): raw NIfTI -> :func:`pipeline.preprocess.prepare_case`
@@ -34,7 +34,7 @@ import torch
 from pipeline.datalist import CaseRecord
 from pipeline.errors import ConfigError, InputError
 from pipeline.labels import get_convention
-from pipeline.postprocess import PostProcessing
+from pipeline.postprocess import DEFAULT_POSTPROCESSING, PostProcessing
 
 RUN_CONFIG = "config.json"
 BUNDLE_CONFIG = Path("configs") / "inference.yaml"
@@ -169,8 +169,6 @@ class SegmentationModel:
         allow_resection_cavity: bool = False,
         source: str | os.PathLike[str] | None = None,
     ) -> None:
-        from pipeline.postprocess import DEFAULT_POSTPROCESSING
-
         self.device = _device(device)
         if checkpoint is not None:
             load_weights(network, checkpoint)
@@ -322,7 +320,7 @@ def load_model(
         ConfigError: naming the file when the folder, config or weights are missing or do not fit.
 
     Example:
-        >>> model = load_model("runs/2.5d-fold0", device="cpu")     # doctest: +SKIP
+        >>> model = load_model("runs/synthetic_2.5d_fold0", device="cpu")     # doctest: +SKIP
         >>> model.segment("/data/BraTS2021_00006").shape             # doctest: +SKIP
         (240, 240, 155)
     """
@@ -393,7 +391,7 @@ def segment(
     """Segment one case with a model (a :class:`SegmentationModel` or a run/bundle folder).
 
     Example:
-        >>> image = segment("/data/BraTS2021_00006", model="runs/2.5d-fold0")   # doctest: +SKIP
+        >>> image = segment("/data/BraTS2021_00006", model="runs/synthetic_2.5d_fold0")   # doctest: +SKIP
     """
     if not isinstance(model, SegmentationModel):
         model = load_model(model, device=device)

@@ -22,7 +22,6 @@ from pipeline.api import SegmentationModel, load_model
 from pipeline.datalist import load_datalist
 from pipeline.errors import ConfigError, InputError
 from pipeline.export import colour_table_filename, write_colour_table
-from pipeline.io import load_nifti
 from pipeline.labels import get_convention
 from pipeline.metrics import case_metrics
 from pipeline.predict import model_settings, write_case_prediction

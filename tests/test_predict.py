@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ import pytest
 from click.testing import CliRunner
 from nibabel.orientations import apply_orientation, io_orientation
 from prediction_cases import (
-    CONFIGS,
     LAYOUTS,
     assert_same_geometry,
     write_bundle_dir,
