@@ -132,6 +132,16 @@ def test_msd_image_with_the_wrong_channel_count_is_refused(cohort: Path, tmp_pat
     assert not out.exists() and checksums(root) == before
 
 
+def test_predict_refuses_an_msd_image_with_the_wrong_channel_count(cohort: Path, trained_run: Path, tmp_path: Path) -> None:
+    root = _msd_root(cohort, tmp_path / "Task01_BrainTumour", channels=3)
+    before = checksums(root)
+    image, out = root / "imagesTr" / "BRATS_001.nii.gz", tmp_path / "predictions"
+    result = cli("predict", "--model", trained_run, "--input", image, "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, image, r"channel")
+    assert not files_under(out) and checksums(root) == before
+
+
 def test_msd_image_with_four_channels_is_accepted(cohort: Path, tmp_path: Path) -> None:
     """The same MSD folder with the right channel count passes: the refusal above is about the channels."""
     root = _msd_root(cohort, tmp_path / "Task01_BrainTumour", channels=4)
@@ -157,6 +167,19 @@ def test_preprocess_refuses_a_case_damaged_after_listing(
     path, pattern, before = _damaged(cohort, corruption, monkeypatch)
     cache = tmp_path / "cache"
     result = cli("preprocess", "--datalist", cohort_datalist, "--cache", cache, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, path, pattern)
+    _assert_cache_has_no_partial_case(cache, DAMAGED_CASE)
+    assert checksums(cohort) == before
+
+
+@pytest.mark.parametrize("corruption", ["truncated_gz", "seg_unknown_labels"])
+def test_preprocess_workers_report_a_damaged_case_the_same_way(
+    corruption: str, cohort: Path, cohort_datalist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, pattern, before = _damaged(cohort, corruption, monkeypatch)
+    cache = tmp_path / "cache"
+    result = cli("preprocess", "--datalist", cohort_datalist, "--cache", cache, "--workers", "2", "--no-progress")
     assert result.exit_code == 1
     assert_one_line_error(result.output, path, pattern)
     _assert_cache_has_no_partial_case(cache, DAMAGED_CASE)
