@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -149,7 +150,7 @@ def main() -> None:
     parser.add_argument("--memory-samples", type=int, default=320, help="samples in the measured epoch")
     args = parser.parse_args()
     device = torch.device(args.device)
-    torch.set_num_threads(torch.get_num_threads())
+    default_threads = torch.get_num_threads()
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -158,15 +159,17 @@ def main() -> None:
         else:
             datalist, cache = args.datalist, args.cache
         case_ids = sorted(p.parent.name for p in Path(cache).glob("*/meta.json"))
-        print(f"# training throughput, torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+        print(f"# training throughput, torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {device}")
         print(f"cache: {cache} ({len(case_ids)} cases), configs: train.yaml {' '.join(args.config)}\n")
-        print("| mode | batch | sample shape | model step rate (samples/s) | loader rate (samples/s) | loader / model |")
-        print("|---|---|---|---|---|---|")
+        print("| mode | batch | torch threads | loader workers | sample shape | model step rate (samples/s) | loader rate (samples/s) | loader / model |")
+        print("|---|---|---|---|---|---|---|---|")
         for mode in args.modes:
             settings = bundle_settings(args.config, mode)
+            threads = settings.get_parsed_content("cpu_threads")
+            torch.set_num_threads(int(threads) if threads else default_threads)  # as the training run sets it
             rate_loader, shape = loader_rate(settings, Path(cache), case_ids, args.batches)
             rate_model = step_rate(settings, shape, args.steps, device)
-            print(f"| {mode} | {settings.get_parsed_content('batch_size')} | {shape} | {rate_model:.1f} | {rate_loader:.1f} | {rate_loader / rate_model:.1f}x |", flush=True)
+            print(f"| {mode} | {settings.get_parsed_content('batch_size')} | {torch.get_num_threads()} | {settings.get_parsed_content('num_workers')} | {shape} | {rate_model:.1f} | {rate_loader:.1f} | {rate_loader / rate_model:.1f}x |", flush=True)
 
         if not args.skip_memory:
             print("\n| cached cases | peak RSS, training process (MiB) | peak RSS, largest loader worker (MiB) |")
