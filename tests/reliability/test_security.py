@@ -187,3 +187,20 @@ def test_oddly_named_case_folders(pristine_cohort: Path, trained_run: Path, tmp_
     assert {p.name for p in written if p.parent == out} >= {"patient 7 $(id)_seg.nii.gz", "predictions.json"}
     assert all(p.is_relative_to(out) or p.is_relative_to(root) or p.is_relative_to(odd) or p.name == "list.json" for p in written)
     assert checksums(odd) == before
+
+
+def test_model_configs_run_python_so_they_must_be_trusted(trained_run: Path, tmp_path: Path) -> None:
+    """What the documentation warns about: loading a run or bundle folder evaluates the ``$`` expressions of its config.
+
+    Weights are data (weights-only loading); configs are code. This test keeps that warning true:
+    if configs ever stop running code, the warning (and this test) can go.
+    """
+    from pipeline.api import load_model
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    marker = tmp_path / "ran"
+    config = json.loads((run / "config.json").read_text())
+    config["network_def"]["dropout"] = f"$__import__('pathlib').Path({str(marker)!r}).touch() or 0.0"
+    (run / "config.json").write_text(json.dumps(config))
+    load_model(run)
+    assert marker.exists()
