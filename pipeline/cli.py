@@ -310,3 +310,72 @@ def evaluate(
         overlays=not no_overlays,
         progress=not no_progress,
     )
+
+
+@main.command()
+@click.option("--out", default=Path("outputs/demo"), show_default=True, type=_PATH, help="Folder for the run, the evaluation and demo.json.")
+@click.option("--data", "data_dir", default=Path("data/synthetic"), show_default=True, type=_PATH, help="Synthetic cohort folder (generated or completed).")
+@click.option("--datalist", "datalist_path", default=Path("data_lists/synthetic.json"), show_default=True, type=_PATH, help="Its data list (kept when it lists exactly the cohort).")
+@click.option("--cache", "cache_dir", default=Path("cache/synthetic"), show_default=True, type=_PATH, help="Preprocessed cache (built or completed).")
+@click.option("--cases", default=24, show_default=True, type=click.IntRange(min=4), help="Cases in the synthetic cohort.")
+@click.option("--size", default="small", show_default=True, type=click.Choice(["full", "small", "tiny"]), help="Synthetic case size.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Cohort and split seed.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Preprocessing processes (and at most 2 loader workers).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs (default: configs/demo.yaml's).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any bundle key of the training, e.g. --set samples_per_epoch=800.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bars.")
+@_reports_errors
+def demo(
+    out: Path,
+    data_dir: Path,
+    datalist_path: Path,
+    cache_dir: Path,
+    cases: int,
+    size: str,
+    seed: int,
+    workers: int,
+    epochs: int | None,
+    settings: tuple[str, ...],
+    no_progress: bool,
+) -> None:
+    """Run the whole pipeline on the synthetic cohort on CPU (what `make demo` runs).
+
+    Generates the cohort, writes its data list, preprocesses, trains the CPU configuration
+    (configs/train.yaml + configs/demo.yaml), evaluates the held-out test patients and prints
+    a summary. Finished stages are reused: a rerun skips or resumes them.
+    """
+    from pipeline.demo import run_demo
+    from pipeline.training import parse_overrides
+
+    run_demo(
+        out_dir=out,
+        data_dir=data_dir,
+        datalist=datalist_path,
+        cache_dir=cache_dir,
+        cases=cases,
+        size=size,
+        seed=seed,
+        workers=workers,
+        epochs=epochs,
+        overrides=parse_overrides(settings),
+        progress=not no_progress,
+        echo=click.echo,
+    )
+
+
+@main.command(name="export")
+@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
+@click.option("--format", "export_format", default="torchscript", show_default=True, type=click.Choice(["torchscript", "onnx"]), help="TorchScript (MONAI ckpt_export) or ONNX.")
+@click.option("--out", default=None, type=_PATH, help="File to write (default: MODEL/models/model.ts or model.onnx).")
+@click.option("--tolerance", default=1e-3, show_default=True, type=click.FloatRange(min=0), help="Largest logit difference from PyTorch accepted.")
+@_reports_errors
+def export_command(model_dir: Path, export_format: str, out: Path | None, tolerance: float) -> None:
+    """Export a trained network to TorchScript or ONNX and check it reproduces PyTorch.
+
+    TorchScript goes through MONAI's ckpt_export (metadata.json and the config embedded);
+    ONNX through torch.onnx.export with dynamic batch and spatial sizes (input `image`,
+    output `logits`). A bundle folder holding only models/model.ts still loads for predict.
+    """
+    from pipeline.model_export import export_model
+
+    click.echo(str(export_model(model_dir, export_format, out=out, tolerance=tolerance)))
