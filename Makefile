@@ -93,3 +93,17 @@ bench: $(VENV)/.installed  ## Full benchmarks (DEVICE; BENCH_ARGS="--json PATH")
 	$(BIN)/python -m benchmarks.run --device $(DEVICE) $(BENCH_ARGS)
 bench-quick: $(VENV)/.installed  ## Quick benchmarks: fewer cases and iterations (under ~10 min on 2 CPU cores)
 	$(BIN)/python -m benchmarks.run --quick --device $(DEVICE) $(BENCH_ARGS)
+
+# The demo: the whole pipeline on the synthetic cohort on CPU, outputs under outputs/demo/ (cohort in
+# SYNTH_DIR, data list data_lists/synthetic.json, cache cache/synthetic). A rerun reuses finished stages.
+DEMO_OUT    ?= outputs/demo
+DEMO_ARGS   ?=
+.PHONY: demo export
+demo: $(VENV)/.installed  ## Synthetic cohort -> preprocess -> train (CPU) -> evaluate -> NIfTI + report in outputs/demo/ (DEMO_ARGS="--epochs 4 ...")
+	$(CLI) demo --out $(DEMO_OUT) --data $(SYNTH_DIR) --cases $(SYNTH_CASES) --size $(SYNTH_SIZE) --seed $(SYNTH_SEED) --workers $(WORKERS) $(DEMO_ARGS)
+
+# Export a trained model: RUN_DIR/models/model.ts (MONAI ckpt_export) and model.onnx, each checked against PyTorch.
+EXPORT_MODEL   ?= $(RUN_DIR)
+EXPORT_FORMATS ?= torchscript onnx
+export: $(VENV)/.installed  ## Export EXPORT_MODEL (default RUN_DIR; e.g. outputs/demo/run) to TorchScript and ONNX under its models/
+	@for format in $(EXPORT_FORMATS); do $(CLI) export --model $(EXPORT_MODEL) --format $$format || exit 1; done
