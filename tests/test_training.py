@@ -108,6 +108,16 @@ def test_cli_trains_3d_regions(tiny_run_data: tuple[Path, Path], tmp_path: Path)
     assert final_bias.shape == (3,)  # TC, WT, ET
 
 
+def test_other_architecture_optimizer_and_schedule(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    choices = ["network_name=attention_unet", "optimizer_name=adamw", "lr_schedule=plateau", "grad_clip_norm=1.0", "tta=true"]
+    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 1, settings=[*TINY, *choices])
+    assert result.exit_code == 0, result.output
+    latest = torch.load(tmp_path / "run" / "models" / "latest.pt", weights_only=True)
+    assert any("attention" in key.lower() or "psi" in key for key in latest["network"])
+    assert "best" in latest["lr_scheduler"] and latest["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(1e-5)
+
+
 def test_monai_bundle_run_trains_2_5d(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     """`python -m monai.bundle run training` runs the same definition and lays out the same run directory."""
     datalist, cache = tiny_run_data
@@ -167,7 +177,7 @@ def test_ddp_gloo_two_processes(tiny_run_data: tuple[Path, Path], tmp_path: Path
     out = tmp_path / "run"
     overrides = _bundle_overrides([s for s in TINY if not s.startswith("deterministic")])
     configs = f"['{TRAIN_CONFIG}','{MULTI_GPU_CONFIG}']"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", "-m", "monai.bundle", "run", "training",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
                "--config_file", configs, "--datalist", str(datalist), "--dataset_dir", str(cache), "--output_dir", str(out), "--epochs", "1", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
