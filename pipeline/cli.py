@@ -19,15 +19,18 @@ _EXISTING = click.Path(exists=True, path_type=Path)
 
 
 def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`PipelineError` into one line on stderr and exit status 1 (a traceback with --debug)."""
+    """Turn a :class:`PipelineError`, or an operating-system error on a file (disk full, permission,
+    a file where a folder should be), into one line on stderr and exit status 1 (a traceback with --debug)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except PipelineError as err:
+        except (PipelineError, OSError) as err:
             if click.get_current_context().find_root().obj.get("debug"):
                 traceback.print_exc()
+            if isinstance(err, OSError):
+                err = PipelineError(err.filename or "input/output", err.strerror or str(err))
             click.echo(f"error: {err}", err=True)
             sys.exit(1)
 

@@ -49,6 +49,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocking = next((folder for folder in target.parents if folder.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise PipelineError(target, f"cannot write: {blocking} is a file, not a folder") from err
+        raise PipelineError(target, f"cannot write: {err.strerror or err}") from err
+    try:
         _remove_stale_temporaries(target)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)

@@ -564,6 +564,9 @@ def preprocess_datalist(
     if unknown:
         raise ConfigError("--splits", f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}")
     records = [record for split in SPLITS if split in selected for record in loaded.records[split]]
+    existing = next(folder for folder in (cache, *cache.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise ConfigError(cache, f"cannot create the cache folder: {existing} is a file")
 
     cached = {r.case_id for r in records if _is_cached(r, cache / r.case_id, margin, allow_resection_cavity)}
     skipped = [r.case_id for r in records if r.case_id in cached]

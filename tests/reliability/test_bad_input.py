@@ -350,6 +350,44 @@ def test_bad_weights_are_refused(
     assert not files_under(out) and file_sha256(weights) == weights_sha
 
 
+# ----------------------------------------------------------------------------- unusable output folders
+
+
+@pytest.mark.parametrize("command", ["datalist", "preprocess", "predict", "evaluate"])
+def test_output_folder_blocked_by_a_file(
+    command: str, pristine_cohort: Path, pristine_datalist: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    blocking = tmp_path / "results"
+    blocking.write_text("a file where the output folder should go\n")
+    out = blocking / "inside"
+    if command == "datalist":
+        args = ["datalist", "--data-root", pristine_cohort, "--out", out / "list.json", "--no-progress"]
+    elif command == "preprocess":
+        args = ["preprocess", "--datalist", pristine_datalist, "--cache", out, "--no-progress"]
+    elif command == "predict":
+        args = ["predict", "--model", trained_run, "--input", pristine_cohort / DAMAGED_CASE, "--out", out, "--no-progress"]
+    else:
+        args = ["evaluate", "--model", trained_run, "--datalist", pristine_datalist, "--out", out, "--no-progress", "--no-overlays"]
+    result = cli(*args)
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, out, f"{blocking} is a file")
+    assert blocking.read_text() == "a file where the output folder should go\n"
+
+
+def test_operating_system_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OSError no stage turned into a pipeline error still ends as one line naming the file (a traceback with --debug)."""
+    import pipeline.splits
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/mnt/archive/BraTS2021_00001")
+
+    monkeypatch.setattr(pipeline.splits, "build_datalist", denied)
+    result = cli("datalist", "--data-root", tmp_path, "--out", tmp_path / "list.json")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, "/mnt/archive/BraTS2021_00001", "Permission denied")
+    assert "Traceback" in cli("--debug", "datalist", "--data-root", tmp_path, "--out", tmp_path / "list.json").output
+
+
 # ----------------------------------------------------------------------------- full disk
 
 
