@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from nibabel.orientations import apply_orientation
 from tqdm.auto import tqdm
 
 from pipeline.api import SegmentationModel, load_model
 from pipeline.datalist import load_datalist
 from pipeline.errors import ConfigError, InputError
 from pipeline.export import colour_table_filename, write_colour_table
+from pipeline.geometry import box_slices
 from pipeline.labels import get_convention
 from pipeline.metrics import case_metrics
 from pipeline.predict import model_settings, write_case_prediction
@@ -57,6 +60,16 @@ def read_internal_labels(path: str | os.PathLike[str], convention_name: str, all
         return get_convention(convention_name).to_internal(voxels, allow_optional=allow_resection_cavity), image
     except ValueError as err:
         raise InputError(path, str(err)) from None
+
+
+def to_cache_grid(array: np.ndarray, meta: dict) -> np.ndarray:
+    """An array on a case's source grid ``(X0, Y0, Z0)`` moved onto its cache grid ``(Z, X, Y)``.
+
+    The forward of :func:`pipeline.preprocess.restore_to_original`: the same reorientation and crop
+    the preprocessing applies (voxels outside the crop are dropped).
+    """
+    canonical = apply_orientation(np.asarray(array), np.asarray(meta["orientation"]))
+    return np.ascontiguousarray(canonical[box_slices(meta["crop_box"])].transpose(2, 0, 1))
 
 
 def evaluate(
@@ -106,14 +119,15 @@ def evaluate(
     conventions: set[str] = set()
     for record in tqdm(records, desc=f"evaluate {split}", unit="case", disable=not progress):
         assert record.label is not None
-        prediction = model.predict_case(record)
+        truth, truth_image = read_internal_labels(record.label, record.label_convention, model.allow_resection_cavity)
+        # Predicted exactly as `predict` does, from the images only.
+        prediction = model.predict_case(replace(record, label=None))
         seg_path, _, convention = write_case_prediction(prediction, predictions)
         conventions.add(convention)
         # Score what was written: the exported file, read back, against the ground-truth file.
         predicted, predicted_image = read_internal_labels(seg_path, convention)
-        truth, truth_image = read_internal_labels(record.label, record.label_convention, model.allow_resection_cavity)
-        if predicted.shape != truth.shape or not (abs(predicted_image.affine - truth_image.affine) < 1e-3).all():
-            raise InputError(record.label, f"ground truth grid {truth.shape} differs from the prediction's {predicted.shape}")
+        if predicted.shape != truth.shape or not np.allclose(predicted_image.affine, truth_image.affine, atol=1e-3):
+            raise InputError(record.label, f"ground truth grid {truth.shape} does not match the images' grid {predicted.shape} (shape or affine)")
         spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
         rows.append({"case_id": record.case_id, **case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise)})
         if overlays:
@@ -121,7 +135,7 @@ def evaluate(
                 out / OVERLAYS_DIR / f"{record.case_id}.png",
                 prediction.cache_image,
                 prediction.cache_labels,
-                prediction.cache_ground_truth,
+                to_cache_grid(truth, prediction.meta),
                 prediction.meta["spacing"],
                 title=record.case_id,
             )

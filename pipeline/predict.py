@@ -14,9 +14,10 @@ written with the settings used.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ from pipeline.io import write_json
 from pipeline.labels import get_convention
 
 MANIFEST = "predictions.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,7 +73,15 @@ def resolve_cases(input_path: str | os.PathLike[str]) -> list[CaseRecord]:
         return [record for split in SPLITS for record in datalist.records[split]]
     if source.is_file() or _has_nifti_files(source):
         return [discover_case(source)]
-    return list(discover(source).records)
+    found = discover(source)
+    for line in found.warnings:
+        logger.warning("warning: %s", line)
+    problems = [line for lines in found.problems.values() for line in lines]
+    if problems:
+        where, _, problem = problems[0].partition(": ")
+        more = f" ({len(problems) - 1} more problem(s) under {source})" if len(problems) > 1 else ""
+        raise InputError(where, problem + more)
+    return list(found.records)
 
 
 def write_case_prediction(
@@ -134,7 +145,8 @@ def predict(
     conventions: set[str] = set()
     for record in tqdm(records, desc="predict", unit="case", disable=not progress):
         case_started = time.perf_counter()
-        prediction = model.predict_case(record, probabilities=probabilities)
+        # The ground truth plays no part in a prediction: it is not read (nor checked) here.
+        prediction = model.predict_case(replace(record, label=None), probabilities=probabilities)
         seg_path, prob_path, convention = write_case_prediction(prediction, out, label_convention, submission_names)
         conventions.add(convention)
         summary.segmentations[record.case_id] = seg_path

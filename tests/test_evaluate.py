@@ -147,7 +147,8 @@ def test_monai_bundle_run_evaluating(data, run_dir, tmp_path):
     cli_out = tmp_path / "cli"
     result = CliRunner().invoke(main, ["evaluate", "--model", str(bundle), "--datalist", str(datalist), "--out", str(cli_out), "--split", "validation", "--no-progress"])
     assert result.exit_code == 0, result.output
-    pd.testing.assert_frame_equal(bundle_frame, pd.read_csv(cli_out / "metrics.csv"))
+    # Same code, another process: near-tied voxels of the untrained network may flip with summation order.
+    pd.testing.assert_frame_equal(bundle_frame, pd.read_csv(cli_out / "metrics.csv"), rtol=0.02)
 
 
 @pytest.mark.real_data
@@ -187,3 +188,36 @@ def test_evaluate_the_synthetic_cohort(tiny_datalist, run_dir, tmp_path):
         written = tmp_path / "predictions" / f"{record.case_id}_seg.nii.gz"
         assert_same_geometry(written, record.images[0])
         assert_same_geometry(written, record.label)
+
+
+@pytest.mark.parametrize("layout", ["lps", "permuted", "oblique"])
+def test_ground_truth_moves_onto_the_cache_grid_like_the_preprocessing(tmp_path, layout):
+    from pipeline.datasets import discover_case
+    from pipeline.evaluate import to_cache_grid
+    from pipeline.preprocess import prepare_case, restore_to_original
+
+    record = discover_case(write_case(tmp_path, layout=layout))
+    prepared = prepare_case(record)
+    truth, _ = read_internal_labels(record.label, "brats2017")
+    moved = to_cache_grid(truth, prepared.meta)
+    np.testing.assert_array_equal(moved, prepared.label)
+    np.testing.assert_array_equal(restore_to_original(moved, prepared.meta), truth)
+
+
+def test_bad_ground_truth_stops_evaluation_but_not_prediction(run_dir, tmp_path):
+    from pipeline.predict import predict
+
+    root = tmp_path / "data"
+    case = write_case(root, "BraTS2021_00001", layout="lps")
+    seg_path = case / "BraTS2021_00001_seg.nii.gz"
+    seg = nib.load(seg_path)
+    voxels = np.asarray(seg.dataobj).copy()
+    voxels[voxels == 4] = 3  # a 2023-style ET in a 2017-2021 case
+    nib.save(nib.Nifti1Image(voxels, seg.affine, seg.header), seg_path)
+    datalist = write_datalist(tmp_path / "list.json", root, {"BraTS2021_00001": "test"})
+    summary = predict(run_dir, datalist, tmp_path / "pred", progress=False)  # the ground truth is not read
+    assert summary.segmentations["BraTS2021_00001"].is_file()
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(run_dir), "--datalist", str(datalist), "--out", str(tmp_path / "eval"), "--no-progress"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {seg_path}: labels [3] are not in the brats2017 convention")
+    assert not (tmp_path / "eval" / "predictions").exists()  # stopped before any prediction

