@@ -1,4 +1,4 @@
-"""Loader throughput on the benchmark cohort: the cache loaders against the peers' ways and the memmap limit.
+"""Loader throughput on the benchmark cohort: the cache loaders against the usual ways of feeding slices and the memmap limit.
 
 The methods and the measuring loop are those of ``benchmarks/loader_throughput.py`` (per-sample
 NIfTI, MONAI's ``GridPatchDataset`` + ``PatchIterd`` + ``ShuffleBuffer`` recipe, the plain
@@ -25,8 +25,10 @@ from pipeline.data import build_train_dataset, build_train_sampler
 NIFTI = "per-sample NIfTI (nibabel)"
 MONAI_RECIPE = "MONAI GridPatchDataset+PatchIterd+ShuffleBuffer"
 PLAIN = "plain memmap read"
-OURS = "pipeline.data"
+OURS = "pipeline.data"  # as training uses it: augmented, float32 samples
 OURS_PLAIN = "pipeline.data (no augmentation)"
+OURS_HALF = "pipeline.data (float16 samples)"
+OURS_PLAIN_HALF = "pipeline.data (no augmentation, float16 samples)"
 MANY = 1_000_000  # draws per pass: more than any measurement consumes
 
 
@@ -55,6 +57,9 @@ def measure_loaders(
 ) -> dict[str, Any]:
     """Samples/s of every method, each drawing at random across the whole cohort with ``workers`` DataLoader workers.
 
+    ``pipeline.data`` is the loader as training uses it (augmented, float32 samples); the other
+    ``pipeline.data`` rows leave out the augmentation or keep the cache's float16 in the samples.
+
     Returns:
         ``{"results": [{"method", "mode", "batch_size", "samples_per_s", "cpu_limited_samples_per_s",
         "samples", "seconds", "main_cpu_s", "worker_cpu_s"}, ...], "ratios":
@@ -72,10 +77,12 @@ def measure_loaders(
         (PLAIN, "2.5d", batch_size, PlainMemmapRead(cache, ids, context, None, MANY, seed)),
         (PLAIN, "3d", 2, PlainMemmapRead(cache, ids, 0, patch, MANY, seed)),
     ]
-    for mode in ("2d", "2.5d", "3d"):
-        for augment in (True, False):
-            dataset = build_train_dataset(cache, ids, mode, context=context, patch_size=patch, augment=augment, seed=seed)
-            loaders.append((OURS if augment else OURS_PLAIN, mode, 2 if mode == "3d" else batch_size, dataset))
+    variants = [(mode, augment, "float32") for mode in ("2d", "2.5d", "3d") for augment in (True, False)]
+    variants += [("2.5d", True, "float16"), ("2.5d", False, "float16")]
+    names = {(True, "float32"): OURS, (False, "float32"): OURS_PLAIN, (True, "float16"): OURS_HALF, (False, "float16"): OURS_PLAIN_HALF}
+    for mode, augment, dtype in variants:
+        dataset = build_train_dataset(cache, ids, mode, context=context, patch_size=patch, augment=augment, seed=seed, image_dtype=dtype)
+        loaders.append((names[augment, dtype], mode, 2 if mode == "3d" else batch_size, dataset))
     results = []
     for method, mode, size, source in tqdm(loaders, desc="loader", unit="method", disable=not progress):
         figures = measure(_loader(source, size, workers, seed), seconds * (2 if method == NIFTI else 1))
@@ -92,7 +99,7 @@ def loader_ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str
     nifti, recipe = _rate(results, NIFTI, "2d"), _rate(results, MONAI_RECIPE, "2d")
     ratios: dict[str, dict[str, dict[str, float]]] = {}
     for r in results:
-        if r["method"] not in (OURS, OURS_PLAIN):
+        if not r["method"].startswith(OURS):
             continue
         plain = _rate(results, PLAIN, r["mode"])
         ratios.setdefault(r["mode"], {})[r["method"]] = {

@@ -50,7 +50,8 @@ def bundle_training_parts(
 
     Returns:
         ``network``, ``loss``, ``optimizer``, ``dataloader``, ``batch_size``, ``num_workers``,
-        ``amp_dtype`` (a torch dtype) and ``grad_clip_norm``.
+        ``amp_dtype`` (a torch dtype), ``grad_clip_norm`` and ``cpu_threads`` (the torch threads
+        the bundle's ``initialize`` sets, or ``None``).
     """
     from monai.bundle import ConfigParser
 
@@ -72,16 +73,18 @@ def bundle_training_parts(
         settings["num_workers"] = int(num_workers)
     for key, value in settings.items():
         parser[key] = value
-    parser["samples_per_epoch"] = int(iterations) * int(parser["batch_size"])
+    value = parser.get_parsed_content
+    parser["samples_per_epoch"] = int(iterations) * int(value("batch_size"))
     return {
         "network": parser.get_parsed_content("network"),
         "loss": parser.get_parsed_content("loss"),
         "optimizer": parser.get_parsed_content("optimizer"),
         "dataloader": parser.get_parsed_content("train#dataloader"),
-        "batch_size": int(parser["batch_size"]),
-        "num_workers": int(parser["num_workers"]),
-        "amp_dtype": getattr(torch, parser["amp_dtype"]),
-        "grad_clip_norm": parser["grad_clip_norm"],
+        "batch_size": int(value("batch_size")),
+        "num_workers": int(value("num_workers")),
+        "amp_dtype": getattr(torch, value("amp_dtype")),
+        "grad_clip_norm": value("grad_clip_norm"),
+        "cpu_threads": value("cpu_threads") if "cpu_threads" in parser else None,
     }
 
 
@@ -158,13 +161,23 @@ def measure_training(
     amp: bool = False,
     compile: bool = False,
 ) -> dict[str, Any]:
-    """Samples/s of the bundle's training step alone and end to end with its loader, and their ratio."""
+    """Samples/s of the bundle's training step alone and end to end with its loader, and their ratio.
+
+    The torch thread count is the bundle's ``cpu_threads`` during the measurement, as in training.
+    """
     parts = bundle_training_parts(cache_dir, case_ids, device, iterations, mode, batch_size, num_workers)
-    batch = resident_batch(parts, device)
-    # a first short run pays the one-time costs (allocator growth, kernel selection, compilation) for both measurements
-    run_trainer(parts, [batch] * (warmup + 2), warmup + 2, warmup, device, amp, compile)
-    model_only = run_trainer(parts, [batch] * iterations, iterations, warmup, device, amp, compile)
-    end_to_end = run_trainer(parts, parts["dataloader"], iterations, warmup, device, amp, compile)
+    previous_threads = torch.get_num_threads()
+    if parts["cpu_threads"]:
+        torch.set_num_threads(int(parts["cpu_threads"]))
+    try:
+        batch = resident_batch(parts, device)
+        # a first short run pays the one-time costs (allocator growth, kernel selection, compilation) for both measurements
+        run_trainer(parts, [batch] * (warmup + 2), warmup + 2, warmup, device, amp, compile)
+        model_only = run_trainer(parts, [batch] * iterations, iterations, warmup, device, amp, compile)
+        end_to_end = run_trainer(parts, parts["dataloader"], iterations, warmup, device, amp, compile)
+        threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous_threads)
     return {
         "mode": mode,
         "device": device,
@@ -172,6 +185,7 @@ def measure_training(
         "compile": compile,
         "batch_size": parts["batch_size"],
         "num_workers": parts["num_workers"],
+        "torch_threads": threads,
         "input_shape": list(batch["image"].shape),
         "model_only_samples_per_s": model_only["samples_per_s"],
         "end_to_end_samples_per_s": end_to_end["samples_per_s"],
