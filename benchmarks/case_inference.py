@@ -1,11 +1,12 @@
 """Whole-case inference time: raw NIfTI case in, segmentation NIfTI out, through the pipeline's ``predict``.
 
-Each model is the bundle's ``configs/inference.yaml`` network and inferer for a mode (``mode``
-and ``tta`` overridden, everything else as shipped), with untrained weights: the work per case
-does not depend on them. One timed call of :func:`pipeline.predict.predict` covers what a user
-waits for: discovering the case, reading its NIfTI files, preprocessing, the network over the
-whole volume (batched slices or sliding windows), TTA, post-processing, the exact inverse onto
-the input's grid, and writing the NIfTI file, colour table and manifest.
+Each model is ``inference_speed.bundle_model``: the bundle's ``configs/inference.yaml`` network,
+inferer and post-processing for a mode (``mode`` and ``tta`` overridden, everything else as
+shipped), with untrained weights: the work per case does not depend on them. One timed call of
+:func:`pipeline.predict.predict` covers what a user waits for: discovering the case, reading its
+NIfTI files, preprocessing, the network over the whole volume (batched slices or sliding
+windows), TTA, post-processing, the exact inverse onto the input's grid, and writing the NIfTI
+file, colour table and manifest. (``inference_speed.py`` splits the same work into phases.)
 """
 
 from __future__ import annotations
@@ -16,24 +17,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.inference_speed import bundle_model
 from pipeline.api import SegmentationModel
-from pipeline.training import BUNDLE_DIR
-
-INFERENCE_CONFIG = BUNDLE_DIR / "configs" / "inference.yaml"
-
-
-def bundle_model(mode: str, tta: bool, device: str = "cpu", overrides: dict[str, Any] | None = None) -> SegmentationModel:
-    """The bundle's inference model for ``mode`` with untrained (seeded) weights."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(INFERENCE_CONFIG))
-    for key, value in {"mode": mode, "tta": tta, "device": device, **(overrides or {})}.items():
-        parser[key] = value
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    inferer = parser.get_parsed_content("inferer")
-    return SegmentationModel(network, inferer, postprocessing=parser["postprocessing"], device=device)
 
 
 def time_case(model: SegmentationModel, case_dir: Path, out_dir: Path, repeats: int = 1, warmup: bool = True) -> float:
@@ -59,7 +44,6 @@ def measure_inference(
     variants: tuple[tuple[str, bool], ...] = (("2d", False), ("2d", True), ("2.5d", False), ("2.5d", True), ("3d", False), ("3d", True)),
     repeats: int = 1,
     warmup_each: bool = True,
-    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Seconds per case for each ``(mode, tta)`` variant, with the model's settings.
 
@@ -68,7 +52,7 @@ def measure_inference(
     """
     results = []
     for index, (mode, tta) in enumerate(variants):
-        model = bundle_model(mode, tta, device, overrides)
+        model = bundle_model(mode, tta, device)
         seconds = time_case(model, case_dir, out_dir / f"{mode}-{'tta' if tta else 'plain'}", repeats, warmup=warmup_each or index == 0)
         inferer = model.inferer
         results.append(

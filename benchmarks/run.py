@@ -87,7 +87,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "full": Profile("full", "full", 20, (10, 200), 10.0, 128, 25, 3, None, 480, 3, True, 3),
     "quick": Profile("quick", "full", 10, (10, 200), 4.0, 128, 10, 2, None, 160, 1, False, 1),
-    "smoke": Profile("smoke", "tiny", 3, (3, 12), 0.3, 16, 3, 1, 4, 32, 1, False, 1, (48, 48, 32)),
+    "smoke": Profile("smoke", "tiny", 3, (3, 12), 0.3, 16, 3, 1, 4, 16, 1, False, 1, (48, 48, 32)),
 }
 
 
