@@ -159,3 +159,21 @@ def test_export_errors_name_the_problem(run_dir, tmp_path):
     assert not (other / "models" / "model.ts").exists()
     result = CliRunner().invoke(main, ["export", "--model", str(tmp_path)])
     assert result.exit_code == 1 and "neither a run folder" in result.output
+
+
+def test_model_zoo_ckpt_export_command_on_a_bundle_folder(run_dir, tmp_path):
+    """The documented `python -m monai.bundle ckpt_export` command gives the same TorchScript model as `brats-pipeline export`."""
+    bundle = write_bundle_dir(tmp_path / "bundle", weights=run_dir / "models" / "model.pt")
+    command = [
+        sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(bundle / "models" / "model.ts"),
+        "--ckpt_file", str(bundle / "models" / "model.pt"), "--meta_file", str(REPO / "bundles" / "brats_segmentation" / "configs" / "metadata.json"),
+        "--config_file", str(bundle / "configs" / "inference.yaml"),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ours = export_model(bundle, "torchscript", out=tmp_path / "ours.ts")
+    inputs = torch.randn(2, 12, 24, 16)
+    with torch.no_grad():
+        zoo = torch.jit.load(str(bundle / "models" / "model.ts"))(inputs)
+        np.testing.assert_allclose(zoo.numpy(), torch.jit.load(str(ours.path))(inputs).numpy(), atol=1e-6)
+        np.testing.assert_allclose(zoo.numpy(), _pytorch_logits(run_dir, inputs), atol=1e-5)
