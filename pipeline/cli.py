@@ -323,7 +323,7 @@ def evaluate(
 @click.option("--cases", default=24, show_default=True, type=click.IntRange(min=4), help="Cases in the synthetic cohort.")
 @click.option("--size", default="small", show_default=True, type=click.Choice(["full", "small", "tiny"]), help="Synthetic case size.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Cohort and split seed.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Preprocessing processes (and at most 2 loader workers).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Preprocessing processes (training keeps the bundle's loader settings).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs (default: configs/demo.yaml's).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any bundle key of the training, e.g. --set samples_per_epoch=800.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars.")

@@ -152,7 +152,7 @@ def run_demo(
         cases: cases in the cohort.
         size: ``small`` (the demo's 96x96x62 at 2.5 mm), ``tiny`` or ``full``.
         seed: cohort and split seed.
-        workers: processes for preprocessing.
+        workers: processes for preprocessing (training keeps train.yaml's loader settings).
         epochs: training epochs (``None``: the value in ``config_files``).
         config_files: bundle files merged over ``train.yaml`` (default: ``configs/demo.yaml``).
         overrides: bundle keys applied last (e.g. a tiny network for tests).
@@ -210,7 +210,7 @@ def run_demo(
     else:
         if done:
             echo(f"resuming the run in {run_dir} after epoch {done}")
-        settings = {"num_workers": min(2, max(workers, 0)), **overrides}
+        settings = dict(overrides)
         train(
             datalist=listing,
             cache_dir=cache,
