@@ -298,9 +298,10 @@ def demo_summary_text(result: DemoResult, data_dir: Path, test_cases: int) -> st
         f"  model          {result.run_dir / 'models' / 'model.pt'} (TensorBoard: {result.run_dir / 'tensorboard'})",
         "",
         "Open a result in 3D Slicer:",
-        f"  File > Add Data: {data_dir / example / (example + '_flair.nii.gz')}",
-        f"    and {predictions / (example + '_seg.nii.gz')} (Show Options: Segmentation, Color node",
-        f"    {table.stem} after adding {table.name} the same way)",
+        f"  1. drag {table} into Slicer (it loads as a colour table)",
+        f"  2. File > Add Data: {data_dir / example / (example + '_flair.nii.gz')}",
+        f"     and {predictions / (example + '_seg.nii.gz')}",
+        f"     (Show Options: Description 'Segmentation', Color node '{table.stem}')",
         "=" * 78,
     ]
     return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""The MONAI Bundle: layout, metadata (schema, network format, versions, results) and its documented commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from monai.bundle import ConfigParser
+from packaging.version import Version
+
+import pipeline
+from pipeline.model_export import network_data_format
+from pipeline.networks import spatial_divisor
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "brats_segmentation"
+CONFIGS = BUNDLE / "configs"
+METADATA = CONFIGS / "metadata.json"
+SCHEMA = REPO.parent / "shared" / "reference" / "meta_schema_20240725.json"
+
+#: A tiny network and budget for the command runs (the same keys in every config).
+TINY = {"channels": "[4,8,16]", "strides": "[2,2]", "num_res_units": "0", "sw_batch_size": "8"}
+TINY_TRAINING = {**TINY, "samples_per_epoch": "8", "batch_size": "4", "num_workers": "0", "progress": "False", "epochs": "1"}
+
+
+def _metadata() -> dict:
+    return json.loads(METADATA.read_text())
+
+
+def _bundle_command(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    completed = subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    return completed
+
+
+def _overrides(settings: dict[str, str]) -> list[str]:
+    return [item for key, value in settings.items() for item in (f"--{key}", value)]
+
+
+def test_bundle_layout_follows_the_specification():
+    for name in ("metadata.json", "train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml", "logging.conf"):
+        assert (CONFIGS / name).is_file(), name
+    assert (BUNDLE / "docs" / "README.md").is_file()
+    assert (BUNDLE / "LICENSE").read_text().lstrip().startswith("Apache License")
+    # models/ is produced by training and never committed
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(BUNDLE / "models" / "model.pt")], cwd=REPO)
+    assert ignored.returncode == 0
+    for name in ("train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml", "gpu_train.yaml", "demo.yaml"):
+        assert isinstance(yaml.safe_load((CONFIGS / name).read_text()), dict), name
+
+
+def test_metadata_is_complete():
+    meta = _metadata()
+    assert meta["schema"].endswith("/meta_schema_20240725.json")
+    assert meta["version"] in meta["changelog"]
+    for key in ("monai_version", "pytorch_version", "numpy_version"):
+        Version(meta[key])  # a version string
+    packages = meta["required_packages_version"]
+    for version in packages.values():
+        Version(version)
+    assert {"nibabel", "SimpleITK", "pytorch-ignite", "brats-pipeline"} <= set(packages)
+    assert packages["brats-pipeline"] == pipeline.__version__
+    for key in ("task", "description", "authors", "copyright", "data_source", "data_type", "image_classes", "label_classes", "pred_classes"):
+        assert isinstance(meta[key], str) and meta[key].strip(), key
+    assert "not a medical device" in meta["intended_use"].lower()
+    references = " ".join(meta["references"])
+    for author in ("Menze", "Bakas", "Baid", "MONAI", "U-Net"):
+        assert author in references, author
+    assert "T1, T1ce, T2, FLAIR" in meta["image_classes"]
+
+
+def test_eval_metrics_come_from_the_demo():
+    """eval_metrics are the demo's held-out synthetic test patients (make demo writes outputs/demo/demo.json)."""
+    meta = _metadata()
+    metrics = meta["eval_metrics"]
+    for structure in ("wt", "tc", "et"):
+        assert 0.0 <= metrics[f"test_mean_dice_{structure}"] <= 1.0
+        assert metrics[f"test_mean_hd95_{structure}_mm"] >= 0.0
+    assert metrics["test_mean_dice_wt"] >= 0.85
+    assert "synthetic" in meta["description"] and "make demo" in meta["description"]
+    demo = REPO / "outputs" / "demo" / "demo.json"
+    if demo.is_file():  # a local demo run reproduces the recorded numbers (same seed and budget)
+        recorded = json.loads(demo.read_text())["mean_dice"]
+        assert abs(recorded["WT"] - metrics["test_mean_dice_wt"]) < 0.05
+
+
+def test_metadata_validates_against_the_bundle_schema():
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema not found at {SCHEMA} (the test never downloads it)")
+    import jsonschema
+
+    jsonschema.validate(_metadata(), json.loads(SCHEMA.read_text()))
+    completed = _bundle_command("verify_metadata", "--meta_file", str(METADATA), "--filepath", str(SCHEMA))
+    assert "metadata is verified with no error" in completed.stdout + completed.stderr
+
+
+def test_network_data_format_describes_the_inference_network():
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.yaml"))
+    network = parser.get_parsed_content("network_def")
+    expected = network_data_format(parser["mode"], parser["context"], parser["output_mode"], spatial_divisor(network))
+    assert _metadata()["network_data_format"] == expected
+    image = expected["inputs"]["image"]
+    assert image["num_channels"] == 20 and image["spatial_shape"] == ["16*n", "16*n"]
+    assert image["channel_def"]["0"] == "T1, slice z-2" and image["channel_def"]["19"] == "FLAIR, slice z+2"
+    assert expected["outputs"]["pred"]["channel_def"] == {
+        "0": "background",
+        "1": "necrotic and non-enhancing tumour core (NEC)",
+        "2": "peritumoral edema (ED)",
+        "3": "enhancing tumour (ET)",
+    }
+
+
+def test_inference_and_evaluate_configs_build_the_trained_network():
+    """The network keys of inference.yaml and evaluate.yaml are train.yaml's (and demo.yaml leaves them alone)."""
+    keys = ("mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "init_filters")
+    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
+    for name in ("inference.yaml", "evaluate.yaml"):
+        config = yaml.safe_load((CONFIGS / name).read_text())
+        assert {k: config[k] for k in keys} == {k: train[k] for k in keys}, name
+    assert not set(keys) & set(yaml.safe_load((CONFIGS / "demo.yaml").read_text()))
+
+
+def test_verify_net_in_out():
+    completed = _bundle_command(
+        "verify_net_in_out", "network_def", "--meta_file", str(METADATA), "--config_file", str(CONFIGS / "inference.yaml"), "--device", "cpu"
+    )
+    assert "data shape of network is verified with no error" in completed.stdout + completed.stderr
+
+
+@pytest.mark.slow
+def test_bundle_commands_train_evaluate_and_infer(tiny_datalist: Path, tiny_cache: Path, tmp_path: Path):
+    """The documented `python -m monai.bundle run training | evaluating | inference` commands, chained on tiny data.
+
+    Paths come from --bundle_root, --dataset_dir, --datalist and --output_dir; evaluation and
+    inference take the trained weights with a --checkpoint override. (The torchrun variant with
+    multi_gpu_train.yaml runs in tests/test_training.py.)
+    """
+    run_dir = tmp_path / "run"
+    _bundle_command(
+        "run", "training", "--config_file", str(CONFIGS / "train.yaml"), "--bundle_root", str(BUNDLE),
+        "--dataset_dir", str(tiny_cache), "--datalist", str(tiny_datalist), "--output_dir", str(run_dir), *_overrides(TINY_TRAINING),
+    )  # fmt: skip
+    checkpoint = run_dir / "models" / "model.pt"
+    assert checkpoint.is_file()
+
+    _bundle_command(
+        "run", "evaluating", "--config_file", str(CONFIGS / "evaluate.yaml"), "--bundle_root", str(BUNDLE),
+        "--datalist", str(tiny_datalist), "--output_dir", str(tmp_path / "eval"), "--checkpoint", str(checkpoint),
+        "--progress", "False", *_overrides(TINY),
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    test_cases = [entry["case_id"] for entry in json.loads(tiny_datalist.read_text())["test"]]
+    assert summary["cases"] == len(test_cases) and 0.0 <= summary["metrics"]["dice_WT"]["mean"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "eval" / "predictions").glob("*_seg.nii.gz")) == sorted(f"{c}_seg.nii.gz" for c in test_cases)
+
+    case = Path(json.loads(tiny_datalist.read_text())["data_root"])
+    case = (tiny_datalist.parent / case if not case.is_absolute() else case) / test_cases[0]
+    _bundle_command(
+        "run", "inference", "--config_file", str(CONFIGS / "inference.yaml"), "--bundle_root", str(BUNDLE),
+        "--input", str(case), "--output_dir", str(tmp_path / "pred"), "--checkpoint", str(checkpoint),
+        "--progress", "False", *_overrides(TINY),
+    )  # fmt: skip
+    import nibabel as nib
+    import numpy as np
+
+    inferred = np.asarray(nib.load(tmp_path / "pred" / f"{test_cases[0]}_seg.nii.gz").dataobj)
+    evaluated = np.asarray(nib.load(tmp_path / "eval" / "predictions" / f"{test_cases[0]}_seg.nii.gz").dataobj)
+    np.testing.assert_array_equal(inferred, evaluated)  # one inference path, whichever command runs it
