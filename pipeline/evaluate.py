@@ -25,6 +25,7 @@ from pipeline.datalist import load_datalist
 from pipeline.errors import ConfigError, InputError
 from pipeline.export import colour_table_filename, write_colour_table
 from pipeline.geometry import box_slices
+from pipeline.io import load_nifti
 from pipeline.labels import get_convention
 from pipeline.metrics import case_metrics
 from pipeline.predict import model_settings, write_case_prediction
@@ -119,15 +120,17 @@ def evaluate(
     conventions: set[str] = set()
     for record in tqdm(records, desc=f"evaluate {split}", unit="case", disable=not progress):
         assert record.label is not None
+        # The ground truth is read and checked first, so a bad one stops the run before any output.
         truth, truth_image = read_internal_labels(record.label, record.label_convention, model.allow_resection_cavity)
+        images = load_nifti(record.images[0])
+        if truth.shape != tuple(images.shape[:3]) or not np.allclose(truth_image.affine, images.affine, atol=1e-3):
+            raise InputError(record.label, f"ground truth grid {truth.shape} does not match the images' grid {tuple(images.shape[:3])} (shape or affine)")
         # Predicted exactly as `predict` does, from the images only.
         prediction = model.predict_case(replace(record, label=None))
         seg_path, _, convention = write_case_prediction(prediction, predictions)
         conventions.add(convention)
         # Score what was written: the exported file, read back, against the ground-truth file.
-        predicted, predicted_image = read_internal_labels(seg_path, convention)
-        if predicted.shape != truth.shape or not np.allclose(predicted_image.affine, truth_image.affine, atol=1e-3):
-            raise InputError(record.label, f"ground truth grid {truth.shape} does not match the images' grid {predicted.shape} (shape or affine)")
+        predicted, _ = read_internal_labels(seg_path, convention)
         spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
         rows.append({"case_id": record.case_id, **case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise)})
         if overlays:
