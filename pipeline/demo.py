@@ -268,12 +268,25 @@ def run_demo(
     return result
 
 
+def showcase_case(evaluation_dir: Path) -> str:
+    """The test patient to open first: the best mean Dice over WT, TC and ET (``<case>`` when there is none)."""
+    import pandas as pd
+
+    metrics = evaluation_dir / "metrics.csv"
+    if not metrics.is_file():
+        return "<case>"
+    frame = pd.read_csv(metrics)
+    columns = [c for c in ("dice_WT", "dice_TC", "dice_ET") if c in frame]
+    if frame.empty or not columns:
+        return "<case>"
+    return str(frame.loc[frame[columns].mean(axis=1).idxmax(), "case_id"])
+
+
 def demo_summary_text(result: DemoResult, data_dir: Path, test_cases: int) -> str:
     """The one-screen summary printed at the end of the demo."""
     evaluation = result.evaluation_dir
     predictions = evaluation / "predictions"
-    segmentations = sorted(predictions.glob("*_seg.nii.gz"))
-    example = segmentations[0].name.removesuffix("_seg.nii.gz") if segmentations else "<case>"
+    example = showcase_case(evaluation)
     tables = sorted(predictions.glob("*.ctbl"))
     table = tables[0] if tables else predictions / "brats_brats2017.ctbl"
     verdict = "reached" if result.target_reached else "NOT reached"
