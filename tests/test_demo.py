@@ -68,7 +68,7 @@ def test_demo_writes_every_output(demo_paths, first_run):
     assert sorted(metrics["case_id"]) == test_cases and "dice_WT" in metrics
     summary = json.loads((out / "demo.json").read_text())
     assert summary["test_cases"] == len(test_cases) and summary["epochs"] == 1
-    assert summary["mean_dice"]["WT"] == pytest.approx(metrics["dice_WT"].mean(), abs=1e-6)
+    assert summary["mean_dice"]["WT"] == pytest.approx(metrics["dice_WT"].mean(), abs=1e-5)
     assert set(summary["seconds"]) >= {"cohort", "datalist", "preprocess", "training", "evaluation", "total"}
 
 
