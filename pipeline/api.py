@@ -1,11 +1,12 @@
 """Load a trained model and segment cases with it, from Python.
 
-Example:
+Example (in the repository after ``make demo``, which trains ``outputs/demo/run``):
     >>> import pipeline
-    >>> model = pipeline.load_model("runs/synthetic_2.5d_fold0")  # a run or bundle folder  # doctest: +SKIP
-    >>> image = model.segment("/data/BraTS2021_00006")  # doctest: +SKIP
-    >>> image.to_filename("BraTS2021_00006_seg.nii.gz")  # the input's grid, labels 0/1/2/4  # doctest: +SKIP
-    >>> image = pipeline.segment("/data/BraTS-GLI-00001-000", model=model)  # labels 0/1/2/3  # doctest: +SKIP
+    >>> model = pipeline.load_model("outputs/demo/run")            # a run folder or a bundle folder
+    >>> image = model.segment("data/synthetic/BraTS2021_00004")    # a case folder of any BraTS release
+    >>> image.get_data_dtype().name, image.shape                   # uint8 labels 0/1/2/4 on the input's grid
+    ('uint8', (...))
+    >>> image.to_filename("BraTS2021_00004_seg.nii.gz")
 
 Every case goes through the one inference path the CLI and the bundle configs use
 (:meth:`SegmentationModel.predict_case`): raw NIfTI -> :func:`pipeline.preprocess.prepare_case`
