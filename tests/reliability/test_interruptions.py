@@ -244,8 +244,11 @@ def test_every_output_is_written_atomically() -> None:
         for line, call in _writes_in(ast.parse(source, filename=str(path))):
             if not _ATOMIC_THROUGH_CALLER.search(lines[line - 1]):
                 offenders.append(f"{path.relative_to(REPO)}:{line}: {call}")
-    assert not offenders, "write these through pipeline.io (atomic_path, write_json, save_npy, save_nifti), or, for a write "
-        "into a scratch folder the caller renames into place, say so on the line with '# atomic: <how>':\n" + "\n".join(offenders)
+    advice = (
+        "write these through pipeline.io (atomic_path, write_json, save_npy, save_nifti), or, for a write into "
+        "a scratch folder the caller renames into place, say so on the line with '# atomic: <how>':\n"
+    )
+    assert not offenders, advice + "\n".join(offenders)
 
 
 def test_atomic_write_keeps_the_old_file_on_failure_and_gives_normal_permissions(tmp_path: Path) -> None:
