@@ -237,7 +237,7 @@ def train(
     type=click.Choice(["auto", "brats2017", "brats2023", "msd", "internal"]),
     help="Labels written: auto = each case's own (0/1/2/4 for 2017-2021, 0/1/2/3 for 2023+, MSD's for MSD).",
 )
-@click.option("--probabilities", is_flag=True, help="Also write float16 probability maps (<case>_probabilities.nii.gz).")
+@click.option("--probabilities", is_flag=True, help="Also write probability maps (<case>_probabilities.nii.gz, 8-bit scaled to [0, 1]).")
 @click.option("--submission-names", is_flag=True, help="Name files <case_id>.nii.gz as the BraTS portals expect (default <case_id>_seg.nii.gz).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors

@@ -7,7 +7,7 @@ truth), or a data root (every case :func:`pipeline.datasets.discover` finds: Bra
 
 The output folder receives, per case, ``<case_id>_seg.nii.gz`` (or ``<case_id>.nii.gz`` with
 BraTS submission naming) on exactly the input's grid, a 3D Slicer colour table per label
-convention used (``brats_<convention>.ctbl``), optional float16 probability maps
+convention used (``brats_<convention>.ctbl``), optional probability maps (8-bit, scaled to [0, 1])
 (``<case_id>_probabilities.nii.gz``, channels last), and ``predictions.json`` listing what was
 written with the settings used.
 """
@@ -128,7 +128,7 @@ def predict(
         device: where the network runs (when ``model`` is a folder).
         tta: override the model's test-time augmentation (when ``model`` is a folder).
         label_convention: ``auto`` (each case's own) or ``brats2017``, ``brats2023``, ``msd``, ``internal``.
-        probabilities: also write float16 probability maps.
+        probabilities: also write probability maps (8-bit, scaled to [0, 1]).
         submission_names: name files ``<case_id>.nii.gz`` (BraTS portals) instead of ``<case_id>_seg.nii.gz``.
         progress: show a progress bar.
     """
