@@ -59,12 +59,6 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
 
 
-def run_cli_subprocess(args: Sequence[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run ``python -m pipeline ARGS`` to completion, single-threaded."""
-    command = [sys.executable, "-m", "pipeline", *map(str, args)]
-    return subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
-
-
 PAUSE_WRAPPER = Path(__file__).resolve().parent / "pause_writes.py"
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -208,11 +207,6 @@ def leftover_temporaries(*folders: Path) -> list[Path]:
 
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
-def copy_tree(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target
 
 
 def same_files(first: Path, second: Path, names: Iterable[str] | None = None) -> None:
