@@ -72,7 +72,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights-only errors all mean an unusable file
-        raise ConfigError(source, f"not a loadable checkpoint ({type(err).__name__}: {err})") from err
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]  # torch's messages run over many lines
+        raise ConfigError(source, f"not a loadable checkpoint ({type(err).__name__}: {first_line})") from err
 
 
 def load_matching_state(network: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:

@@ -16,6 +16,7 @@ are what the config calls: fold case selection, optimiser and schedule builders,
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -25,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -288,18 +289,77 @@ def train(
         run_id="training",
         **settings,
     )
+    with _pipeline_errors_unwrapped():
+        check_before_writing(workflow.parser)
     try:
-        workflow.initialize()
-        workflow.run()
+        with _pipeline_errors_unwrapped(), _pipeline_error_tracebacks_hidden():
+            workflow.initialize()
+            workflow.run()
+    finally:
+        workflow.finalize()
+    return Path(out)
+
+
+@contextlib.contextmanager
+def _pipeline_error_tracebacks_hidden() -> Iterator[None]:
+    """Log a :class:`PipelineError` without its traceback while the workflow runs.
+
+    MONAI's StatsHandler logs every engine exception with its traceback on its own logger; for
+    bad input the command line already reports one clear line (and the traceback under --debug).
+    A log-record factory reaches every logger, whatever handlers MONAI and ignite attach.
+    """
+    previous = logging.getLogRecordFactory()
+
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
+            record.exc_info = None
+        return record
+
+    logging.setLogRecordFactory(make_record)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(previous)
+
+
+@contextlib.contextmanager
+def _pipeline_errors_unwrapped() -> Iterator[None]:
+    """Re-raise the :class:`PipelineError` that MONAI's config parsing wrapped in its own error types."""
+    try:
+        yield
     except PipelineError:
         raise
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as err:
-        cause = err
+        cause: BaseException = err
         while cause.__cause__ is not None and not isinstance(cause, PipelineError):
             cause = cause.__cause__
         if isinstance(cause, PipelineError):
             raise cause from err
         raise
-    finally:
-        workflow.finalize()
-    return Path(out)
+
+
+def check_before_writing(parser: Any) -> None:
+    """Every check that can refuse a training run, done before anything is written into its run directory.
+
+    The run directory must be creatable; the data list, fold and cache are checked
+    (``fold_cases``); a run directory that already holds a checkpoint is refused unless
+    resuming; when resuming, ``latest.pt`` must load (weights only) into the configured network.
+    A refused run leaves the run directory as it was.
+    """
+    from pipeline.handlers import LATEST, load_checkpoint, load_matching_state
+
+    run_dir = Path(parser.get_parsed_content("output_dir"))
+    existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.exists())
+    if not existing.is_dir():
+        raise ConfigError(run_dir, f"cannot create the run directory: {existing} is a file")
+    parser.get_parsed_content("fold_cases")
+    latest = Path(parser.get_parsed_content("ckpt_dir")) / LATEST
+    if not parser.get_parsed_content("resume"):
+        if latest.exists():
+            raise ConfigError(latest, "this run directory already holds a checkpoint; resume it (--resume) or choose another output folder")
+        return
+    state = load_checkpoint(latest)
+    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
+        raise ConfigError(latest, "not a training checkpoint (no 'network' state)")
+    load_matching_state(parser.get_parsed_content("network_def"), state["network"], latest)

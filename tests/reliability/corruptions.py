@@ -191,6 +191,9 @@ def assert_one_line_error(output: str, path: Path | str, pattern: str) -> str:
     errors = [line for line in output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, output
     line = errors[0]
+    following = output.splitlines()[output.splitlines().index(line) + 1 :]
+    for extra in following:  # only a list of further problems, each "<file>: <reason>", and their count may follow
+        assert re.match(r"(/\S.*: \S|\d+ problem\(s\) in )", extra), f"the message goes on over several lines:\n{output}"
     assert str(path) in line, f"{path} not named in: {line}"
     assert re.search(pattern, line.split(str(path), 1)[1]), f"{pattern!r} not in: {line}"
     return line

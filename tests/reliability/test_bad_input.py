@@ -247,6 +247,36 @@ def test_preprocess_refuses_a_bad_datalist(edit: str, cohort: Path, cohort_datal
 # ----------------------------------------------------------------------------- train
 
 
+@pytest.mark.parametrize("edit", ["missing_key", "unknown_split", "path_escaping_root", "case_id_escaping_output"])
+def test_train_refuses_a_bad_datalist(edit: str, pristine_datalist: Path, pristine_cache: Path, tmp_path: Path) -> None:
+    datalist, pattern = _edit_datalist(Path(shutil.copy(pristine_datalist, tmp_path / "bad.json")), edit)
+    out = tmp_path / "run"
+    result = cli(*train_args(datalist, pristine_cache, out))
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, datalist, pattern)
+    assert not files_under(out)
+
+
+@pytest.mark.parametrize("problem", ["case_not_cached", "truncated_array"])
+def test_train_refuses_a_damaged_cache(problem: str, pristine_datalist: Path, pristine_cache: Path, tmp_path: Path) -> None:
+    cache = Path(shutil.copytree(pristine_cache, tmp_path / "cache"))
+    case_id = _case_of_split(pristine_datalist, "training")
+    out = tmp_path / "run"
+    if problem == "case_not_cached":
+        shutil.rmtree(cache / case_id)
+        where, pattern = cache, f"case {case_id} .* is not in the cache"
+    else:
+        where = cache / case_id / "image.npy"
+        where.write_bytes(where.read_bytes()[: where.stat().st_size // 2])
+        pattern = "cannot"
+    result = cli(*train_args(pristine_datalist, cache, out))
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, where, pattern)
+    if problem == "case_not_cached":  # found before the run starts: nothing written
+        assert not files_under(out)
+    assert not leftover_temporaries(out)
+
+
 def _checkpoint_of_another_network(path: Path) -> None:
     from pipeline.networks import build_network
 
@@ -258,12 +288,14 @@ def _run_copy(trained_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(trained_run, tmp_path / "run"))
 
 
-@pytest.mark.parametrize("problem", ["other_network", "truncated", "not_a_checkpoint"])
-def test_train_resume_refuses_a_bad_checkpoint(
+@pytest.mark.parametrize("problem", ["other_network", "other_config", "truncated", "not_a_checkpoint", "no_resume"])
+def test_train_refusal_leaves_the_run_directory_as_it_was(
     problem: str, trained_run: Path, pristine_datalist: Path, pristine_cache: Path, tmp_path: Path
 ) -> None:
+    """A refused training run writes nothing: not its config, provenance, logs or TensorBoard events, and no checkpoint."""
     run = _run_copy(trained_run, tmp_path)
     latest = run / "models" / "latest.pt"
+    settings, resume = list(TINY_TRAINING), ["--resume"]
     if problem == "other_network":
         state = torch.load(latest, weights_only=True)
         from pipeline.networks import build_network
@@ -271,17 +303,23 @@ def test_train_resume_refuses_a_bad_checkpoint(
         state["network"] = build_network("2d", channels=(4, 8, 32), strides=(2, 2), num_res_units=0).state_dict()
         torch.save(state, latest)
         pattern = "does not match the configured network"
+    elif problem == "other_config":
+        settings = [s for s in TINY_TRAINING if not s.startswith("channels")] + ["channels=[4, 8, 32]"]
+        pattern = "does not match the configured network"
     elif problem == "truncated":
         latest.write_bytes(latest.read_bytes()[:1000])
         pattern = "not a loadable checkpoint"
-    else:
+    elif problem == "not_a_checkpoint":
         latest.write_text("not a checkpoint")
         pattern = "not a loadable checkpoint"
+    else:
+        resume = []
+        pattern = r"already holds a checkpoint; resume it \(--resume\)"
     before = checksums(run)
-    result = cli(*train_args(pristine_datalist, pristine_cache, run, epochs=2), "--resume")
+    result = cli(*train_args(pristine_datalist, pristine_cache, run, epochs=2, settings=settings), *resume)
     assert result.exit_code == 1
     assert_one_line_error(result.output, latest, pattern)
-    assert checksums(run / "models") == {k.removeprefix("models/"): v for k, v in before.items() if k.startswith("models/")}
+    assert checksums(run) == before
     assert not leftover_temporaries(run)
 
 
@@ -353,9 +391,9 @@ def test_bad_weights_are_refused(
 # ----------------------------------------------------------------------------- unusable output folders
 
 
-@pytest.mark.parametrize("command", ["datalist", "preprocess", "predict", "evaluate"])
+@pytest.mark.parametrize("command", ["datalist", "preprocess", "train", "predict", "evaluate"])
 def test_output_folder_blocked_by_a_file(
-    command: str, pristine_cohort: Path, pristine_datalist: Path, trained_run: Path, tmp_path: Path
+    command: str, pristine_cohort: Path, pristine_datalist: Path, pristine_cache: Path, trained_run: Path, tmp_path: Path
 ) -> None:
     blocking = tmp_path / "results"
     blocking.write_text("a file where the output folder should go\n")
@@ -364,6 +402,8 @@ def test_output_folder_blocked_by_a_file(
         args = ["datalist", "--data-root", pristine_cohort, "--out", out / "list.json", "--no-progress"]
     elif command == "preprocess":
         args = ["preprocess", "--datalist", pristine_datalist, "--cache", out, "--no-progress"]
+    elif command == "train":
+        args = train_args(pristine_datalist, pristine_cache, out)
     elif command == "predict":
         args = ["predict", "--model", trained_run, "--input", pristine_cohort / DAMAGED_CASE, "--out", out, "--no-progress"]
     else:
