@@ -132,7 +132,7 @@ def world_size() -> int:
     return 1
 
 
-def _running_workflow_config() -> dict[str, Any] | None:
+def _running_workflow() -> Any:
     # monai.bundle passes no handle on its parser to the config's expressions; the running
     # ConfigWorkflow is on the call stack, and its parser holds the merged raw config.
     from monai.bundle import ConfigWorkflow
@@ -140,8 +140,13 @@ def _running_workflow_config() -> dict[str, Any] | None:
     for frame_info in inspect.stack(context=0):
         candidate = frame_info.frame.f_locals.get("self")
         if isinstance(candidate, ConfigWorkflow):
-            return candidate.parser.get()
+            return candidate
     return None
+
+
+def _running_workflow_config() -> dict[str, Any] | None:
+    workflow = _running_workflow()
+    return workflow.parser.get() if workflow is not None else None
 
 
 def _git_commit() -> str | None:
@@ -189,6 +194,9 @@ def start_run(output_dir: str | Path, datalist: str | Path, seed: int) -> Path:
     run_dir = Path(output_dir)
     if not is_rank_zero():
         return run_dir
+    workflow = _running_workflow()
+    if workflow is not None:  # `monai.bundle run` reaches this without train()'s checks
+        check_before_writing(workflow.parser)
     for sub in ("models", "logs", "tensorboard"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     config = _running_workflow_config()

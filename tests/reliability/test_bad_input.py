@@ -530,3 +530,23 @@ def test_empty_segmentation_works_end_to_end(cohort: Path, tmp_path: Path) -> No
         else:  # both empty: a perfect score, not NaN
             assert row[f"dice_{structure}"] == 1.0 and row[f"hd95_{structure}"] == 0.0, structure
     assert checksums(cohort) == before
+
+
+@pytest.mark.slow
+def test_bundle_run_refuses_to_overwrite_a_run(trained_run: Path, pristine_datalist: Path, pristine_cache: Path, tmp_path: Path) -> None:
+    """`python -m monai.bundle run training` makes the same checks before it lays out the run directory."""
+    import subprocess
+    import sys
+
+    from cli_runs import REPO, subprocess_env
+
+    from pipeline.training import TRAIN_CONFIG
+
+    run = _run_copy(trained_run, tmp_path)
+    before = {k: v for k, v in checksums(run).items() if not k.startswith(("tensorboard/", "logs/"))}
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_CONFIG), "--datalist", str(pristine_datalist),
+               "--dataset_dir", str(pristine_cache), "--output_dir", str(run), "--epochs", "1", "--mode", "2d"]
+    completed = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0
+    assert "already holds a checkpoint; resume it (--resume)" in completed.stdout + completed.stderr
+    assert {k: v for k, v in checksums(run).items() if not k.startswith(("tensorboard/", "logs/"))} == before
