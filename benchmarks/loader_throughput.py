@@ -163,6 +163,7 @@ class NiftiPerSample(Dataset):
 
     def __init__(self, records: list[dict[str, Any]], length: int, seed: int) -> None:
         self.records = records
+        self.depths = [nib.load(r["image"][0]).shape[2] for r in records]  # slices per case, from the header
         self.rng = np.random.default_rng(seed)
         self.length = length
 
@@ -170,8 +171,9 @@ class NiftiPerSample(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        record = self.records[int(self.rng.integers(len(self.records)))]
-        z = int(self.rng.integers(FULL_SHAPE[2]))
+        case = int(self.rng.integers(len(self.records)))
+        record = self.records[case]
+        z = int(self.rng.integers(self.depths[case]))
         channels = []
         for path in record["image"]:
             volume = nib.load(path).get_fdata(dtype=np.float32)
