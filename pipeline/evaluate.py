@@ -28,7 +28,7 @@ from pipeline.geometry import box_slices
 from pipeline.io import load_nifti
 from pipeline.labels import get_convention
 from pipeline.metrics import case_metrics
-from pipeline.predict import model_settings, write_case_prediction
+from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction
 from pipeline.report import OVERLAYS_DIR, metrics_frame, summary_table, write_overlay, write_report
 
 PREDICTIONS_DIR = "predictions"
@@ -116,6 +116,7 @@ def evaluate(
         model.inferer.tta = bool(tta)
 
     predictions = out / PREDICTIONS_DIR
+    check_outputs_spare_inputs(records, predictions)
     rows = []
     conventions: set[str] = set()
     for record in tqdm(records, desc=f"evaluate {split}", unit="case", disable=not progress):

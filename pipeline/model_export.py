@@ -266,7 +266,7 @@ def export_onnx(loaded: LoadedNetwork, root: Path, out: Path, opset_version: int
     model = onnx.load(str(out))
     config = ConfigParser.load_config_file(str(loaded.config_path))
     onnx.helper.set_model_props(model, {"metadata.json": json.dumps(bundle_metadata(loaded, root)), "config.json": json.dumps(config, default=str)})
-    onnx.save(model, str(out))
+    onnx.save(model, str(out))  # atomic: `out` is in export_model's scratch folder, renamed into place there
 
 
 def _forward_arguments(network: torch.nn.Module) -> list[str]:

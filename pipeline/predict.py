@@ -84,6 +84,20 @@ def resolve_cases(input_path: str | os.PathLike[str]) -> list[CaseRecord]:
     return list(found.records)
 
 
+def check_outputs_spare_inputs(records: list[CaseRecord], out_dir: Path, submission_names: bool = False, probabilities: bool = False) -> None:
+    """Refuse, before anything is written, an output folder where a prediction would replace an input file.
+
+    ``--out`` set to a case folder would otherwise write ``<case>_seg.nii.gz`` over its ground truth.
+    """
+    inputs = {path.resolve() for record in records for path in (*record.images, *((record.label,) if record.label is not None else ()))}
+    for record in records:
+        names = [segmentation_filename(record.case_id, submission_names)] + ([probability_filename(record.case_id)] if probabilities else [])
+        for name in names:
+            target = (Path(out_dir) / name).resolve()
+            if target in inputs:
+                raise InputError(target, f"is an input file of case {record.case_id}; predictions never overwrite source data, choose another output folder")
+
+
 def write_case_prediction(
     prediction: Any,
     out_dir: Path,
@@ -140,6 +154,7 @@ def predict(
     elif tta is not None:
         model.inferer.tta = bool(tta)
     records = resolve_cases(input_path)
+    check_outputs_spare_inputs(records, out, submission_names, probabilities)
     summary = PredictionSummary(out_dir=out)
     entries: list[dict[str, Any]] = []
     conventions: set[str] = set()

@@ -337,6 +337,30 @@ def test_predict_refuses_a_damaged_case(corruption: str, cohort: Path, trained_r
     assert checksums(cohort) == before
 
 
+@pytest.mark.parametrize("names", [[], ["--submission-names"], ["--probabilities"]])
+def test_predict_never_overwrites_its_input(names: list[str], cohort: Path, trained_run: Path) -> None:
+    """With --out pointing at the case folder, <case>_seg.nii.gz would be the ground truth itself: refused before anything is written."""
+    case = cohort / DAMAGED_CASE
+    before = checksums(cohort)
+    result = cli("predict", "--model", trained_run, "--input", case, "--out", case, "--no-progress", *names)
+    if names == ["--submission-names"]:  # <case>.nii.gz is no input file: allowed, written beside the inputs
+        assert result.exit_code == 0, result.output
+        assert {k: v for k, v in checksums(cohort).items() if k in before} == before
+        return
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, modality_file(case, "seg"), "input")
+    assert checksums(cohort) == before
+
+
+def test_predict_over_a_data_root_checks_every_output_first(cohort: Path, trained_run: Path) -> None:
+    out = cohort / "BraTS2021_00003"  # the predictions of every case would land in one case's folder
+    before = checksums(cohort)
+    result = cli("predict", "--model", trained_run, "--input", cohort, "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, modality_file(out, "seg"), "input")
+    assert checksums(cohort) == before  # not even the other cases' predictions were written
+
+
 def test_predict_refuses_an_empty_input_folder(trained_run: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
