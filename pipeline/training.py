@@ -298,6 +298,9 @@ def train(
         **settings,
     )
     with _pipeline_errors_unwrapped():
+        if not resume and is_interrupted_run(workflow.parser):
+            workflow.parser["resume"] = True
+            logger.info("%s holds an unfinished run of this same configuration: resuming it", out)
         check_before_writing(workflow.parser)
     try:
         with _pipeline_errors_unwrapped(), _pipeline_error_tracebacks_hidden():
@@ -345,6 +348,29 @@ def _pipeline_errors_unwrapped() -> Iterator[None]:
         if isinstance(cause, PipelineError):
             raise cause from err
         raise
+
+
+def is_interrupted_run(parser: Any) -> bool:
+    """Whether the run directory holds a checkpoint of exactly this configuration (the same command run again).
+
+    Rerunning an interrupted ``brats-pipeline train`` then resumes it; a run directory of any other
+    configuration is still refused unless ``--resume`` is given.
+    """
+    from pipeline.handlers import LATEST
+
+    saved_config = Path(parser.get_parsed_content("output_dir")) / "config.json"
+    latest = Path(parser.get_parsed_content("ckpt_dir")) / LATEST
+    if not (latest.is_file() and saved_config.is_file()):
+        return False
+    try:
+        previous = json.loads(saved_config.read_text())
+    except (OSError, ValueError):
+        return False
+    current = json.loads(json.dumps(parser.get(), default=str))
+    for config in (previous, current):
+        if isinstance(config, dict):
+            config.pop("resume", None)
+    return previous == current
 
 
 def check_before_writing(parser: Any) -> None:

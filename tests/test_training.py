@@ -154,8 +154,12 @@ def test_checkpoint_errors(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> 
     result = _cli_train(datalist, cache, out, "2d", 1, "--resume")
     assert result.exit_code == 1 and "latest.pt: checkpoint not found" in result.output
     assert _cli_train(datalist, cache, out, "2d", 1).exit_code == 0
-    again = _cli_train(datalist, cache, out, "2d", 1)
-    assert again.exit_code == 1 and "already holds a checkpoint" in again.output
+    finished = torch.load(out / "models" / "latest.pt", weights_only=True)
+    same = _cli_train(datalist, cache, out, "2d", 1)  # the same command again resumes the (finished) run
+    assert same.exit_code == 0 and "resuming from" in same.output and "epoch 1 of 1" in same.output
+    assert torch.load(out / "models" / "latest.pt", weights_only=True)["iteration"] == finished["iteration"]
+    other = _cli_train(datalist, cache, out, "2d", 2)  # another configuration is refused
+    assert other.exit_code == 1 and "already holds a checkpoint" in other.output
     wider = [s for s in TINY if not s.startswith("channels")] + ["channels=[4, 8, 32]"]
     mismatch = _cli_train(datalist, cache, out, "2d", 2, "--resume", settings=wider)
     assert mismatch.exit_code == 1
