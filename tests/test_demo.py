@@ -13,17 +13,10 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.demo import DEMO_CONFIG, configured_epochs, datalist_matches_cohort
+from tiny_training import TINY_NETWORK_AND_BUDGET
 
 #: A tiny network and budget: the orchestration is under test, not the Dice target.
-TINY = [
-    "channels=[4, 8, 16]",
-    "strides=[2, 2]",
-    "num_res_units=0",
-    "samples_per_epoch=8",
-    "batch_size=4",
-    "num_workers=0",
-    "sw_batch_size=8",
-]
+TINY = list(TINY_NETWORK_AND_BUDGET)
 
 
 def _demo(paths: dict[str, Path], *extra: str):

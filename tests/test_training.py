@@ -15,22 +15,12 @@ from monai.bundle import ConfigParser
 
 from pipeline.cli import main
 from pipeline.training import MULTI_GPU_CONFIG, TRAIN_CONFIG
+from tiny_training import TINY_DETERMINISTIC
 
 REPO = Path(__file__).resolve().parents[1]
 
 #: Small, fast settings shared by every run here.
-TINY = [
-    "channels=[4, 8, 16]",
-    "strides=[2, 2]",
-    "num_res_units=0",
-    "samples_per_epoch=8",
-    "batch_size=4",
-    "num_workers=0",
-    "progress=false",
-    "patch_size=[16, 16, 8]",
-    "sw_batch_size=8",
-    "deterministic=true",
-]
+TINY = [*TINY_DETERMINISTIC, "patch_size=[16, 16, 8]"]
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,12 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
+from tiny_training import TINY_DETERMINISTIC
 
 REPO = Path(__file__).resolve().parents[2]
 
 #: ``--set`` overrides of a tiny, deterministic CPU training run (2 iterations of 4 slices per epoch).
-TINY_TRAINING: tuple[str, ...] = (
-    "channels=[4, 8, 16]",
-    "strides=[2, 2]",
-    "num_res_units=0",
-    "samples_per_epoch=8",
-    "batch_size=4",
-    "num_workers=0",
-    "progress=false",
-    "sw_batch_size=8",
-    "deterministic=true",
-)
+TINY_TRAINING: tuple[str, ...] = TINY_DETERMINISTIC
 
 
 def cli(*args: str | os.PathLike[str]) -> Result:
