@@ -3,7 +3,7 @@
 Layout under the work folder (``benchmarks/.work`` by default, ignored by git)::
 
     <size>-seed<seed>/synthetic/BraTS2021_NNNNN/...nii.gz   pipeline.synth (BraTS 2021 layout and header)
-    <size>-seed<seed>/datalist.json                          pipeline.splits
+    <size>-seed<seed>/datalist.json                          pipeline.datalist
     <size>-seed<seed>/cache/<case_id>/...                     pipeline.preprocess
     <size>-seed<seed>/linked-<N>/<id>/...                     a cache of N ids sharing the cohort's arrays
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.datalist import SPLITS, CaseRecord, load_datalist
+from pipeline.datalist import SPLITS, load_datalist
+from pipeline.datasets.records import CaseRecord
 from pipeline.io import write_json
 
 DEFAULT_WORK_DIR = Path(__file__).resolve().parent / ".work"
@@ -58,7 +59,7 @@ class BenchmarkCohort:
 def prepare_cohort(work_dir: Path, cases: int, size: str = "full", seed: int = 0, workers: int = 2, progress: bool = True) -> BenchmarkCohort:
     """Generate, list and preprocess ``cases`` synthetic cases under ``work_dir`` (reusing what is there)."""
     from pipeline.preprocess import preprocess_datalist
-    from pipeline.splits import build_datalist
+    from pipeline.datalist import build_datalist
     from pipeline.synth import generate_cohort
 
     root = Path(work_dir).resolve() / f"{size}-seed{seed}"

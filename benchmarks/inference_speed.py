@@ -82,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.datasets import discover_case
-    from pipeline.export import write_segmentation
+    from pipeline.writers import write_segmentation
     from pipeline.io import load_nifti
     from pipeline.labels import get_convention
     from pipeline.predict import predict

@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from pipeline.datalist import CaseRecord
+from pipeline.datasets.records import CaseRecord
 from pipeline.modalities import MODALITIES
 from pipeline.preprocess import prepare_case, preprocess_datalist
 

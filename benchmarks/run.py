@@ -9,7 +9,7 @@ on 2 CPU cores once the cohort exists). The results go to
 nothing) and writes under the work folder unless ``--json`` says otherwise.
 
 Measured, in this order, on full-size (240x240x155) synthetic cases made with ``pipeline.synth``,
-listed with ``pipeline.splits`` and preprocessed with ``pipeline.preprocess`` (kept in the work
+listed with ``pipeline.datalist`` and preprocessed with ``pipeline.preprocess`` (kept in the work
 folder and reused between runs):
 
 1. preprocessing: seconds per case against reading its four files (``preprocess_speed.py``);
@@ -219,7 +219,7 @@ def run_benchmarks(profile: Profile, device: str = "cpu", work_dir: Path = DEFAU
             "size": profile.size,
             "cases": len(cohort.records),
             "shape_xyz": list(_grid_shape(profile.size)),
-            "made_with": "pipeline.synth.generate_cohort + pipeline.splits.build_datalist + pipeline.preprocess.preprocess_datalist",
+            "made_with": "pipeline.synth.generate_cohort + pipeline.datalist.build_datalist + pipeline.preprocess.preprocess_datalist",
         },
         "preprocessing": preprocessing,
         "loader": loader,

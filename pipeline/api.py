@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from pipeline.datalist import CaseRecord
+from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError, InputError
 from pipeline.labels import get_convention
 from pipeline.postprocess import DEFAULT_POSTPROCESSING, PostProcessing
@@ -237,7 +237,7 @@ class SegmentationModel:
             label_convention: ``auto`` (the case's own: 0/1/2/4 for BraTS 2017-2021, 0/1/2/3 for
                 2023+, MSD's for MSD) or a convention name.
         """
-        from pipeline.export import segmentation_image
+        from pipeline.writers import segmentation_image
 
         prediction = self.predict_case(case)
         convention = get_convention(output_convention(prediction.record, label_convention))

@@ -161,7 +161,7 @@ def datalist(
     Every file is read and checked first; without --skip-bad any bad case stops the command
     and nothing is written. Paths in the JSON are relative to the data root.
     """
-    from pipeline.splits import build_datalist
+    from pipeline.datalist import build_datalist
 
     payload = build_datalist(
         data_root,
@@ -379,6 +379,6 @@ def export_command(model_dir: Path, export_format: str, out: Path | None, tolera
     ONNX through torch.onnx.export with dynamic batch and spatial sizes (input `image`,
     output `logits`). A bundle folder holding only models/model.ts still loads for predict.
     """
-    from pipeline.model_export import export_model
+    from pipeline.export import export_model
 
     click.echo(str(export_model(model_dir, export_format, out=out, tolerance=tolerance)))

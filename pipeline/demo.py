@@ -4,7 +4,7 @@ Five stages, each reusing what an earlier run finished:
 
 1. **cohort**: :func:`pipeline.synth.generate_cohort` writes the synthetic BraTS 2021-style cases
    (finished cases are kept);
-2. **data list**: patient-level folds and a held-out test split (:func:`pipeline.splits.build_datalist`;
+2. **data list**: patient-level folds and a held-out test split (:func:`pipeline.datalist.build_datalist`;
    an existing list of the same cases is kept);
 3. **cache**: :func:`pipeline.preprocess.preprocess_datalist` (unchanged cases are skipped);
 4. **training**: the bundle's ``configs/train.yaml`` with ``configs/demo.yaml`` merged over it
@@ -164,7 +164,7 @@ def run_demo(
     """
     from pipeline.evaluate import evaluate
     from pipeline.preprocess import preprocess_datalist
-    from pipeline.splits import build_datalist
+    from pipeline.datalist import build_datalist
     from pipeline.synth import generate_cohort
     from pipeline.training import train
 

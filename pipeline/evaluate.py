@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from pipeline.api import SegmentationModel, load_model
 from pipeline.datalist import load_datalist
 from pipeline.errors import ConfigError, InputError
-from pipeline.export import colour_table_filename, write_colour_table
+from pipeline.writers import colour_table_filename, write_colour_table
 from pipeline.geometry import box_slices
 from pipeline.io import load_nifti
 from pipeline.labels import get_convention

@@ -1,218 +1,319 @@
-"""Writing predictions as NIfTI files that lie exactly on the input scan, and 3D Slicer colour tables.
+"""Export a trained network to TorchScript (MONAI ``ckpt_export``) or ONNX, checked against PyTorch.
 
-Geometry is copied, never recomputed: a segmentation gets a copy of the reference image's header
-(the case's first modality), so its shape, voxel order, affine, qform and sform (with their
-codes and quaternion parameters) are those of the input, bit for bit. Only the data type
-(uint8), the intensity scaling (cleared), ``cal_min``/``cal_max``, the intent (NIfTI label) and
-the description change. A 4D reference (an MSD image) gives a 3D segmentation with the same
-spatial header.
+``export_model(MODEL_DIR, "torchscript")`` writes ``MODEL_DIR/models/model.ts`` through MONAI's
+:func:`monai.bundle.ckpt_export`, which scripts the network and stores the bundle's
+``metadata.json`` and the model's config inside the file (``extra_files``), so the file alone
+says what it expects. It is the command-line export of the model zoo::
 
-File names (:func:`segmentation_filename`):
+    python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt \\
+        --meta_file configs/metadata.json --config_file configs/inference.yaml
 
-* default: ``<case_id>_seg.nii.gz``, next to the BraTS file naming of the ground truth;
-* ``submission_names=True``: ``<case_id>.nii.gz``, the name the BraTS challenge portals
-  (Synapse 2021-2024) expect for each case of a submission archive.
+``export_model(MODEL_DIR, "onnx")`` writes ``MODEL_DIR/models/model.onnx`` with PyTorch's
+``torch.export``-based ONNX exporter; batch and spatial sizes stay dynamic (the spatial sizes
+multiples of the network's divisor). Its single input is ``image`` ``(N, C, X, Y[, Z])`` and its
+output ``logits`` ``(N, K, X, Y[, Z])``, before softmax or sigmoid.
 
-The colour table ``<name>.ctbl`` is 3D Slicer's plain-text format (``index name R G B A`` per
-line): load it in Slicer with *Data > Add Data* and pick it as the segmentation's colour node,
-or load the segmentation with *Show options > LabelMap* and choose it in *Volumes > Display*.
+``MODEL_DIR`` is a run folder (``config.json`` + ``models/model.pt``) or a bundle folder
+(``configs/inference.yaml`` + ``models/model.pt``). Every export is run once on a random input
+and compared with the PyTorch network (:func:`max_output_difference`); a difference above
+``tolerance`` stops the export with an error. A TorchScript model in a bundle folder is picked
+up by :func:`pipeline.api.load_model` when ``models/model.pt`` is absent.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
-from collections.abc import Sequence
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import nibabel as nib
 import numpy as np
+import torch
 
-from pipeline.errors import InputError
-from pipeline.io import save_nifti, write_text
-from pipeline.labels import BACKGROUND, ED, ET, NEC, LabelConvention
+from pipeline.api import BUNDLE_CONFIG, RUN_CONFIG, WEIGHTS, load_weights
+from pipeline.errors import ConfigError
+from pipeline.labels import REGIONS
+from pipeline.modalities import MODALITIES, MODALITY_NAMES
 
-#: NIfTI intent code for a label volume (NIFTI_INTENT_LABEL).
-NIFTI_INTENT_LABEL = 1002
+FORMATS: tuple[str, ...] = ("torchscript", "onnx")
+SUFFIXES: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
 
-#: Display colours (R, G, B) by internal label, as in most BraTS figures: NEC red, ED green, ET yellow.
-LABEL_COLOURS: dict[int, tuple[int, int, int]] = {
-    BACKGROUND: (0, 0, 0),
-    NEC: (255, 0, 0),
-    ED: (0, 200, 0),
-    ET: (255, 220, 0),
+#: The bundle shipped with the repository (its metadata describes every export).
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation"
+METADATA = Path("configs") / "metadata.json"
+
+#: Largest absolute difference of logits accepted between an export and the PyTorch network.
+DEFAULT_TOLERANCE = 1e-3
+
+CLASS_NAMES: tuple[str, ...] = ("background", "necrotic and non-enhancing tumour core (NEC)", "peritumoral edema (ED)", "enhancing tumour (ET)")
+REGION_NAMES: dict[str, str] = {
+    "TC": "tumour core (TC = NEC + ET)",
+    "WT": "whole tumour (WT = NEC + ED + ET)",
+    "ET": "enhancing tumour (ET)",
 }
 
-SEGMENTATION_SUFFIX = "_seg"
-PROBABILITY_SUFFIX = "_probabilities"
+
+@dataclass(frozen=True)
+class ExportResult:
+    """An exported model file and how closely it reproduces the PyTorch network."""
+
+    path: Path
+    format: str
+    max_abs_difference: float
+
+    def __str__(self) -> str:
+        return f"{self.format} model -> {self.path} (max |logit difference| against PyTorch: {self.max_abs_difference:.2e})"
 
 
-def segmentation_filename(case_id: str, submission_names: bool = False) -> str:
-    """``<case_id>_seg.nii.gz`` by default; ``<case_id>.nii.gz`` in BraTS submission naming."""
-    return f"{case_id}.nii.gz" if submission_names else f"{case_id}{SEGMENTATION_SUFFIX}.nii.gz"
+@dataclass
+class LoadedNetwork:
+    """A network built from a run or bundle config, with its weights and settings."""
+
+    network: torch.nn.Module
+    config_path: Path
+    mode: str
+    context: int
+    output_mode: str
+    divisor: int
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3 if self.mode == "3d" else 2
+
+    @property
+    def in_channels(self) -> int:
+        from pipeline.networks import input_channels
+
+        return input_channels(self.mode, self.context)
+
+    def example_input(self, batch: int = 2, multiple: int = 3, seed: int = 0) -> torch.Tensor:
+        """A random input of a valid shape: ``multiple`` (at least 2) times the divisor along the first spatial axis, one more along the next."""
+        generator = torch.Generator().manual_seed(seed)
+        sizes = [self.divisor * (multiple + axis) for axis in range(self.spatial_dims)]
+        return torch.randn(batch, self.in_channels, *sizes, generator=generator)
 
 
-def probability_filename(case_id: str) -> str:
-    """File name of a case's probability maps."""
-    return f"{case_id}{PROBABILITY_SUFFIX}.nii.gz"
+def model_config_path(model_dir: str | os.PathLike[str]) -> Path:
+    """A run folder's ``config.json`` or a bundle folder's ``configs/inference.yaml``."""
+    root = Path(model_dir)
+    for candidate in (root / RUN_CONFIG, root / BUNDLE_CONFIG):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(root, f"neither a run folder ({RUN_CONFIG}) nor a bundle folder ({BUNDLE_CONFIG.as_posix()})")
 
 
-def _spatial_header(reference: nib.Nifti1Image, shape: tuple[int, ...], dtype: type) -> nib.Nifti1Header:
-    """A copy of ``reference``'s header for new voxels of ``shape`` and ``dtype``, scaling cleared."""
-    header = reference.header.copy()
-    header.set_data_shape(shape)
-    header.set_data_dtype(dtype)
-    header["scl_slope"] = np.nan
-    header["scl_inter"] = np.nan
-    header["cal_min"] = 0
-    header["cal_max"] = 0
-    header["intent_code"] = 0
-    header["intent_name"] = b""
-    header["intent_p1"] = header["intent_p2"] = header["intent_p3"] = 0
-    return header
+def load_network(model_dir: str | os.PathLike[str]) -> LoadedNetwork:
+    """Build ``network_def`` from a run or bundle folder's config and load ``models/model.pt`` (``weights_only``)."""
+    from monai.bundle import ConfigParser
+
+    from pipeline.networks import spatial_divisor
+
+    root = Path(model_dir)
+    config_path = model_config_path(root)
+    parser = ConfigParser(ConfigParser.load_config_file(str(config_path)))
+    parser["bundle_root"] = str(root)
+    if "network_def" not in parser:
+        raise ConfigError(config_path, "config has no 'network_def'")
+    try:
+        network = parser.get_parsed_content("network_def")
+        settings = {key: parser.get_parsed_content(key) if key in parser else default for key, default in (("mode", "2.5d"), ("context", 2), ("output_mode", "softmax"))}
+    except Exception as err:  # MONAI wraps every parse failure in its own error types
+        raise ConfigError(config_path, f"cannot build 'network_def': {err}") from err
+    load_weights(network, root / WEIGHTS)
+    return LoadedNetwork(
+        network=network.eval(),
+        config_path=config_path,
+        mode=str(settings["mode"]),
+        context=int(settings["context"]),
+        output_mode=str(settings["output_mode"]),
+        divisor=spatial_divisor(network),
+    )
 
 
-def segmentation_image(labels: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
-    """A uint8 label image carrying ``reference``'s geometry.
+def network_data_format(mode: str = "2.5d", context: int = 2, output_mode: str = "softmax", divisor: int = 8) -> dict[str, Any]:
+    """The bundle metadata's ``network_data_format`` for a network built by :func:`pipeline.networks.build_network`.
+
+    Input channels are ordered slice-major: in 2.5D, slices ``z-k .. z+k``, each as T1, T1ce, T2,
+    FLAIR (:func:`pipeline.data.stack_context`). Spatial sizes must be multiples of ``divisor``
+    (the product of the strides) and leave more than one voxel per axis at the lowest level
+    (instance normalisation needs it): ``2 * divisor * n`` satisfies both.
+    """
+    from pipeline.networks import input_channels, output_channels
+
+    if mode == "2.5d":
+        offsets = [f"z{offset:+d}" if offset else "z" for offset in range(-context, context + 1)]
+        channel_def = {
+            str(index): f"{MODALITY_NAMES[modality]}, slice {offset}"
+            for index, (offset, modality) in enumerate((o, m) for o in offsets for m in MODALITIES)
+        }
+    else:
+        channel_def = {str(index): MODALITY_NAMES[modality] for index, modality in enumerate(MODALITIES)}
+    spatial = [f"{2 * divisor}*n"] * (3 if mode == "3d" else 2)
+    if output_mode == "regions":
+        out_def = {str(index): REGION_NAMES[name] for index, name in enumerate(REGIONS)}
+    else:
+        out_def = {str(index): name for index, name in enumerate(CLASS_NAMES)}
+    return {
+        "inputs": {
+            "image": {
+                "type": "image",
+                "format": "magnitude",
+                "modality": "MR",
+                "num_channels": input_channels(mode, context),
+                "spatial_shape": spatial,
+                "dtype": "float32",
+                "value_range": [],
+                "is_patch_data": mode == "3d",
+                "channel_def": channel_def,
+            }
+        },
+        "outputs": {
+            "pred": {
+                "type": "image",
+                "format": "segmentation" if output_mode == "softmax" else "multilabel",
+                "num_channels": output_channels(output_mode),
+                "spatial_shape": spatial,
+                "dtype": "float32",
+                "value_range": [0, 1],
+                "is_patch_data": mode == "3d",
+                "channel_def": out_def,
+            }
+        },
+    }
+
+
+def max_output_difference(reference: torch.nn.Module, exported: Any, inputs: torch.Tensor) -> float:
+    """Largest absolute difference between the PyTorch network's logits and an export's (a TorchScript module or an ONNX file path)."""
+    with torch.no_grad():
+        expected = reference(inputs).numpy()
+        if isinstance(exported, (str, os.PathLike)):
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+            actual = session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+        else:
+            actual = exported(inputs).numpy()
+    if actual.shape != expected.shape:
+        raise ConfigError("export", f"exported model returns shape {actual.shape}, PyTorch {expected.shape}")
+    return float(np.abs(actual - expected).max())
+
+
+def _metadata_file(root: Path) -> Path:
+    own = root / METADATA
+    return own if own.is_file() else BUNDLE_DIR / METADATA
+
+
+def export_torchscript(loaded: LoadedNetwork, root: Path, out: Path) -> None:
+    """Script the network with MONAI's ``ckpt_export``, metadata and config embedded."""
+    from monai.bundle import ckpt_export
+
+    with tempfile.TemporaryDirectory() as scratch:
+        # ckpt_export loads a plain state_dict: hand it the weights as load_weights resolved them
+        # (DDP / torch.compile prefixes and full training states unwrapped).
+        weights = Path(scratch) / "model.pt"
+        torch.save(loaded.network.state_dict(), weights)
+        ckpt_export(
+            net_id="network_def",
+            filepath=str(out),
+            ckpt_file=str(weights),
+            meta_file=str(_metadata_file(root)),
+            config_file=str(loaded.config_path),
+            bundle_root=str(root),
+            **{"_meta_#network_data_format": network_data_format(loaded.mode, loaded.context, loaded.output_mode, loaded.divisor)},
+        )
+
+
+def bundle_metadata(loaded: LoadedNetwork, root: Path) -> dict[str, Any]:
+    """The bundle's ``metadata.json`` with ``network_data_format`` describing ``loaded``'s network."""
+    metadata = json.loads(_metadata_file(root).read_text())
+    metadata["network_data_format"] = network_data_format(loaded.mode, loaded.context, loaded.output_mode, loaded.divisor)
+    return metadata
+
+
+def export_onnx(loaded: LoadedNetwork, root: Path, out: Path, opset_version: int = 18) -> None:
+    """Export with ``torch.onnx.export`` (the ``torch.export`` path), dynamic batch and spatial sizes.
+
+    The bundle metadata and the model's config are stored in the model's ``metadata_props``
+    (keys ``metadata.json`` and ``config.json``).
+    """
+    import onnx
+    from monai.bundle import ConfigParser
+    from torch.export import Dim
+
+    example = loaded.example_input(batch=2)
+    axes = {0: Dim("batch", min=1, max=4096)}
+    for axis, name in enumerate(("x", "y", "z")[: loaded.spatial_dims]):
+        # sizes stay multiples of the divisor, as the network requires
+        axes[axis + 2] = loaded.divisor * Dim(f"{name}_blocks", min=1, max=1024)
+    network = copy.deepcopy(loaded.network).eval()
+    try:
+        torch.onnx.export(
+            network,
+            (example,),
+            str(out),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamo=True,
+            dynamic_shapes={next(iter(_forward_arguments(network))): axes},
+            opset_version=opset_version,
+            external_data=False,
+        )
+    except Exception as err:  # the exporter raises many error types
+        raise ConfigError(out, f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:300]})") from err
+    model = onnx.load(str(out))
+    config = ConfigParser.load_config_file(str(loaded.config_path))
+    onnx.helper.set_model_props(model, {"metadata.json": json.dumps(bundle_metadata(loaded, root)), "config.json": json.dumps(config, default=str)})
+    onnx.save(model, str(out))  # atomic: `out` is in export_model's scratch folder, renamed into place there
+
+
+def _forward_arguments(network: torch.nn.Module) -> list[str]:
+    import inspect
+
+    return [name for name in inspect.signature(network.forward).parameters if name != "self"]
+
+
+def export_model(
+    model_dir: str | os.PathLike[str],
+    format: str = "torchscript",
+    out: str | os.PathLike[str] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> ExportResult:
+    """Export the trained network of a run or bundle folder and check it against PyTorch.
 
     Args:
-        labels: label values (already in the output convention), shaped like the reference's
-            first three axes.
-        reference: the image whose grid the labels are in (the case's first modality).
+        model_dir: a run folder (``config.json`` + ``models/model.pt``) or a bundle folder
+            (``configs/inference.yaml`` + ``models/model.pt``).
+        format: ``torchscript`` (``models/model.ts``) or ``onnx`` (``models/model.onnx``).
+        out: the file to write (default: ``MODEL_DIR/models/model.ts`` or ``.onnx``).
+        tolerance: the largest absolute logit difference accepted against PyTorch.
+
+    Returns:
+        The written file and its largest difference from the PyTorch network on a random input.
 
     Raises:
-        ValueError: when the shapes differ or a label does not fit in uint8.
+        ConfigError: an unknown format, a missing or unfitting config or checkpoint, a failed
+            export, or outputs that differ by more than ``tolerance``.
     """
-    labels = np.asarray(labels)
-    spatial = tuple(reference.shape[:3])
-    if labels.shape != spatial:
-        raise ValueError(f"labels of shape {labels.shape} do not match the reference grid {spatial}")
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError("label values must fit in uint8 (0-255)")
-    header = _spatial_header(reference, spatial, np.uint8)
-    header["intent_code"] = NIFTI_INTENT_LABEL
-    header["cal_max"] = float(labels.max()) if labels.size else 0.0
-    header["descrip"] = b"brats-pipeline segmentation"
-    # The header is a copy of the reference, so its best affine is the reference affine: nibabel keeps the header as is.
-    return type(reference)(labels.astype(np.uint8), reference.affine, header=header)
-
-
-def probability_image(probabilities: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
-    """An ``(X, Y, Z, K)`` probability image from channel-first ``(K, X, Y, Z)`` probabilities in [0, 1].
-
-    NIfTI has no 16-bit float type, so the maps are stored as 8-bit integers with a scale factor
-    ``scl_slope`` of at most 1/255 (a step of 0.004 or finer): nibabel, SimpleITK and 3D Slicer
-    apply the scale on reading and return floats, and the file is half the size float16 would be.
-    """
-    probabilities = np.asarray(probabilities, dtype=np.float32)
-    spatial = tuple(reference.shape[:3])
-    if probabilities.ndim != 4 or probabilities.shape[1:] != spatial:
-        raise ValueError(f"probabilities of shape {probabilities.shape} do not match (K, *{spatial})")
-    voxels = np.clip(np.moveaxis(probabilities, 0, -1), 0.0, 1.0)
-    header = _spatial_header(reference, voxels.shape, np.uint8)
-    header["cal_max"] = 1.0
-    header["descrip"] = b"brats-pipeline probabilities"
-    # The fourth axis is a vector of class probabilities, not time.
-    header.set_intent("vector")
-    # Float voxels with a uint8 on-disk type: nibabel picks scl_slope (at most 1/255) when saving.
-    return type(reference)(voxels, reference.affine, header=header)
-
-
-def load_reference(path: str | os.PathLike[str]) -> nib.Nifti1Image:
-    """Open the image whose geometry a prediction copies (header only)."""
-    from pipeline.io import load_nifti
-
-    image = load_nifti(path)
-    if len(image.shape) not in (3, 4):
-        raise InputError(path, f"expected a 3D or 4D image, got shape {image.shape}")
-    return image
-
-
-def write_segmentation(
-    labels_internal: np.ndarray,
-    reference: nib.Nifti1Image | str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    convention: LabelConvention,
-) -> Path:
-    """Write internal labels (0-3, in the reference's voxel grid) in ``convention`` as uint8 NIfTI, atomically."""
-    if not isinstance(reference, nib.Nifti1Image | nib.Nifti2Image):
-        reference = load_reference(reference)
-    image = segmentation_image(convention.from_internal(labels_internal), reference)
-    save_nifti(out_path, image)
-    return Path(out_path)
-
-
-def write_probabilities(
-    probabilities: np.ndarray,
-    reference: nib.Nifti1Image | str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-) -> Path:
-    """Write channel-first probabilities ``(K, X, Y, Z)`` as an 8-bit scaled ``(X, Y, Z, K)`` NIfTI, atomically."""
-    if not isinstance(reference, nib.Nifti1Image | nib.Nifti2Image):
-        reference = load_reference(reference)
-    save_nifti(out_path, probability_image(probabilities, reference))
-    return Path(out_path)
-
-
-def colour_table_text(convention: LabelConvention) -> str:
-    """3D Slicer colour-table text for ``convention``: one ``index name R G B A`` line per label.
-
-    Names are the release's own (``labels.names``), with spaces replaced by underscores because
-    Slicer splits each line on white space.
-    """
-    internal_of = dict(convention.to_internal_map)
-    lines = [
-        f"# 3D Slicer colour table for the {convention.name} label convention ({convention.description})",
-        f"# {len(internal_of)} values",
-    ]
-    for value in sorted(internal_of):
-        red, green, blue = LABEL_COLOURS[internal_of[value]]
-        alpha = 0 if internal_of[value] == BACKGROUND else 255
-        name = str(convention.names.get(value, f"label_{value}")).replace(" ", "_")
-        lines.append(f"{value} {name} {red} {green} {blue} {alpha}")
-    return "\n".join(lines) + "\n"
-
-
-def write_colour_table(path: str | os.PathLike[str], convention: LabelConvention) -> Path:
-    """Write :func:`colour_table_text` to ``path`` (conventionally ``<folder>/<convention>.ctbl``), atomically."""
-    write_text(path, colour_table_text(convention))
-    return Path(path)
-
-
-def colour_table_filename(convention: LabelConvention) -> str:
-    """``brats_<convention>.ctbl``."""
-    return f"brats_{convention.name}.ctbl"
-
-
-def parse_colour_table(text: str) -> dict[int, tuple[str, tuple[int, int, int, int]]]:
-    """Read a colour table back (``{index: (name, (R, G, B, A))}``); comment lines are skipped."""
-    table: dict[int, tuple[str, tuple[int, int, int, int]]] = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        index, name, *rgba = line.split()
-        table[int(index)] = (name, tuple(int(v) for v in rgba))  # type: ignore[assignment]
-    return table
-
-
-def same_geometry(first: nib.Nifti1Image, second: nib.Nifti1Image, fields: Sequence[str] = ()) -> list[str]:
-    """Header fields that differ in the spatial geometry of two images (empty list: identical grids)."""
-    names = tuple(fields) or (
-        "qform_code",
-        "sform_code",
-        "quatern_b",
-        "quatern_c",
-        "quatern_d",
-        "qoffset_x",
-        "qoffset_y",
-        "qoffset_z",
-        "srow_x",
-        "srow_y",
-        "srow_z",
-        "xyzt_units",
-    )
-    differ = [name for name in names if not np.array_equal(first.header[name], second.header[name])]
-    if tuple(first.shape[:3]) != tuple(second.shape[:3]):
-        differ.append("shape")
-    if not np.array_equal(first.header["pixdim"][:4], second.header["pixdim"][:4]):
-        differ.append("pixdim")
-    return differ
+    if format not in FORMATS:
+        raise ConfigError("format", f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    root = Path(model_dir)
+    loaded = load_network(root)
+    target = Path(out) if out is not None else root / "models" / f"model{SUFFIXES[format]}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The exporters write in place: export into a scratch folder beside the target, then rename (atomic for readers).
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".export-") as scratch:
+        partial = Path(scratch) / target.name
+        if format == "torchscript":
+            export_torchscript(loaded, root, partial)
+            exported: Any = torch.jit.load(str(partial), map_location="cpu")
+        else:
+            export_onnx(loaded, root, partial)
+            exported = partial
+        difference = max_output_difference(loaded.network, exported, loaded.example_input(batch=3, multiple=2, seed=1))
+        if not difference <= tolerance:
+            raise ConfigError(target, f"exported outputs differ from PyTorch by {difference:.3g} (tolerance {tolerance:g})")
+        os.replace(partial, target)
+    return ExportResult(path=target, format=format, max_abs_difference=difference)

@@ -25,9 +25,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.api import SegmentationModel, check_output_convention, load_model, output_convention
-from pipeline.datalist import SPLITS, CaseRecord, load_datalist
+from pipeline.datalist import SPLITS, load_datalist
+from pipeline.datasets.records import CaseRecord
 from pipeline.errors import InputError
-from pipeline.export import (
+from pipeline.writers import (
     colour_table_filename,
     probability_filename,
     segmentation_filename,

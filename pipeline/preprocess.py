@@ -41,7 +41,8 @@ import SimpleITK as sitk
 from nibabel.orientations import apply_orientation
 from tqdm.auto import tqdm
 
-from pipeline.datalist import SPLITS, CaseRecord, load_datalist
+from pipeline.datalist import SPLITS, load_datalist
+from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.geometry import (
     bounding_box,

@@ -40,7 +40,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline.export import LABEL_COLOURS
+from pipeline.writers import LABEL_COLOURS
 from pipeline.io import atomic_path, write_json, write_text
 from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, region_masks
 from pipeline.modalities import MODALITIES, MODALITY_NAMES

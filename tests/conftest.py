@@ -31,7 +31,7 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_datalist(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data list over :func:`tiny_cohort`: 2 folds, 2 test cases."""
-    from pipeline.splits import build_datalist
+    from pipeline.datalist import build_datalist
 
     out = tmp_path_factory.mktemp("lists") / "tiny.json"
     build_datalist(tiny_cohort, out, folds=2, test_fraction=0.25, seed=0)

@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser
 from packaging.version import Version
 
 import pipeline
-from pipeline.model_export import network_data_format
+from pipeline.export import network_data_format
 from pipeline.networks import spatial_divisor
 
 REPO = Path(__file__).resolve().parents[1]

@@ -277,7 +277,7 @@ def test_bundle_style_instantiation(cache: Path) -> None:
 
 def test_preprocessed_cache(request: pytest.FixtureRequest) -> None:
     pytest.importorskip("pipeline.synth")
-    pytest.importorskip("pipeline.splits")
+    pytest.importorskip("pipeline.datalist")
     tiny_cache = request.getfixturevalue("tiny_cache")
     ids = cached_case_ids(tiny_cache)
     assert ids

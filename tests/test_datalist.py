@@ -1,10 +1,17 @@
 import json
+import logging
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from pipeline.datalist import CaseRecord, load_datalist
-from pipeline.errors import ConfigError
+sys.path.insert(0, str(Path(__file__).parent / "datasets"))  # the tiny-case writers shared with tests/datasets
+from case_writers import CaseWriter, tumour, write_nifti  # noqa: E402
+
+from pipeline.datalist import assign_folds, build_datalist, load_datalist  # noqa: E402
+from pipeline.datasets.records import CaseRecord  # noqa: E402
+from pipeline.errors import ConfigError, InputError  # noqa: E402
 
 IMAGES = ["c1/c1_t1.nii.gz", "c1/c1_t1ce.nii.gz", "c1/c1_t2.nii.gz", "c1/c1_flair.nii.gz"]
 
@@ -176,3 +183,221 @@ def test_to_entry_round_trips_and_writes_a_differing_convention(tmp_path):
     assert record.to_entry(root) == _entry("u1", label=False)
     assert record.to_entry(root, default_convention="brats2023") == _entry("u1", label=False)
     assert record.to_entry(root, default_convention="brats2017") == _entry("u1", label=False, label_convention="brats2023")
+
+
+# ---- writing a data list: patient-level folds (the datalist command) ----
+
+CASE_IDS = [f"BraTS2021_{n:05d}" for n in range(0, 60, 3)]
+
+
+@pytest.fixture
+def root(tmp_path):
+    """Twelve labelled BraTS 2021 cases and two unlabelled ones, inside ``tmp_path/data``."""
+    writer = CaseWriter()
+    data = tmp_path / "data" / "release"
+    for number in range(12):
+        writer.legacy(data, f"BraTS2021_{number * 7:05d}", seed=number)
+    for number in (90, 91):
+        writer.legacy(data, f"BraTS2021_{number:05d}", labels=None)
+    return data
+
+
+def test_assign_folds_is_stable_and_ignores_input_order():
+    first = assign_folds(CASE_IDS, folds=5, test_fraction=0.2, seed=3)
+    assert assign_folds(list(reversed(CASE_IDS)), folds=5, test_fraction=0.2, seed=3) == first
+    assert assign_folds(CASE_IDS, folds=5, test_fraction=0.2, seed=4) != first
+
+
+def test_assign_folds_follows_the_documented_recipe():
+    ordered = sorted(CASE_IDS)
+    shuffled = [ordered[i] for i in np.random.default_rng(7).permutation(len(ordered))]
+    assignment = assign_folds(CASE_IDS, folds=3, test_fraction=0.25, seed=7)
+    assert [assignment[c] for c in shuffled] == [-1] * 5 + [i % 3 for i in range(15)]
+
+
+@pytest.mark.parametrize(
+    "n, folds, fraction, n_test, n_folds",
+    [(20, 5, 0.2, 4, 5), (8, 2, 0.25, 2, 2), (10, 5, 0.0, 0, 5), (2, 5, 0.2, 0, 2), (3, 5, 0.5, 2, 1), (1, 5, 0.9, 0, 1), (0, 5, 0.2, 0, 0)],
+)
+def test_assign_folds_sizes(n, folds, fraction, n_test, n_folds):
+    assignment = assign_folds(CASE_IDS[:n], folds=folds, test_fraction=fraction, seed=0)
+    values = list(assignment.values())
+    assert values.count(-1) == n_test
+    assert sorted({v for v in values if v >= 0}) == list(range(n_folds))
+    sizes = [values.count(f) for f in range(n_folds)]
+    assert not sizes or max(sizes) - min(sizes) <= 1
+
+
+def test_build_datalist_writes_the_documented_format(root, tmp_path):
+    out = tmp_path / "data_lists" / "release.json"
+    payload = build_datalist(root, out, folds=3, test_fraction=0.25, seed=0, progress=False)
+    assert json.loads(out.read_text()) == payload
+    assert payload["name"] == "release" and payload["release"] == "brats2021" and payload["label_convention"] == "brats2017"
+    assert payload["data_root"] == "../data/release"  # inside the JSON folder's parent: stored relative
+    assert payload["modalities"] == ["t1", "t1ce", "t2", "flair"]
+    assert (payload["num_folds"], payload["seed"], payload["test_fraction"]) == (3, 0, 0.25)
+    assert [len(payload[s]) for s in ("training", "validation", "test", "unlabelled")] == [6, 3, 3, 2]
+    assert all(e["fold"] == 0 for e in payload["validation"])
+    assert all(e["fold"] in (1, 2) for e in payload["training"])
+    assert all(e["fold"] == -1 for e in payload["test"])
+    assert all("fold" not in e and "label" not in e for e in payload["unlabelled"])
+    entry = payload["training"][0]
+    case = entry["case_id"]
+    assert entry["image"] == [f"{case}/{case}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
+    assert entry["label"] == f"{case}/{case}_seg.nii.gz"
+    assert "label_convention" not in entry
+    for split in ("training", "validation", "test", "unlabelled"):
+        assert [e["case_id"] for e in payload[split]] == sorted(e["case_id"] for e in payload[split])
+
+
+def test_no_patient_in_two_sets_and_every_case_placed(root, tmp_path):
+    payload = build_datalist(root, tmp_path / "l.json", folds=4, test_fraction=0.2, seed=11, progress=False)
+    ids = [e["case_id"] for s in ("training", "validation", "test", "unlabelled") for e in payload[s]]
+    assert len(ids) == len(set(ids)) == 14
+    assert set(ids) == {p.name for p in root.iterdir()}
+
+
+def test_the_written_file_loads_back(root, tmp_path):
+    out = tmp_path / "lists" / "release.json"
+    build_datalist(root, out, folds=3, test_fraction=0.25, seed=0, progress=False)
+    datalist = load_datalist(out)
+    assert datalist.data_root == root.resolve()
+    assert datalist.num_folds == 3 and datalist.name == "release"
+    records = [r for s in ("training", "validation", "test", "unlabelled") for r in datalist.cases(s)]
+    assert all(p.is_file() for r in records for p in r.images)
+    assert all(r.label.is_file() for r in datalist.cases("all"))
+    train, val = datalist.fold_split(0)
+    assert {r.case_id for r in val} == {r.case_id for r in datalist.cases("validation")}
+    assert len(train) == 6
+
+
+def test_same_input_and_seed_give_a_byte_identical_file(root, tmp_path):
+    build_datalist(root, tmp_path / "a.json", seed=5, progress=False)
+    build_datalist(root, tmp_path / "a2.json", seed=5, progress=False, workers=2)
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "a2.json").read_bytes().replace(b'"a2"', b'"a"')
+    build_datalist(root, tmp_path / "a.json", seed=5, progress=False)  # rewriting gives the same bytes
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "a2.json").read_bytes().replace(b'"a2"', b'"a"')
+    build_datalist(root, tmp_path / "c.json", seed=6, progress=False)
+    assert json.loads((tmp_path / "a.json").read_text())["test"] != json.loads((tmp_path / "c.json").read_text())["test"]
+
+
+def test_adding_an_unlabelled_case_does_not_move_labelled_ones(root, tmp_path):
+    before = build_datalist(root, tmp_path / "a.json", seed=0, progress=False)
+    CaseWriter().legacy(root, "BraTS2021_00095", labels=None)
+    after = build_datalist(root, tmp_path / "b.json", seed=0, progress=False)
+    for split in ("training", "validation", "test"):
+        assert after[split] == before[split]
+
+
+def test_data_root_outside_the_json_parent_is_stored_absolute(root, tmp_path):
+    out = tmp_path / "a" / "b" / "c" / "list.json"
+    assert build_datalist(root, out, progress=False)["data_root"] == str(root.resolve())
+    assert load_datalist(out).data_root == root.resolve()
+
+
+def test_a_bad_case_stops_everything_and_nothing_is_written(root, tmp_path):
+    bad_t1 = root / "BraTS2021_00014" / "BraTS2021_00014_t1.nii.gz"
+    bad_seg = root / "BraTS2021_00035" / "BraTS2021_00035_seg.nii.gz"
+    write_nifti(bad_t1, np.zeros((8, 8, 6), dtype=np.int16))
+    write_nifti(bad_seg, tumour((1, 3)))
+    out = tmp_path / "lists" / "x.json"
+    out.parent.mkdir()
+    out.write_text("previous")
+    with pytest.raises(InputError) as caught:
+        build_datalist(root, out, progress=False)
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{bad_t1}: image is entirely zero"
+    assert lines[1].startswith(f"{bad_seg}: labels [3] are not in the brats2017 convention")
+    assert lines[2] == "2 problem(s) in 2 of 14 case(s); nothing was written (--skip-bad leaves bad cases out)"
+    assert out.read_text() == "previous"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["x.json"]  # no temporary file left behind
+
+
+def test_skip_bad_leaves_bad_cases_out_with_warnings(root, tmp_path, caplog):
+    bad = root / "BraTS2021_00014" / "BraTS2021_00014_t2.nii.gz"
+    bad.write_text("not nifti")
+    with caplog.at_level(logging.WARNING):
+        payload = build_datalist(root, tmp_path / "l.json", skip_bad=True, progress=False)
+    ids = {e["case_id"] for s in ("training", "validation", "test", "unlabelled") for e in payload[s]}
+    assert "BraTS2021_00014" not in ids and len(ids) == 13
+    assert any(m.startswith(f"warning: {bad}: not a readable NIfTI file") and m.endswith("(case BraTS2021_00014 left out)") for m in caplog.messages)
+
+
+def test_discovery_warnings_are_logged(root, tmp_path, caplog):
+    (root / "survival_info.csv").write_text("x")
+    with caplog.at_level(logging.WARNING):
+        build_datalist(root, tmp_path / "l.json", progress=False)
+    assert f"warning: {root.resolve() / 'survival_info.csv'}: not a case file; ignored" in caplog.messages
+
+
+def test_all_cases_bad_with_skip_bad_is_an_error(tmp_path):
+    CaseWriter().legacy(tmp_path / "d", "BraTS2021_00001", labels=(0, 9))
+    with pytest.raises(InputError, match=r"no usable case left: all 1 case\(s\) are bad"):
+        build_datalist(tmp_path / "d", tmp_path / "l.json", skip_bad=True, progress=False)
+    assert not (tmp_path / "l.json").exists()
+
+
+def test_resection_cavity_needs_the_opt_in(tmp_path):
+    writer = CaseWriter()
+    data = tmp_path / "d"
+    writer.brats2023(data, "BraTS-GLI-02001-100", labels=(0, 1, 2, 3, 4))
+    writer.brats2023(data, "BraTS-GLI-02002-100")
+    with pytest.raises(InputError, match=r"label 4 \(the BraTS 2024 resection cavity\) .*\(--map-resection-cavity\)"):
+        build_datalist(data, tmp_path / "l.json", progress=False)
+    payload = build_datalist(data, tmp_path / "l.json", allow_resection_cavity=True, progress=False)
+    assert payload["release"] == "brats2023-gli" and payload["label_convention"] == "brats2023"
+    assert len(payload["training"]) + len(payload["validation"]) + len(payload["test"]) == 2
+
+
+def test_a_mixed_root_gets_per_entry_conventions_that_load_back(tmp_path):
+    writer = CaseWriter()
+    data = tmp_path / "d"
+    for n in range(3):
+        writer.legacy(data, f"BraTS2021_{n:05d}")
+    writer.brats2023(data, "BraTS-MEN-00001-000")
+    writer.brats2023(data, "BraTS-GLI-00001-000", labels=None)
+    out = tmp_path / "l.json"
+    payload = build_datalist(data, out, folds=2, test_fraction=0.0, progress=False)
+    assert payload["release"] == "mixed" and payload["label_convention"] == "brats2017"
+    entries = {e["case_id"]: e for s in ("training", "validation", "test", "unlabelled") for e in payload[s]}
+    assert entries["BraTS-MEN-00001-000"]["label_convention"] == "brats2023"
+    assert entries["BraTS-GLI-00001-000"]["label_convention"] == "brats2023"
+    assert "label_convention" not in entries["BraTS2021_00000"]
+    datalist = load_datalist(out)
+    conventions = {r.case_id: r.label_convention for s in ("training", "validation", "unlabelled") for r in datalist.cases(s)}
+    assert conventions["BraTS-MEN-00001-000"] == conventions["BraTS-GLI-00001-000"] == "brats2023"
+    assert conventions["BraTS2021_00001"] == "brats2017"
+
+
+def test_msd_data_list_keeps_channel_indices(tmp_path):
+    root = CaseWriter().msd(tmp_path / "Task01_BrainTumour", train=(1, 2, 3, 4), test=(5,))
+    out = tmp_path / "msd.json"
+    payload = build_datalist(root, out, folds=2, test_fraction=0.25, progress=False)
+    assert payload["release"] == "msd-task01" and payload["label_convention"] == "msd"
+    entry = payload["training"][0] if payload["training"] else payload["validation"][0]
+    assert entry["image"] == [f"imagesTr/{entry['case_id']}.nii.gz"] and entry["channel_indices"] == [1, 2, 3, 0]
+    assert entry["label"] == f"labelsTr/{entry['case_id']}.nii.gz"
+    assert [e["image"] for e in payload["unlabelled"]] == [["imagesTs/BRATS_005.nii.gz"]]
+    record = load_datalist(out).cases("unlabelled")[0]
+    assert record.channel_indices == (1, 2, 3, 0) and record.label_convention == "msd"
+
+
+def test_fewer_cases_than_folds_gives_fewer_folds_with_a_warning(tmp_path, caplog):
+    writer = CaseWriter()
+    for n in range(3):
+        writer.legacy(tmp_path / "d", f"BraTS2021_{n:05d}")
+    with caplog.at_level(logging.WARNING):
+        payload = build_datalist(tmp_path / "d", tmp_path / "l.json", folds=5, test_fraction=0.0, progress=False)
+    assert payload["num_folds"] == 3
+    assert any("only 3 labelled case(s) outside the test set, so 3 fold(s) instead of 5" in m for m in caplog.messages)
+
+
+@pytest.mark.parametrize(
+    "options, where",
+    [({"folds": 0}, "--folds"), ({"test_fraction": 1.0}, "--test-fraction"), ({"test_fraction": -0.1}, "--test-fraction"), ({"workers": 0}, "--workers")],
+)
+def test_bad_options(root, tmp_path, options, where):
+    with pytest.raises(ConfigError) as caught:
+        build_datalist(root, tmp_path / "l.json", progress=False, **options)
+    assert caught.value.where == where
+    assert not (tmp_path / "l.json").exists()

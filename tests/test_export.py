@@ -1,122 +1,179 @@
-"""NIfTI export keeps the input's geometry exactly (nibabel and SimpleITK), colour tables, file names."""
+"""TorchScript (MONAI ckpt_export) and ONNX exports reproduce the PyTorch network, and the exports run inference."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
-from prediction_cases import LAYOUTS, assert_same_geometry, canonical_case, stored, write_image
+import torch
+from click.testing import CliRunner
+from prediction_cases import TINY_NETWORK, write_bundle_dir, write_case, write_run_dir
 
-from pipeline.export import (
-    NIFTI_INTENT_LABEL,
-    colour_table_text,
-    parse_colour_table,
-    probability_filename,
-    same_geometry,
-    segmentation_filename,
-    write_colour_table,
-    write_probabilities,
-    write_segmentation,
-)
-from pipeline.labels import CONVENTIONS, get_convention
+from pipeline.api import load_model
+from pipeline.cli import main
+from pipeline.errors import ConfigError
+from pipeline.export import export_model, load_network, network_data_format
+from pipeline.networks import build_network, spatial_divisor
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _reference(tmp_path: Path, layout: str) -> tuple[Path, np.ndarray]:
-    modalities, labels = canonical_case()
-    data, affine, qcode, scode = stored(layout, modalities["flair"])
-    path = write_image(tmp_path / f"{layout}_flair.nii.gz", data, affine, qcode, scode)
-    return path, stored(layout, labels)[0]
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_run_dir(tmp_path_factory.mktemp("export") / "run", seed=3)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_segmentation_has_the_reference_geometry(tmp_path, layout):
-    reference, labels = _reference(tmp_path, layout)
-    out = write_segmentation(labels, reference, tmp_path / "out" / "case_seg.nii.gz", get_convention("brats2017"))
-    assert_same_geometry(out, reference)
-    assert same_geometry(nib.load(out), nib.load(reference)) == []
-    image = nib.load(out)
-    assert image.get_data_dtype() == np.uint8
-    assert image.header["intent_code"] == NIFTI_INTENT_LABEL
-    slope, inter = image.header.get_slope_inter()
-    assert slope is None and inter is None
-    voxels = np.asarray(image.dataobj)
-    assert set(np.unique(voxels)) == {0, 1, 2, 4}
-    np.testing.assert_array_equal(get_convention("brats2017").to_internal(voxels), labels)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))).T, voxels)
-    assert [p.name for p in out.parent.iterdir()] == ["case_seg.nii.gz"]  # no temporary file left
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_case(tmp_path_factory.mktemp("export_cases"), layout="lps")
 
 
-def test_scaled_float_reference_gives_unscaled_uint8(tmp_path):
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    image = nib.Nifti1Image(np.ones((6, 5, 4), np.float32), affine)
-    image.header.set_slope_inter(2.0, 10.0)
-    image.header.set_data_dtype(np.int16)
-    nib.save(image, tmp_path / "ref.nii.gz")
-    labels = np.zeros((6, 5, 4), np.uint8)
-    labels[1, 1, 1] = 3
-    out = write_segmentation(labels, tmp_path / "ref.nii.gz", tmp_path / "seg.nii.gz", get_convention("brats2023"))
-    written = nib.load(out)
-    assert written.get_data_dtype() == np.uint8
-    assert written.dataobj.slope == 1.0 and written.dataobj.inter == 0.0
-    assert np.asarray(written.dataobj)[1, 1, 1] == 3 and np.asarray(written.dataobj).sum() == 3
+def _pytorch_logits(run_dir: Path, inputs: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return load_network(run_dir).network(inputs).numpy()
 
 
-def test_4d_reference_gives_a_3d_segmentation_on_its_grid(tmp_path):
-    modalities, labels = canonical_case()
-    data, affine, qcode, scode = stored("lps", modalities["flair"])
-    reference = write_image(tmp_path / "msd.nii.gz", np.stack([data] * 4, axis=-1), affine, qcode, scode)
-    out = write_segmentation(stored("lps", labels)[0], reference, tmp_path / "msd_seg.nii.gz", get_convention("msd"))
-    assert_same_geometry(out, reference)
-    assert nib.load(out).ndim == 3
-    assert set(np.unique(np.asarray(nib.load(out).dataobj))) == {0, 1, 2, 3}
+def test_channel_def_follows_the_2_5d_stacking_order():
+    """Input channel i of the metadata is the modality and slice offset that stack_context puts at i."""
+    from pipeline.data import stack_context
+
+    context = 2
+    volume = np.zeros((9, 4, 2, 2), np.float32)
+    for z in range(9):
+        for c in range(4):
+            volume[z, c] = 10 * z + c  # value names (slice, modality)
+    stacked = np.asarray(stack_context(volume, np.array([4]), context))[0]
+    channel_def = network_data_format("2.5d", context)["inputs"]["image"]["channel_def"]
+    assert len(channel_def) == stacked.shape[0] == 20
+    modality_index = {"T1": 0, "T1ce": 1, "T2": 2, "FLAIR": 3}
+    for index, description in channel_def.items():
+        name, _, where = description.partition(", slice ")
+        offset = 0 if where == "z" else int(where[1:])
+        assert stacked[int(index), 0, 0] == 10 * (4 + offset) + modality_index[name], description
 
 
-def test_wrong_shape_is_refused(tmp_path):
-    reference, labels = _reference(tmp_path, "lps")
-    with pytest.raises(ValueError, match="do not match"):
-        write_segmentation(labels[:-1], reference, tmp_path / "x.nii.gz", get_convention("internal"))
-    assert not (tmp_path / "x.nii.gz").exists()
+@pytest.mark.parametrize(("mode", "context", "output_mode", "in_channels", "out_channels"), [
+    ("2.5d", 2, "softmax", 20, 4), ("2.5d", 1, "regions", 12, 3), ("2d", 2, "softmax", 4, 4), ("3d", 2, "regions", 4, 3),
+])  # fmt: skip
+def test_network_data_format_fits_the_network(mode, context, output_mode, in_channels, out_channels):
+    network = build_network(mode, context=context, output_mode=output_mode, channels=(4, 8, 16, 32), strides=(2, 2, 2), num_res_units=0).eval()
+    described = network_data_format(mode, context, output_mode, spatial_divisor(network))
+    image, pred = described["inputs"]["image"], described["outputs"]["pred"]
+    assert image["num_channels"] == in_channels and pred["num_channels"] == len(pred["channel_def"]) == out_channels
+    smallest = [int(size.split("*")[0]) for size in image["spatial_shape"]]
+    with torch.no_grad():
+        output = network(torch.rand(1, in_channels, *smallest))
+    assert output.shape == (1, out_channels, *smallest)
 
 
-@pytest.mark.parametrize("layout", ["lps", "oblique"])
-def test_probabilities_are_8_bit_scaled_channels_last_on_the_grid(tmp_path, layout):
-    reference, labels = _reference(tmp_path, layout)
-    rng = np.random.default_rng(0)
-    probabilities = rng.dirichlet(np.ones(4), size=labels.shape).astype(np.float32)  # (X, Y, Z, 4)
-    probabilities = np.moveaxis(probabilities, -1, 0)
-    out = write_probabilities(probabilities, reference, tmp_path / probability_filename("case"))
-    image = nib.load(out)
-    assert image.get_data_dtype() == np.uint8 and 0 < image.dataobj.slope <= 1 / 255
-    assert image.shape == (*labels.shape, 4)
-    np.testing.assert_array_equal(image.affine, nib.load(reference).affine)
-    read_back = np.moveaxis(image.get_fdata(), -1, 0)
-    assert np.abs(read_back - probabilities).max() <= 0.5 / 255 + 1e-6
+def test_torchscript_export_reproduces_pytorch_and_embeds_metadata(run_dir):
+    result = export_model(run_dir, "torchscript")
+    assert result.path == run_dir / "models" / "model.ts" and result.max_abs_difference <= 1e-5
+    extra = {"metadata.json": "", "config.json": ""}
+    scripted = torch.jit.load(str(result.path), map_location="cpu", _extra_files=extra)
+    metadata, config = json.loads(extra["metadata.json"]), json.loads(extra["config.json"])
+    assert metadata["network_data_format"]["inputs"]["image"]["num_channels"] == 4 * (2 * TINY_NETWORK["context"] + 1)
+    assert metadata["version"] and config["channels"] == TINY_NETWORK["channels"]
+    assert spatial_divisor(scripted) == 2  # kept through scripting: inference pads to it
+    for shape in ((1, 12, 16, 22), (5, 12, 8, 40)):
+        inputs = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        with torch.no_grad():
+            np.testing.assert_allclose(scripted(inputs).numpy(), _pytorch_logits(run_dir, inputs), atol=1e-5)
+    assert not list((run_dir / "models").glob(".export-*"))  # no scratch left behind
 
 
-@pytest.mark.parametrize("name", sorted(CONVENTIONS))
-def test_colour_table_names_every_label_with_distinct_colours(tmp_path, name):
-    convention = get_convention(name)
-    path = write_colour_table(tmp_path / f"{name}.ctbl", convention)
-    table = parse_colour_table(path.read_text())
-    assert sorted(table) == sorted(convention.labels)
-    for value, (label_name, rgba) in table.items():
-        assert label_name == convention.names[value].replace(" ", "_")
-        assert len(rgba) == 4 and all(0 <= c <= 255 for c in rgba)
-    colours = [rgba[:3] for value, (_, rgba) in table.items() if value != 0]
-    assert len(set(colours)) == 3
-    assert table[0][1][3] == 0  # background transparent
+def test_onnx_export_from_the_cli_reproduces_pytorch_with_dynamic_shapes(run_dir, tmp_path):
+    import onnx
+    import onnxruntime
+
+    out = tmp_path / "exported.onnx"
+    result = CliRunner().invoke(main, ["export", "--model", str(run_dir), "--format", "onnx", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "onnx model ->" in result.output and out.is_file()
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"] and [o.name for o in session.get_outputs()] == ["logits"]
+    for shape in ((1, 12, 16, 22), (3, 12, 30, 8)):  # batch and spatial sizes other than the export's example
+        inputs = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+        actual = session.run(None, {"image": inputs.numpy()})[0]
+        np.testing.assert_allclose(actual, _pytorch_logits(run_dir, inputs), atol=1e-4)
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["metadata.json"])["network_data_format"]["outputs"]["pred"]["num_channels"] == 4
+    assert json.loads(props["config.json"])["mode"] == "2.5d"
 
 
-def test_colour_table_uses_the_release_names():
-    assert "4 ET " in colour_table_text(get_convention("brats2017"))
-    assert "1 NCR/NET " in colour_table_text(get_convention("brats2017"))
-    assert "2 SNFH " in colour_table_text(get_convention("brats2023"))
-    assert "1 edema " in colour_table_text(get_convention("msd"))
+def test_exported_torchscript_runs_the_inference_config(run_dir, case_dir, tmp_path):
+    """A bundle folder with only models/model.ts segments like the PyTorch weights, via load_model and via the config."""
+    with_weights = write_bundle_dir(tmp_path / "bundle", weights=run_dir / "models" / "model.pt")
+    export_model(with_weights, "torchscript")  # from a bundle folder: configs/inference.yaml
+    scripted_only = write_bundle_dir(tmp_path / "scripted")
+    (scripted_only / "models").mkdir()
+    os.replace(with_weights / "models" / "model.ts", scripted_only / "models" / "model.ts")
+    expected = np.asarray(load_model(run_dir).segment(case_dir).dataobj)
+    assert len(np.unique(expected)) > 1
+
+    model = load_model(scripted_only)
+    assert isinstance(model.network, torch.jit.ScriptModule)
+    np.testing.assert_array_equal(np.asarray(model.segment(case_dir).dataobj), expected)
+
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "inference",
+        "--config_file", str(scripted_only / "configs" / "inference.yaml"), "--bundle_root", str(scripted_only),
+        "--input", str(case_dir), "--output_dir", str(tmp_path / "predictions"), "--progress", "False",
+        "--network_def", "$torch.jit.load(@model_dir + '/model.ts')", "--checkpoint", "$None",
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    written = nib.load(tmp_path / "predictions" / f"{case_dir.name}_seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
 
 
-def test_file_names():
-    assert segmentation_filename("BraTS2021_00006") == "BraTS2021_00006_seg.nii.gz"
-    assert segmentation_filename("BraTS-GLI-00001-000", submission_names=True) == "BraTS-GLI-00001-000.nii.gz"
+def test_wrapped_checkpoints_export(run_dir, tmp_path):
+    """DDP-prefixed weights (a multi-GPU run) export like plain ones."""
+    folder = write_run_dir(tmp_path / "ddp")
+    state = torch.load(run_dir / "models" / "model.pt", weights_only=True)
+    torch.save({f"module.{key}": value for key, value in state.items()}, folder / "models" / "model.pt")
+    result = export_model(folder, "torchscript", out=tmp_path / "ddp.ts")
+    inputs = torch.randn(2, 12, 16, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.jit.load(str(result.path))(inputs).numpy(), _pytorch_logits(run_dir, inputs), atol=1e-5)
+
+
+def test_export_errors_name_the_problem(run_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
+        export_model(run_dir, "tflite")
+    empty = write_run_dir(tmp_path / "no_weights")
+    (empty / "models" / "model.pt").unlink()
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        export_model(empty, "torchscript")
+    other = write_run_dir(tmp_path / "other", channels=[4, 8], strides=[2])
+    shutil.copy(run_dir / "models" / "model.pt", other / "models" / "model.pt")  # weights of another network
+    result = CliRunner().invoke(main, ["export", "--model", str(other)])
+    assert result.exit_code == 1 and result.output.startswith("error: ") and "do not fit the network" in result.output
+    assert not (other / "models" / "model.ts").exists()
+    result = CliRunner().invoke(main, ["export", "--model", str(tmp_path)])
+    assert result.exit_code == 1 and "neither a run folder" in result.output
+
+
+def test_model_zoo_ckpt_export_command_on_a_bundle_folder(run_dir, tmp_path):
+    """The documented `python -m monai.bundle ckpt_export` command gives the same TorchScript model as `brats-pipeline export`."""
+    bundle = write_bundle_dir(tmp_path / "bundle", weights=run_dir / "models" / "model.pt")
+    command = [
+        sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(bundle / "models" / "model.ts"),
+        "--ckpt_file", str(bundle / "models" / "model.pt"), "--meta_file", str(REPO / "bundles" / "brats_segmentation" / "configs" / "metadata.json"),
+        "--config_file", str(bundle / "configs" / "inference.yaml"),
+    ]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ours = export_model(bundle, "torchscript", out=tmp_path / "ours.ts")
+    inputs = torch.randn(2, 12, 24, 16)
+    with torch.no_grad():
+        zoo = torch.jit.load(str(bundle / "models" / "model.ts"))(inputs)
+        np.testing.assert_allclose(zoo.numpy(), torch.jit.load(str(ours.path))(inputs).numpy(), atol=1e-6)
+        np.testing.assert_allclose(zoo.numpy(), _pytorch_logits(run_dir, inputs), atol=1e-5)

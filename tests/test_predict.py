@@ -24,7 +24,7 @@ from prediction_cases import (
 )
 
 from pipeline.cli import main
-from pipeline.export import parse_colour_table
+from pipeline.writers import parse_colour_table
 from pipeline.predict import predict, resolve_cases
 
 REPO = Path(__file__).resolve().parents[1]

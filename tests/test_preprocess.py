@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from nibabel.affines import apply_affine
 
 from pipeline.cli import main
-from pipeline.datalist import CaseRecord
+from pipeline.datasets.records import CaseRecord
 from pipeline.errors import InputError
 from pipeline.io import file_sha256
 from pipeline.labels import get_convention

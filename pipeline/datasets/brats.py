@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datalist import CaseRecord
+from pipeline.datasets.records import CaseRecord
 from pipeline.modalities import BRATS2023_SUFFIXES, MODALITIES
 
 #: NIfTI file endings the releases use (mirrors often ship uncompressed ``.nii``).

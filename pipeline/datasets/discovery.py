@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datalist import CaseRecord
+from pipeline.datasets.records import CaseRecord
 from pipeline.datasets import msd
 from pipeline.datasets.brats import find_case_prefix, identify_release, read_case_folder
 from pipeline.errors import InputError

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.datalist import CaseRecord
+from pipeline.datasets.records import CaseRecord
 from pipeline.errors import InputError
 from pipeline.io import load_nifti, read_voxels
 from pipeline.labels import get_convention

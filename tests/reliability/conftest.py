@@ -30,7 +30,7 @@ def cohort(pristine_cohort: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def cohort_datalist(cohort: Path, tmp_path: Path) -> Path:
     """The data list of :func:`cohort` (2 folds, 1 test case), built before any damage."""
-    from pipeline.splits import build_datalist
+    from pipeline.datalist import build_datalist
 
     out = tmp_path / "lists" / "cohort.json"
     build_datalist(cohort, out, folds=2, test_fraction=0.25, seed=0, progress=False)
@@ -39,7 +39,7 @@ def cohort_datalist(cohort: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pristine_datalist(pristine_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.splits import build_datalist
+    from pipeline.datalist import build_datalist
 
     out = tmp_path_factory.mktemp("reliability_lists") / "pristine.json"
     build_datalist(pristine_cohort, out, folds=2, test_fraction=0.25, seed=0, progress=False)

@@ -440,12 +440,12 @@ def test_output_folder_blocked_by_a_file(
 
 def test_operating_system_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An OSError no stage turned into a pipeline error still ends as one line naming the file (a traceback with --debug)."""
-    import pipeline.splits
+    import pipeline.datalist
 
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/mnt/archive/BraTS2021_00001")
 
-    monkeypatch.setattr(pipeline.splits, "build_datalist", denied)
+    monkeypatch.setattr(pipeline.datalist, "build_datalist", denied)
     result = cli("datalist", "--data-root", tmp_path, "--out", tmp_path / "list.json")
     assert result.exit_code == 1
     assert_one_line_error(result.output, "/mnt/archive/BraTS2021_00001", "Permission denied")
@@ -522,7 +522,7 @@ def test_empty_segmentation_works_end_to_end(cohort: Path, tmp_path: Path) -> No
     import pandas as pd
 
     from pipeline.metrics import EMPTY_HD95_MM
-    from pipeline.splits import assign_folds
+    from pipeline.datalist import assign_folds
 
     folds = assign_folds(sorted(p.name for p in cohort.iterdir()), folds=2, test_fraction=0.25, seed=0)
     test_case = next(case for case, fold in folds.items() if fold == -1)

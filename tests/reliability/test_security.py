@@ -70,7 +70,7 @@ def test_checkpoints_and_caches_are_never_unpickled_freely() -> None:
                 problems.append(_where(path, call))
         elif text in ("pickle.load", "pickle.loads", "cPickle.load", "dill.load", "joblib.load", "yaml.load", "yaml.unsafe_load", "eval", "exec"):
             problems.append(_where(path, call))
-        elif text == "torch.jit.load" and path.name not in ("api.py", "model_export.py"):
+        elif text == "torch.jit.load" and path.name not in ("api.py", "export.py"):
             # TorchScript is code: only a bundle's own model.ts (trusted like its configs) or a just-exported file is loaded
             problems.append(_where(path, call))
     assert torch_loads >= 2  # the check does see the checkpoint readers

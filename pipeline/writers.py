@@ -1,0 +1,218 @@
+"""Writing predictions as NIfTI files that lie exactly on the input scan, and 3D Slicer colour tables.
+
+Geometry is copied, never recomputed: a segmentation gets a copy of the reference image's header
+(the case's first modality), so its shape, voxel order, affine, qform and sform (with their
+codes and quaternion parameters) are those of the input, bit for bit. Only the data type
+(uint8), the intensity scaling (cleared), ``cal_min``/``cal_max``, the intent (NIfTI label) and
+the description change. A 4D reference (an MSD image) gives a 3D segmentation with the same
+spatial header.
+
+File names (:func:`segmentation_filename`):
+
+* default: ``<case_id>_seg.nii.gz``, next to the BraTS file naming of the ground truth;
+* ``submission_names=True``: ``<case_id>.nii.gz``, the name the BraTS challenge portals
+  (Synapse 2021-2024) expect for each case of a submission archive.
+
+The colour table ``<name>.ctbl`` is 3D Slicer's plain-text format (``index name R G B A`` per
+line): load it in Slicer with *Data > Add Data* and pick it as the segmentation's colour node,
+or load the segmentation with *Show options > LabelMap* and choose it in *Volumes > Display*.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.errors import InputError
+from pipeline.io import save_nifti, write_text
+from pipeline.labels import BACKGROUND, ED, ET, NEC, LabelConvention
+
+#: NIfTI intent code for a label volume (NIFTI_INTENT_LABEL).
+NIFTI_INTENT_LABEL = 1002
+
+#: Display colours (R, G, B) by internal label, as in most BraTS figures: NEC red, ED green, ET yellow.
+LABEL_COLOURS: dict[int, tuple[int, int, int]] = {
+    BACKGROUND: (0, 0, 0),
+    NEC: (255, 0, 0),
+    ED: (0, 200, 0),
+    ET: (255, 220, 0),
+}
+
+SEGMENTATION_SUFFIX = "_seg"
+PROBABILITY_SUFFIX = "_probabilities"
+
+
+def segmentation_filename(case_id: str, submission_names: bool = False) -> str:
+    """``<case_id>_seg.nii.gz`` by default; ``<case_id>.nii.gz`` in BraTS submission naming."""
+    return f"{case_id}.nii.gz" if submission_names else f"{case_id}{SEGMENTATION_SUFFIX}.nii.gz"
+
+
+def probability_filename(case_id: str) -> str:
+    """File name of a case's probability maps."""
+    return f"{case_id}{PROBABILITY_SUFFIX}.nii.gz"
+
+
+def _spatial_header(reference: nib.Nifti1Image, shape: tuple[int, ...], dtype: type) -> nib.Nifti1Header:
+    """A copy of ``reference``'s header for new voxels of ``shape`` and ``dtype``, scaling cleared."""
+    header = reference.header.copy()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header["scl_slope"] = np.nan
+    header["scl_inter"] = np.nan
+    header["cal_min"] = 0
+    header["cal_max"] = 0
+    header["intent_code"] = 0
+    header["intent_name"] = b""
+    header["intent_p1"] = header["intent_p2"] = header["intent_p3"] = 0
+    return header
+
+
+def segmentation_image(labels: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A uint8 label image carrying ``reference``'s geometry.
+
+    Args:
+        labels: label values (already in the output convention), shaped like the reference's
+            first three axes.
+        reference: the image whose grid the labels are in (the case's first modality).
+
+    Raises:
+        ValueError: when the shapes differ or a label does not fit in uint8.
+    """
+    labels = np.asarray(labels)
+    spatial = tuple(reference.shape[:3])
+    if labels.shape != spatial:
+        raise ValueError(f"labels of shape {labels.shape} do not match the reference grid {spatial}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError("label values must fit in uint8 (0-255)")
+    header = _spatial_header(reference, spatial, np.uint8)
+    header["intent_code"] = NIFTI_INTENT_LABEL
+    header["cal_max"] = float(labels.max()) if labels.size else 0.0
+    header["descrip"] = b"brats-pipeline segmentation"
+    # The header is a copy of the reference, so its best affine is the reference affine: nibabel keeps the header as is.
+    return type(reference)(labels.astype(np.uint8), reference.affine, header=header)
+
+
+def probability_image(probabilities: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """An ``(X, Y, Z, K)`` probability image from channel-first ``(K, X, Y, Z)`` probabilities in [0, 1].
+
+    NIfTI has no 16-bit float type, so the maps are stored as 8-bit integers with a scale factor
+    ``scl_slope`` of at most 1/255 (a step of 0.004 or finer): nibabel, SimpleITK and 3D Slicer
+    apply the scale on reading and return floats, and the file is half the size float16 would be.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    spatial = tuple(reference.shape[:3])
+    if probabilities.ndim != 4 or probabilities.shape[1:] != spatial:
+        raise ValueError(f"probabilities of shape {probabilities.shape} do not match (K, *{spatial})")
+    voxels = np.clip(np.moveaxis(probabilities, 0, -1), 0.0, 1.0)
+    header = _spatial_header(reference, voxels.shape, np.uint8)
+    header["cal_max"] = 1.0
+    header["descrip"] = b"brats-pipeline probabilities"
+    # The fourth axis is a vector of class probabilities, not time.
+    header.set_intent("vector")
+    # Float voxels with a uint8 on-disk type: nibabel picks scl_slope (at most 1/255) when saving.
+    return type(reference)(voxels, reference.affine, header=header)
+
+
+def load_reference(path: str | os.PathLike[str]) -> nib.Nifti1Image:
+    """Open the image whose geometry a prediction copies (header only)."""
+    from pipeline.io import load_nifti
+
+    image = load_nifti(path)
+    if len(image.shape) not in (3, 4):
+        raise InputError(path, f"expected a 3D or 4D image, got shape {image.shape}")
+    return image
+
+
+def write_segmentation(
+    labels_internal: np.ndarray,
+    reference: nib.Nifti1Image | str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    convention: LabelConvention,
+) -> Path:
+    """Write internal labels (0-3, in the reference's voxel grid) in ``convention`` as uint8 NIfTI, atomically."""
+    if not isinstance(reference, nib.Nifti1Image | nib.Nifti2Image):
+        reference = load_reference(reference)
+    image = segmentation_image(convention.from_internal(labels_internal), reference)
+    save_nifti(out_path, image)
+    return Path(out_path)
+
+
+def write_probabilities(
+    probabilities: np.ndarray,
+    reference: nib.Nifti1Image | str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+) -> Path:
+    """Write channel-first probabilities ``(K, X, Y, Z)`` as an 8-bit scaled ``(X, Y, Z, K)`` NIfTI, atomically."""
+    if not isinstance(reference, nib.Nifti1Image | nib.Nifti2Image):
+        reference = load_reference(reference)
+    save_nifti(out_path, probability_image(probabilities, reference))
+    return Path(out_path)
+
+
+def colour_table_text(convention: LabelConvention) -> str:
+    """3D Slicer colour-table text for ``convention``: one ``index name R G B A`` line per label.
+
+    Names are the release's own (``labels.names``), with spaces replaced by underscores because
+    Slicer splits each line on white space.
+    """
+    internal_of = dict(convention.to_internal_map)
+    lines = [
+        f"# 3D Slicer colour table for the {convention.name} label convention ({convention.description})",
+        f"# {len(internal_of)} values",
+    ]
+    for value in sorted(internal_of):
+        red, green, blue = LABEL_COLOURS[internal_of[value]]
+        alpha = 0 if internal_of[value] == BACKGROUND else 255
+        name = str(convention.names.get(value, f"label_{value}")).replace(" ", "_")
+        lines.append(f"{value} {name} {red} {green} {blue} {alpha}")
+    return "\n".join(lines) + "\n"
+
+
+def write_colour_table(path: str | os.PathLike[str], convention: LabelConvention) -> Path:
+    """Write :func:`colour_table_text` to ``path`` (conventionally ``<folder>/<convention>.ctbl``), atomically."""
+    write_text(path, colour_table_text(convention))
+    return Path(path)
+
+
+def colour_table_filename(convention: LabelConvention) -> str:
+    """``brats_<convention>.ctbl``."""
+    return f"brats_{convention.name}.ctbl"
+
+
+def parse_colour_table(text: str) -> dict[int, tuple[str, tuple[int, int, int, int]]]:
+    """Read a colour table back (``{index: (name, (R, G, B, A))}``); comment lines are skipped."""
+    table: dict[int, tuple[str, tuple[int, int, int, int]]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        index, name, *rgba = line.split()
+        table[int(index)] = (name, tuple(int(v) for v in rgba))  # type: ignore[assignment]
+    return table
+
+
+def same_geometry(first: nib.Nifti1Image, second: nib.Nifti1Image, fields: Sequence[str] = ()) -> list[str]:
+    """Header fields that differ in the spatial geometry of two images (empty list: identical grids)."""
+    names = tuple(fields) or (
+        "qform_code",
+        "sform_code",
+        "quatern_b",
+        "quatern_c",
+        "quatern_d",
+        "qoffset_x",
+        "qoffset_y",
+        "qoffset_z",
+        "srow_x",
+        "srow_y",
+        "srow_z",
+        "xyzt_units",
+    )
+    differ = [name for name in names if not np.array_equal(first.header[name], second.header[name])]
+    if tuple(first.shape[:3]) != tuple(second.shape[:3]):
+        differ.append("shape")
+    if not np.array_equal(first.header["pixdim"][:4], second.header["pixdim"][:4]):
+        differ.append("pixdim")
+    return differ
