@@ -16,7 +16,8 @@ Every case goes through the one inference path the CLI and the bundle configs us
 
 A *run folder* holds ``config.json`` (the merged bundle config of the training run) and
 ``models/model.pt``; a *bundle folder* holds ``configs/inference.yaml`` and ``models/model.pt``
-(or a TorchScript ``models/model.ts``). Weights are read with ``torch.load(weights_only=True)``.
+(or a TorchScript ``models/model.ts``). Weights are read by :func:`pipeline.checkpoints.load_weights`
+(``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from pipeline.checkpoints import BEST, load_weights
 from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError, InputError
 from pipeline.labels import get_convention
@@ -39,7 +41,7 @@ from pipeline.postprocess import DEFAULT_POSTPROCESSING, PostProcessing
 
 RUN_CONFIG = "config.json"
 BUNDLE_CONFIG = Path("configs") / "inference.yaml"
-WEIGHTS = Path("models") / "model.pt"
+WEIGHTS = Path("models") / BEST
 TORCHSCRIPT = Path("models") / "model.ts"
 
 #: Inference settings read from a config, with their defaults when a config does not set them.
@@ -91,53 +93,6 @@ class CasePrediction:
     def spacing(self) -> tuple[float, ...]:
         """Voxel size (mm) along the source grid's axes."""
         return tuple(float(z) for z in self.reference.header.get_zooms()[:3])
-
-
-def load_weights(network: torch.nn.Module, path: str | os.PathLike[str]) -> torch.nn.Module:
-    """Load a plain ``state_dict`` (``weights_only=True``) into ``network``.
-
-    Accepts the keys of a ``DistributedDataParallel`` (``module.``) or ``torch.compile``
-    (``_orig_mod.``) network, and a full training state holding the weights under ``model``,
-    ``network`` or ``state_dict``.
-
-    Raises:
-        ConfigError: naming the file when it is missing, unreadable or corrupt, or when its keys
-            or tensor shapes do not match the network built from the config.
-    """
-    source = Path(path)
-    if not source.is_file():
-        raise ConfigError(source, "checkpoint not found")
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a truncated, corrupt or unsafe file
-        raise ConfigError(source, f"not a readable weights-only checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
-    if isinstance(state, Mapping):
-        for key in ("model", "network", "state_dict"):
-            if key in state and isinstance(state[key], Mapping):
-                state = state[key]
-                break
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(source, "does not hold a state_dict of tensors")
-    state = {re.sub(r"^(module\.|_orig_mod\.)+", "", key): value for key, value in state.items()}
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in sorted(set(state) & set(expected))
-        if state[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es) (e.g. {mismatched[0]})")
-        raise ConfigError(source, "weights do not fit the network of the config: " + "; ".join(parts))
-    network.load_state_dict(state, strict=True)
-    return network
 
 
 class SegmentationModel:

@@ -85,16 +85,6 @@ def datalist_matches_cohort(datalist: Path, data_dir: Path, case_ids: Sequence[s
     return Path(listing.data_root).resolve() == data_dir.resolve() and listed == set(case_ids)
 
 
-def finished_epochs(run_dir: Path) -> int:
-    """Epochs recorded in ``run_dir/models/latest.pt`` (0 when there is none)."""
-    import torch
-
-    latest = run_dir / "models" / "latest.pt"
-    if not latest.is_file():
-        return 0
-    return int(torch.load(latest, map_location="cpu", weights_only=True).get("epoch", 0))
-
-
 def configured_epochs(config_files: Sequence[Path], overrides: Mapping[str, Any]) -> int:
     """The ``epochs`` of the demo: from ``overrides``, else the last config file that sets it, else train.yaml's."""
     from monai.bundle import ConfigParser
@@ -114,8 +104,10 @@ def configured_epochs(config_files: Sequence[Path], overrides: Mapping[str, Any]
 
 
 def _evaluation_is_current(evaluation_dir: Path, run_dir: Path, datalist: Path) -> bool:
+    from pipeline.checkpoints import BEST
+
     summary = evaluation_dir / "summary.json"
-    model = run_dir / "models" / "model.pt"
+    model = run_dir / "models" / BEST
     if not summary.is_file() or not model.is_file():
         return False
     return summary.stat().st_mtime > max(model.stat().st_mtime, datalist.stat().st_mtime)
@@ -162,6 +154,7 @@ def run_demo(
     Returns:
         The paths, the mean Dice and HD95 per structure on the test patients and the stage times.
     """
+    from pipeline.checkpoints import BEST, finished_epochs
     from pipeline.evaluate import evaluate
     from pipeline.preprocess import preprocess_datalist
     from pipeline.datalist import build_datalist
@@ -203,8 +196,8 @@ def run_demo(
 
     _echo_stage(echo, 4, f"Training ({target_epochs} epochs on CPU) -> {run_dir}")
     clock = time.perf_counter()
-    done = finished_epochs(run_dir)
-    if done >= target_epochs and (run_dir / "models" / "model.pt").is_file():
+    done = finished_epochs(run_dir / "models")
+    if done >= target_epochs and (run_dir / "models" / BEST).is_file():
         echo(f"kept the finished run in {run_dir} ({done} epochs)")
         reused.append("training")
     else:

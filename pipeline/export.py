@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.api import BUNDLE_CONFIG, RUN_CONFIG, WEIGHTS, load_weights
+from pipeline.api import BUNDLE_CONFIG, RUN_CONFIG, WEIGHTS
+from pipeline.checkpoints import load_weights
 from pipeline.errors import ConfigError
 from pipeline.labels import REGIONS
 from pipeline.modalities import MODALITIES, MODALITY_NAMES

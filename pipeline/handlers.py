@@ -1,5 +1,8 @@
 """Ignite event handlers the training bundle adds to MONAI's: checkpoints, resume, sampler epochs, clipping, progress, overlays.
 
+What a checkpoint holds and how it is loaded lives in :mod:`pipeline.checkpoints`; this module
+only attaches it to the training engine.
+
 Each handler follows MONAI's handler pattern: configured in ``__init__``, connected to an engine
 by ``attach(engine)``, so the bundle configs list them next to MONAI's own handlers.
 """
@@ -7,7 +10,6 @@ by ``attach(engine)``, so the bundle configs list them next to MONAI's own handl
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -18,86 +20,12 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from tqdm.auto import tqdm
 
-from pipeline.errors import ConfigError
-from pipeline.io import atomic_path
+from pipeline.checkpoints import BEST, LATEST, load_training_state, rng_state, save_checkpoint, set_rng_state, unwrap
+from pipeline.training import is_rank_zero
+
+__all__ = ["GradientClipping", "PredictionOverlay", "SamplerEpoch", "TrainingCheckpoint", "TrainingProgress"]
 
 logger = logging.getLogger(__name__)
-
-LATEST = "latest.pt"
-BEST = "model.pt"
-
-
-def is_rank_zero() -> bool:
-    """True outside distributed training and on rank 0 within it."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
-
-
-def unwrap(network: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside ``DistributedDataParallel`` or ``torch.compile`` wrappers."""
-    for attribute in ("module", "_orig_mod"):
-        inner = getattr(network, attribute, None)
-        if isinstance(inner, torch.nn.Module):
-            return unwrap(inner)
-    return network
-
-
-def rng_state() -> dict[str, Any]:
-    """The Python, NumPy and torch random states, in tensors and plain types that ``weights_only`` loading accepts."""
-    py_version, py_internal, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    return {
-        "python": {"version": py_version, "state": torch.tensor(py_internal, dtype=torch.int64), "gauss": py_gauss},
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": np_pos, "has_gauss": np_has_gauss, "gauss": np_gauss},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
-    nps = state["numpy"]
-    np.random.set_state((nps["name"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; an unreadable file is a :class:`ConfigError`."""
-    source = Path(path)
-    if not source.is_file():
-        raise ConfigError(source, "checkpoint not found")
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and weights-only errors all mean an unusable file
-        first_line = (str(err).strip().splitlines() or [""])[0][:200]  # torch's messages run over many lines
-        raise ConfigError(source, f"not a loadable checkpoint ({type(err).__name__}: {first_line})") from err
-
-
-def load_matching_state(network: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Load ``state_dict`` into ``network``, or raise a :class:`ConfigError` naming the first mismatching key and shape."""
-    target = unwrap(network)
-    expected = target.state_dict()
-    for key, value in expected.items():
-        if key not in state_dict:
-            raise ConfigError(path, f"checkpoint does not match the configured network: key {key!r} is missing from the checkpoint")
-        if tuple(state_dict[key].shape) != tuple(value.shape):
-            raise ConfigError(
-                path,
-                f"checkpoint does not match the configured network: {key!r} has shape {tuple(state_dict[key].shape)} "
-                f"in the checkpoint but {tuple(value.shape)} in the network",
-            )
-    extra = [key for key in state_dict if key not in expected]
-    if extra:
-        raise ConfigError(path, f"checkpoint does not match the configured network: unexpected key {extra[0]!r}")
-    target.load_state_dict(state_dict)
-
-
-def _save(payload: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
 class TrainingCheckpoint:
@@ -148,14 +76,11 @@ class TrainingCheckpoint:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def start(self, engine: Engine) -> None:
-        """Resume from ``latest.pt`` when asked; refuse to overwrite another run's checkpoints otherwise."""
-        latest = self.ckpt_dir / LATEST
+        """Resume from ``latest.pt`` when asked (whether to is decided before the run by :func:`pipeline.checkpoints.decide_resume`)."""
         if not self.resume:
-            if latest.exists():
-                raise ConfigError(latest, "this run directory already holds a checkpoint; resume it (--resume) or choose another output folder")
             return
-        state = load_checkpoint(latest)
-        load_matching_state(self.network, state["network"], latest)
+        latest = self.ckpt_dir / LATEST
+        state = load_training_state(latest, self.network)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -180,7 +105,7 @@ class TrainingCheckpoint:
             if value > self.best_metric:
                 self.best_metric, self.best_metric_epoch = value, engine.state.epoch
                 if is_rank_zero():
-                    _save(unwrap(self.network).state_dict(), self.ckpt_dir / BEST)
+                    save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / BEST)
                     logger.info(f"new best {self.key_metric} {value:.4f} at epoch {engine.state.epoch}: saved {self.ckpt_dir / BEST}")
         if self.stop_after_epoch is not None and engine.state.epoch >= int(self.stop_after_epoch):
             engine.terminate()
@@ -198,7 +123,7 @@ class TrainingCheckpoint:
             "best_metric": self.best_metric,
             "best_metric_epoch": self.best_metric_epoch,
         }
-        _save(payload, self.ckpt_dir / LATEST)
+        save_checkpoint(payload, self.ckpt_dir / LATEST)
 
 
 class SamplerEpoch:

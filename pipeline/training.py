@@ -125,6 +125,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     torch.backends.cudnn.benchmark = torch.cuda.is_available()
 
 
+def is_rank_zero() -> bool:
+    """True outside distributed training and on rank 0 within it."""
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+
+
 def world_size() -> int:
     """Number of processes in the distributed group (1 without one)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -189,8 +194,6 @@ def start_run(output_dir: str | Path, datalist: str | Path, seed: int) -> Path:
 
     Called from the bundle's ``initialize`` section, so every entry point lays out the run the same way.
     """
-    from pipeline.handlers import is_rank_zero
-
     run_dir = Path(output_dir)
     if not is_rank_zero():
         return run_dir
@@ -298,10 +301,9 @@ def train(
         **settings,
     )
     with _pipeline_errors_unwrapped():
-        if not resume and is_interrupted_run(workflow.parser):
+        if check_before_writing(workflow.parser, rerun_resumes=True) and not resume:
             workflow.parser["resume"] = True
             logger.info("%s holds an unfinished run of this same configuration: resuming it", out)
-        check_before_writing(workflow.parser)
     try:
         with _pipeline_errors_unwrapped(), _pipeline_error_tracebacks_hidden():
             workflow.initialize()
@@ -356,7 +358,7 @@ def is_interrupted_run(parser: Any) -> bool:
     Rerunning an interrupted ``brats-pipeline train`` then resumes it; a run directory of any other
     configuration is still refused unless ``--resume`` is given.
     """
-    from pipeline.handlers import LATEST
+    from pipeline.checkpoints import LATEST
 
     saved_config = Path(parser.get_parsed_content("output_dir")) / "config.json"
     latest = Path(parser.get_parsed_content("ckpt_dir")) / LATEST
@@ -373,27 +375,29 @@ def is_interrupted_run(parser: Any) -> bool:
     return previous == current
 
 
-def check_before_writing(parser: Any) -> None:
-    """Every check that can refuse a training run, done before anything is written into its run directory.
+def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
+    """Every check that can refuse a training run, done before anything is written into its run directory; returns whether it resumes.
 
     The run directory must be creatable; the data list, fold and cache are checked
-    (``fold_cases``); a run directory that already holds a checkpoint is refused unless
-    resuming; when resuming, ``latest.pt`` must load (weights only) into the configured network.
-    A refused run leaves the run directory as it was.
+    (``fold_cases``); whether the run resumes is :func:`pipeline.checkpoints.decide_resume`'s
+    decision (a run directory that already holds a checkpoint is refused unless resuming); when
+    resuming, ``latest.pt`` must load (weights only) into the configured network. A refused run
+    leaves the run directory as it was.
+
+    Args:
+        parser: the run's ``ConfigParser`` (overrides applied).
+        rerun_resumes: a run directory holding a checkpoint of exactly this configuration
+            (:func:`is_interrupted_run`) resumes without ``resume`` being set.
     """
-    from pipeline.handlers import LATEST, load_checkpoint, load_matching_state
+    from pipeline.checkpoints import LATEST, decide_resume, load_training_state
 
     run_dir = Path(parser.get_parsed_content("output_dir"))
     existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.exists())
     if not existing.is_dir():
         raise ConfigError(run_dir, f"cannot create the run directory: {existing} is a file")
     parser.get_parsed_content("fold_cases")
-    latest = Path(parser.get_parsed_content("ckpt_dir")) / LATEST
-    if not parser.get_parsed_content("resume"):
-        if latest.exists():
-            raise ConfigError(latest, "this run directory already holds a checkpoint; resume it (--resume) or choose another output folder")
-        return
-    state = load_checkpoint(latest)
-    if not isinstance(state, dict) or not isinstance(state.get("network"), dict):
-        raise ConfigError(latest, "not a training checkpoint (no 'network' state)")
-    load_matching_state(parser.get_parsed_content("network_def"), state["network"], latest)
+    ckpt_dir = Path(parser.get_parsed_content("ckpt_dir"))
+    resume = decide_resume(ckpt_dir, bool(parser.get_parsed_content("resume")), rerun_resumes and is_interrupted_run(parser))
+    if resume:
+        load_training_state(ckpt_dir / LATEST, parser.get_parsed_content("network_def"))
+    return resume
