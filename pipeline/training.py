@@ -12,6 +12,8 @@ are what the config calls: fold case selection, optimiser and schedule builders,
     RUN_DIR/models/latest.pt   full training state, for --resume
     RUN_DIR/logs/train.log     the log
     RUN_DIR/tensorboard/       TensorBoard events (losses, learning rate, Dice, samples/s, overlays)
+
+The checkpoints' names, loading and the resume decision live in :mod:`pipeline.checkpoints`.
 """
 
 from __future__ import annotations
