@@ -54,11 +54,11 @@ from monai.transforms import (
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.networks import MODES
 from pipeline.transforms import CONTEXT_PADDINGS, CentrePadCropd, RandPosNegPatchd, StackContextd, stack_context
 from pipeline.transforms.context import ContextPadding
 
 __all__ = [
-    "MODES",
     "CachedCaseStore",
     "ForegroundWeightedSampler",
     "PatchDataset",
@@ -75,7 +75,6 @@ __all__ = [
 ]
 
 Mode = Literal["2d", "2.5d", "3d"]
-MODES: tuple[str, ...] = ("2d", "2.5d", "3d")
 SIZE_MULTIPLE = 16  # default slice sizes are rounded up to this, so a 4-level UNet's strides divide them
 DEFAULT_MAX_OPEN_CASES = 32
 IMAGE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}

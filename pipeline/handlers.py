@@ -21,6 +21,9 @@ from tqdm.auto import tqdm
 from pipeline.errors import ConfigError
 from pipeline.io import atomic_path
 
+__all__ = ["GradientClipping", "PredictionOverlay", "SamplerEpoch", "TrainingCheckpoint", "TrainingProgress", "is_rank_zero"]
+
+
 logger = logging.getLogger(__name__)
 
 LATEST = "latest.pt"

@@ -45,6 +45,21 @@ from pipeline.io import atomic_path, write_json, write_text
 from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, region_masks
 from pipeline.modalities import MODALITIES, MODALITY_NAMES
 
+__all__ = [
+    "OVERLAYS_DIR",
+    "REGION_COLOURS",
+    "metrics_frame",
+    "most_tumour_slices",
+    "plot_training_curves",
+    "radiological_slice",
+    "read_training_logs",
+    "summarise",
+    "summary_table",
+    "write_overlay",
+    "write_report",
+]
+
+
 METRICS_FILE, SUMMARY_FILE = "metrics.csv", "summary.json"
 PLOTS_DIR, OVERLAYS_DIR = "plots", "overlays"
 STATISTICS: tuple[str, ...] = ("mean", "median", "std", "min", "max")
