@@ -163,6 +163,7 @@ def demo_like_checkout(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFacto
     return root
 
 
+@pytest.mark.slow
 def test_python_example_runs(demo_like_checkout: Path):
     blocks = _code_blocks(README.read_text(), ("python",))
     assert blocks and any("pipeline.load_model(" in block for block in blocks)
