@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +54,7 @@ class _ChoiceOf(click.Choice):
 
     @property
     def choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        values: Iterable[str] = self._constant()
-        return tuple(values)
+        return tuple(self._constant())
 
 
 _SIZES = _ChoiceOf(_Constant("pipeline.synth.grid", "GRIDS"))
