@@ -2,6 +2,8 @@
 
 __version__ = "0.1.0"
 
+__all__ = ["__version__", "load_model", "segment"]
+
 #: Public functions re-exported lazily, so ``import pipeline`` stays light (no torch, no MONAI).
 _LAZY_EXPORTS = {"load_model": "pipeline.api", "segment": "pipeline.api"}
 

@@ -36,8 +36,24 @@ import torch
 from pipeline.checkpoints import BEST, load_weights
 from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError, InputError
-from pipeline.labels import get_convention
+from pipeline.labels import CONVENTIONS, get_convention
 from pipeline.postprocess import DEFAULT_POSTPROCESSING, PostProcessing
+
+__all__ = [
+    "BUNDLE_CONFIG",
+    "OUTPUT_CONVENTIONS",
+    "RUN_CONFIG",
+    "WEIGHTS",
+    "CasePrediction",
+    "SegmentationModel",
+    "case_record",
+    "check_output_convention",
+    "load_model",
+    "load_weights",
+    "output_convention",
+    "segment",
+]
+
 
 RUN_CONFIG = "config.json"
 BUNDLE_CONFIG = Path("configs") / "inference.yaml"
@@ -56,7 +72,7 @@ INFERENCE_DEFAULTS: dict[str, Any] = {
 }
 
 #: Label conventions a prediction can be written in; ``auto`` is each case's own.
-OUTPUT_CONVENTIONS: tuple[str, ...] = ("auto", "brats2017", "brats2023", "msd", "internal")
+OUTPUT_CONVENTIONS: tuple[str, ...] = ("auto", *CONVENTIONS)
 
 
 @dataclass(frozen=True)

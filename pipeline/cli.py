@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import sys
 import traceback
@@ -14,8 +15,49 @@ import click
 
 from pipeline.errors import PipelineError
 
+__all__ = ["main"]
+
 _PATH = click.Path(path_type=Path)
 _EXISTING = click.Path(exists=True, path_type=Path)
+
+
+class _Constant:
+    """A constant of the module that defines it, imported when first needed, so ``--help`` stays fast.
+
+    Usable as a click ``default`` (called to get the value; ``--help`` shows ``str()`` of it).
+
+    Args:
+        module: the module that defines the constant, e.g. ``pipeline.networks``.
+        name: the constant's name in it, e.g. ``MODES``.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __str__(self) -> str:
+        return str(self())
+
+
+class _ChoiceOf(click.Choice):
+    """A :class:`click.Choice` among the values of a :class:`_Constant` (a sequence, or a dict's keys).
+
+    Args:
+        constant: where the choices are defined.
+    """
+
+    def __init__(self, constant: _Constant) -> None:
+        self._constant = constant
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self._constant())
+
+
+_SIZES = _ChoiceOf(_Constant("pipeline.synth.grid", "GRIDS"))
 
 
 def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,7 +119,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     "--size",
     default="small",
     show_default=True,
-    type=click.Choice(["full", "small", "tiny"]),
+    type=_SIZES,
     help="full: 240x240x155 at 1 mm (like BraTS); small: 96x96x62 at 2.5 mm; tiny: 48x48x32 at 5 mm.",
 )
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
@@ -102,10 +144,10 @@ def synth(out: Path, cases: int, seed: int, size: str, no_progress: bool) -> Non
 @click.option(
     "--splits",
     multiple=True,
-    type=click.Choice(["training", "validation", "test", "unlabelled"]),
+    type=_ChoiceOf(_Constant("pipeline.datalist", "SPLITS")),
     help="Data-list splits to preprocess (repeat the option); default: all of them.",
 )
-@click.option("--margin", default=4, show_default=True, type=click.IntRange(min=0), help="Voxels kept around the brain box.")
+@click.option("--margin", default=_Constant("pipeline.preprocess", "DEFAULT_MARGIN"), show_default=True, type=click.IntRange(min=0), help="Voxels kept around the brain box.")
 @click.option("--allow-resection-cavity", is_flag=True, help="Map the BraTS 2024 resection-cavity label 4 to background instead of refusing it.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors
@@ -161,7 +203,7 @@ def datalist(
     Every file is read and checked first; without --skip-bad any bad case stops the command
     and nothing is written. Paths in the JSON are relative to the data root.
     """
-    from pipeline.datalist import build_datalist
+    from pipeline.datalist import SPLITS, build_datalist
 
     payload = build_datalist(
         data_root,
@@ -174,19 +216,19 @@ def datalist(
         progress=not no_progress,
         workers=workers,
     )
-    counts = ", ".join(f"{len(payload[split])} {split}" for split in ("training", "validation", "test", "unlabelled"))
+    counts = ", ".join(f"{len(payload[split])} {split}" for split in SPLITS)
     click.echo(f"{out}: {counts} ({payload['release']}, {payload['num_folds']} folds)")
 
 
 @main.command()
 @click.option("--datalist", "datalist_path", required=True, type=_EXISTING, help="Data list JSON (brats-pipeline datalist).")
 @click.option("--cache", "cache_dir", required=True, type=_EXISTING, help="Its preprocessed cache (brats-pipeline preprocess).")
-@click.option("--mode", required=True, type=click.Choice(["2d", "2.5d", "3d"]), help="Slices, slice stacks or 3D patches.")
+@click.option("--mode", required=True, type=_ChoiceOf(_Constant("pipeline.networks", "MODES")), help="Slices, slice stacks or 3D patches.")
 @click.option("--epochs", required=True, type=click.IntRange(min=1), help="Training epochs.")
 @click.option("--out", required=True, type=_PATH, help="Run directory (config, provenance, checkpoints, logs).")
 @click.option("--fold", default=0, show_default=True, type=click.IntRange(min=0), help="Cross-validation fold whose cases validate.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/models/latest.pt.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]), help="Where to train.")
+@click.option("--device", default="cpu", show_default=True, type=_ChoiceOf(_Constant("pipeline.training", "DEVICES")), help="Where to train.")
 @click.option("--config", "config_files", multiple=True, type=_EXISTING, help="Bundle override file merged after train.yaml (repeatable), e.g. configs/gpu_train.yaml.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any bundle key, e.g. --set batch_size=32 (repeatable).")
 @_reports_errors
@@ -234,7 +276,7 @@ def train(
     "--label-convention",
     default="auto",
     show_default=True,
-    type=click.Choice(["auto", "brats2017", "brats2023", "msd", "internal"]),
+    type=_ChoiceOf(_Constant("pipeline.api", "OUTPUT_CONVENTIONS")),
     help="Labels written: auto = each case's own (0/1/2/4 for 2017-2021, 0/1/2/3 for 2023+, MSD's for MSD).",
 )
 @click.option("--probabilities", is_flag=True, help="Also write probability maps (<case>_probabilities.nii.gz, 8-bit scaled to [0, 1]).")
@@ -276,7 +318,7 @@ def predict(
 @main.command()
 @click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
 @click.option("--datalist", "datalist_path", required=True, type=_EXISTING, help="Data list JSON with ground truth.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "validation", "training", "all"]), help="Cases to score.")
+@click.option("--split", default="test", show_default=True, type=_ChoiceOf(_Constant("pipeline.datalist", "SCORED_SPLITS")), help="Cases to score.")
 @click.option("--out", required=True, type=_PATH, help="Evaluation folder: metrics.csv, summary.json, plots/, overlays/, predictions/.")
 @click.option("--device", default="cpu", show_default=True, help="Where the network runs: cpu, cuda, cuda:N.")
 @click.option("--tta/--no-tta", default=None, help="Mirrored test-time augmentation (default: the model config's setting).")
@@ -321,7 +363,7 @@ def evaluate(
 @click.option("--datalist", "datalist_path", default=Path("data_lists/synthetic.json"), show_default=True, type=_PATH, help="Its data list (kept when it lists exactly the cohort).")
 @click.option("--cache", "cache_dir", default=Path("cache/synthetic"), show_default=True, type=_PATH, help="Preprocessed cache (built or completed).")
 @click.option("--cases", default=24, show_default=True, type=click.IntRange(min=4), help="Cases in the synthetic cohort.")
-@click.option("--size", default="small", show_default=True, type=click.Choice(["full", "small", "tiny"]), help="Synthetic case size.")
+@click.option("--size", default="small", show_default=True, type=_SIZES, help="Synthetic case size.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Cohort and split seed.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Preprocessing processes (training keeps the bundle's loader settings).")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Training epochs (default: configs/demo.yaml's).")
@@ -368,9 +410,9 @@ def demo(
 
 @main.command(name="export")
 @click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
-@click.option("--format", "export_format", default="torchscript", show_default=True, type=click.Choice(["torchscript", "onnx"]), help="TorchScript (MONAI ckpt_export) or ONNX.")
+@click.option("--format", "export_format", default="torchscript", show_default=True, type=_ChoiceOf(_Constant("pipeline.export", "FORMATS")), help="TorchScript (MONAI ckpt_export) or ONNX.")
 @click.option("--out", default=None, type=_PATH, help="File to write (default: MODEL/models/model.ts or model.onnx).")
-@click.option("--tolerance", default=1e-3, show_default=True, type=click.FloatRange(min=0), help="Largest logit difference from PyTorch accepted.")
+@click.option("--tolerance", default=_Constant("pipeline.export", "DEFAULT_TOLERANCE"), show_default=True, type=click.FloatRange(min=0), help="Largest logit difference from PyTorch accepted.")
 @_reports_errors
 def export_command(model_dir: Path, export_format: str, out: Path | None, tolerance: float) -> None:
     """Export a trained network to TorchScript or ONNX and check it reproduces PyTorch.

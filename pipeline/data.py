@@ -54,15 +54,16 @@ from monai.transforms import (
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.errors import ConfigError, InputError
+from pipeline.networks import MODES
 from pipeline.transforms import CONTEXT_PADDINGS, CentrePadCropd, RandPosNegPatchd, StackContextd, stack_context
 from pipeline.transforms.context import ContextPadding
 
 __all__ = [
-    "MODES",
     "CachedCaseStore",
     "ForegroundWeightedSampler",
     "PatchDataset",
     "SliceDataset",
+    "augmentations",
     "build_train_dataset",
     "build_train_loader",
     "build_train_sampler",
@@ -75,7 +76,6 @@ __all__ = [
 ]
 
 Mode = Literal["2d", "2.5d", "3d"]
-MODES: tuple[str, ...] = ("2d", "2.5d", "3d")
 SIZE_MULTIPLE = 16  # default slice sizes are rounded up to this, so a 4-level UNet's strides divide them
 DEFAULT_MAX_OPEN_CASES = 32
 IMAGE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
@@ -350,6 +350,49 @@ def _final_types(image_dtype: torch.dtype) -> list:
     ]
 
 
+def augmentations(spatial_dims: int, square: bool, elastic: bool = False, keys: Sequence[str] = ("image", "label")) -> list:
+    """The training augmentations of a 2D slice (``spatial_dims=2``) or a 3D patch (``3``), in order.
+
+    Flips on every spatial axis (probability 0.5 each), rot90 in the first two axes (the axial
+    plane; only when they have the same size, ``square``, so batches keep one shape), a cast to
+    float32 (flips move float16 bytes; resampling and intensity need float32), a small affine
+    (rotation up to 15 degrees about each rotation axis, scale 0.9-1.1, probability 0.2), the
+    optional elastic deformation (probability 0.1), then intensity scale/shift and gamma. The
+    label (second key) is resampled with nearest neighbour and stays an integer map.
+
+    Args:
+        spatial_dims: 2 or 3.
+        square: the first two spatial sizes are equal.
+        elastic: add ``Rand2DElasticd`` / ``Rand3DElasticd``.
+        keys: the image and label keys.
+    """
+    keys = tuple(keys)
+    transforms: list = [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+    if square:
+        transforms.append(RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)))
+    transforms.append(_as_float32())
+    rotation_axes = 1 if spatial_dims == 2 else 3  # in-plane only for slices
+    transforms.append(
+        RandAffined(
+            keys=keys,
+            prob=0.2,
+            rotate_range=(np.deg2rad(15.0),) * rotation_axes,
+            scale_range=(0.1,) * spatial_dims,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        )
+    )
+    if elastic and spatial_dims == 2:
+        transforms.append(
+            Rand2DElasticd(keys=keys, prob=0.1, spacing=(20, 20), magnitude_range=(1, 2), mode=("bilinear", "nearest"), padding_mode="zeros")
+        )
+    elif elastic:
+        transforms.append(
+            Rand3DElasticd(keys=keys, prob=0.1, sigma_range=(5, 7), magnitude_range=(50, 150), mode=("bilinear", "nearest"), padding_mode="zeros")
+        )
+    return transforms + _intensity_augmentations(keys[0])
+
+
 def slice_transforms(
     slice_size: Sequence[int],
     context: int = 2,
@@ -358,12 +401,7 @@ def slice_transforms(
     elastic: bool = False,
     image_dtype: torch.dtype = torch.float32,
 ) -> Compose:
-    """The 2D/2.5D sample pipeline: stack, pad/crop to ``slice_size``, then (training) augment.
-
-    Augmentations: flips on both in-plane axes, in-plane rot90 (square slices only, so batches
-    keep one shape), a small affine (rotation up to 15 degrees, scale 0.9-1.1, with probability
-    0.2), optional elastic deformation (probability 0.1), intensity scale/shift and gamma. The
-    label is resampled with nearest neighbour and stays an integer map.
+    """The 2D/2.5D sample pipeline: stack, pad/crop to ``slice_size``, then (training) :func:`augmentations` in 2D.
 
     Args:
         slice_size: ``(SX, SY)`` every sample is padded (with 0, the background value) or
@@ -383,32 +421,7 @@ def slice_transforms(
         CentrePadCropd(keys=keys, spatial_size=size),
     ]
     if augment:
-        transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=0), RandFlipd(keys=keys, prob=0.5, spatial_axis=1)]
-        if size[0] == size[1]:
-            transforms.append(RandRotate90d(keys=keys, prob=0.5, max_k=3))
-        transforms.append(_as_float32())  # flips move float16 bytes; resampling and intensity need float32
-        transforms.append(
-            RandAffined(
-                keys=keys,
-                prob=0.2,
-                rotate_range=np.deg2rad(15.0),
-                scale_range=(0.1, 0.1),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            )
-        )
-        if elastic:
-            transforms.append(
-                Rand2DElasticd(
-                    keys=keys,
-                    prob=0.1,
-                    spacing=(20, 20),
-                    magnitude_range=(1, 2),
-                    mode=("bilinear", "nearest"),
-                    padding_mode="zeros",
-                )
-            )
-        transforms += _intensity_augmentations("image")
+        transforms += augmentations(2, size[0] == size[1], elastic, keys)
     return Compose(transforms + _final_types(image_dtype))
 
 
@@ -419,11 +432,7 @@ def patch_transforms(
     elastic: bool = False,
     image_dtype: torch.dtype = torch.float32,
 ) -> Compose:
-    """The 3D sample pipeline: a tumour-aware patch read from the memmap, then (training) augment.
-
-    Augmentations: flips on the three axes, rot90 in the axial (X, Y) plane when ``px == py``, a
-    small affine (probability 0.2), optional ``Rand3DElasticd`` (probability 0.1), intensity
-    scale/shift and gamma.
+    """The 3D sample pipeline: a tumour-aware patch read from the memmap, then (training) :func:`augmentations` in 3D.
 
     Args:
         patch_size: ``(px, py, pz)``.
@@ -438,32 +447,7 @@ def patch_transforms(
         RandPosNegPatchd(keys=keys, label_key="label", patch_size=size, pos_fraction=foreground_ratio),
     ]
     if augment:
-        transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
-        if size[0] == size[1]:
-            transforms.append(RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)))
-        transforms.append(_as_float32())
-        transforms.append(
-            RandAffined(
-                keys=keys,
-                prob=0.2,
-                rotate_range=(np.deg2rad(15.0),) * 3,
-                scale_range=(0.1, 0.1, 0.1),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            )
-        )
-        if elastic:
-            transforms.append(
-                Rand3DElasticd(
-                    keys=keys,
-                    prob=0.1,
-                    sigma_range=(5, 7),
-                    magnitude_range=(50, 150),
-                    mode=("bilinear", "nearest"),
-                    padding_mode="zeros",
-                )
-            )
-        transforms += _intensity_augmentations("image")
+        transforms += augmentations(3, size[0] == size[1], elastic, keys)
     return Compose(transforms + _final_types(image_dtype))
 
 

@@ -46,13 +46,25 @@ from pipeline.io import write_json
 from pipeline.labels import get_convention
 from pipeline.modalities import MODALITIES
 
+__all__ = ["SCORED_SPLITS", "SPLITS", "SPLIT_CHOICES", "Datalist", "assign_folds", "build_datalist", "load_datalist"]
+
+
 logger = logging.getLogger(__name__)
 
 #: The lists a data list may hold, in the order they are written.
 SPLITS: tuple[str, ...] = ("training", "validation", "test", "unlabelled")
 
+#: The splits whose cases have ground truth.
+LABELLED_SPLITS: tuple[str, ...] = ("training", "validation", "test")
+
+#: The name that selects every labelled case.
+ALL_LABELLED = "all"
+
 #: Names accepted where a command selects cases (``all`` = every labelled case).
-SPLIT_CHOICES: tuple[str, ...] = ("training", "validation", "test", "unlabelled", "all")
+SPLIT_CHOICES: tuple[str, ...] = (*SPLITS, ALL_LABELLED)
+
+#: Names accepted where a command scores a model against ground truth, test first.
+SCORED_SPLITS: tuple[str, ...] = (*reversed(LABELLED_SPLITS), ALL_LABELLED)
 
 _REQUIRED_KEYS = ("data_root", "label_convention", "training", "validation", "test")
 _SETTING_KEYS = ("name", "release", "label_convention", "data_root", "modalities", "num_folds", "seed", "test_fraction")
@@ -75,8 +87,8 @@ class Datalist:
         """Cases of one split; ``all`` is every labelled case (training, validation and test)."""
         if split not in SPLIT_CHOICES:
             raise ConfigError(self.path, f"unknown split {split!r}; choose one of {', '.join(SPLIT_CHOICES)}")
-        if split == "all":
-            return [c for s in ("training", "validation", "test") for c in self.records[s]]
+        if split == ALL_LABELLED:
+            return [c for s in LABELLED_SPLITS for c in self.records[s]]
         return list(self.records[split])
 
     def fold_split(self, fold: int) -> tuple[list[CaseRecord], list[CaseRecord]]:

@@ -40,6 +40,9 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.io import write_json
 
+__all__ = ["DEMO_CONFIG", "DemoResult", "configured_epochs", "datalist_matches_cohort", "run_demo"]
+
+
 #: The demo's training budget, merged over ``configs/train.yaml``.
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation" / "configs" / "demo.yaml"
 

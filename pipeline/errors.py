@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from os import PathLike
 
+__all__ = ["ConfigError", "InputError", "PipelineError"]
+
 
 class PipelineError(Exception):
     """A problem with the user's input or environment, reported as ``<where>: <what>``.

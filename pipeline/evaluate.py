@@ -31,6 +31,9 @@ from pipeline.metrics import case_metrics
 from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction
 from pipeline.report import OVERLAYS_DIR, metrics_frame, summary_table, write_overlay, write_report
 
+__all__ = ["EvaluationResult", "evaluate", "read_internal_labels"]
+
+
 PREDICTIONS_DIR = "predictions"
 
 #: How HD95 is computed, recorded in every summary.

@@ -39,6 +39,9 @@ from pipeline.errors import ConfigError
 from pipeline.labels import REGIONS
 from pipeline.modalities import MODALITIES, MODALITY_NAMES
 
+__all__ = ["DEFAULT_TOLERANCE", "FORMATS", "ExportResult", "export_model", "load_network", "network_data_format"]
+
+
 FORMATS: tuple[str, ...] = ("torchscript", "onnx")
 SUFFIXES: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
 

@@ -22,6 +22,19 @@ from collections.abc import Sequence
 import numpy as np
 from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 
+__all__ = [
+    "Box",
+    "bounding_box",
+    "box_slices",
+    "cache_affine",
+    "invert_orientation",
+    "reorient_box",
+    "reoriented_shape",
+    "restore_to_original",
+    "voxel_orientation",
+]
+
+
 Box = list[list[int]]
 
 

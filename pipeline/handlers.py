@@ -25,6 +25,9 @@ from pipeline.training import is_rank_zero
 
 __all__ = ["GradientClipping", "PredictionOverlay", "SamplerEpoch", "TrainingCheckpoint", "TrainingProgress"]
 
+__all__ = ["GradientClipping", "PredictionOverlay", "SamplerEpoch", "TrainingCheckpoint", "TrainingProgress", "is_rank_zero"]
+
+
 logger = logging.getLogger(__name__)
 
 
@@ -221,19 +224,17 @@ class TrainingProgress:
 
 
 class PredictionOverlay:
-    """After each validation, write an overlay of the first validation case to TensorBoard.
+    """After each validation, write the overlay of the first validation case to TensorBoard.
 
-    The axial slice with the most ground-truth tumour is shown three times side by side: FLAIR,
-    FLAIR with the ground truth, FLAIR with the prediction (NEC red, ED green, ET yellow).
+    The image is the evaluation report's overlay (:func:`pipeline.report.overlay_figure`): WT, TC
+    and ET contours of the ground truth (solid) and the prediction (dashed) over FLAIR and T1ce,
+    on each plane's slice with the most tumour, in the report's colours.
 
     Args:
         summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.
         tag: the image tag.
         global_step_engine: the engine whose epoch is the step (the trainer); default the evaluator's.
     """
-
-    COLOURS = np.array([[0, 0, 0], [1.0, 0.1, 0.1], [0.1, 0.9, 0.1], [1.0, 0.9, 0.1]], dtype=np.float32)
-    FLAIR_CHANNEL = 3
 
     def __init__(self, summary_writer: Any, tag: str = "val/overlay", global_step_engine: Engine | None = None) -> None:
         self.writer = summary_writer
@@ -245,22 +246,25 @@ class PredictionOverlay:
         engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self.capture)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
+    @staticmethod
+    def internal_labels(masks: np.ndarray) -> np.ndarray:
+        """Internal labels ``(Z, X, Y)`` of structure masks ``(5, Z, X, Y)`` (NEC, ED, ET, WT, TC: what the evaluator scores)."""
+        from pipeline.labels import SCORED_STRUCTURES, SUBREGIONS
+
+        labels = np.zeros(masks.shape[1:], dtype=np.uint8)
+        for name, value in SUBREGIONS.items():
+            labels[masks[SCORED_STRUCTURES.index(name)] > 0] = value
+        return labels
+
     def capture(self, engine: Engine) -> None:
+        from pipeline.report import figure_rgb, overlay_figure
+
         output = engine.state.output
         item = output[0] if isinstance(output, list) else output
         image = torch.as_tensor(item["image"]).float().cpu().numpy()  # (Z, C, X, Y)
-        pred, label = (torch.as_tensor(item[k]).cpu().numpy() for k in ("pred", "label"))  # (5, Z, X, Y) structure masks
-        z = int(label[3].reshape(label.shape[1], -1).sum(1).argmax())
-        flair = image[z, self.FLAIR_CHANNEL]
-        span = np.percentile(flair, 99.5) - flair.min()
-        grey = np.clip((flair - flair.min()) / (span if span > 0 else 1.0), 0, 1)[..., None].repeat(3, -1)
-        panels = [grey]
-        for masks in (label, pred):
-            labels = masks[0, z] * 1 + masks[1, z] * 2 + masks[2, z] * 3  # NEC, ED, ET channels
-            colour = self.COLOURS[np.clip(labels, 0, 3)]
-            panels.append(np.where(labels[..., None] > 0, 0.5 * grey + 0.5 * colour, grey))
-        # (X, Y) in RAS: show with anterior up and patient left on the right, as radiologists read
-        self._image = np.concatenate([np.rot90(p, 1) for p in panels], axis=1)
+        pred, label = (self.internal_labels(torch.as_tensor(item[k]).cpu().numpy()) for k in ("pred", "label"))
+        # Square voxels, as the cache grid keeps the source spacing (1 mm for BraTS).
+        self._image = figure_rgb(overlay_figure(image, pred, label, spacing_xyz=(1.0, 1.0, 1.0), title=str(item.get("case_id", ""))))
 
     def write(self, engine: Engine) -> None:
         if self._image is None or self.writer is None:

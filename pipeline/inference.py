@@ -24,6 +24,9 @@ from pipeline.errors import ConfigError
 from pipeline.labels import regions_to_labels
 from pipeline.networks import check_mode, spatial_divisor
 
+__all__ = ["EngineInferer", "VolumeInferer"]
+
+
 #: Stitch 3D sliding-window outputs on the CPU above this many output elements (about 1 GiB of float32).
 CPU_STITCH_ELEMENTS = 2**28
 

@@ -22,6 +22,9 @@ import numpy as np
 
 from pipeline.errors import InputError, PipelineError
 
+__all__ = ["atomic_path", "file_sha256", "load_nifti", "read_voxels", "save_nifti", "save_npy", "write_json", "write_text"]
+
+
 def _temporary_name_pattern(target: Path) -> re.Pattern[str]:
     # mkstemp's random part is 8 characters of [a-z0-9_]; save_nifti adds the NIfTI suffix
     return re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp(\.nii(\.gz)?)?")

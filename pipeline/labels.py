@@ -14,6 +14,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+__all__ = [
+    "BACKGROUND",
+    "CONVENTIONS",
+    "ED",
+    "ET",
+    "NEC",
+    "REGIONS",
+    "SCORED_STRUCTURES",
+    "SUBREGIONS",
+    "LabelConvention",
+    "get_convention",
+    "labels_to_regions",
+    "region_masks",
+    "regions_to_labels",
+]
+
+
 BACKGROUND, NEC, ED, ET = 0, 1, 2, 3
 
 #: Internal sub-region names by label value (background excluded).

@@ -41,6 +41,9 @@ from scipy import ndimage
 
 from pipeline.labels import REGIONS, SCORED_STRUCTURES, region_masks
 
+__all__ = ["EMPTY_HD95_MM", "LESION_MISS_HD95_MM", "case_metrics", "hd95", "lesion_wise_scores", "metric_columns", "structure_metrics"]
+
+
 #: HD95 (mm) when exactly one of prediction and ground truth is empty: the diagonal of a 240x240x155 volume.
 EMPTY_HD95_MM = 373.13
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+__all__ = ["BRATS2023_SUFFIXES", "MODALITIES", "MODALITY_NAMES", "MSD_CHANNELS"]
+
+
 #: Canonical channel order of every image the pipeline builds (also the bundle's ``channel_def``).
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 

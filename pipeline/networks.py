@@ -18,6 +18,19 @@ from pipeline.errors import ConfigError
 from pipeline.labels import REGIONS, SUBREGIONS
 from pipeline.modalities import MODALITIES
 
+__all__ = [
+    "MODES",
+    "NETWORKS",
+    "OUTPUT_MODES",
+    "build_network",
+    "check_mode",
+    "input_channels",
+    "output_channels",
+    "spatial_dims",
+    "spatial_divisor",
+]
+
+
 #: Sampling modes: one axial slice, a stack of neighbouring slices, or a 3D patch.
 MODES: tuple[str, ...] = ("2d", "2.5d", "3d")
 

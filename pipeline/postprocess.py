@@ -29,6 +29,15 @@ import numpy as np
 from pipeline.errors import ConfigError
 from pipeline.labels import ET, NEC, REGIONS, labels_to_regions, regions_to_labels
 
+__all__ = [
+    "DEFAULT_POSTPROCESSING",
+    "PostProcessing",
+    "keep_largest_component",
+    "relabel_small_enhancing_tumour",
+    "remove_small_components",
+]
+
+
 _REGION_ORDER: tuple[str, ...] = ("TC", "WT", "ET")  # channel order of labels_to_regions
 
 #: The post-processing a model uses when its config has no ``postprocessing`` key (also the

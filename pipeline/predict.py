@@ -39,6 +39,9 @@ from pipeline.writers import (
 from pipeline.io import write_json
 from pipeline.labels import get_convention
 
+__all__ = ["PredictionSummary", "check_outputs_spare_inputs", "model_settings", "predict", "resolve_cases", "write_case_prediction"]
+
+
 MANIFEST = "predictions.json"
 
 logger = logging.getLogger(__name__)

@@ -45,6 +45,23 @@ from pipeline.io import atomic_path, write_json, write_text
 from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, region_masks
 from pipeline.modalities import MODALITIES, MODALITY_NAMES
 
+__all__ = [
+    "OVERLAYS_DIR",
+    "REGION_COLOURS",
+    "figure_rgb",
+    "metrics_frame",
+    "most_tumour_slices",
+    "overlay_figure",
+    "plot_training_curves",
+    "radiological_slice",
+    "read_training_logs",
+    "summarise",
+    "summary_table",
+    "write_overlay",
+    "write_report",
+]
+
+
 METRICS_FILE, SUMMARY_FILE = "metrics.csv", "summary.json"
 PLOTS_DIR, OVERLAYS_DIR = "plots", "overlays"
 STATISTICS: tuple[str, ...] = ("mean", "median", "std", "min", "max")
@@ -56,6 +73,8 @@ REGION_COLOURS: dict[str, tuple[float, float, float]] = {
     "ET": tuple(c / 255 for c in LABEL_COLOURS[ET]),
 }
 _CONTOUR_REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
+#: Resolution of the overlay images (dots per inch of the figure).
+OVERLAY_DPI = 72
 _PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 
 
@@ -261,18 +280,19 @@ def radiological_slice(volume_zxy: np.ndarray, plane: str, index: int, spacing_x
     raise ValueError(f"unknown plane {plane!r}")
 
 
-def write_overlay(
-    path: str | os.PathLike[str],
+def overlay_figure(
     image_zcxy: np.ndarray,
     prediction_zxy: np.ndarray,
     ground_truth_zxy: np.ndarray | None,
     spacing_xyz: Sequence[float],
     title: str = "",
-) -> Path:
+) -> Figure:
     """Contours of WT, TC, ET (ground truth solid, prediction dashed) over FLAIR and T1ce in three planes.
 
+    Each plane shows its slice with the most tumour (ground truth, or the prediction where the
+    ground truth is empty or absent), in the radiological convention.
+
     Args:
-        path: the PNG to write.
         image_zcxy: the case's preprocessed image ``(Z, C, X, Y)``, RAS voxel order, channels in
             :data:`pipeline.modalities.MODALITIES` order.
         prediction_zxy: predicted internal labels on the same grid.
@@ -314,7 +334,20 @@ def write_overlay(
     handles += [Line2D([], [], color="black", linestyle=styles[s], label=s) for s in masks]
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
     figure.suptitle(f"{title} (radiological convention: patient right on the left)", fontsize=11)
-    return _save(figure, path, dpi=72)
+    return figure
+
+
+def write_overlay(path: str | os.PathLike[str], *case: Any, **options: Any) -> Path:
+    """Write the :func:`overlay_figure` of a case (its arguments follow ``path``) as a PNG at ``path``."""
+    return _save(overlay_figure(*case, **options), path, dpi=OVERLAY_DPI)
+
+
+def figure_rgb(figure: Figure, dpi: int = OVERLAY_DPI) -> np.ndarray:
+    """A figure (e.g. an :func:`overlay_figure`) rendered as an RGB image ``(H, W, 3)`` uint8, for TensorBoard."""
+    figure.set_dpi(dpi)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.array(canvas.buffer_rgba())[..., :3]
 
 
 # ----------------------------------------------------------------------------- the report

@@ -40,6 +40,26 @@ import yaml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import write_json
 
+__all__ = [
+    "BUNDLE_DIR",
+    "DEVICES",
+    "GPU_CONFIG",
+    "MULTI_GPU_CONFIG",
+    "TRAIN_CONFIG",
+    "apply_output_mode",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "fold_case_ids",
+    "lr_step_transform",
+    "parse_overrides",
+    "provenance",
+    "seed_everything",
+    "start_run",
+    "train",
+    "world_size",
+]
+
+
 logger = logging.getLogger(__name__)
 
 #: The bundle shipped with the repository.
@@ -48,6 +68,9 @@ TRAIN_CONFIG = BUNDLE_DIR / "configs" / "train.yaml"
 MULTI_GPU_CONFIG = BUNDLE_DIR / "configs" / "multi_gpu_train.yaml"
 GPU_CONFIG = BUNDLE_DIR / "configs" / "gpu_train.yaml"
 LOGGING_CONFIG = BUNDLE_DIR / "configs" / "logging.conf"
+
+#: Where a run can train (``--device``).
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 _VERSIONED_PACKAGES = ("brats-pipeline", "torch", "monai", "pytorch-ignite", "numpy", "nibabel", "SimpleITK", "tensorboard", "mlflow")
 
@@ -270,8 +293,8 @@ def train(
     from pipeline.networks import check_mode
 
     check_mode(mode)
-    if device not in ("cpu", "cuda"):
-        raise ConfigError("--device", f"choose cpu or cuda, got {device!r}")
+    if device not in DEVICES:
+        raise ConfigError("--device", f"choose {' or '.join(DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", "cuda was asked for but PyTorch sees no GPU")
     if int(epochs) < 1:

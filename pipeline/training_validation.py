@@ -23,6 +23,9 @@ from pipeline.data import read_case_meta
 from pipeline.errors import InputError
 from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, regions_to_labels
 
+__all__ = ["StructureMasks", "ValidationVolumes", "key_metric", "structure_metrics"]
+
+
 #: Name of the key validation metric (mean Dice over patients and structures); it selects the best checkpoint.
 KEY_METRIC = "val_mean_dice"
 

@@ -31,6 +31,22 @@ from pipeline.errors import InputError
 from pipeline.io import save_nifti, write_text
 from pipeline.labels import BACKGROUND, ED, ET, NEC, LabelConvention
 
+__all__ = [
+    "LABEL_COLOURS",
+    "NIFTI_INTENT_LABEL",
+    "colour_table_filename",
+    "colour_table_text",
+    "parse_colour_table",
+    "probability_filename",
+    "same_geometry",
+    "segmentation_filename",
+    "segmentation_image",
+    "write_colour_table",
+    "write_probabilities",
+    "write_segmentation",
+]
+
+
 #: NIfTI intent code for a label volume (NIFTI_INTENT_LABEL).
 NIFTI_INTENT_LABEL = 1002
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real BraTS cases (when present) and a tiny synthetic cohort, cache and data list."""
+"""Shared fixtures: the real BraTS cases (when present), tiny written cases, and a tiny synthetic cohort, cache and data list."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from case_writers import CaseWriter
 
 REAL_BRATS_DIR = Path(os.environ.get("BRATS_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_brats"))
 
@@ -16,6 +17,22 @@ def real_brats_dir() -> Path:
     if not (REAL_BRATS_DIR / "BraTS2021_00006").is_dir():
         pytest.skip(f"real BraTS cases not found at {REAL_BRATS_DIR}")
     return REAL_BRATS_DIR
+
+
+@pytest.fixture
+def cases() -> CaseWriter:
+    """Writer of tiny cases in every release layout."""
+    return CaseWriter()
+
+
+@pytest.fixture
+def legacy_root(tmp_path: Path, cases: CaseWriter) -> Path:
+    """Ten labelled BraTS 2021 cases and one unlabelled one."""
+    root = tmp_path / "BraTS2021_Training_Data"
+    for number in range(10):
+        cases.legacy(root, f"BraTS2021_{number * 3:05d}", seed=number)
+    cases.legacy(root, "BraTS2021_00100", labels=None)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from prediction_cases import CONFIGS, TINY_NETWORK, assert_same_geometry, write_bundle_dir, write_case, write_run_dir
+from case_writers import write_case
+from prediction_cases import CONFIGS, TINY_NETWORK, assert_same_geometry, write_bundle_dir, write_run_dir
 
 import pipeline
 from pipeline.api import SegmentationModel, case_record, load_model, segment
@@ -54,6 +55,7 @@ def test_segment_returns_the_case_geometry_and_convention(run_dir, case_dir):
     np.testing.assert_array_equal(np.asarray(internal.dataobj), np.where(labels == 4, 3, labels))
 
 
+@pytest.mark.slow
 def test_segment_takes_four_files_and_the_lazy_package_export(run_dir, case_dir):
     files = [case_dir / f"BraTS2021_00001_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
     record = case_record(files)

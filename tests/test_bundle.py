@@ -88,6 +88,7 @@ def test_eval_metrics_come_from_the_demo():
         assert abs(recorded["WT"] - metrics["test_mean_dice_wt"]) < 0.05
 
 
+@pytest.mark.slow
 def test_metadata_validates_against_the_bundle_schema():
     if not SCHEMA.is_file():
         pytest.skip(f"schema not found at {SCHEMA} (the test never downloads it)")
@@ -125,6 +126,7 @@ def test_inference_and_evaluate_configs_build_the_trained_network():
     assert not set(keys) & set(yaml.safe_load((CONFIGS / "demo.yaml").read_text()))
 
 
+@pytest.mark.slow
 def test_verify_net_in_out():
     completed = _bundle_command(
         "verify_net_in_out", "network_def", "--meta_file", str(METADATA), "--config_file", str(CONFIGS / "inference.yaml"), "--device", "cpu"

@@ -13,11 +13,14 @@ import torch
 from pipeline.data import (
     CachedCaseStore,
     ForegroundWeightedSampler,
+    augmentations,
     build_train_dataset,
     build_train_loader,
     build_train_sampler,
     cached_case_ids,
+    patch_transforms,
     slice_probabilities,
+    slice_transforms,
 )
 from pipeline.errors import ConfigError, InputError
 
@@ -134,6 +137,30 @@ def test_augmentation_changes_samples_and_is_seeded(cache: Path) -> None:
     patches = build_train_dataset(cache, None, "3d", patch_size=8, seed=7), build_train_dataset(cache, None, "3d", patch_size=8, seed=7)
     for i in range(4):
         assert torch.equal(patches[0][i]["image"], patches[1][i]["image"])
+
+
+def _recipe(transforms: list) -> list[tuple[str, float | None]]:
+    """Each transform's kind (without its 2D / 3D marker) and probability."""
+    return [(type(t).__name__.replace("2D", "").replace("3D", ""), getattr(t, "prob", None)) for t in transforms]
+
+
+@pytest.mark.parametrize("elastic", [False, True])
+def test_slices_and_patches_share_one_augmentation_recipe(elastic: bool) -> None:
+    slices = slice_transforms((16, 16), context=1, elastic=elastic).transforms
+    patches = patch_transforms((8, 8, 4), elastic=elastic).transforms
+    assert _recipe(slices[3:-2]) == _recipe(augmentations(2, square=True, elastic=elastic))  # after stack and pad/crop, before the final types
+    assert _recipe(patches[1:-2]) == _recipe(augmentations(3, square=True, elastic=elastic))  # after the patch read
+    two_d, three_d = _recipe(slices[3:-2]), _recipe(patches[1:-2])
+    assert three_d == [three_d[0], *two_d]  # the same recipe; 3D flips one more axis
+    kinds = [kind for kind, _ in two_d]
+    assert kinds[:3] == ["RandFlipd", "RandFlipd", "RandRotate90d"] and ("RandElasticd" in kinds) == elastic
+    assert [t.keys for t in slices[3:-2]] == [t.keys for t in patches[2:-2]]
+
+
+def test_rot90_only_when_the_axial_plane_is_square() -> None:
+    assert "RandRotate90d" not in [kind for kind, _ in _recipe(slice_transforms((16, 12)).transforms)]
+    assert "RandRotate90d" not in [kind for kind, _ in _recipe(patch_transforms((8, 6, 4)).transforms)]
+    assert not any(kind.startswith("Rand") and kind != "RandPosNegPatchd" for kind, _ in _recipe(patch_transforms((8, 8, 4), augment=False).transforms))
 
 
 def test_slice_probabilities() -> None:

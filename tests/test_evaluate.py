@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from prediction_cases import HyperintensityNetwork, OracleNetwork, write_bundle_dir, write_case, write_datalist, write_run_dir
+from case_writers import write_case, write_datalist
+from prediction_cases import HyperintensityNetwork, OracleNetwork, write_bundle_dir, write_run_dir
 
 from pipeline.api import SegmentationModel
 from pipeline.cli import main

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from prediction_cases import TINY_NETWORK, write_bundle_dir, write_case, write_run_dir
+from case_writers import write_case
+from prediction_cases import TINY_NETWORK, write_bundle_dir, write_run_dir
 
 from pipeline.api import load_model
 from pipeline.cli import main
@@ -108,6 +109,7 @@ def test_onnx_export_from_the_cli_reproduces_pytorch_with_dynamic_shapes(run_dir
     assert json.loads(props["config.json"])["mode"] == "2.5d"
 
 
+@pytest.mark.slow
 def test_exported_torchscript_runs_the_inference_config(run_dir, case_dir, tmp_path):
     """A bundle folder with only models/model.ts segments like the PyTorch weights, via load_model and via the config."""
     with_weights = write_bundle_dir(tmp_path / "bundle", weights=run_dir / "models" / "model.pt")
@@ -161,6 +163,7 @@ def test_export_errors_name_the_problem(run_dir, tmp_path):
     assert result.exit_code == 1 and "neither a run folder" in result.output
 
 
+@pytest.mark.slow
 def test_model_zoo_ckpt_export_command_on_a_bundle_folder(run_dir, tmp_path):
     """The documented `python -m monai.bundle ckpt_export` command gives the same TorchScript model as `brats-pipeline export`."""
     bundle = write_bundle_dir(tmp_path / "bundle", weights=run_dir / "models" / "model.pt")

@@ -13,15 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from nibabel.orientations import apply_orientation, io_orientation
-from prediction_cases import (
-    LAYOUTS,
-    assert_same_geometry,
-    write_bundle_dir,
-    write_case,
-    write_datalist,
-    write_msd_case,
-    write_run_dir,
-)
+from case_writers import LAYOUTS, write_case, write_datalist, write_msd_case
+from prediction_cases import assert_same_geometry, write_bundle_dir, write_run_dir
 
 from pipeline.cli import main
 from pipeline.writers import parse_colour_table

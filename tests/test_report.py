@@ -11,7 +11,10 @@ import pytest
 from pipeline.labels import ED, ET, NEC
 from pipeline.metrics import case_metrics
 from pipeline.report import (
+    REGION_COLOURS,
+    figure_rgb,
     most_tumour_slices,
+    overlay_figure,
     plot_training_curves,
     radiological_slice,
     read_training_logs,
@@ -122,3 +125,24 @@ def test_write_overlay(tmp_path):
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 10_000
     no_truth = write_overlay(tmp_path / "overlays" / "unlabelled.png", image, prediction, None, (1.0, 1.0, 2.5))
     assert no_truth.is_file()
+
+
+def _overlay_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(12, 4, 16, 18)).astype(np.float32)
+    truth = np.zeros((12, 16, 18), np.uint8)
+    truth[4:9, 5:11, 6:12] = ED
+    truth[5:8, 6:9, 7:10] = ET
+    truth[6:7, 7:8, 8:9] = NEC
+    return image, np.roll(truth, 1, axis=1), truth
+
+
+def test_overlay_figure_as_pixels():
+    image, prediction, truth = _overlay_case()
+    rgb = figure_rgb(overlay_figure(image, prediction, truth, (1.0, 1.0, 2.5), title="case"))
+    assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+    assert rgb.shape[:2] == (8 * 72, 12 * 72)  # 2 rows x 3 planes of 4-inch panels at 72 dpi
+    pixels = rgb.reshape(-1, 3).astype(int)
+    for region, colour in REGION_COLOURS.items():  # every region drawn (lines and legend) in its report colour
+        assert (np.abs(pixels - np.array(colour) * 255).max(axis=1) < 80).any(), region
+    assert np.array_equal(rgb, figure_rgb(overlay_figure(image, prediction, truth, (1.0, 1.0, 2.5), title="case")))

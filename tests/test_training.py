@@ -14,7 +14,16 @@ from click.testing import CliRunner
 from monai.bundle import ConfigParser
 
 from pipeline.cli import main
-from pipeline.training import MULTI_GPU_CONFIG, TRAIN_CONFIG
+from pipeline.errors import ConfigError
+from pipeline.training import (
+    MULTI_GPU_CONFIG,
+    TRAIN_CONFIG,
+    build_lr_scheduler,
+    build_optimizer,
+    fold_case_ids,
+    lr_step_transform,
+    parse_overrides,
+)
 from tiny_training import TINY_DETERMINISTIC
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +85,123 @@ def _tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
     return scalars
 
 
+# ----------------------------------------------------------------------------- the pieces train.yaml calls
+
+
+def _parameters() -> list[torch.nn.Parameter]:
+    return list(torch.nn.Linear(3, 2).parameters())
+
+
+@pytest.mark.parametrize(("name", "kind"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_build_optimizer(name: str, kind: type) -> None:
+    optimizer = build_optimizer(name, _parameters(), learning_rate="2e-3", weight_decay=1e-5)
+    assert type(optimizer) is kind
+    assert optimizer.param_groups[0]["lr"] == 2e-3 and optimizer.param_groups[0]["weight_decay"] == 1e-5
+
+
+def test_build_optimizer_refuses_an_unknown_name() -> None:
+    with pytest.raises(ConfigError, match="optimizer_name: unknown optimizer 'sgd'; choose one of adam, adamw"):
+        build_optimizer("sgd", _parameters(), learning_rate=1e-3)
+
+
+def test_warmup_cosine_rises_for_the_warmup_then_decays_to_zero() -> None:
+    optimizer = build_optimizer("adam", _parameters(), learning_rate=1.0)
+    scheduler = build_lr_scheduler("warmup_cosine", optimizer, epochs=4, iterations_per_epoch=5, warmup_epochs=1.0)
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    peak = rates.index(max(rates))
+    assert peak == 5  # the warmup lasts one epoch of 5 iterations
+    assert rates[:peak] == sorted(rates[:peak]) and rates[0] < rates[peak]
+    assert rates[peak:] == sorted(rates[peak:], reverse=True) and rates[-1] < 0.05
+
+
+def test_warmup_longer_than_the_run_is_cut_short() -> None:
+    optimizer = build_optimizer("adam", _parameters(), learning_rate=1.0)
+    scheduler = build_lr_scheduler("warmup_cosine", optimizer, epochs=1, iterations_per_epoch=4, warmup_epochs=3.0)
+    assert scheduler.warmup_steps == 3 and scheduler.t_total == 4
+
+
+def test_plateau_halves_the_rate_when_the_validation_dice_stalls() -> None:
+    optimizer = build_optimizer("adam", _parameters(), learning_rate=1.0)
+    scheduler = build_lr_scheduler("plateau", optimizer, epochs=10, iterations_per_epoch=5, patience=2)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler.mode == "max"
+    for dice in (0.5, 0.6, 0.6, 0.6):
+        scheduler.step(dice)
+    assert optimizer.param_groups[0]["lr"] == 1.0  # two epochs without improvement: within the patience
+    scheduler.step(0.6)
+    assert optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_build_lr_scheduler_refuses_an_unknown_name() -> None:
+    optimizer = build_optimizer("adam", _parameters(), learning_rate=1.0)
+    with pytest.raises(ConfigError, match="lr_schedule: unknown schedule 'step'"):
+        build_lr_scheduler("step", optimizer, epochs=1, iterations_per_epoch=1)
+
+
+def test_lr_step_transform_passes_the_dice_only_to_plateau() -> None:
+    class Evaluator:
+        state = type("State", (), {"metrics": {"val_mean_dice": 0.75}})()
+
+    assert lr_step_transform("plateau", Evaluator())(None) == 0.75
+    assert lr_step_transform("warmup_cosine", Evaluator())(None) == ()
+
+
+def test_parse_overrides_reads_values_as_yaml() -> None:
+    overrides = parse_overrides(
+        ["batch_size=32", "learning_rate=0.001", "weight_decay=1e-5", "channels=[4, 8, 16]", "amp=false", " name = run 1", "empty=", "expr=$@a + 1", "colon=a: b: c", "pair=a=b"]
+    )
+    assert overrides == {
+        "batch_size": 32,
+        "learning_rate": 0.001,
+        "weight_decay": "1e-5",  # YAML 1.1 has no float without a dot; the builders convert with float()
+        "channels": [4, 8, 16],
+        "amp": False,
+        "name": "run 1",
+        "empty": "",
+        "expr": "$@a + 1",
+        "colon": "a: b: c",  # not YAML: kept as written
+        "pair": "a=b",
+    }
+
+
+@pytest.mark.parametrize("pair", ["batch_size", "=32", " =1"])
+def test_parse_overrides_refuses_a_pair_without_a_key(pair: str) -> None:
+    with pytest.raises(ConfigError, match=f"--set: expected key=value, got {pair!r}"):
+        parse_overrides([pair])
+
+
+def test_fold_case_ids_are_the_folds_cases_each_in_the_cache(tiny_run_data: tuple[Path, Path]) -> None:
+    datalist, cache = tiny_run_data
+    payload = json.loads(datalist.read_text())
+    pool = {entry["case_id"]: entry["fold"] for split in ("training", "validation") for entry in payload[split]}
+    seen = set()
+    for fold in range(payload["num_folds"]):
+        training, validation = fold_case_ids(datalist, fold, cache)
+        assert set(validation) == {case for case, case_fold in pool.items() if case_fold == fold}
+        assert set(training) == set(pool) - set(validation)
+        seen |= set(validation)
+    assert seen == set(pool)
+    with pytest.raises(ConfigError, match="fold 2 does not exist; this data list has 2 folds"):
+        fold_case_ids(datalist, 2, cache)
+
+
+def test_fold_case_ids_refuses_a_case_missing_from_the_cache(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    datalist, cache = tiny_run_data
+    partial = Path(shutil.copytree(cache, tmp_path / "cache"))
+    _, validation = fold_case_ids(datalist, 0, cache)
+    shutil.rmtree(partial / validation[0])
+    with pytest.raises(ConfigError, match=f"case {validation[0]} of {datalist.name} is not in the cache"):
+        fold_case_ids(datalist, 0, partial)
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
 def test_cli_trains_2d(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     datalist, cache = tiny_run_data
     result = _cli_train(datalist, cache, tmp_path / "run", "2d", 1, settings=[s for s in TINY if not s.startswith("progress")])
@@ -108,6 +234,7 @@ def test_other_architecture_optimizer_and_schedule(tiny_run_data: tuple[Path, Pa
     assert "best" in latest["lr_scheduler"] and latest["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(1e-5)
 
 
+@pytest.mark.slow
 def test_monai_bundle_run_trains_2_5d(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     """`python -m monai.bundle run training` runs the same definition and lays out the same run directory."""
     datalist, cache = tiny_run_data
@@ -121,6 +248,7 @@ def test_monai_bundle_run_trains_2_5d(tiny_run_data: tuple[Path, Path], tmp_path
     assert ConfigParser(json.loads((out / "config.json").read_text())).get_parsed_content("network_def").model[0].conv.in_channels == 20
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     datalist, cache = tiny_run_data
     assert _cli_train(datalist, cache, tmp_path / "straight", "2.5d", 2).exit_code == 0
@@ -165,6 +293,7 @@ def test_bad_options_are_one_line_errors(tiny_run_data: tuple[Path, Path], tmp_p
     assert result.exit_code == 1 and "unknown optimizer 'sgd'" in result.output
 
 
+@pytest.mark.slow
 def test_ddp_gloo_two_processes(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     """multi_gpu_train.yaml under torchrun: 2 CPU processes on gloo share the draws, rank 0 writes the run."""
     datalist, cache = tiny_run_data

@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from prediction_cases import LAYOUTS, assert_same_geometry, canonical_case, stored, write_image
+from case_writers import LAYOUTS, canonical_case, stored, write_nifti
+from prediction_cases import assert_same_geometry
 
 from pipeline.writers import (
     NIFTI_INTENT_LABEL,
@@ -27,7 +28,7 @@ from pipeline.labels import CONVENTIONS, get_convention
 def _reference(tmp_path: Path, layout: str) -> tuple[Path, np.ndarray]:
     modalities, labels = canonical_case()
     data, affine, qcode, scode = stored(layout, modalities["flair"])
-    path = write_image(tmp_path / f"{layout}_flair.nii.gz", data, affine, qcode, scode)
+    path = write_nifti(tmp_path / f"{layout}_flair.nii.gz", data, affine, qcode, scode)
     return path, stored(layout, labels)[0]
 
 
@@ -67,7 +68,7 @@ def test_scaled_float_reference_gives_unscaled_uint8(tmp_path):
 def test_4d_reference_gives_a_3d_segmentation_on_its_grid(tmp_path):
     modalities, labels = canonical_case()
     data, affine, qcode, scode = stored("lps", modalities["flair"])
-    reference = write_image(tmp_path / "msd.nii.gz", np.stack([data] * 4, axis=-1), affine, qcode, scode)
+    reference = write_nifti(tmp_path / "msd.nii.gz", np.stack([data] * 4, axis=-1), affine, qcode, scode)
     out = write_segmentation(stored("lps", labels)[0], reference, tmp_path / "msd_seg.nii.gz", get_convention("msd"))
     assert_same_geometry(out, reference)
     assert nib.load(out).ndim == 3

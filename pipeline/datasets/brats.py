@@ -15,6 +15,9 @@ from pathlib import Path
 from pipeline.datasets.records import CaseRecord
 from pipeline.modalities import BRATS2023_SUFFIXES, MODALITIES
 
+__all__ = ["RELEASES", "Release", "find_case_prefix", "identify_release", "read_case_folder"]
+
+
 #: NIfTI file endings the releases use (mirrors often ship uncompressed ``.nii``).
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 

@@ -19,6 +19,9 @@ from pipeline.datasets import msd
 from pipeline.datasets.brats import find_case_prefix, identify_release, read_case_folder
 from pipeline.errors import InputError
 
+__all__ = ["MIXED_RELEASE", "DiscoveredDataset", "discover", "discover_case"]
+
+
 logger = logging.getLogger(__name__)
 
 #: How many levels of grouping folders (``HGG/``, ``LGG/``, ``MICCAI_BraTS2020_TrainingData/``) are searched.

@@ -15,6 +15,9 @@ from pipeline.datasets.records import CaseRecord
 from pipeline.errors import InputError
 from pipeline.modalities import MODALITIES, MSD_CHANNELS
 
+__all__ = ["RELEASE", "discover_msd", "is_msd_root", "read_msd_file"]
+
+
 RELEASE = "msd-task01"
 LABEL_CONVENTION = "msd"
 CASE_PATTERN = re.compile(r"BRATS_\d{3,}")

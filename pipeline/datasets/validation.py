@@ -25,6 +25,9 @@ from pipeline.io import load_nifti, read_voxels
 from pipeline.labels import get_convention
 from pipeline.modalities import MODALITIES
 
+__all__ = ["AFFINE_TOLERANCE_MM", "validate_case", "validate_cases"]
+
+
 #: Largest difference (mm) between two affines' entries that still counts as the same grid.
 AFFINE_TOLERANCE_MM = 1e-3
 

@@ -23,6 +23,9 @@ from pipeline.errors import PipelineError
 from pipeline.synth.grid import SynthGrid
 from pipeline.synth.lattice import Lattice, random_field
 
+__all__ = ["FOV_HALF_MM", "BrainPlacement", "Push", "Tissues", "draw_placement", "load_template", "tumour_sites", "warp_tissues"]
+
+
 #: Millimetres from the brain's top (vertex) to the top of the field of view, as in BraTS.
 _VERTEX_MARGIN_MM = 16.0
 #: Margin (mm) added around the placed brain's box to cover the displacement and mass effect.

@@ -20,6 +20,9 @@ from pipeline.synth.anatomy import FOV_HALF_MM, Tissues
 from pipeline.synth.lattice import Lattice, random_field
 from pipeline.synth.tumour import LesionMaps
 
+__all__ = ["BrainVoxels", "draw_appearance", "render_modality"]
+
+
 #: Tissue classes of the intensity table, in column order.
 TISSUE_CLASSES: tuple[str, ...] = ("csf", "grey", "white", "necrosis", "enhancing", "non_enhancing", "edema")
 

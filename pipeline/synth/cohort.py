@@ -23,6 +23,9 @@ from pipeline.synth.appearance import BrainVoxels, draw_appearance, render_modal
 from pipeline.synth.grid import SynthGrid, get_grid
 from pipeline.synth.tumour import draw_lesions, is_enhancing, lesion_maps
 
+__all__ = ["brats_image", "case_files", "case_id", "generate_cohort", "synthesize_case"]
+
+
 #: Case ids: BraTS2021_00000, BraTS2021_00001, ...
 CASE_ID_FORMAT = "BraTS2021_{:05d}"
 #: File suffixes of a case, the segmentation last (the order they are written in).

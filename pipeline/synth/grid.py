@@ -17,6 +17,8 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
+__all__ = ["GRIDS", "SynthGrid", "get_grid"]
+
 
 @dataclasses.dataclass(frozen=True)
 class SynthGrid:

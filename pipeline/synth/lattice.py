@@ -14,6 +14,8 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
+__all__ = ["Lattice", "random_field"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Lattice:

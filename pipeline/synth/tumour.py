@@ -19,6 +19,9 @@ from scipy import spatial
 from pipeline.synth.anatomy import BrainPlacement, Push, Tissues, tumour_sites
 from pipeline.synth.lattice import Lattice, random_field
 
+__all__ = ["LesionMaps", "draw_lesions", "is_enhancing", "lesion_maps"]
+
+
 #: BraTS 2017-2021 labels written to the segmentation.
 NECROTIC, EDEMA, ENHANCING = 1, 2, 4
 

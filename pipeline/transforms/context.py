@@ -17,6 +17,9 @@ from monai.transforms import MapTransform, Transform
 
 from pipeline.errors import ConfigError
 
+__all__ = ["CONTEXT_PADDINGS", "ContextPadding", "StackContext", "StackContextd", "context_indices", "stack_context"]
+
+
 ContextPadding = Literal["replicate", "reflect"]
 CONTEXT_PADDINGS: tuple[str, ...] = ("replicate", "reflect")
 

@@ -21,6 +21,9 @@ from monai.utils import ensure_tuple_rep
 
 from pipeline.errors import ConfigError
 
+__all__ = ["RandPosNegPatch", "RandPosNegPatchd", "read_patch"]
+
+
 NEGATIVE_TRIES = 32  # uniform draws tried to land on a non-tumour brain voxel before accepting any background voxel
 
 

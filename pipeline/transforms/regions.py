@@ -12,6 +12,8 @@ from monai.transforms import MapTransform, Transform
 
 from pipeline.labels import labels_to_regions
 
+__all__ = ["LabelsToRegions", "LabelsToRegionsd"]
+
 
 class LabelsToRegions(Transform):
     """Turn a one-channel internal label map ``(1, ...)`` into three channels TC, WT, ET ``(3, ...)``.

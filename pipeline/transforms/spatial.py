@@ -16,6 +16,9 @@ from monai.transforms import MapTransform, Transform
 
 from pipeline.errors import ConfigError
 
+__all__ = ["CentrePadCrop", "CentrePadCropd", "centre_windows"]
+
+
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 

@@ -12,19 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from case_writers import case_file, write_msd_dataset
 from cli_runs import TINY_TRAINING, cli, train_args
-from corruptions import (
-    IMAGE_CORRUPTIONS,
-    SEG_CORRUPTIONS,
-    assert_one_line_error,
-    checksums,
-    damage,
-    files_under,
-    leftover_temporaries,
-    modality_file,
-    rewrite,
-    voxels,
-)
+from failure_checks import assert_one_line_error, checksums, files_under, leftover_temporaries
+from corruptions import IMAGE_CORRUPTIONS, SEG_CORRUPTIONS, damage, rewrite, voxels
 
 from pipeline.io import file_sha256
 
@@ -104,22 +95,14 @@ def _msd_root(cohort: Path, root: Path, channels: int) -> Path:
     """An MSD Task01 folder made from the cohort's cases, with ``channels`` channels per 4D image."""
     from pipeline.modalities import MSD_CHANNELS
 
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    dataset = {
-        "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
-    }
-    (root / "dataset.json").write_text(json.dumps(dataset))
     order = sorted(MSD_CHANNELS, key=MSD_CHANNELS.get)
-    for number, case_dir in enumerate(sorted(p for p in cohort.iterdir() if p.is_dir()), start=1):
-        reference = nib.load(modality_file(case_dir, "t1"))
-        stacked = np.stack([np.asarray(nib.load(modality_file(case_dir, m)).dataobj) for m in order][:channels], axis=-1)
-        nib.save(nib.Nifti1Image(stacked, reference.affine), root / "imagesTr" / f"BRATS_{number:03d}.nii.gz")
-        seg = np.asarray(nib.load(modality_file(case_dir, "seg")).dataobj)
-        msd = np.select([seg == 2, seg == 1, seg == 4], [1, 2, 3], 0).astype(np.uint8)
-        nib.save(nib.Nifti1Image(msd, reference.affine), root / "labelsTr" / f"BRATS_{number:03d}.nii.gz")
-    return root
+    case_dirs = sorted(p for p in cohort.iterdir() if p.is_dir())
+    training = {}
+    for number, case_dir in enumerate(case_dirs, start=1):
+        stacked = np.stack([voxels(case_file(case_dir, m)) for m in order][:channels], axis=-1)
+        seg = voxels(case_file(case_dir, "seg"))
+        training[f"BRATS_{number:03d}"] = (stacked, np.select([seg == 2, seg == 1, seg == 4], [1, 2, 3], 0).astype(np.uint8))
+    return write_msd_dataset(root, training, affine=nib.load(case_file(case_dirs[0], "t1")).affine)
 
 
 def test_msd_image_with_the_wrong_channel_count_is_refused(cohort: Path, tmp_path: Path) -> None:
@@ -348,7 +331,7 @@ def test_predict_never_overwrites_its_input(names: list[str], cohort: Path, trai
         assert {k: v for k, v in checksums(cohort).items() if k in before} == before
         return
     assert result.exit_code == 1
-    assert_one_line_error(result.output, modality_file(case, "seg"), "input")
+    assert_one_line_error(result.output, case_file(case, "seg"), "input")
     assert checksums(cohort) == before
 
 
@@ -357,7 +340,7 @@ def test_predict_over_a_data_root_checks_every_output_first(cohort: Path, traine
     before = checksums(cohort)
     result = cli("predict", "--model", trained_run, "--input", cohort, "--out", out, "--no-progress")
     assert result.exit_code == 1
-    assert_one_line_error(result.output, modality_file(out, "seg"), "input")
+    assert_one_line_error(result.output, case_file(out, "seg"), "input")
     assert checksums(cohort) == before  # not even the other cases' predictions were written
 
 
@@ -528,7 +511,7 @@ def test_empty_segmentation_works_end_to_end(cohort: Path, tmp_path: Path) -> No
     test_case = next(case for case, fold in folds.items() if fold == -1)
     training_case = next(case for case, fold in folds.items() if fold == 1)
     for case_id in (test_case, training_case):
-        seg = modality_file(cohort / case_id, "seg")
+        seg = case_file(cohort / case_id, "seg")
         rewrite(seg, np.zeros_like(voxels(seg)))
     before = checksums(cohort)
 

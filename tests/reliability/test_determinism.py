@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runs import REPO, TINY_TRAINING, cli, train_args
-from corruptions import files_under, same_files
+from failure_checks import files_under, same_files
 from monai.bundle import ConfigParser
 
 from pipeline.io import file_sha256

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from cli_runs import REPO, cli, kill_when_paused, single_threaded, train_args
-from corruptions import files_under, leftover_temporaries, same_files
+from failure_checks import files_under, leftover_temporaries, same_files
 
 from pipeline.errors import InputError
 from pipeline.preprocess import load_cached_case

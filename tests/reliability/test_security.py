@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from cli_runs import REPO, cli, train_args
-from corruptions import assert_one_line_error, checksums, files_under, modality_file
+from case_writers import case_file
+from failure_checks import assert_one_line_error, checksums, files_under
 
 from pipeline.errors import InputError
 from pipeline.preprocess import load_cached_case
@@ -178,7 +179,7 @@ def test_oddly_named_case_folders(pristine_cohort: Path, trained_run: Path, tmp_
     odd = tmp_path / "new scan (copy)"
     odd.mkdir()
     for modality in ("t1", "t1ce", "t2", "flair"):
-        shutil.copy(modality_file(pristine_cohort / "BraTS2021_00001", modality), odd / f"patient 7 $(id)_{modality}.nii.gz")
+        shutil.copy(case_file(pristine_cohort / "BraTS2021_00001", modality), odd / f"patient 7 $(id)_{modality}.nii.gz")
     before = checksums(odd)
     out = tmp_path / "preds"
     result = cli("predict", "--model", trained_run, "--input", odd, "--out", out, "--no-progress")
