@@ -11,7 +11,7 @@ Example (in the repository after ``make demo``, which trains ``outputs/demo/run`
 Every case goes through the one inference path the CLI and the bundle configs use
 (:meth:`SegmentationModel.predict_case`): raw NIfTI -> :func:`pipeline.preprocess.prepare_case`
 (the preprocessing of training) -> :class:`pipeline.inference.VolumeInferer` -> post-processing
-(:class:`pipeline.postprocess.PostProcessing`) -> :func:`pipeline.preprocess.restore_to_original`
+(:class:`pipeline.postprocess.PostProcessing`) -> :func:`pipeline.geometry.restore_to_original`
 -> labels in the case's own convention on the input's grid.
 
 A *run folder* holds ``config.json`` (the merged bundle config of the training run) and
@@ -198,8 +198,9 @@ class SegmentationModel:
                 files in canonical order (T1, T1ce, T2, FLAIR).
             probabilities: also return the probabilities on the source grid.
         """
+        from pipeline.geometry import restore_to_original
         from pipeline.io import load_nifti
-        from pipeline.preprocess import prepare_case, restore_to_original
+        from pipeline.preprocess import prepare_case
 
         record = case_record(case)
         prepared = prepare_case(record, allow_resection_cavity=self.allow_resection_cavity)

@@ -19,8 +19,7 @@ from monai.handlers import IgniteMetricHandler
 from monai.metrics import DiceMetric
 from torch.utils.data import Dataset
 
-from pipeline.data import read_case_meta
-from pipeline.errors import InputError
+from pipeline.cache import load_case, read_meta
 from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, regions_to_labels
 
 #: Name of the key validation metric (mean Dice over patients and structures); it selects the best checkpoint.
@@ -41,21 +40,15 @@ class ValidationVolumes(Dataset):
         self.cache_dir = Path(cache_dir)
         self.case_ids = list(case_ids)
         for case_id in self.case_ids:
-            read_case_meta(self.cache_dir, case_id)
+            read_meta(self.cache_dir, case_id, require_label=True)
 
     def __len__(self) -> int:
         return len(self.case_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        folder = self.cache_dir / self.case_ids[index]
-        arrays = {}
-        for key in ("image", "label"):
-            path = folder / f"{key}.npy"
-            try:
-                arrays[key] = torch.from_numpy(np.array(np.load(path, mmap_mode="r")))
-            except (OSError, ValueError) as err:
-                raise InputError(path, f"cannot read cached array ({err})") from err
-        return {"image": arrays["image"], "label": arrays["label"], "case_id": self.case_ids[index]}
+        case = load_case(self.cache_dir, self.case_ids[index], require_label=True)
+        image, label = torch.from_numpy(np.array(case.image)), torch.from_numpy(np.array(case.label))
+        return {"image": image, "label": label, "case_id": self.case_ids[index]}
 
 
 def structure_masks(labels: torch.Tensor) -> torch.Tensor:
