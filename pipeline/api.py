@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from pipeline.datasets.records import CaseRecord
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError
 from pipeline.labels import get_convention
 from pipeline.postprocess import DEFAULT_POSTPROCESSING, PostProcessing
 
@@ -269,26 +269,14 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def case_record(case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> CaseRecord:
-    """A :class:`CaseRecord` from a record, a case folder, an MSD 4D file, or four modality files."""
+    """A :class:`CaseRecord` from a record, a case folder, an MSD 4D file, or four modality files (:mod:`pipeline.datasets`)."""
     if isinstance(case, CaseRecord):
         return case
-    if isinstance(case, (str, os.PathLike)):
-        from pipeline.datasets import discover_case
+    from pipeline.datasets import case_from_files, discover_case
 
+    if isinstance(case, (str, os.PathLike)):
         return discover_case(case)
-    files = [Path(p) for p in case]
-    if len(files) != 4:
-        raise InputError(", ".join(map(str, files)) or "case", f"expected 4 modality files (T1, T1ce, T2, FLAIR), got {len(files)}")
-    names = [f.name for f in files]
-    stem = os.path.commonprefix(names).rstrip("_-.") or files[0].name.split(".")[0]
-    brats2023 = all(re.search(r"-(t1n|t1c|t2w|t2f)\.nii(\.gz)?$", n) for n in names)
-    return CaseRecord(
-        case_id=stem,
-        images=tuple(f.resolve() for f in files),
-        label=None,
-        split="unlabelled",
-        label_convention="brats2023" if brats2023 else "brats2017",
-    )
+    return case_from_files(case)
 
 
 def _config_value(parser: Any, key: str, where: Path) -> Any:
