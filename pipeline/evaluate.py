@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pipeline.api import SegmentationModel, load_model
 from pipeline.datalist import load_datalist
-from pipeline.datasets.validation import check_same_grid
+from pipeline.datasets.validation import check_finite, check_labels, check_same_grid
 from pipeline.errors import ConfigError, InputError
 from pipeline.writers import colour_table_filename, write_colour_table
 from pipeline.geometry import to_cache_grid
@@ -50,14 +50,13 @@ class EvaluationResult:
 
 
 def read_internal_labels(path: str | os.PathLike[str], convention_name: str, allow_resection_cavity: bool = False):
-    """A segmentation file's voxels mapped to internal labels (uint8) and its image (header)."""
+    """A segmentation file's voxels, checked (:mod:`pipeline.datasets.validation`) and mapped to internal labels (uint8), and its image (header)."""
     image, voxels = load_volume(path)
     if voxels.ndim != 3:
         raise InputError(path, f"expected a 3D segmentation, got shape {voxels.shape}")
-    try:
-        return get_convention(convention_name).to_internal(voxels, allow_optional=allow_resection_cavity), image
-    except ValueError as err:
-        raise InputError(path, str(err)) from None
+    check_finite(path, voxels, "segmentation")
+    check_labels(path, pd.unique(voxels.ravel()), convention_name, allow_resection_cavity)
+    return get_convention(convention_name).to_internal(voxels, allow_optional=allow_resection_cavity), image
 
 
 def evaluate(

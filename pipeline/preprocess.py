@@ -28,6 +28,7 @@ from pipeline.cache import discard, is_current, write_case, write_index
 from pipeline.datalist import SPLITS, load_datalist
 from pipeline.datasets.reading import read_case, source_manifest
 from pipeline.datasets.records import CaseRecord
+from pipeline.datasets.validation import check_labels
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.geometry import bounding_box, cache_affine, reorient_box, reoriented_shape, to_cache_grid, voxel_orientation
 from pipeline.labels import get_convention
@@ -97,12 +98,8 @@ def _to_internal_labels(label: np.ndarray, record: CaseRecord, allow_resection_c
         values = np.flatnonzero(np.bincount(as_index.ravel(), minlength=1)).astype(as_index.dtype).view(label.dtype)
     else:
         values = np.unique(label)
-        if not np.array_equal(values, np.round(values)):
-            raise InputError(record.label, f"label values must be whole numbers, found {values[values != np.round(values)][:5].tolist()}")
-    try:
-        mapped = convention.to_internal(values.astype(np.int64), allow_optional=allow_resection_cavity)
-    except ValueError as err:
-        raise InputError(record.label, str(err)) from None
+    check_labels(record.label, values, record.label_convention, allow_resection_cavity)
+    mapped = convention.to_internal(values.astype(np.int64), allow_optional=allow_resection_cavity)
     if integer:
         table = np.zeros(1 << (8 * label.dtype.itemsize), dtype=np.uint8)
         table[values.view(as_index.dtype)] = mapped

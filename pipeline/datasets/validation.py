@@ -5,9 +5,9 @@ four channels), on one grid (same shape, affine within :data:`AFFINE_TOLERANCE_M
 no modality entirely zero, and its segmentation (if any) holds only its convention's labels.
 Each problem is one line, ``<file>: <reason>``.
 
-This module is the one place that judges a case: :func:`check_same_grid` and
-:func:`check_finite` are the same checks, raising at the first problem, for the stages that read
-a case's voxels themselves (preprocess, predict, evaluate).
+This module is the one place that judges a case: :func:`check_same_grid`, :func:`check_finite`
+and :func:`check_labels` are the same checks, raising at the first problem, for the stages that
+read a case's voxels themselves (preprocess, predict, evaluate).
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from pipeline.modalities import MODALITIES
 __all__ = [
     "AFFINE_TOLERANCE_MM",
     "check_finite",
+    "check_labels",
     "check_same_grid",
     "grid_difference",
+    "label_problem",
     "non_finite_problem",
     "validate_case",
     "validate_cases",
@@ -99,19 +101,16 @@ def _intensity_problems(path: Path, voxels: np.ndarray, what: str = "image") -> 
     return []
 
 
-def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_resection_cavity: bool) -> list[str]:
-    problem = non_finite_problem(seg, "segmentation")
-    if problem:
-        return [f"{path}: {problem}"]
-    # pandas.unique hashes instead of sorting: several times faster than np.unique on a full volume.
-    values = pd.unique(seg.ravel())
+def label_problem(values: np.ndarray, convention_name: str, allow_resection_cavity: bool = False) -> str | None:
+    """Why a segmentation holding the label ``values`` (its distinct values) does not fit its convention, or None."""
+    values = np.asarray(values)
     fractional = sorted(float(v) for v in values if v != np.round(v))
     if fractional:
-        return [f"{path}: segmentation holds non-integer values {fractional[:5]}"]
+        return f"segmentation holds non-integer values {fractional[:5]}"
     convention = get_convention(convention_name)
     unknown = convention.unknown_labels(values.astype(np.int64), allow_optional=allow_resection_cavity)
     if not unknown:
-        return []
+        return None
     refused = [v for v in unknown if v in convention.optional_labels]
     hint = ""
     if refused:
@@ -119,7 +118,20 @@ def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_res
             f"; label {refused[0]} (the BraTS 2024 resection cavity) is read only when mapping it to "
             "background is asked for (--map-resection-cavity)"
         )
-    return [f"{path}: labels {unknown} are not in the {convention.name} convention {list(convention.labels)}{hint}"]
+    return f"labels {unknown} are not in the {convention.name} convention {list(convention.labels)}{hint}"
+
+
+def check_labels(path: str | PathLike[str], values: np.ndarray, convention_name: str, allow_resection_cavity: bool = False) -> None:
+    """Raise a one-line :class:`InputError` naming ``path`` unless the label ``values`` fit the convention."""
+    problem = label_problem(values, convention_name, allow_resection_cavity)
+    if problem:
+        raise InputError(path, problem)
+
+
+def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_resection_cavity: bool) -> list[str]:
+    # pandas.unique hashes instead of sorting: several times faster than np.unique on a full volume.
+    problem = non_finite_problem(seg, "segmentation") or label_problem(pd.unique(seg.ravel()), convention_name, allow_resection_cavity)
+    return [f"{path}: {problem}"] if problem else []
 
 
 def validate_case(record: CaseRecord, allow_resection_cavity: bool = False) -> list[str]:

@@ -133,6 +133,22 @@ def test_non_integer_labels(legacy_root):
     assert "segmentation holds non-integer values [1.5]" in _single_line_naming(validate_case(_record(legacy_root)), path)
 
 
+@pytest.mark.parametrize("seg", [tumour((1, 2, 3, 5)), tumour((1, 2, 4)).astype(np.float32) * 1.5])
+def test_preprocess_and_evaluate_judge_labels_as_validation_does(legacy_root, seg):
+    from pipeline.evaluate import read_internal_labels
+    from pipeline.preprocess import prepare_case
+
+    path = legacy_root / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz"
+    write_nifti(path, seg)
+    record = _record(legacy_root)
+    line = _single_line_naming(validate_case(record), path)
+    with pytest.raises(InputError) as prepared:
+        prepare_case(record)
+    with pytest.raises(InputError) as evaluated:
+        read_internal_labels(path, record.label_convention)
+    assert str(prepared.value) == str(evaluated.value) == line
+
+
 def test_resection_cavity_is_refused_unless_mapping_is_asked_for(tmp_path, cases):
     cases.brats2023(tmp_path, "BraTS-GLI-02000-100", labels=(0, 1, 2, 3, 4))
     record = discover(tmp_path).records[0]
