@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.datasets.records import CaseRecord
@@ -188,8 +188,10 @@ def identify_files(names: Sequence[str]) -> tuple[str, Release]:
     stems = [_nifti_stem(name) or name.split(".")[0] for name in names]
     for style in styles:
         endings = [style.separator + style.suffixes[modality] for modality in MODALITIES]
-        prefixes = {stem[: -len(ending)] for stem, ending in zip(stems, endings) if stem.endswith(ending)}
-        if len(stems) == len(endings) and all(stem.endswith(ending) for stem, ending in zip(stems, endings)) and len(prefixes) == 1:
+        if len(stems) != len(endings) or not all(stem.endswith(ending) for stem, ending in zip(stems, endings)):
+            continue
+        prefixes = {stem[: -len(ending)] for stem, ending in zip(stems, endings)}
+        if len(prefixes) == 1:
             (prefix,) = prefixes
             release = identify_release(prefix)
             return prefix, release if release is not None and release.separator == style.separator else style

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.datasets.records import CaseRecord
 from pipeline.datasets import msd
-from pipeline.datasets.brats import find_case_prefix, identify_release, identify_files, read_case_folder
+from pipeline.datasets.brats import find_case_prefix, identify_files, identify_release, read_case_folder
 from pipeline.errors import InputError
 
 logger = logging.getLogger(__name__)
