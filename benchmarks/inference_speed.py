@@ -86,7 +86,8 @@ def main() -> None:
     from pipeline.io import load_nifti
     from pipeline.labels import get_convention
     from pipeline.predict import predict
-    from pipeline.preprocess import prepare_case, restore_to_original
+    from pipeline.geometry import restore_to_original
+    from pipeline.preprocess import prepare_case
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

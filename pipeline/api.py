@@ -11,7 +11,7 @@ Example (in the repository after ``make demo``, which trains ``outputs/demo/run`
 Every case goes through the one inference path the CLI and the bundle configs use
 (:meth:`SegmentationModel.predict_case`): raw NIfTI -> :func:`pipeline.preprocess.prepare_case`
 (the preprocessing of training) -> :class:`pipeline.inference.VolumeInferer` -> post-processing
-(:class:`pipeline.postprocess.PostProcessing`) -> :func:`pipeline.preprocess.restore_to_original`
+(:class:`pipeline.postprocess.PostProcessing`) -> :func:`pipeline.geometry.restore_to_original`
 -> labels in the case's own convention on the input's grid.
 
 A *run folder* holds ``config.json`` (the merged bundle config of the training run) and
@@ -23,7 +23,6 @@ A *run folder* holds ``config.json`` (the merged bundle config of the training r
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 
 from pipeline.checkpoints import BEST, load_weights
 from pipeline.datasets.records import CaseRecord
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError
 from pipeline.labels import CONVENTIONS, get_convention
 from pipeline.postprocess import DEFAULT_POSTPROCESSING, PostProcessing
 
@@ -169,8 +168,9 @@ class SegmentationModel:
                 files in canonical order (T1, T1ce, T2, FLAIR).
             probabilities: also return the probabilities on the source grid.
         """
+        from pipeline.geometry import restore_to_original
         from pipeline.io import load_nifti
-        from pipeline.preprocess import prepare_case, restore_to_original
+        from pipeline.preprocess import prepare_case
 
         record = case_record(case)
         prepared = prepare_case(record, allow_resection_cavity=self.allow_resection_cavity)
@@ -239,26 +239,14 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def case_record(case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> CaseRecord:
-    """A :class:`CaseRecord` from a record, a case folder, an MSD 4D file, or four modality files."""
+    """A :class:`CaseRecord` from a record, a case folder, an MSD 4D file, or four modality files (:mod:`pipeline.datasets`)."""
     if isinstance(case, CaseRecord):
         return case
-    if isinstance(case, (str, os.PathLike)):
-        from pipeline.datasets import discover_case
+    from pipeline.datasets import case_from_files, discover_case
 
+    if isinstance(case, (str, os.PathLike)):
         return discover_case(case)
-    files = [Path(p) for p in case]
-    if len(files) != 4:
-        raise InputError(", ".join(map(str, files)) or "case", f"expected 4 modality files (T1, T1ce, T2, FLAIR), got {len(files)}")
-    names = [f.name for f in files]
-    stem = os.path.commonprefix(names).rstrip("_-.") or files[0].name.split(".")[0]
-    brats2023 = all(re.search(r"-(t1n|t1c|t2w|t2f)\.nii(\.gz)?$", n) for n in names)
-    return CaseRecord(
-        case_id=stem,
-        images=tuple(f.resolve() for f in files),
-        label=None,
-        split="unlabelled",
-        label_convention="brats2023" if brats2023 else "brats2017",
-    )
+    return case_from_files(case)
 
 
 def _config_value(parser: Any, key: str, where: Path) -> Any:

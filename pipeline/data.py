@@ -1,6 +1,6 @@
 """Training datasets and samplers over the preprocessed cache: 2D slices, 2.5D slice stacks, 3D patches.
 
-The cache (see :mod:`pipeline.preprocess`) holds one folder per case with ``image.npy`` float16
+The cache (see :mod:`pipeline.cache`) holds one folder per case with ``image.npy`` float16
 ``(Z, C, X, Y)``, ``label.npy`` uint8 ``(Z, X, Y)`` and ``meta.json``. The datasets here never read
 NIfTI and never hold a case in memory: arrays are memory-mapped lazily, in each DataLoader worker,
 through a small LRU of open maps (:class:`CachedCaseStore`), and only the bytes a sample needs are
@@ -28,7 +28,6 @@ number of workers, and a resumed run repeats the epochs it resumes (call ``sampl
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -53,7 +52,8 @@ from monai.transforms import (
 )
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.cache import IMAGE_FILE, LABEL_FILE, complete_case_ids, load_array, read_meta
+from pipeline.errors import ConfigError
 from pipeline.networks import MODES
 from pipeline.transforms import CONTEXT_PADDINGS, CentrePadCropd, RandPosNegPatchd, StackContextd, stack_context
 from pipeline.transforms.context import ContextPadding
@@ -67,9 +67,7 @@ __all__ = [
     "build_train_dataset",
     "build_train_loader",
     "build_train_sampler",
-    "cached_case_ids",
     "patch_transforms",
-    "read_case_meta",
     "slice_probabilities",
     "slice_transforms",
     "stack_context",
@@ -79,41 +77,6 @@ Mode = Literal["2d", "2.5d", "3d"]
 SIZE_MULTIPLE = 16  # default slice sizes are rounded up to this, so a 4-level UNet's strides divide them
 DEFAULT_MAX_OPEN_CASES = 32
 IMAGE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
-
-
-def cached_case_ids(cache_dir: str | Path) -> list[str]:
-    """The ids of the complete cases in ``cache_dir`` (folders whose ``meta.json`` says ``complete``), sorted."""
-    root = Path(cache_dir)
-    if not root.is_dir():
-        raise InputError(root, "cache folder not found (run preprocess first)")
-    ids = []
-    for meta_path in sorted(root.glob("*/meta.json")):
-        if json.loads(meta_path.read_text()).get("complete", False):
-            ids.append(meta_path.parent.name)
-    return ids
-
-
-def read_case_meta(cache_dir: str | Path, case_id: str, require_label: bool = True) -> dict[str, Any]:
-    """Read and check one cached case's ``meta.json`` (complete, shape ``(Z, C, X, Y)``, per-slice tumour counts)."""
-    meta_path = Path(cache_dir) / case_id / "meta.json"
-    if not meta_path.is_file():
-        raise InputError(meta_path.parent, "not a cached case (meta.json missing; run preprocess first)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(meta_path, f"not valid JSON ({err})") from err
-    if not meta.get("complete", False):
-        raise InputError(meta_path, "case is not completely preprocessed (rerun preprocess)")
-    shape = meta.get("shape")
-    if not isinstance(shape, list) or len(shape) != 4:
-        raise InputError(meta_path, f"'shape' must be [Z, C, X, Y], got {shape!r}")
-    if require_label:
-        counts = meta.get("foreground_per_slice")
-        if not meta.get("has_label", counts is not None) or counts is None:
-            raise InputError(meta_path.parent, "case has no label; it cannot be used for training")
-        if len(counts) != shape[0]:
-            raise InputError(meta_path, f"'foreground_per_slice' has {len(counts)} entries for {shape[0]} slices")
-    return meta
 
 
 class CachedCaseStore:
@@ -165,17 +128,7 @@ class CachedCaseStore:
     def _map(self, case_index: int) -> tuple[np.ndarray, np.ndarray]:
         folder = self.cache_dir / self.case_ids[case_index]
         z, _, x, y = self.shapes[case_index]
-        arrays = []
-        for name, dtype, shape in (("image.npy", np.float16, self.shapes[case_index]), ("label.npy", np.uint8, (z, x, y))):
-            path = folder / name
-            try:
-                array = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as err:
-                raise InputError(path, f"cannot memory-map cached array ({err})") from err
-            if array.dtype != dtype or array.shape != tuple(shape):
-                raise InputError(path, f"expected {np.dtype(dtype).name} {tuple(shape)}, found {array.dtype} {array.shape}")
-            arrays.append(array)
-        return arrays[0], arrays[1]
+        return load_array(folder / IMAGE_FILE, np.float16, self.shapes[case_index]), load_array(folder / LABEL_FILE, np.uint8, (z, x, y))
 
     def close(self) -> None:
         """Unmap every open case."""
@@ -213,7 +166,7 @@ class _CachedDataset(Dataset):
             raise ConfigError("case_ids", "no training cases given")
         self.cache_dir = Path(cache_dir)
         self.case_ids = list(case_ids)
-        metas = [read_case_meta(self.cache_dir, cid) for cid in self.case_ids]
+        metas = [read_meta(self.cache_dir, cid, require_label=True) for cid in self.case_ids]
         self.shapes = [tuple(int(n) for n in m["shape"]) for m in metas]
         self.foreground_per_case = [np.asarray(m["foreground_per_slice"], dtype=np.int64) for m in metas]
         self.store = CachedCaseStore(self.cache_dir, self.case_ids, self.shapes, max_open_cases)
@@ -506,7 +459,7 @@ def build_train_dataset(
     if image_dtype not in IMAGE_DTYPES:
         raise ConfigError("image_dtype", f"unknown sample dtype {image_dtype!r}; expected one of {', '.join(IMAGE_DTYPES)}")
     dtype = IMAGE_DTYPES[image_dtype]
-    ids = list(case_ids) if case_ids is not None else cached_case_ids(cache_dir)
+    ids = list(case_ids) if case_ids is not None else complete_case_ids(cache_dir)
     if mode == "3d":
         size = tuple(int(s) for s in (patch_size if isinstance(patch_size, Sequence) else (patch_size,) * 3))
         if len(size) != 3:

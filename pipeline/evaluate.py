@@ -15,17 +15,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from nibabel.orientations import apply_orientation
 from tqdm.auto import tqdm
 
 from pipeline.api import SegmentationModel, load_model
 from pipeline.datalist import load_datalist
+from pipeline.datasets.validation import check_finite, check_labels, check_same_grid
 from pipeline.errors import ConfigError, InputError
 from pipeline.writers import colour_table_filename, write_colour_table
-from pipeline.geometry import box_slices
-from pipeline.io import load_nifti
+from pipeline.geometry import to_cache_grid
+from pipeline.io import load_nifti, load_volume
 from pipeline.labels import get_convention
 from pipeline.metrics import case_metrics
 from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction
@@ -54,26 +53,13 @@ class EvaluationResult:
 
 
 def read_internal_labels(path: str | os.PathLike[str], convention_name: str, allow_resection_cavity: bool = False):
-    """A segmentation file's voxels mapped to internal labels (uint8) and its image (header)."""
-    from pipeline.preprocess import load_volume
-
+    """A segmentation file's voxels, checked (:mod:`pipeline.datasets.validation`) and mapped to internal labels (uint8), and its image (header)."""
     image, voxels = load_volume(path)
     if voxels.ndim != 3:
         raise InputError(path, f"expected a 3D segmentation, got shape {voxels.shape}")
-    try:
-        return get_convention(convention_name).to_internal(voxels, allow_optional=allow_resection_cavity), image
-    except ValueError as err:
-        raise InputError(path, str(err)) from None
-
-
-def to_cache_grid(array: np.ndarray, meta: dict) -> np.ndarray:
-    """An array on a case's source grid ``(X0, Y0, Z0)`` moved onto its cache grid ``(Z, X, Y)``.
-
-    The forward of :func:`pipeline.preprocess.restore_to_original`: the same reorientation and crop
-    the preprocessing applies (voxels outside the crop are dropped).
-    """
-    canonical = apply_orientation(np.asarray(array), np.asarray(meta["orientation"]))
-    return np.ascontiguousarray(canonical[box_slices(meta["crop_box"])].transpose(2, 0, 1))
+    check_finite(path, voxels, "segmentation")
+    check_labels(path, pd.unique(voxels.ravel()), convention_name, allow_resection_cavity)
+    return get_convention(convention_name).to_internal(voxels, allow_optional=allow_resection_cavity), image
 
 
 def evaluate(
@@ -127,8 +113,7 @@ def evaluate(
         # The ground truth is read and checked first, so a bad one stops the run before any output.
         truth, truth_image = read_internal_labels(record.label, record.label_convention, model.allow_resection_cavity)
         images = load_nifti(record.images[0])
-        if truth.shape != tuple(images.shape[:3]) or not np.allclose(truth_image.affine, images.affine, atol=1e-3):
-            raise InputError(record.label, f"ground truth grid {truth.shape} does not match the images' grid {tuple(images.shape[:3])} (shape or affine)")
+        check_same_grid(record.label, truth.shape, truth_image.affine, record.images[0], images.shape[:3], images.affine)
         # Predicted exactly as `predict` does, from the images only.
         prediction = model.predict_case(replace(record, label=None))
         seg_path, _, convention = write_case_prediction(prediction, predictions)

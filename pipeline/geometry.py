@@ -3,8 +3,8 @@
 The cache never resamples. A source volume of shape ``(X0, Y0, Z0)`` is brought to the closest
 canonical RAS voxel order by an axis permutation and flips only (nibabel's
 ``io_orientation``/``apply_orientation``, which also handles oblique affines), then cropped to
-a box. Both steps are index bookkeeping, so :func:`restore_to_original` can put any array on the
-cache grid back onto the source grid bit for bit.
+a box. Both steps are index bookkeeping: :func:`to_cache_grid` moves any array from the source
+grid onto the cache grid, and :func:`restore_to_original` puts it back bit for bit.
 
 Conventions used throughout:
 
@@ -31,6 +31,7 @@ __all__ = [
     "reorient_box",
     "reoriented_shape",
     "restore_to_original",
+    "to_cache_grid",
     "voxel_orientation",
 ]
 
@@ -114,11 +115,37 @@ def cache_affine(affine: np.ndarray, ornt: np.ndarray | Sequence[Sequence[int]],
     return canonical @ shift
 
 
+def to_cache_grid(array: np.ndarray, meta: dict) -> np.ndarray:
+    """Move an array on the source file's voxel grid onto the case's cache grid, exactly.
+
+    The reorientation to RAS and the crop of the preprocessing (voxels outside the crop are
+    dropped); no value is interpolated. The inverse of :func:`restore_to_original` inside the crop.
+
+    Args:
+        array: shape ``(..., X0, Y0, Z0)``, the source file's spatial shape.
+        meta: the case manifest (needs ``orientation``, ``canonical_shape`` and ``crop_box``).
+
+    Returns:
+        A view of ``array`` shaped ``(..., Z, X, Y)``, the cache grid.
+
+    Raises:
+        ValueError: if ``array`` does not have the source grid's spatial shape.
+    """
+    array = np.asarray(array)
+    ornt = np.asarray(meta["orientation"], dtype=np.int64)
+    source_shape = tuple(int(meta["canonical_shape"][target]) for target, _flip in ornt)
+    if array.ndim < 3 or tuple(array.shape[-3:]) != source_shape:
+        raise ValueError(f"expected an array shaped (..., X0, Y0, Z0) = (..., {', '.join(map(str, source_shape))}), got {array.shape}")
+    # apply_orientation acts on the leading axes, so the spatial axes go first and come back last.
+    canonical = apply_orientation(np.moveaxis(array, (-3, -2, -1), (0, 1, 2)), ornt)
+    return np.moveaxis(canonical[box_slices(meta["crop_box"])], (0, 1, 2), (-2, -1, -3))
+
+
 def restore_to_original(array: np.ndarray, meta: dict, fill: float = 0) -> np.ndarray:
     """Put an array on the cache grid back onto the source file's voxel grid, exactly.
 
     The crop is padded with ``fill`` and the reorientation undone; no value is interpolated,
-    so labels come back bit for bit.
+    so labels come back bit for bit. The inverse of :func:`to_cache_grid`.
 
     Args:
         array: shape ``(..., Z, X, Y)``, the cache grid of the case (``meta["shape"]`` without C).

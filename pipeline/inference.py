@@ -21,7 +21,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import DivisiblePad
 
 from pipeline.errors import ConfigError
-from pipeline.labels import regions_to_labels
+from pipeline.labels import decode_probabilities
 from pipeline.networks import check_mode, spatial_divisor
 
 __all__ = ["EngineInferer", "VolumeInferer"]
@@ -174,10 +174,7 @@ class VolumeInferer:
 
     def to_labels(self, probabilities: torch.Tensor | np.ndarray) -> np.ndarray:
         """Internal labels ``(Z, X, Y)`` uint8: argmax of softmax outputs, or regions thresholded at 0.5 and decoded."""
-        probabilities = torch.as_tensor(probabilities)
-        if self.output_mode == "regions":
-            return regions_to_labels((probabilities > 0.5).numpy())
-        return probabilities.argmax(dim=0).to(torch.uint8).numpy()
+        return decode_probabilities(np.asarray(probabilities), self.output_mode)
 
 
 class EngineInferer(Inferer):

@@ -1,4 +1,4 @@
-"""Atomic writes and checked reads shared by every stage.
+"""Atomic writes and checked reads (NIfTI headers and volumes) shared by every stage.
 
 Every file the pipeline produces is written under a temporary name in the same folder,
 flushed to disk and then renamed, so an interrupted run never leaves a file that later
@@ -8,11 +8,14 @@ passes as complete.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
 import re
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,6 +145,74 @@ def read_voxels(image: nib.Nifti1Image, path: str | os.PathLike[str], dtype: typ
         return np.asarray(image.dataobj, dtype=dtype)
     except Exception as err:  # gzip, zlib and EOF errors all mean a damaged file
         raise InputError(path, f"cannot read voxels, file damaged or truncated ({type(err).__name__}: {err})") from err
+
+
+class _ImageBuffer:
+    """A SimpleITK image's voxel buffer as a NumPy array that keeps the image alive.
+
+    ``sitk.GetArrayFromImage`` copies every volume; ``GetArrayViewFromImage`` does not, but its
+    array dangles once the image is freed. An array made from this object holds it (``.base``).
+    """
+
+    def __init__(self, image: Any) -> None:
+        import SimpleITK as sitk
+
+        self.image = image
+        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
+
+
+def _read_with_simpleitk(path: Path, image: nib.Nifti1Image) -> np.ndarray | None:
+    """Voxels decompressed by SimpleITK in nibabel's (i, j, k) order, or None where they might differ from nibabel's.
+
+    ITK applies intensity scaling in float32, turns NaN into 0 and reads truncated or damaged
+    ``.gz`` files without complaint, so this only takes unscaled, native-endian integer data,
+    and checks a ``.gz`` file's length and CRC-32 (gzip's own trailer) as Python's gzip would.
+    """
+    header = image.header
+    stored = header.get_data_dtype()
+    slope, inter = header.get_slope_inter()
+    if slope not in (None, 1.0) or inter not in (None, 0.0) or stored.kind not in "iu" or not stored.isnative:
+        return None
+    import SimpleITK as sitk  # imported here: most commands never read a NIfTI volume
+
+    offset = getattr(image.dataobj, "offset", None)  # the file's vox_offset (image.header is a copy set to 0)
+    if offset is None:
+        return None
+    expected_size = offset + int(np.prod(image.shape)) * stored.itemsize
+    compressed = str(path).endswith(".gz")
+    try:
+        if compressed:
+            with open(path, "rb") as handle:
+                handle.seek(-8, os.SEEK_END)
+                crc, size = struct.unpack("<II", handle.read(8))
+            if size != expected_size % (1 << 32):
+                return None
+            with gzip.open(path, "rb") as handle:
+                prefix = handle.read(offset)
+        elif os.path.getsize(path) < expected_size:
+            return None
+        voxels = np.asarray(_ImageBuffer(sitk.ReadImage(str(path), imageIO="NiftiImageIO")))
+    except (OSError, EOFError, RuntimeError, zlib.error):  # nibabel then reads it or names the problem
+        return None
+    if voxels.T.shape != image.shape or voxels.dtype != stored:
+        return None
+    if compressed and zlib.crc32(voxels, zlib.crc32(prefix)) != crc:
+        return None
+    return voxels.T
+
+
+def load_volume(path: str | os.PathLike[str]) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Open a NIfTI file: its nibabel image (the header) and all its voxels in nibabel's ``(i, j, k, ...)`` order.
+
+    Integer volumes (every BraTS release) are decompressed with SimpleITK, about 2-3x faster
+    than nibabel for ``.nii.gz``, and checked to be exactly what nibabel would read; anything
+    else is read by nibabel. A missing, damaged or truncated file is an :class:`InputError`.
+    """
+    image = load_nifti(path)
+    voxels = _read_with_simpleitk(Path(path), image)
+    if voxels is None:
+        voxels = read_voxels(image, path, dtype=None)
+    return image, voxels
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

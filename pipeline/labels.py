@@ -149,8 +149,12 @@ def get_convention(name: str) -> LabelConvention:
 
 
 def region_masks(seg: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean masks of every scored structure (NEC, ED, ET, WT, TC) of an internal segmentation."""
-    seg = np.asarray(seg)
+    """Boolean masks of every scored structure (NEC, ED, ET, WT, TC) of an internal segmentation.
+
+    ``seg`` may be any array with NumPy's comparison operators (a torch tensor gives tensors).
+    """
+    if not hasattr(seg, "shape"):
+        seg = np.asarray(seg)
     masks = {name: seg == value for name, value in SUBREGIONS.items()}
     masks["WT"] = seg > BACKGROUND
     masks["TC"] = masks["NEC"] | masks["ET"]
@@ -175,3 +179,17 @@ def regions_to_labels(regions: np.ndarray) -> np.ndarray:
     seg[tc] = NEC
     seg[et] = ET
     return seg
+
+
+def decode_probabilities(probabilities: np.ndarray, output_mode: str = "softmax") -> np.ndarray:
+    """Internal labels (uint8) from network outputs ``(K, ...)``.
+
+    Args:
+        probabilities: class probabilities (``softmax``) or TC, WT, ET probabilities (``regions``), channel first.
+        output_mode: ``softmax``: argmax over the classes; ``regions``: thresholded at 0.5 and
+            decoded by :func:`regions_to_labels`.
+    """
+    probabilities = np.asarray(probabilities)
+    if output_mode == "regions":
+        return regions_to_labels(probabilities > 0.5)
+    return probabilities.argmax(axis=0).astype(np.uint8)

@@ -1,85 +1,49 @@
-"""Raw cases -> the memory-mappable training cache, and the exact inverse for predictions.
+"""A case -> oriented, cropped, normalised arrays (the one function training and inference both use), and the cache build.
 
-Cache layout, one folder per case (``cache_dir/<case_id>/``):
-
-``image.npy``
-    float16, shape ``(Z, C=4, X, Y)``: slice axis first (a 2.5D stack is one contiguous read),
-    channels in :data:`pipeline.modalities.MODALITIES` order, voxels in the closest canonical
-    RAS order (exact axis permutation and flips, never resampled), cropped to the brain box
-    (any modality or the label non-zero) plus ``margin`` voxels, z-scored per channel over that
-    channel's non-zero voxels; voxels that are zero in the source stay exactly 0.
-``label.npy``
-    uint8, shape ``(Z, X, Y)``, internal labels 0-3 (absent for unlabelled cases).
-``meta.json``
-    written last; ``"complete": true`` marks the case done. Everything needed to map a
-    prediction back onto the source file (:func:`restore_to_original`) and to write it with the
-    source header (``original.header``: the reference image's NIfTI header, base64).
-
-``cache_dir/cache.json`` lists the data list (path, sha256) and the complete cases.
+:func:`prepare_case` reads a case (:func:`pipeline.datasets.reading.read_case`, which checks its
+files), brings it onto the cache grid (:func:`pipeline.geometry.to_cache_grid`: closest RAS voxel
+order by axis permutation and flips, never resampled, cropped to the brain box plus ``margin``
+voxels), z-scores each channel over its non-zero voxels (zeros stay exactly 0) and maps the
+label to internal labels. ``predict`` and ``evaluate`` call it on raw input;
+:func:`preprocess_datalist` (the ``preprocess`` command) writes its result for every case of a
+data list into the cache (:mod:`pipeline.cache`), where training reads it.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import gzip
-import json
 import multiprocessing
 import os
-import struct
 import time
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
-from nibabel.orientations import apply_orientation
 from tqdm.auto import tqdm
 
+from pipeline.cache import discard, is_current, write_case, write_index
 from pipeline.datalist import SPLITS, load_datalist
+from pipeline.datasets.reading import read_case, source_manifest
 from pipeline.datasets.records import CaseRecord
+from pipeline.datasets.validation import check_labels
 from pipeline.errors import ConfigError, InputError, PipelineError
-from pipeline.geometry import (
-    bounding_box,
-    box_slices,
-    cache_affine,
-    reorient_box,
-    reoriented_shape,
-    restore_to_original,
-    voxel_orientation,
-)
-from pipeline.io import load_nifti, read_voxels, save_npy, write_json
+from pipeline.geometry import bounding_box, cache_affine, reorient_box, reoriented_shape, to_cache_grid, voxel_orientation
 from pipeline.labels import get_convention
 from pipeline.modalities import MODALITIES
 
 __all__ = [
     "DEFAULT_MARGIN",
-    "FORMAT_VERSION",
-    "CachedCase",
     "PreparedCase",
     "PreprocessSummary",
-    "load_cached_case",
-    "load_volume",
     "prepare_case",
     "preprocess_datalist",
-    "restore_to_original",
 ]
-
-#: Version of the cache layout; a cache entry of another version is rebuilt.
-FORMAT_VERSION = 1
 
 #: Voxels kept around the brain box on every side.
 DEFAULT_MARGIN = 4
-
-#: Largest affine difference (mm) accepted between the files of one case (as in pipeline.datasets.validation).
-AFFINE_TOLERANCE = 1e-3
-
-IMAGE_FILE, LABEL_FILE, META_FILE, INDEX_FILE = "image.npy", "label.npy", "meta.json", "cache.json"
 
 
 @dataclass(frozen=True)
@@ -91,15 +55,6 @@ class PreparedCase:
         label: uint8 ``(Z, X, Y)`` internal labels, or None.
         meta: the case manifest (the content of ``meta.json``).
     """
-
-    image: np.ndarray
-    label: np.ndarray | None
-    meta: dict
-
-
-@dataclass(frozen=True)
-class CachedCase:
-    """One case read from the cache (memory-mapped by default): float16 image, uint8 label or None, manifest."""
 
     image: np.ndarray
     label: np.ndarray | None
@@ -127,150 +82,6 @@ class PreprocessSummary:
         )
 
 
-# ----------------------------------------------------------------------------- reading
-
-
-class _ImageBuffer:
-    """A SimpleITK image's voxel buffer as a NumPy array that keeps the image alive.
-
-    ``sitk.GetArrayFromImage`` copies every volume; ``GetArrayViewFromImage`` does not, but its
-    array dangles once the image is freed. An array made from this object holds it (``.base``).
-    """
-
-    def __init__(self, image: sitk.Image) -> None:
-        self.image = image
-        self.__array_interface__ = sitk.GetArrayViewFromImage(image).__array_interface__
-
-
-def _read_with_simpleitk(path: Path, image: nib.Nifti1Image) -> np.ndarray | None:
-    """Voxels decompressed by SimpleITK in nibabel's (i, j, k) order, or None where they might differ from nibabel's.
-
-    ITK applies intensity scaling in float32, turns NaN into 0 and reads truncated or damaged
-    ``.gz`` files without complaint, so this only takes unscaled, native-endian integer data,
-    and checks a ``.gz`` file's length and CRC-32 (gzip's own trailer) as Python's gzip would.
-    """
-    header = image.header
-    stored = header.get_data_dtype()
-    slope, inter = header.get_slope_inter()
-    if slope not in (None, 1.0) or inter not in (None, 0.0) or stored.kind not in "iu" or not stored.isnative:
-        return None
-    offset = getattr(image.dataobj, "offset", None)  # the file's vox_offset (image.header is a copy set to 0)
-    if offset is None:
-        return None
-    expected_size = offset + int(np.prod(image.shape)) * stored.itemsize
-    compressed = str(path).endswith(".gz")
-    try:
-        if compressed:
-            with open(path, "rb") as handle:
-                handle.seek(-8, os.SEEK_END)
-                crc, size = struct.unpack("<II", handle.read(8))
-            if size != expected_size % (1 << 32):
-                return None
-            with gzip.open(path, "rb") as handle:
-                prefix = handle.read(offset)
-        elif os.path.getsize(path) < expected_size:
-            return None
-        voxels = np.asarray(_ImageBuffer(sitk.ReadImage(str(path), imageIO="NiftiImageIO")))
-    except (OSError, EOFError, RuntimeError, zlib.error):  # nibabel then reads it or names the problem
-        return None
-    if voxels.T.shape != image.shape or voxels.dtype != stored:
-        return None
-    if compressed and zlib.crc32(voxels, zlib.crc32(prefix)) != crc:
-        return None
-    return voxels.T
-
-
-def load_volume(path: str | os.PathLike[str]) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Open a NIfTI file: its nibabel image (the header) and all its voxels in nibabel's ``(i, j, k, ...)`` order.
-
-    Integer volumes (every BraTS release) are decompressed with SimpleITK, about 2-3x faster
-    than nibabel for ``.nii.gz``, and checked to be exactly what nibabel would read; anything
-    else is read by nibabel. A missing, damaged or truncated file is an :class:`InputError`.
-    """
-    image = load_nifti(path)
-    voxels = _read_with_simpleitk(Path(path), image)
-    if voxels is None:
-        voxels = read_voxels(image, path, dtype=None)
-    return image, voxels
-
-
-def _spatial_voxels(voxels: np.ndarray, path: Path, channels: Sequence[int] | None) -> list[np.ndarray]:
-    """The 3D volumes of one file: itself, or the listed channels of a 4D file (trailing unit axes dropped)."""
-    shape = voxels.shape
-    while len(shape) > (4 if channels is not None else 3) and shape[-1] == 1:
-        shape = shape[:-1]
-    voxels = voxels.reshape(shape)
-    if channels is None:
-        if voxels.ndim != 3:
-            raise InputError(path, f"expected a 3D image, got shape {voxels.shape}")
-        return [voxels]
-    if voxels.ndim != 4:
-        raise InputError(path, f"expected a 4D image with the modalities as channels, got shape {voxels.shape}")
-    if max(channels) >= voxels.shape[3] or min(channels) < 0:
-        raise InputError(path, f"channel_indices {list(channels)} do not fit {voxels.shape[3]} channel(s)")
-    return [voxels[..., index] for index in channels]
-
-
-def _check_finite(voxels: np.ndarray, path: Path) -> None:
-    if voxels.dtype.kind == "f" and not np.isfinite(voxels).all():
-        raise InputError(path, "contains NaN or infinite voxel values")
-
-
-def _check_same_grid(image: nib.Nifti1Image, shape: tuple[int, ...], reference: nib.Nifti1Image, path: Path, reference_path: Path) -> None:
-    if shape != reference.shape[:3]:
-        raise InputError(path, f"shape {shape} differs from {reference_path.name} {reference.shape[:3]}")
-    difference = float(np.abs(image.affine - reference.affine).max())
-    if difference > AFFINE_TOLERANCE:
-        raise InputError(path, f"affine differs from {reference_path.name} by up to {difference:.3g} (not co-registered)")
-
-
-def _fingerprint(path: Path) -> dict[str, int]:
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except OSError as err:
-        raise InputError(path, f"cannot read: {err.strerror or err}") from err
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _source_files(record: CaseRecord) -> list[Path]:
-    return list(record.images) + ([record.label] if record.label is not None else [])
-
-
-def _read_case(record: CaseRecord) -> tuple[list[np.ndarray], np.ndarray | None, nib.Nifti1Image, dict[str, Any]]:
-    """The four modality volumes (source voxel order), the raw label, the reference image and the source record."""
-    fingerprints = {str(path): _fingerprint(path) for path in _source_files(record)}
-    expected = 1 if record.channel_indices is not None else len(MODALITIES)
-    if len(record.images) != expected:
-        raise ConfigError(record.case_id, f"expected {expected} image path(s), got {len(record.images)}")
-    channels: list[np.ndarray] = []
-    reference: nib.Nifti1Image | None = None
-    for path in record.images:
-        image, voxels = load_volume(path)
-        volumes = _spatial_voxels(voxels, path, record.channel_indices)
-        if reference is None:
-            reference = image
-        else:
-            _check_same_grid(image, volumes[0].shape, reference, path, record.images[0])
-        _check_finite(voxels, path)
-        channels.extend(volumes)
-    assert reference is not None
-    label = None
-    if record.label is not None:
-        label_image, label = load_volume(record.label)
-        (label,) = _spatial_voxels(label, record.label, None)
-        _check_same_grid(label_image, label.shape, reference, record.label, record.images[0])
-        _check_finite(label, record.label)
-    source = {
-        "images": [str(path) for path in record.images],
-        "channel_indices": list(record.channel_indices) if record.channel_indices is not None else None,
-        "label": str(record.label) if record.label is not None else None,
-        "files": fingerprints,
-    }
-    return channels, label, reference, source
-
-
 # ----------------------------------------------------------------------------- processing
 
 
@@ -287,12 +98,8 @@ def _to_internal_labels(label: np.ndarray, record: CaseRecord, allow_resection_c
         values = np.flatnonzero(np.bincount(as_index.ravel(), minlength=1)).astype(as_index.dtype).view(label.dtype)
     else:
         values = np.unique(label)
-        if not np.array_equal(values, np.round(values)):
-            raise InputError(record.label, f"label values must be whole numbers, found {values[values != np.round(values)][:5].tolist()}")
-    try:
-        mapped = convention.to_internal(values.astype(np.int64), allow_optional=allow_resection_cavity)
-    except ValueError as err:
-        raise InputError(record.label, str(err)) from None
+    check_labels(record.label, values, record.label_convention, allow_resection_cavity)
+    mapped = convention.to_internal(values.astype(np.int64), allow_optional=allow_resection_cavity)
     if integer:
         table = np.zeros(1 << (8 * label.dtype.itemsize), dtype=np.uint8)
         table[values.view(as_index.dtype)] = mapped
@@ -350,7 +157,8 @@ def _file_header_b64(path: Path, image: nib.Nifti1Image) -> str:
 
 def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Preprocess one case in memory: float16 image (Z, C, X, Y), uint8 label (Z, X, Y) or None, manifest."""
-    channels, raw_label, reference, source = _read_case(record)
+    volumes = read_case(record)
+    channels, raw_label, reference = volumes.channels, volumes.label, volumes.reference
     shape = tuple(int(n) for n in channels[0].shape)
     affine = reference.affine
     try:
@@ -369,19 +177,15 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> t
     except ValueError:
         raise InputError(record.images[0], "every modality is entirely zero") from None
     del brain
-    crop = box_slices(source_box)
     crop_box = reorient_box(source_box, shape, ornt)
     canonical = reoriented_shape(shape, ornt)
+    grid = {"orientation": ornt.tolist(), "canonical_shape": list(canonical), "crop_box": crop_box}
     size_x, size_y, size_z = (high - low for low, high in crop_box)
-
-    def to_cache_grid(volume: np.ndarray) -> np.ndarray:
-        """Cropped source volume -> (Z, X, Y) view on the canonical grid."""
-        return apply_orientation(volume[crop], ornt).transpose(2, 0, 1)
 
     image = np.empty((size_z, len(channels), size_x, size_y), dtype=np.float16)
     means, stds = [], []
     for index, volume in enumerate(channels):
-        mean, std, count = _normalise_channel(to_cache_grid(volume), image[:, index])
+        mean, std, count = _normalise_channel(to_cache_grid(volume, grid), image[:, index])
         if count == 0:
             name = MODALITIES[index]
             raise InputError(record.images[0 if record.channel_indices is not None else index], f"modality {name} is entirely zero")
@@ -390,7 +194,7 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> t
 
     label = None
     if raw_label is not None:
-        label = np.ascontiguousarray(_to_internal_labels(to_cache_grid(raw_label), record, allow_resection_cavity))
+        label = np.ascontiguousarray(_to_internal_labels(to_cache_grid(raw_label, grid), record, allow_resection_cavity))
 
     zooms = nib.affines.voxel_sizes(affine)
     spacing = [0.0] * 3
@@ -400,9 +204,8 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> t
     _, qform_code = header.get_qform(coded=True)
     _, sform_code = header.get_sform(coded=True)
     meta = {
-        "format_version": FORMAT_VERSION,
         "case_id": record.case_id,
-        "source": source,
+        "source": volumes.source,
         "label_convention": record.label_convention,
         "original": {
             "shape": list(shape),
@@ -418,9 +221,7 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> t
             "header": _file_header_b64(record.images[0], reference),
             "header_source": str(record.images[0]),
         },
-        "orientation": ornt.tolist(),
-        "canonical_shape": list(canonical),
-        "crop_box": crop_box,
+        **grid,
         "margin": margin,
         "affine": cache_affine(affine, ornt, shape, crop_box).tolist(),
         "spacing": spacing,
@@ -453,64 +254,24 @@ def prepare_case(record: CaseRecord, allow_resection_cavity: bool = False, margi
     return PreparedCase(image=image.astype(np.float32), label=label, meta=meta)
 
 
-# ----------------------------------------------------------------------------- the cache
-
-
-def _read_meta(case_dir: Path) -> dict | None:
-    try:
-        return json.loads((case_dir / META_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+# ----------------------------------------------------------------------------- building the cache
 
 
 def _is_cached(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool) -> bool:
     """True if ``case_dir`` holds a complete entry made from the same, unchanged source files and settings."""
-    meta = _read_meta(case_dir)
-    if not meta or meta.get("complete") is not True or meta.get("format_version") != FORMAT_VERSION:
-        return False
-    source = meta.get("source", {})
-    wanted = {
-        "images": [str(path) for path in record.images],
-        "channel_indices": list(record.channel_indices) if record.channel_indices is not None else None,
-        "label": str(record.label) if record.label is not None else None,
-    }
-    if any(source.get(key) != value for key, value in wanted.items()):
-        return False
-    if meta.get("label_convention") != record.label_convention or meta.get("margin") != margin:
-        return False
-    if meta.get("allow_resection_cavity") != allow_resection_cavity:
-        return False
     try:
-        if source.get("files") != {str(path): _fingerprint(path) for path in _source_files(record)}:
-            return False
+        source = source_manifest(record)
     except InputError:
         return False
-    files = [IMAGE_FILE] + ([LABEL_FILE] if meta.get("has_label") else [])
-    return all((case_dir / name).is_file() for name in files)
+    wanted = {"source": source, "label_convention": record.label_convention, "margin": margin, "allow_resection_cavity": allow_resection_cavity}
+    return is_current(case_dir, wanted)
 
 
 def _write_case(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool) -> None:
-    """Preprocess one case into ``case_dir``; ``meta.json`` goes last, so a crash never leaves a case that looks done."""
-    (case_dir / META_FILE).unlink(missing_ok=True)
-    for leftover in case_dir.glob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
+    """Preprocess one case into ``case_dir``; the old entry is discarded first, so a failure never leaves it looking done."""
+    discard(case_dir)
     image, label, meta = _prepare(record, margin, allow_resection_cavity)
-    created = not case_dir.exists()
-    try:
-        save_npy(case_dir / IMAGE_FILE, image)
-        if label is not None:
-            save_npy(case_dir / LABEL_FILE, label)
-        else:
-            (case_dir / LABEL_FILE).unlink(missing_ok=True)
-        write_json(case_dir / META_FILE, {**meta, "complete": True})
-    except BaseException:
-        # a failed write (full disk, interrupt) leaves no arrays without their meta.json behind
-        for name in (IMAGE_FILE, LABEL_FILE, META_FILE):
-            (case_dir / name).unlink(missing_ok=True)
-        if created:
-            with contextlib.suppress(OSError):
-                case_dir.rmdir()
-        raise
+    write_case(case_dir, image, label, meta)
 
 
 def _write_case_in_worker(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool) -> tuple[str, str, str] | None:
@@ -596,55 +357,10 @@ def preprocess_datalist(
                         bar.update()
     finally:
         bar.close()
-        _write_index(cache, loaded)
+        write_index(cache, loaded.path, loaded.sha256, {split: [r.case_id for r in loaded.records[split]] for split in SPLITS})
     return PreprocessSummary(
         cache_dir=cache,
         processed=tuple(r.case_id for r in todo),
         skipped=tuple(skipped),
         seconds=time.perf_counter() - started,
     )
-
-
-def _write_index(cache: Path, loaded: Any) -> None:
-    """``cache.json``: the data list it was built from and every case of it that the cache holds complete."""
-    complete = []
-    splits: dict[str, list[str]] = {}
-    for split in SPLITS:
-        for record in loaded.records[split]:
-            meta = _read_meta(cache / record.case_id)
-            if meta and meta.get("complete") is True:
-                complete.append(record.case_id)
-                splits.setdefault(split, []).append(record.case_id)
-    if not complete and not cache.is_dir():
-        return
-    write_json(
-        cache / INDEX_FILE,
-        {
-            "format_version": FORMAT_VERSION,
-            "datalist": str(loaded.path.resolve()),
-            "datalist_sha256": loaded.sha256,
-            "cases": complete,
-            "splits": splits,
-        },
-    )
-
-
-def load_cached_case(cache_dir: str | os.PathLike[str], case_id: str, mmap: bool = True) -> CachedCase:
-    """Read one case of the cache (image and label memory-mapped read-only unless ``mmap`` is False).
-
-    Raises:
-        InputError: if the case is missing or incomplete (preprocess it again).
-    """
-    case_dir = Path(cache_dir) / case_id
-    meta = _read_meta(case_dir)
-    if not meta or meta.get("complete") is not True:
-        raise InputError(case_dir, "not a complete cache entry; run `brats-pipeline preprocess` again")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise InputError(case_dir, f"cache format {meta.get('format_version')} is not {FORMAT_VERSION}; run preprocess again")
-    mode = "r" if mmap else None
-    try:
-        image = np.load(case_dir / IMAGE_FILE, mmap_mode=mode, allow_pickle=False)
-        label = np.load(case_dir / LABEL_FILE, mmap_mode=mode, allow_pickle=False) if meta.get("has_label") else None
-    except (OSError, ValueError) as err:
-        raise InputError(case_dir, f"cannot read the cached arrays ({err}); run preprocess again") from err
-    return CachedCase(image=image, label=label, meta=meta)

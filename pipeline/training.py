@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import yaml
 
+from pipeline.cache import IncompleteEntryError, read_meta
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import write_json
 
@@ -81,6 +82,7 @@ def fold_case_ids(datalist: str | Path, fold: int, cache_dir: str | Path) -> tup
     Raises:
         ConfigError: the fold does not exist, has no training or validation cases, or a case
             was not preprocessed into ``cache_dir``.
+        InputError: a case's cache entry is of another format (an old or foreign cache).
     """
     from pipeline.datalist import load_datalist
 
@@ -90,9 +92,10 @@ def fold_case_ids(datalist: str | Path, fold: int, cache_dir: str | Path) -> tup
         raise ConfigError(listing.path, f"fold {fold} has {len(training)} training and {len(validation)} validation cases; both must be non-empty")
     cache = Path(cache_dir)
     for record in training + validation:
-        meta = cache / record.case_id / "meta.json"
-        if not meta.is_file() or not json.loads(meta.read_text()).get("complete", False):
-            raise ConfigError(cache, f"case {record.case_id} of {listing.path.name} is not in the cache (run preprocess with this data list)")
+        try:
+            read_meta(cache, record.case_id)
+        except IncompleteEntryError:
+            raise ConfigError(cache, f"case {record.case_id} of {listing.path.name} is not in the cache (run preprocess with this data list)") from None
     return [r.case_id for r in training], [r.case_id for r in validation]
 
 

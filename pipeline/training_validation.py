@@ -19,9 +19,8 @@ from monai.handlers import IgniteMetricHandler
 from monai.metrics import DiceMetric
 from torch.utils.data import Dataset
 
-from pipeline.data import read_case_meta
-from pipeline.errors import InputError
-from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, regions_to_labels
+from pipeline.cache import load_case, read_meta
+from pipeline.labels import SCORED_STRUCTURES, decode_probabilities, region_masks
 
 __all__ = ["StructureMasks", "ValidationVolumes", "key_metric", "structure_metrics"]
 
@@ -44,28 +43,20 @@ class ValidationVolumes(Dataset):
         self.cache_dir = Path(cache_dir)
         self.case_ids = list(case_ids)
         for case_id in self.case_ids:
-            read_case_meta(self.cache_dir, case_id)
+            read_meta(self.cache_dir, case_id, require_label=True)
 
     def __len__(self) -> int:
         return len(self.case_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        folder = self.cache_dir / self.case_ids[index]
-        arrays = {}
-        for key in ("image", "label"):
-            path = folder / f"{key}.npy"
-            try:
-                arrays[key] = torch.from_numpy(np.array(np.load(path, mmap_mode="r")))
-            except (OSError, ValueError) as err:
-                raise InputError(path, f"cannot read cached array ({err})") from err
-        return {"image": arrays["image"], "label": arrays["label"], "case_id": self.case_ids[index]}
+        case = load_case(self.cache_dir, self.case_ids[index], require_label=True)
+        image, label = torch.from_numpy(np.array(case.image)), torch.from_numpy(np.array(case.label))
+        return {"image": image, "label": label, "case_id": self.case_ids[index]}
 
 
-def structure_masks(labels: torch.Tensor) -> torch.Tensor:
-    """One binary channel per scored structure (NEC, ED, ET, WT, TC) of internal labels ``(...)``."""
-    labels = torch.as_tensor(labels)
-    nec, ed, et = labels == NEC, labels == ED, labels == ET
-    masks = {"NEC": nec, "ED": ed, "ET": et, "WT": nec | ed | et, "TC": nec | et}
+def _structure_masks(labels: torch.Tensor) -> torch.Tensor:
+    """One binary channel per scored structure (NEC, ED, ET, WT, TC) of internal labels (:func:`pipeline.labels.region_masks`)."""
+    masks = region_masks(labels)
     return torch.stack([masks[name] for name in SCORED_STRUCTURES]).to(torch.uint8)
 
 
@@ -73,7 +64,8 @@ class StructureMasks:
     """Evaluator post-processing: decode ``pred`` probabilities to labels, then both ``pred`` and ``label`` to structure masks.
 
     Args:
-        output_mode: ``softmax`` (argmax over 4 classes) or ``regions`` (TC/WT/ET thresholded at 0.5).
+        output_mode: ``softmax`` (argmax over 4 classes) or ``regions`` (TC/WT/ET thresholded at 0.5),
+            decoded by :func:`pipeline.labels.decode_probabilities` as at inference.
     """
 
     def __init__(self, output_mode: str = "softmax") -> None:
@@ -81,14 +73,12 @@ class StructureMasks:
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         probabilities = data["pred"]
-        if self.output_mode == "regions":
-            predicted = torch.as_tensor(regions_to_labels((probabilities > 0.5).cpu().numpy()), device=probabilities.device)
-        else:
-            predicted = probabilities.argmax(dim=0)
+        decoded = decode_probabilities(probabilities.detach().cpu().numpy(), self.output_mode)
+        predicted = torch.as_tensor(decoded, device=probabilities.device)
         label = torch.as_tensor(data["label"]).to(probabilities.device)
         if label.ndim == predicted.ndim + 1:
             label = label[0]
-        return {**data, "pred": structure_masks(predicted), "label": structure_masks(label)}
+        return {**data, "pred": _structure_masks(predicted), "label": _structure_masks(label)}
 
 
 def _select(structure: str | None) -> Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]:

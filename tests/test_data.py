@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.cache import FORMAT_VERSION, complete_case_ids
 from pipeline.data import (
     CachedCaseStore,
     ForegroundWeightedSampler,
@@ -17,7 +18,6 @@ from pipeline.data import (
     build_train_dataset,
     build_train_loader,
     build_train_sampler,
-    cached_case_ids,
     patch_transforms,
     slice_probabilities,
     slice_transforms,
@@ -47,6 +47,7 @@ def write_cached_case(root: Path, case_id: str, case_number: int, labelled: bool
         "spacing": [1.0, 1.0, 1.0],
         "foreground_per_slice": np.count_nonzero(label, axis=(1, 2)).tolist() if labelled else None,
         "has_label": labelled,
+        "format_version": FORMAT_VERSION,
         "complete": True,
     }
     (folder / "meta.json").write_text(json.dumps(meta))
@@ -64,7 +65,7 @@ def test_case_listing(cache: Path) -> None:
     write_cached_case(cache, "unfinished", 9)
     meta_path = cache / "unfinished" / "meta.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "complete": False}))
-    assert cached_case_ids(cache) == ["case_0", "case_1", "case_2", "case_3"]
+    assert complete_case_ids(cache) == ["case_0", "case_1", "case_2", "case_3"]
 
 
 @pytest.mark.parametrize("augment", [False, True])
@@ -271,7 +272,7 @@ def test_bad_input(cache: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="expected float16"):
         dataset[0]
     with pytest.raises(InputError):
-        cached_case_ids(tmp_path / "missing")
+        complete_case_ids(tmp_path / "missing")
 
 
 def test_bundle_style_instantiation(cache: Path) -> None:
@@ -306,7 +307,7 @@ def test_preprocessed_cache(request: pytest.FixtureRequest) -> None:
     pytest.importorskip("pipeline.synth")
     pytest.importorskip("pipeline.datalist")
     tiny_cache = request.getfixturevalue("tiny_cache")
-    ids = cached_case_ids(tiny_cache)
+    ids = complete_case_ids(tiny_cache)
     assert ids
     for mode in ("2d", "2.5d", "3d"):
         dataset = build_train_dataset(tiny_cache, ids, mode, patch_size=(16, 16, 16), slice_size=(32, 32))

@@ -194,8 +194,8 @@ def test_evaluate_the_synthetic_cohort(tiny_datalist, run_dir, tmp_path):
 @pytest.mark.parametrize("layout", ["lps", "permuted", "oblique"])
 def test_ground_truth_moves_onto_the_cache_grid_like_the_preprocessing(tmp_path, layout):
     from pipeline.datasets import discover_case
-    from pipeline.evaluate import to_cache_grid
-    from pipeline.preprocess import prepare_case, restore_to_original
+    from pipeline.geometry import restore_to_original, to_cache_grid
+    from pipeline.preprocess import prepare_case
 
     record = discover_case(write_case(tmp_path, layout=layout))
     prepared = prepare_case(record)

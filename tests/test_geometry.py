@@ -17,6 +17,7 @@ from pipeline.geometry import (
     reorient_box,
     reoriented_shape,
     restore_to_original,
+    to_cache_grid,
     voxel_orientation,
 )
 
@@ -110,3 +111,40 @@ def test_restore_refuses_an_array_of_another_grid() -> None:
     meta = _meta(np.array([[0, 1], [1, 1], [2, 1]]), (4, 4, 4), [[0, 2], [0, 3], [0, 4]])
     with pytest.raises(ValueError, match="Z, X, Y"):
         restore_to_original(np.zeros((2, 3, 4)), meta)
+
+
+#: Voxel orders of the inputs the pipeline meets: RAS, BraTS's LPS, and a permuted, flipped one.
+SOURCE_ORIENTATIONS = {
+    "ras": np.array([[0, 1], [1, 1], [2, 1]]),
+    "lps": np.array([[0, -1], [1, -1], [2, 1]]),
+    "permuted": np.array([[2, -1], [0, 1], [1, -1]]),
+}
+
+
+@pytest.mark.parametrize("name", SOURCE_ORIENTATIONS)
+def test_to_cache_grid_is_the_exact_inverse_of_restore(name: str) -> None:
+    ornt = SOURCE_ORIENTATIONS[name]
+    shape = (7, 6, 5)
+    source_box = [[1, 6], [0, 4], [2, 5]]
+    meta = _meta(voxel_orientation(affine_of(ornt)), shape, source_box)
+    rng = np.random.default_rng(2)
+    source = rng.integers(1, 255, size=(2, *shape), dtype=np.uint8)
+    on_cache_grid = to_cache_grid(source, meta)
+    (x0, x1), (y0, y1), (z0, z1) = meta["crop_box"]
+    assert on_cache_grid.shape == (2, z1 - z0, x1 - x0, y1 - y0)
+    # the same voxels, in the same order, as the reorientation and crop done by hand
+    canonical = np.stack([apply_orientation(channel, ornt)[box_slices(meta["crop_box"])] for channel in source])
+    assert np.array_equal(on_cache_grid, np.moveaxis(canonical, -1, -3))
+    # cache -> source -> cache is the identity; source -> cache -> source keeps every voxel of the crop
+    assert np.array_equal(to_cache_grid(restore_to_original(on_cache_grid, meta), meta), on_cache_grid)
+    inside = np.zeros(shape, dtype=bool)
+    inside[box_slices(source_box)] = True
+    restored = restore_to_original(on_cache_grid, meta)
+    assert np.array_equal(restored[:, inside], source[:, inside]) and not restored[:, ~inside].any()
+    assert np.array_equal(to_cache_grid(source[0], meta), on_cache_grid[0])  # a plain 3D volume
+
+
+def test_to_cache_grid_refuses_an_array_of_another_grid() -> None:
+    meta = _meta(np.array([[0, 1], [1, 1], [2, 1]]), (4, 4, 4), [[0, 2], [0, 3], [0, 4]])
+    with pytest.raises(ValueError, match="X0, Y0, Z0"):
+        to_cache_grid(np.zeros((4, 4, 5)), meta)

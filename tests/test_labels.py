@@ -6,6 +6,8 @@ from pipeline.labels import (
     ED,
     ET,
     NEC,
+    SCORED_STRUCTURES,
+    decode_probabilities,
     get_convention,
     labels_to_regions,
     region_masks,
@@ -73,3 +75,25 @@ def test_region_channels_decode_exactly():
 def test_every_convention_names_its_exported_labels():
     for convention in CONVENTIONS.values():
         assert set(convention.internal_names()) == {NEC, ED, ET}
+
+
+def test_region_masks_of_a_tensor_match_those_of_an_array():
+    import torch
+
+    seg = np.random.default_rng(3).integers(0, 4, size=(6, 5, 4)).astype(np.uint8)
+    from_array, from_tensor = region_masks(seg), region_masks(torch.from_numpy(seg))
+    assert list(from_array) == list(from_tensor) and set(from_array) == set(SCORED_STRUCTURES)
+    for name in from_array:
+        assert isinstance(from_tensor[name], torch.Tensor)
+        np.testing.assert_array_equal(from_tensor[name].numpy(), from_array[name])
+
+
+def test_decode_probabilities_of_both_output_modes():
+    seg = np.random.default_rng(4).integers(0, 4, size=(6, 5, 4)).astype(np.uint8)
+    one_hot = np.stack([seg == value for value in range(4)]).astype(np.float32)
+    decoded = decode_probabilities(0.1 + 0.8 * one_hot, "softmax")
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, seg)
+    regions = labels_to_regions(seg).astype(np.float32)
+    np.testing.assert_array_equal(decode_probabilities(0.3 + 0.4 * regions, "regions"), seg)
+    np.testing.assert_array_equal(decode_probabilities(0.2 + 0.2 * regions, "regions"), np.zeros_like(seg))  # all below 0.5

@@ -14,20 +14,15 @@ import pytest
 from click.testing import CliRunner
 from nibabel.affines import apply_affine
 
+from pipeline.cache import FORMAT_VERSION, load_case
 from pipeline.cli import main
 from pipeline.datasets.records import CaseRecord
 from pipeline.errors import InputError
-from pipeline.io import file_sha256
+from pipeline.geometry import restore_to_original
+from pipeline.io import file_sha256, load_volume
 from pipeline.labels import get_convention
 from pipeline.modalities import MODALITIES, MSD_CHANNELS
-from pipeline.preprocess import (
-    FORMAT_VERSION,
-    load_cached_case,
-    load_volume,
-    prepare_case,
-    preprocess_datalist,
-    restore_to_original,
-)
+from pipeline.preprocess import prepare_case, preprocess_datalist
 
 SHAPE = (16, 18, 12)
 BRATS = get_convention("brats2017")
@@ -355,7 +350,7 @@ def test_cache_layout_and_manifest(cohort: tuple[Path, list[CaseRecord]], tmp_pa
     index = json.loads((tmp_path / "cache" / "cache.json").read_text())
     assert index["cases"] == ["CaseA", "CaseB", "CaseC"] and index["datalist_sha256"]
     for record in records:
-        cached = load_cached_case(tmp_path / "cache", record.case_id)
+        cached = load_case(tmp_path / "cache", record.case_id)
         meta = cached.meta
         assert isinstance(cached.image, np.memmap) and cached.image.dtype == np.float16
         assert list(cached.image.shape) == meta["shape"] and cached.image.shape[1] == 4
@@ -402,7 +397,7 @@ def test_resume_skips_finished_cases_and_redoes_unfinished_ones(cohort: tuple[Pa
     meta["complete"] = False
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(InputError, match="not a complete cache entry"):
-        load_cached_case(cache, "CaseA")
+        load_case(cache, "CaseA")
     os.utime(records[2].images[0], ns=(0, 10**9))  # a changed source file
     redone = preprocess_datalist(datalist, cache, progress=False)
     assert redone.processed == ("CaseA", "CaseC")
@@ -482,7 +477,7 @@ def test_real_cases_through_a_datalist(real_brats_dir: Path, tmp_path: Path) -> 
     datalist.write_text(json.dumps(payload))
     summary = preprocess_datalist(datalist, tmp_path / "cache", progress=False)
     assert summary.processed == ("BraTS2021_00006", gli)
-    cached = load_cached_case(tmp_path / "cache", gli)
+    cached = load_case(tmp_path / "cache", gli)
     assert cached.label is None and cached.image.shape[1] == 4
     assert cached.meta["original"]["shape"] == [240, 240, 155]
     assert cached.meta["orientation"] == [[0, -1], [1, -1], [2, 1]]  # L-P-S storage flipped to R-A-S
@@ -492,7 +487,7 @@ def test_synthetic_cohort_cache(tiny_cache: Path) -> None:
     index = json.loads((tiny_cache / "cache.json").read_text())
     assert len(index["cases"]) == 8
     for case_id in index["cases"]:
-        cached = load_cached_case(tiny_cache, case_id)
+        cached = load_case(tiny_cache, case_id)
         meta = cached.meta
         assert cached.image.dtype == np.float16 and list(cached.image.shape) == meta["shape"]
         assert meta["orientation"] == [[0, -1], [1, -1], [2, 1]]  # the cohort is stored L-P-S like BraTS

@@ -1,12 +1,12 @@
 """Release layouts -> validated case records.
 
 :func:`discover` lists the cases of a data root (BraTS 2017-2021, 2023+ sub-challenges, MSD
-Task01, or a mix), :func:`discover_case` reads one case for inference, and
+Task01, or a mix), :func:`discover_case` and :func:`case_from_files` read one case for inference, and
 :func:`validate_case` checks every file of a case.
 """
 
 from pipeline.datasets.brats import RELEASES, Release, identify_release
-from pipeline.datasets.discovery import MIXED_RELEASE, DiscoveredDataset, discover, discover_case
+from pipeline.datasets.discovery import MIXED_RELEASE, DiscoveredDataset, case_from_files, discover, discover_case
 from pipeline.datasets.validation import AFFINE_TOLERANCE_MM, validate_case, validate_cases
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "RELEASES",
     "DiscoveredDataset",
     "Release",
+    "case_from_files",
     "discover",
     "discover_case",
     "identify_release",

@@ -8,7 +8,9 @@ with ``<case>-{t1n,t1c,t2w,t2f,seg}.nii[.gz]``).
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +177,31 @@ def read_case_folder(folder: Path, release: Release, case_id: str | None = None)
         label_convention=release.label_convention,
     )
     return FolderCase(record=record, release=release, warnings=warnings, problems=problems)
+
+
+def identify_files(names: Sequence[str]) -> tuple[str, Release]:
+    """The case id and release naming of loose modality files given in canonical order (T1, T1ce, T2, FLAIR).
+
+    Files named ``<case>_{t1,t1ce,t2,flair}`` or ``<case>-{t1n,t1c,t2w,t2f}`` (``.nii[.gz]``) give
+    ``<case>`` and its release (BraTS 2021 or BraTS 2023 GLI when the id is none of theirs);
+    other names give their common prefix, with BraTS 2023 naming when every name ends in a
+    2023+ suffix, else BraTS 2021.
+    """
+    styles = [release for release in RELEASES if release.name in ("brats2021", "brats2023-gli")]
+    stems = [_nifti_stem(name) or name.split(".")[0] for name in names]
+    for style in styles:
+        endings = [style.separator + style.suffixes[modality] for modality in MODALITIES]
+        if len(stems) != len(endings) or not all(stem.endswith(ending) for stem, ending in zip(stems, endings)):
+            continue
+        prefixes = {stem[: -len(ending)] for stem, ending in zip(stems, endings)}
+        if len(prefixes) == 1:
+            (prefix,) = prefixes
+            release = identify_release(prefix)
+            return prefix, release if release is not None and release.separator == style.separator else style
+    legacy, modern = styles
+    modern_endings = tuple(modern.separator + suffix for suffix in modern.suffixes.values())
+    prefix = os.path.commonprefix(list(names)).rstrip("_-.") or stems[0]
+    return prefix, modern if all(stem.endswith(modern_endings) for stem in stems) else legacy
 
 
 def find_case_prefix(folder: Path) -> tuple[str, Release] | None:

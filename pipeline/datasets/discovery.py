@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.datasets.records import CaseRecord
 from pipeline.datasets import msd
-from pipeline.datasets.brats import find_case_prefix, identify_release, read_case_folder
+from pipeline.datasets.brats import find_case_prefix, identify_files, identify_release, read_case_folder
 from pipeline.errors import InputError
 
 __all__ = ["MIXED_RELEASE", "DiscoveredDataset", "discover", "discover_case"]
@@ -182,3 +183,24 @@ def discover_case(path: str | Path) -> CaseRecord:
         first = case.problems[0]
         raise InputError(first.split(": ", 1)[0], first.split(": ", 1)[1])
     return case.record
+
+
+def case_from_files(files: Sequence[str | Path]) -> CaseRecord:
+    """Read one case for inference from its four modality files, given in canonical order (T1, T1ce, T2, FLAIR).
+
+    The case id and the label convention follow the files' naming (:func:`pipeline.datasets.brats.identify_files`).
+
+    Raises:
+        InputError: if there are not exactly four files.
+    """
+    paths = [Path(p) for p in files]
+    if len(paths) != 4:
+        raise InputError(", ".join(map(str, paths)) or "case", f"expected 4 modality files (T1, T1ce, T2, FLAIR), got {len(paths)}")
+    case_id, release = identify_files([path.name for path in paths])
+    return CaseRecord(
+        case_id=case_id,
+        images=tuple(path.resolve() for path in paths),
+        label=None,
+        split="unlabelled",
+        label_convention=release.label_convention,
+    )

@@ -4,6 +4,10 @@ A case is usable when all four modalities are there and readable, 3D (MSD: one 4
 four channels), on one grid (same shape, affine within :data:`AFFINE_TOLERANCE_MM`), finite,
 no modality entirely zero, and its segmentation (if any) holds only its convention's labels.
 Each problem is one line, ``<file>: <reason>``.
+
+This module is the one place that judges a case: :func:`check_same_grid`, :func:`check_finite`
+and :func:`check_labels` are the same checks, raising at the first problem, for the stages that
+read a case's voxels themselves (preprocess, predict, evaluate).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import functools
 import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from os import PathLike
 from pathlib import Path
 
 import nibabel as nib
@@ -25,8 +30,17 @@ from pipeline.io import load_nifti, read_voxels
 from pipeline.labels import get_convention
 from pipeline.modalities import MODALITIES
 
-__all__ = ["AFFINE_TOLERANCE_MM", "validate_case", "validate_cases"]
-
+__all__ = [
+    "AFFINE_TOLERANCE_MM",
+    "check_finite",
+    "check_labels",
+    "check_same_grid",
+    "grid_difference",
+    "label_problem",
+    "non_finite_problem",
+    "validate_case",
+    "validate_cases",
+]
 
 #: Largest difference (mm) between two affines' entries that still counts as the same grid.
 AFFINE_TOLERANCE_MM = 1e-3
@@ -37,37 +51,66 @@ def _one_line(err: InputError) -> str:
     return re.sub(r"\s*\n\s*", " ", str(err))
 
 
-def _grid_problem(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...], affine: np.ndarray, reference: Path) -> str | None:
-    if tuple(image.shape[:3]) != shape:
-        return f"{path}: shape {tuple(image.shape[:3])} differs from {reference.name}'s {shape}"
-    if not np.allclose(image.affine, affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
-        worst = float(np.max(np.abs(image.affine - affine)))
-        return f"{path}: affine differs from {reference.name}'s by up to {worst:.4g} mm (tolerance {AFFINE_TOLERANCE_MM} mm)"
+def grid_difference(
+    shape: Sequence[int], affine: np.ndarray, reference_shape: Sequence[int], reference_affine: np.ndarray, reference: Path
+) -> str | None:
+    """Why a volume is not on the grid of ``reference`` (shape, then affine within :data:`AFFINE_TOLERANCE_MM`), or None."""
+    if tuple(shape) != tuple(reference_shape):
+        return f"shape {tuple(shape)} differs from {reference.name}'s {tuple(reference_shape)}"
+    if not np.allclose(affine, reference_affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+        worst = float(np.max(np.abs(np.asarray(affine) - np.asarray(reference_affine))))
+        return f"affine differs from {reference.name}'s by up to {worst:.4g} mm (tolerance {AFFINE_TOLERANCE_MM} mm)"
     return None
 
 
-def _intensity_problems(path: Path, voxels: np.ndarray, what: str = "image") -> list[str]:
+def check_same_grid(
+    path: str | PathLike[str], shape: Sequence[int], affine: np.ndarray, reference: Path, reference_shape: Sequence[int], reference_affine: np.ndarray
+) -> None:
+    """Raise a one-line :class:`InputError` naming ``path`` unless it lies on the grid of ``reference``."""
+    problem = grid_difference(shape, affine, reference_shape, reference_affine, reference)
+    if problem:
+        raise InputError(path, problem)
+
+
+def non_finite_problem(voxels: np.ndarray, what: str = "image") -> str | None:
+    """Why ``voxels`` are not all finite (NaN or infinity), or None; integer volumes always are."""
+    if voxels.dtype.kind not in "fc":
+        return None
     non_finite = int(np.count_nonzero(~np.isfinite(voxels)))
-    if non_finite:
-        return [f"{path}: {what} has {non_finite} non-finite voxel(s) (NaN or infinity)"]
+    return f"{what} has {non_finite} non-finite voxel(s) (NaN or infinity)" if non_finite else None
+
+
+def check_finite(path: str | PathLike[str], voxels: np.ndarray, what: str = "image") -> None:
+    """Raise a one-line :class:`InputError` naming ``path`` if ``voxels`` hold NaN or infinity."""
+    problem = non_finite_problem(voxels, what)
+    if problem:
+        raise InputError(path, problem)
+
+
+def _grid_problem(path: Path, image: nib.Nifti1Image, shape: tuple[int, ...], affine: np.ndarray, reference: Path) -> str | None:
+    problem = grid_difference(image.shape[:3], image.affine, shape, affine, reference)
+    return f"{path}: {problem}" if problem else None
+
+
+def _intensity_problems(path: Path, voxels: np.ndarray, what: str = "image") -> list[str]:
+    problem = non_finite_problem(voxels, what)
+    if problem:
+        return [f"{path}: {problem}"]
     if not np.any(voxels):
         return [f"{path}: {what} is entirely zero"]
     return []
 
 
-def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_resection_cavity: bool) -> list[str]:
-    non_finite = int(np.count_nonzero(~np.isfinite(seg)))
-    if non_finite:
-        return [f"{path}: segmentation has {non_finite} non-finite voxel(s) (NaN or infinity)"]
-    # pandas.unique hashes instead of sorting: several times faster than np.unique on a full volume.
-    values = pd.unique(seg.ravel())
+def label_problem(values: np.ndarray, convention_name: str, allow_resection_cavity: bool = False) -> str | None:
+    """Why a segmentation holding the label ``values`` (its distinct values) does not fit its convention, or None."""
+    values = np.asarray(values)
     fractional = sorted(float(v) for v in values if v != np.round(v))
     if fractional:
-        return [f"{path}: segmentation holds non-integer values {fractional[:5]}"]
+        return f"segmentation holds non-integer values {fractional[:5]}"
     convention = get_convention(convention_name)
     unknown = convention.unknown_labels(values.astype(np.int64), allow_optional=allow_resection_cavity)
     if not unknown:
-        return []
+        return None
     refused = [v for v in unknown if v in convention.optional_labels]
     hint = ""
     if refused:
@@ -75,7 +118,20 @@ def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_res
             f"; label {refused[0]} (the BraTS 2024 resection cavity) is read only when mapping it to "
             "background is asked for (--map-resection-cavity)"
         )
-    return [f"{path}: labels {unknown} are not in the {convention.name} convention {list(convention.labels)}{hint}"]
+    return f"labels {unknown} are not in the {convention.name} convention {list(convention.labels)}{hint}"
+
+
+def check_labels(path: str | PathLike[str], values: np.ndarray, convention_name: str, allow_resection_cavity: bool = False) -> None:
+    """Raise a one-line :class:`InputError` naming ``path`` unless the label ``values`` fit the convention."""
+    problem = label_problem(values, convention_name, allow_resection_cavity)
+    if problem:
+        raise InputError(path, problem)
+
+
+def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_resection_cavity: bool) -> list[str]:
+    # pandas.unique hashes instead of sorting: several times faster than np.unique on a full volume.
+    problem = non_finite_problem(seg, "segmentation") or label_problem(pd.unique(seg.ravel()), convention_name, allow_resection_cavity)
+    return [f"{path}: {problem}"] if problem else []
 
 
 def validate_case(record: CaseRecord, allow_resection_cavity: bool = False) -> list[str]:

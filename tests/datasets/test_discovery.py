@@ -1,7 +1,7 @@
 import pytest
 from case_writers import MSD_DATASET_JSON, brain, write_nifti
 
-from pipeline.datasets import MIXED_RELEASE, discover, discover_case, identify_release
+from pipeline.datasets import MIXED_RELEASE, case_from_files, discover, discover_case, identify_release
 from pipeline.errors import InputError
 from pipeline.modalities import MODALITIES
 
@@ -286,3 +286,20 @@ def test_discovery_modifies_nothing(legacy_root):
     before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in legacy_root.rglob("*")}
     discover(legacy_root)
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in legacy_root.rglob("*")} == before
+
+
+@pytest.mark.parametrize(
+    "names, case_id, convention",
+    [
+        ([f"BraTS2021_00001_{m}.nii.gz" for m in MODALITIES], "BraTS2021_00001", "brats2017"),
+        ([f"BraTS-GLI-00002-000-{s}.nii.gz" for s in ("t1n", "t1c", "t2w", "t2f")], "BraTS-GLI-00002-000", "brats2023"),
+        ([f"BraTS-MEN-00003-000-{s}.nii" for s in ("t1n", "t1c", "t2w", "t2f")], "BraTS-MEN-00003-000", "brats2023"),
+        (["patient_t1.nii.gz", "patient_t1ce.nii.gz", "patient_t2.nii.gz", "patient-t2f.nii.gz"], "patient", "brats2017"),
+    ],
+)
+def test_a_case_from_four_loose_files(tmp_path, names, case_id, convention):
+    record = case_from_files([tmp_path / name for name in names])
+    assert record.case_id == case_id and record.label_convention == convention
+    assert record.images == tuple((tmp_path / name).resolve() for name in names) and record.label is None
+    with pytest.raises(InputError, match="expected 4 modality files"):
+        case_from_files([tmp_path / name for name in names[:3]])

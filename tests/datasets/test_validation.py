@@ -6,6 +6,8 @@ import pytest
 from case_writers import LPS_AFFINE, SHAPE, brain, tumour, write_nifti
 
 from pipeline.datasets import discover, validate_case, validate_cases
+from pipeline.datasets.reading import read_case
+from pipeline.errors import InputError
 
 
 def _record(root, case_id="BraTS2021_00003"):
@@ -53,6 +55,28 @@ def test_affine_mismatch_beyond_the_tolerance_only(legacy_root):
     write_nifti(path, brain(0), nudged)
     line = _single_line_naming(validate_case(_record(legacy_root)), path)
     assert "affine differs from BraTS2021_00003_t1.nii.gz's by up to 0.5005 mm" in line
+
+
+def _read_case_problem(record):
+    with pytest.raises(InputError) as caught:
+        read_case(record)
+    return f"{caught.value.where}: {caught.value.problem}"
+
+
+def test_reading_a_case_judges_its_grid_and_voxels_as_validation_does(legacy_root):
+    path = legacy_root / "BraTS2021_00003" / "BraTS2021_00003_t2.nii.gz"
+    nudged = LPS_AFFINE.copy()
+    nudged[0, 3] += 0.0005  # within the one tolerance: the same grid for both
+    write_nifti(path, brain(0), nudged)
+    assert validate_case(_record(legacy_root)) == [] and len(read_case(_record(legacy_root)).channels) == 4
+    nudged[0, 3] += 0.5
+    write_nifti(path, brain(0), nudged)
+    assert _read_case_problem(_record(legacy_root)) == _single_line_naming(validate_case(_record(legacy_root)), path)
+    write_nifti(path, brain(0), LPS_AFFINE)
+    data = brain(0).astype(np.float32)
+    data[3, 3, 3] = np.nan
+    write_nifti(path, data)
+    assert _read_case_problem(_record(legacy_root)) == _single_line_naming(validate_case(_record(legacy_root)), path)
 
 
 def test_seg_on_another_grid(legacy_root):
@@ -107,6 +131,22 @@ def test_non_integer_labels(legacy_root):
     path = legacy_root / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz"
     write_nifti(path, tumour((1, 2, 4)).astype(np.float32) * 1.5)
     assert "segmentation holds non-integer values [1.5]" in _single_line_naming(validate_case(_record(legacy_root)), path)
+
+
+@pytest.mark.parametrize("seg", [tumour((1, 2, 3, 5)), tumour((1, 2, 4)).astype(np.float32) * 1.5])
+def test_preprocess_and_evaluate_judge_labels_as_validation_does(legacy_root, seg):
+    from pipeline.evaluate import read_internal_labels
+    from pipeline.preprocess import prepare_case
+
+    path = legacy_root / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz"
+    write_nifti(path, seg)
+    record = _record(legacy_root)
+    line = _single_line_naming(validate_case(record), path)
+    with pytest.raises(InputError) as prepared:
+        prepare_case(record)
+    with pytest.raises(InputError) as evaluated:
+        read_internal_labels(path, record.label_convention)
+    assert str(prepared.value) == str(evaluated.value) == line
 
 
 def test_resection_cavity_is_refused_unless_mapping_is_asked_for(tmp_path, cases):

@@ -240,7 +240,7 @@ def test_train_refuses_a_bad_datalist(edit: str, pristine_datalist: Path, pristi
     assert not files_under(out)
 
 
-@pytest.mark.parametrize("problem", ["case_not_cached", "truncated_array"])
+@pytest.mark.parametrize("problem", ["case_not_cached", "old_format", "truncated_array"])
 def test_train_refuses_a_damaged_cache(problem: str, pristine_datalist: Path, pristine_cache: Path, tmp_path: Path) -> None:
     cache = Path(shutil.copytree(pristine_cache, tmp_path / "cache"))
     case_id = _case_of_split(pristine_datalist, "training")
@@ -248,6 +248,10 @@ def test_train_refuses_a_damaged_cache(problem: str, pristine_datalist: Path, pr
     if problem == "case_not_cached":
         shutil.rmtree(cache / case_id)
         where, pattern = cache, f"case {case_id} .* is not in the cache"
+    elif problem == "old_format":
+        meta_path = cache / case_id / "meta.json"
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format_version": 0}))
+        where, pattern = cache / case_id, r"cache format 0 is not 1 \(an old or foreign cache\); run preprocess again"
     else:
         where = cache / case_id / "image.npy"
         where.write_bytes(where.read_bytes()[: where.stat().st_size // 2])
@@ -255,7 +259,7 @@ def test_train_refuses_a_damaged_cache(problem: str, pristine_datalist: Path, pr
     result = cli(*train_args(pristine_datalist, cache, out))
     assert result.exit_code == 1
     assert_one_line_error(result.output, where, pattern)
-    if problem == "case_not_cached":  # found before the run starts: nothing written
+    if problem in ("case_not_cached", "old_format"):  # found before the run starts: nothing written
         assert not files_under(out)
     assert not leftover_temporaries(out)
 

@@ -20,7 +20,7 @@ from cli_runs import REPO, cli, kill_when_paused, single_threaded, train_args
 from failure_checks import files_under, leftover_temporaries, same_files
 
 from pipeline.errors import InputError
-from pipeline.preprocess import load_cached_case
+from pipeline.cache import load_case
 
 # ----------------------------------------------------------------------------- preprocessing
 
@@ -35,7 +35,7 @@ def test_preprocess_killed_mid_write_resumes_to_the_same_cache(
     printed = kill_when_paused(args, pause_at)
     interrupted = Path(printed.split("PAUSED ", 1)[1].split(" written", 1)[0]).parent
     with pytest.raises(InputError):  # the case being written when killed does not pass as complete
-        load_cached_case(cache, interrupted.name)
+        load_case(cache, interrupted.name)
     assert leftover_temporaries(interrupted)  # the kill did leave a temporary file behind
 
     result = cli(*args)

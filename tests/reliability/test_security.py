@@ -15,7 +15,7 @@ from case_writers import case_file
 from failure_checks import assert_one_line_error, checksums, files_under
 
 from pipeline.errors import InputError
-from pipeline.preprocess import load_cached_case
+from pipeline.cache import load_case
 
 PACKAGE = REPO / "pipeline"
 
@@ -132,7 +132,7 @@ def test_pickled_cache_arrays_are_refused(pristine_cache: Path, pristine_datalis
     np.save(image, np.array([_malicious(marker)], dtype=object), allow_pickle=True)
     for mmap in (True, False):
         with pytest.raises(InputError, match="cannot read the cached arrays"):
-            load_cached_case(cache, case_id, mmap=mmap)
+            load_case(cache, case_id, mmap=mmap)
     result = cli(*train_args(pristine_datalist, cache, tmp_path / "run"))
     assert result.exit_code == 1
     assert_one_line_error(result.output, image, "")

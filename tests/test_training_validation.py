@@ -1,0 +1,39 @@
+"""Training-time validation: whole cached volumes and the per-structure masks scored by Dice (pipeline.training_validation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.labels import SCORED_STRUCTURES, labels_to_regions, region_masks
+from pipeline.training_validation import StructureMasks
+
+
+@pytest.mark.parametrize("output_mode", ["softmax", "regions"])
+def test_structure_masks_are_the_region_masks_of_the_decoded_prediction(output_mode: str) -> None:
+    rng = np.random.default_rng(5)
+    predicted, truth = (rng.integers(0, 4, size=(4, 6, 5)).astype(np.uint8) for _ in range(2))
+    if output_mode == "regions":
+        probabilities = 0.2 + 0.6 * labels_to_regions(predicted).astype(np.float32)
+    else:
+        probabilities = 0.1 + 0.8 * np.stack([predicted == value for value in range(4)]).astype(np.float32)
+    out = StructureMasks(output_mode)({"pred": torch.from_numpy(probabilities), "label": torch.from_numpy(truth)[None], "case_id": "c"})
+    assert out["case_id"] == "c" and out["pred"].dtype == torch.uint8 and tuple(out["pred"].shape) == (len(SCORED_STRUCTURES), 4, 6, 5)
+    for channel, name in enumerate(SCORED_STRUCTURES):
+        np.testing.assert_array_equal(out["pred"][channel].numpy(), region_masks(predicted)[name])
+        np.testing.assert_array_equal(out["label"][channel].numpy(), region_masks(truth)[name])
+
+
+def test_validation_volumes_read_whole_cached_cases(tiny_cache) -> None:
+    from pipeline.cache import complete_case_ids, load_case
+    from pipeline.training_validation import ValidationVolumes
+
+    case_ids = complete_case_ids(tiny_cache)[:2]
+    volumes = ValidationVolumes(tiny_cache, case_ids)
+    assert len(volumes) == 2
+    item = volumes[1]
+    cached = load_case(tiny_cache, case_ids[1])
+    assert item["case_id"] == case_ids[1] and item["image"].dtype == torch.float16 and item["label"].dtype == torch.uint8
+    np.testing.assert_array_equal(item["image"].numpy(), cached.image)
+    np.testing.assert_array_equal(item["label"].numpy(), cached.label)
