@@ -225,7 +225,7 @@ def train(
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
+@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/).")
 @click.option("--input", "input_path", required=True, type=_EXISTING, help="Case folder, MSD 4D image, data list JSON or data root.")
 @click.option("--out", required=True, type=_PATH, help="Folder for the NIfTI predictions.")
 @click.option("--device", default="cpu", show_default=True, help="Where the network runs: cpu, cuda, cuda:N.")
@@ -274,7 +274,7 @@ def predict(
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
+@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/).")
 @click.option("--datalist", "datalist_path", required=True, type=_EXISTING, help="Data list JSON with ground truth.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "validation", "training", "all"]), help="Cases to score.")
 @click.option("--out", required=True, type=_PATH, help="Evaluation folder: metrics.csv, summary.json, plots/, overlays/, predictions/.")
@@ -367,7 +367,7 @@ def demo(
 
 
 @main.command(name="export")
-@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
+@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/).")
 @click.option("--format", "export_format", default="torchscript", show_default=True, type=click.Choice(["torchscript", "onnx"]), help="TorchScript (MONAI ckpt_export) or ONNX.")
 @click.option("--out", default=None, type=_PATH, help="File to write (default: MODEL/models/model.ts or model.onnx).")
 @click.option("--tolerance", default=1e-3, show_default=True, type=click.FloatRange(min=0), help="Largest logit difference from PyTorch accepted.")

@@ -7,6 +7,8 @@ are what the config calls: fold case selection, optimiser and schedule builders,
 :func:`start_run`, which lays out the run directory::
 
     RUN_DIR/config.json        the merged raw bundle config, overrides applied (reloadable with ConfigParser)
+    RUN_DIR/inference.json     the bundle's inference.yaml with this run's network keys and checkpoint
+                               (pipeline.inference_config): the run folder loads as a bundle folder does
     RUN_DIR/provenance.json    package versions, git commit, data list sha256, command line, seed
     RUN_DIR/models/model.pt    best weights (plain state_dict)
     RUN_DIR/models/latest.pt   full training state, for --resume
@@ -36,6 +38,8 @@ import torch
 import yaml
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import unwrap_pipeline_errors as _pipeline_errors_unwrapped
+from pipeline.inference_config import write_run_inference_config
 from pipeline.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -185,7 +189,7 @@ def provenance(datalist: str | Path, seed: int) -> dict[str, Any]:
 
 
 def start_run(output_dir: str | Path, datalist: str | Path, seed: int) -> Path:
-    """Create the run directory and (rank 0) write ``config.json``, ``provenance.json`` and the log file handler.
+    """Create the run directory and (rank 0) write ``config.json``, ``inference.json``, ``provenance.json`` and the log file handler.
 
     Called from the bundle's ``initialize`` section, so every entry point lays out the run the same way.
     """
@@ -202,6 +206,7 @@ def start_run(output_dir: str | Path, datalist: str | Path, seed: int) -> Path:
     config = _running_workflow_config()
     if config is not None:
         write_json(run_dir / "config.json", json.loads(json.dumps(config, default=str)))
+        write_run_inference_config(workflow.parser, run_dir)
     else:
         logger.warning("no running bundle workflow found: config.json not written")
     write_json(run_dir / "provenance.json", provenance(datalist, seed))
@@ -274,7 +279,7 @@ def train(
     for path, what in ((Path(datalist), "data list"), (Path(cache_dir), "cache folder")):
         if not path.exists():
             raise ConfigError(path, f"{what} not found")
-    files = [TRAIN_CONFIG, *(Path(f) for f in config_files)]
+    files = training_config_files(mode, config_files)
     for path in files:
         if not path.is_file():
             raise ConfigError(path, "config file not found")
@@ -334,20 +339,19 @@ def _pipeline_error_tracebacks_hidden() -> Iterator[None]:
         logging.setLogRecordFactory(previous)
 
 
-@contextlib.contextmanager
-def _pipeline_errors_unwrapped() -> Iterator[None]:
-    """Re-raise the :class:`PipelineError` that MONAI's config parsing wrapped in its own error types."""
-    try:
-        yield
-    except PipelineError:
-        raise
-    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as err:
-        cause: BaseException = err
-        while cause.__cause__ is not None and not isinstance(cause, PipelineError):
-            cause = cause.__cause__
-        if isinstance(cause, PipelineError):
-            raise cause from err
-        raise
+def training_config_files(mode: str, config_files: Sequence[str | Path] = ()) -> list[Path]:
+    """``train.yaml`` then ``config_files``; in 3D each file's 3D variant (``<name>_3d.yaml`` beside it, when present) right after it.
+
+    Example:
+        ``training_config_files("3d", [GPU_CONFIG])``: train.yaml, train_3d.yaml, gpu_train.yaml, gpu_train_3d.yaml.
+    """
+    files: list[Path] = []
+    for path in (TRAIN_CONFIG, *(Path(f) for f in config_files)):
+        files.append(path)
+        variant = path.with_name(f"{path.stem}_3d{path.suffix}")
+        if mode == "3d" and variant.is_file() and variant not in [Path(f) for f in config_files]:
+            files.append(variant)
+    return files
 
 
 def is_interrupted_run(parser: Any) -> bool:

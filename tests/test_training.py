@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from monai.bundle import ConfigParser
 
 from pipeline.cli import main
-from pipeline.training import MULTI_GPU_CONFIG, TRAIN_CONFIG
+from pipeline.training import GPU_CONFIG, MULTI_GPU_CONFIG, TRAIN_CONFIG, training_config_files
 from tiny_training import TINY_DETERMINISTIC
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +60,12 @@ def _check_run_dir(run_dir: Path, mode: str) -> None:
     assert 0.0 <= latest["best_metric"] <= 1.0
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "logs" / "train.log").read_text()
+    inference = json.loads((run_dir / "inference.json").read_text())  # the run's own inference config
+    assert inference["mode"] == mode and inference["channels"] == [4, 8, 16] and inference["bundle_root"] == str(run_dir.absolute())
+    assert ConfigParser(inference).get_parsed_content("checkpoint") == str(run_dir.absolute() / "models" / "model.pt")
+    from pipeline.api import load_model
+
+    assert load_model(run_dir).inferer.mode == mode  # the run folder loads through it
 
 
 def _tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -186,7 +192,7 @@ def test_ddp_gloo_two_processes(tiny_run_data: tuple[Path, Path], tmp_path: Path
 @pytest.mark.parametrize(("mode", "batch_size", "top_channels"), [("2.5d", 64, 512), ("3d", 2, 320)])
 def test_gpu_config_merges_over_the_cpu_defaults(mode: str, batch_size: int, top_channels: int) -> None:
     parser = ConfigParser()
-    parser.read_config([str(TRAIN_CONFIG), str(TRAIN_CONFIG.with_name("gpu_train.yaml"))])
+    parser.read_config([str(f) for f in training_config_files(mode, [GPU_CONFIG])])  # 3D: + train_3d.yaml, gpu_train_3d.yaml
     parser["mode"] = mode
     assert parser.get_parsed_content("batch_size") == batch_size
     assert parser.get_parsed_content("amp") is True
