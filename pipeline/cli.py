@@ -189,6 +189,12 @@ def datalist(
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "cuda"]), help="Where to train.")
 @click.option("--config", "config_files", multiple=True, type=_EXISTING, help="Bundle override file merged after train.yaml (repeatable), e.g. configs/gpu_train.yaml.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any bundle key, e.g. --set batch_size=32 (repeatable).")
+@click.option(
+    "--tracking",
+    default=None,
+    metavar="mlflow|FILE",
+    help="Experiment tracking as `monai.bundle run --tracking`: mlflow (training loss and validation Dice in OUT/mlruns.db) or a MONAI settings file.",
+)
 @_reports_errors
 def train(
     datalist_path: Path,
@@ -201,6 +207,7 @@ def train(
     device: str,
     config_files: tuple[Path, ...],
     settings: tuple[str, ...],
+    tracking: str | None,
 ) -> None:
     """Train a segmentation network with the bundle's configs/train.yaml.
 
@@ -220,6 +227,7 @@ def train(
         device=device,
         config_files=config_files,
         overrides=parse_overrides(settings),
+        tracking=tracking,
     )
     click.echo(f"run directory: {run_dir} (best weights: {run_dir / 'models' / 'model.pt'})")
 

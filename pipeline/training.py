@@ -246,6 +246,7 @@ def train(
     device: str = "cpu",
     config_files: Sequence[str | Path] = (),
     overrides: Mapping[str, Any] | None = None,
+    tracking: str | None = None,
 ) -> Path:
     """Train with the bundle's ``train.yaml`` (plus ``config_files``, merged in order) and return the run directory.
 
@@ -260,6 +261,8 @@ def train(
         device: ``cpu`` or ``cuda``.
         config_files: override YAML/JSON files merged after ``train.yaml`` (e.g. ``configs/gpu_train.yaml``).
         overrides: any bundle keys (``#``-separated ids), applied last.
+        tracking: experiment tracking as ``monai.bundle run --tracking`` takes it: ``mlflow``
+            (:func:`tracking_settings`) or a MONAI tracking-settings file.
 
     Raises:
         ConfigError: a missing file, an unknown mode or device, or a checkpoint that does not
@@ -300,6 +303,7 @@ def train(
         logging_file=str(LOGGING_CONFIG),
         workflow_type="train",
         run_id="training",
+        tracking=tracking_settings(tracking, out),
         **settings,
     )
     with _pipeline_errors_unwrapped():
@@ -352,6 +356,32 @@ def training_config_files(mode: str, config_files: Sequence[str | Path] = ()) ->
         if mode == "3d" and variant.is_file() and variant not in [Path(f) for f in config_files]:
             files.append(variant)
     return files
+
+
+def tracking_settings(tracking: str | None, out: str | Path) -> str | dict[str, Any] | None:
+    """What ``ConfigWorkflow(tracking=...)`` gets for ``brats-pipeline train --tracking``.
+
+    ``mlflow`` is MONAI's MLflow settings (``MLFlowHandler`` on the trainer and the validator,
+    a SQLite store ``RUN_DIR/mlruns.db``, experiment ``monai_experiment``; override with
+    ``--set tracking_uri=...``, ``--set experiment_name=...``) with one change: MONAI writes
+    the executed config into the run directory when the workflow is built, before the run's
+    checks; here the run's own ``config.json`` is the logged artifact instead. Any other
+    value is a MONAI tracking-settings file.
+    """
+    if tracking is None:
+        return None
+    if tracking != "mlflow":
+        if not Path(tracking).is_file():
+            raise ConfigError("--tracking", f"choose mlflow or a tracking-settings file, got {tracking!r}")
+        return str(tracking)
+    import copy
+
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    settings["configs"]["save_execute_config"] = False
+    settings["configs"]["trainer"]["artifacts"] = str(Path(out).resolve() / "config.json")
+    return settings
 
 
 def is_interrupted_run(parser: Any) -> bool:

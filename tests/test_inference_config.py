@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 from monai.bundle import ConfigParser
 from prediction_cases import CONFIGS, write_bundle_dir
 from test_api import case_dir, run_dir  # noqa: F401  (the same tiny run folder and case)
 
 from pipeline.api import load_model
+from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.inference_config import (
     INFERENCE_CONFIG,
@@ -131,10 +133,12 @@ def test_predict_bundle_run_inference_and_segment_write_identical_files(run_dir,
     assert (tmp_path / "api" / name).read_bytes() == expected
 
 
-def test_docs_merge_evaluate_yaml_after_inference_yaml():
-    """The documented evaluating command merges evaluate.yaml after inference.yaml (README, bundle docs)."""
+def test_docs_merge_evaluate_yaml_after_inference_yaml_and_offer_tracking():
+    """The documented evaluating command merges evaluate.yaml after inference.yaml; train and make train offer --tracking."""
     merged = "['bundles/brats_segmentation/configs/inference.yaml','bundles/brats_segmentation/configs/evaluate.yaml']"
     for doc in (REPO / "README.md", REPO / "bundles" / "brats_segmentation" / "docs" / "README.md", CONFIGS / "evaluate.yaml"):
         text = doc.read_text()
         assert merged in text, doc
         assert "--config_file bundles/brats_segmentation/configs/evaluate.yaml" not in text, doc
+    assert "--tracking mlflow|FILE" in CliRunner().invoke(main, ["train", "--help"]).output
+    assert "--tracking $(TRACKING)" in (REPO / "Makefile").read_text()

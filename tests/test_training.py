@@ -94,6 +94,30 @@ def test_cli_trains_2d(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None
     assert scalars.get("images"), "no prediction overlay"
 
 
+@pytest.mark.slow
+def test_cli_tracks_the_run_in_mlflow(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """`train --tracking mlflow`: the training loss and the per-structure validation Dice land in RUN_DIR/mlruns.db."""
+    from mlflow.tracking import MlflowClient
+
+    datalist, cache = tiny_run_data
+    out = tmp_path / "run"
+    result = _cli_train(datalist, cache, out, "2d", 2, "--tracking", "mlflow")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("monai_experiment")
+    runs = client.search_runs([experiment.experiment_id])
+    metrics = {key for run in runs for key in run.data.metrics}
+    for key in ("train_loss", "val_mean_dice", "val_dice_NEC", "val_dice_ED", "val_dice_ET", "val_dice_WT", "val_dice_TC"):
+        assert key in metrics, (key, sorted(metrics))
+    history = [m.value for run in runs for m in client.get_metric_history(run.info.run_id, "val_dice_WT")]
+    assert len(history) == 2 and all(0.0 <= value <= 1.0 for value in history)  # one value per validated epoch
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("config_")) == []  # the run's config.json is the artifact
+
+    result = _cli_train(datalist, cache, tmp_path / "other", "2d", 1, "--tracking", "wandb")
+    assert result.exit_code == 1 and "--tracking: choose mlflow or a tracking-settings file" in result.output
+    assert not (tmp_path / "other").exists()
+
+
 def test_cli_trains_3d_regions(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     datalist, cache = tiny_run_data
     result = _cli_train(datalist, cache, tmp_path / "run", "3d", 1, settings=[*TINY, "output_mode=regions"])
