@@ -64,13 +64,12 @@ def _read(path: Path) -> dict[str, Any]:
     return config
 
 
-def run_inference_config(training: Any, run_dir: str | os.PathLike[str], where: str | os.PathLike[str] = RUN_CONFIG) -> dict[str, Any]:
+def run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """``inference.yaml`` with a training run's :data:`TRAINED_KEYS` and the run folder as ``bundle_root``.
 
     Args:
         training: the run's training config (a ``ConfigParser`` or a raw config mapping).
         run_dir: the run folder (its ``models/model.pt`` becomes the checkpoint).
-        where: the training config's file, named in errors.
 
     Returns:
         A raw config mapping (JSON-serialisable): expressions of the training config, such as
@@ -88,7 +87,7 @@ def run_inference_config(training: Any, run_dir: str | os.PathLike[str], where: 
             value = parser.get(key) if key == "network_def" else parser.get_parsed_content(key, instantiate=False)
             config[key] = json.loads(json.dumps(value))
         except Exception as err:  # MONAI wraps every parse failure in its own error types
-            raise ConfigError(where, f"cannot read {key!r} of the training config: {err}") from err
+            raise ConfigError(Path(run_dir) / RUN_CONFIG, f"cannot read {key!r} of the training config: {err}") from err
     return config
 
 
@@ -115,7 +114,7 @@ def model_config(model_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], Pat
         if candidate.is_file():
             return _read(candidate), candidate
     if (root / RUN_CONFIG).is_file():  # a run trained before runs wrote inference.json
-        return run_inference_config(_read(root / RUN_CONFIG), root, root / RUN_CONFIG), root / RUN_CONFIG
+        return run_inference_config(_read(root / RUN_CONFIG), root), root / RUN_CONFIG
     raise ConfigError(root, f"neither a run folder ({RUN_INFERENCE_CONFIG} or {RUN_CONFIG}) nor a bundle folder ({BUNDLE_CONFIG.as_posix()})")
 
 
