@@ -66,10 +66,12 @@ EPOCHS      ?= 12
 FOLD        ?= 0
 DEVICE      ?= cpu
 RUN_DIR     ?= runs/$(basename $(notdir $(DATALIST)))_$(MODE)_fold$(FOLD)
+# TRACKING=mlflow: training loss and validation Dice in RUN_DIR/mlruns.db (MONAI's MLFlowHandler)
+TRACKING    ?=
 TRAIN_ARGS  ?=
 .PHONY: train
-train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD, DEVICE, RUN_DIR; TRAIN_ARGS="--resume --set batch_size=32 ...")
-	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) --epochs $(EPOCHS) --fold $(FOLD) --device $(DEVICE) --out $(RUN_DIR) $(TRAIN_ARGS)
+train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD, DEVICE, RUN_DIR, TRACKING=mlflow; TRAIN_ARGS="--resume --set batch_size=32 ...")
+	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) --epochs $(EPOCHS) --fold $(FOLD) --device $(DEVICE) --out $(RUN_DIR) $(if $(TRACKING),--tracking $(TRACKING)) $(TRAIN_ARGS)
 
 # Evaluation and prediction with the model `make train` wrote (MODEL: any run or bundle folder).
 MODEL        ?= $(RUN_DIR)

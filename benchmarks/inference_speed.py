@@ -35,18 +35,14 @@ INFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "brats_segm
 
 
 def bundle_model(mode: str, tta: bool, device: str):
-    """The bundle's inference model (network, inferer, post-processing) with seeded untrained weights."""
+    """The bundle's inference ``model`` component (network, inferer, post-processing) with seeded untrained weights."""
     from monai.bundle import ConfigParser
-
-    from pipeline.api import SegmentationModel
 
     parser = ConfigParser()
     parser.read_config(str(INFERENCE_CONFIG))
-    parser["mode"], parser["tta"], parser["device"] = mode, tta, device
+    parser["mode"], parser["tta"], parser["device"], parser["checkpoint"] = mode, tta, device, None
     torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    inferer = parser.get_parsed_content("inferer")
-    return SegmentationModel(network, inferer, postprocessing=parser["postprocessing"], device=device)
+    return parser.get_parsed_content("model")  # the config's own components, untrained weights
 
 
 def case_folder(requested: Path | None, work: Path) -> Path:

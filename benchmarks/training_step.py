@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pipeline.training import GPU_CONFIG, TRAIN_CONFIG
+from pipeline.training import GPU_CONFIG, training_config_files
 
 
 def bundle_training_parts(
@@ -56,8 +56,8 @@ def bundle_training_parts(
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    files = [str(TRAIN_CONFIG)] + ([str(GPU_CONFIG)] if device == "cuda" and GPU_CONFIG.is_file() else [])
-    parser.read_config(files)
+    files = training_config_files(mode, [GPU_CONFIG] if device == "cuda" and GPU_CONFIG.is_file() else [])
+    parser.read_config([str(f) for f in files])
     settings: dict[str, Any] = {
         "dataset_dir": str(cache_dir),
         "cache_dir": str(cache_dir),

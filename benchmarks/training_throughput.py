@@ -38,7 +38,7 @@ from monai.bundle import ConfigParser
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.training import TRAIN_CONFIG  # noqa: E402
+from pipeline.training import training_config_files  # noqa: E402
 
 CASE_SHAPE = (60, 4, 72, 80)  # (Z, C, X, Y): a small synthetic case after brain cropping
 
@@ -70,7 +70,7 @@ def write_cache(root: Path, cases: int, seed: int = 0) -> tuple[Path, Path]:
 
 def bundle_settings(config_files: list[str], mode: str) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config([str(TRAIN_CONFIG), *config_files])
+    parser.read_config([str(f) for f in training_config_files(mode, config_files)])
     parser["mode"] = mode
     return parser
 

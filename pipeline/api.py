@@ -14,10 +14,12 @@ Every case goes through the one inference path the CLI and the bundle configs us
 (:class:`pipeline.postprocess.PostProcessing`) -> :func:`pipeline.geometry.restore_to_original`
 -> labels in the case's own convention on the input's grid.
 
-A *run folder* holds ``config.json`` (the merged bundle config of the training run) and
-``models/model.pt``; a *bundle folder* holds ``configs/inference.yaml`` and ``models/model.pt``
-(or a TorchScript ``models/model.ts``). Weights are read by :func:`pipeline.checkpoints.load_weights`
-(``torch.load(weights_only=True)``).
+A *run folder* holds ``inference.json`` (the bundle's ``inference.yaml`` resolved with the run's
+network keys, written by training next to ``config.json``) and ``models/model.pt``; a *bundle
+folder* holds ``configs/inference.yaml`` and ``models/model.pt`` (or a TorchScript
+``models/model.ts``). Both load the same way: :func:`load_model` instantiates the config's
+``model`` component (:mod:`pipeline.inference_config`). Weights are read by
+:func:`pipeline.checkpoints.load_weights` (``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -36,39 +38,22 @@ from pipeline.checkpoints import BEST, load_weights
 from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError
 from pipeline.labels import CONVENTIONS, get_convention
-from pipeline.postprocess import DEFAULT_POSTPROCESSING, PostProcessing
+from pipeline.postprocess import PostProcessing
 
 __all__ = [
-    "BUNDLE_CONFIG",
     "OUTPUT_CONVENTIONS",
-    "RUN_CONFIG",
     "WEIGHTS",
     "CasePrediction",
     "SegmentationModel",
     "case_record",
     "check_output_convention",
     "load_model",
-    "load_weights",
     "output_convention",
     "segment",
 ]
 
-
-RUN_CONFIG = "config.json"
-BUNDLE_CONFIG = Path("configs") / "inference.yaml"
 WEIGHTS = Path("models") / BEST
 TORCHSCRIPT = Path("models") / "model.ts"
-
-#: Inference settings read from a config, with their defaults when a config does not set them.
-INFERENCE_DEFAULTS: dict[str, Any] = {
-    "mode": "2.5d",
-    "context": 2,
-    "output_mode": "softmax",
-    "roi_size": None,
-    "sw_batch_size": 16,
-    "overlap": 0.5,
-    "tta": False,
-}
 
 #: Label conventions a prediction can be written in; ``auto`` is each case's own.
 OUTPUT_CONVENTIONS: tuple[str, ...] = ("auto", *CONVENTIONS)
@@ -116,8 +101,8 @@ class SegmentationModel:
     Args:
         network: the network (weights loaded, or loaded from ``checkpoint``).
         inferer: a :class:`pipeline.inference.VolumeInferer`.
-        postprocessing: a :class:`PostProcessing` or its config mapping (``None``: the default of
-            :data:`pipeline.postprocess.DEFAULT_POSTPROCESSING`).
+        postprocessing: a :class:`PostProcessing` or its config mapping (``None``: none; a
+            loaded model takes its inference config's ``postprocessing`` component).
         device: where the network runs.
         checkpoint: a state_dict file to load into ``network``.
         allow_resection_cavity: read BraTS 2024 ground truth with label 4 (mapped to background).
@@ -145,7 +130,7 @@ class SegmentationModel:
             load_weights(network, checkpoint)
         self.network = network.to(self.device).eval()
         self.inferer = inferer
-        self.postprocessing = PostProcessing.from_config(DEFAULT_POSTPROCESSING if postprocessing is None else postprocessing)
+        self.postprocessing = PostProcessing.from_config(postprocessing)
         self.allow_resection_cavity = allow_resection_cavity
         self.source = Path(source) if source is not None else None
 
@@ -249,29 +234,21 @@ def case_record(case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.Pa
     return case_from_files(case)
 
 
-def _config_value(parser: Any, key: str, where: Path) -> Any:
-    if key not in parser:
-        return INFERENCE_DEFAULTS[key]
-    try:
-        return parser.get_parsed_content(key)
-    except Exception as err:  # MONAI wraps every parse failure in its own error types
-        raise ConfigError(where, f"cannot read {key!r}: {err}") from err
-
-
 def load_model(
     bundle_or_run_dir: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     tta: bool | None = None,
     postprocessing: PostProcessing | Mapping | None = None,
 ) -> SegmentationModel:
-    """Load a trained model from a run folder or a bundle folder.
+    """Load a trained model from a run folder or a bundle folder: the ``model`` component of its inference config.
 
     Args:
-        bundle_or_run_dir: a run folder (``config.json`` + ``models/model.pt``) or a bundle
-            folder (``configs/inference.yaml`` + ``models/model.pt`` or ``models/model.ts``).
+        bundle_or_run_dir: a run folder (``inference.json`` or ``config.json`` + ``models/model.pt``)
+            or a bundle folder (``configs/inference.yaml`` + ``models/model.pt`` or ``models/model.ts``);
+            see :mod:`pipeline.inference_config`.
         device: where the network runs (``cpu``, ``cuda``, ``cuda:1``).
         tta: override the config's test-time augmentation setting.
-        postprocessing: override the config's ``postprocessing`` settings.
+        postprocessing: override the config's ``postprocessing`` component.
 
     Returns:
         The model, ready for :meth:`SegmentationModel.segment`.
@@ -284,62 +261,34 @@ def load_model(
         >>> model.segment("/data/BraTS2021_00006").shape             # doctest: +SKIP
         (240, 240, 155)
     """
-    from monai.bundle import ConfigParser
-
-    from pipeline.inference import VolumeInferer
+    from pipeline.inference_config import model_parser, parsed
 
     root = Path(bundle_or_run_dir)
-    if not root.is_dir():
-        raise ConfigError(root, "model folder not found" if not root.exists() else "expected a run or bundle folder")
-    if (root / RUN_CONFIG).is_file():
-        config_path = root / RUN_CONFIG
-    elif (root / BUNDLE_CONFIG).is_file():
-        config_path = root / BUNDLE_CONFIG
-    else:
-        raise ConfigError(root, f"neither a run folder ({RUN_CONFIG}) nor a bundle folder ({BUNDLE_CONFIG.as_posix()})")
-    try:
-        parser = ConfigParser(ConfigParser.load_config_file(str(config_path)))
-    except Exception as err:  # json/yaml errors
-        raise ConfigError(config_path, f"cannot read config: {err}") from err
-    if "network_def" not in parser:
-        raise ConfigError(config_path, "config has no 'network_def'")
-    parser["bundle_root"] = str(root)
-    try:
-        network = parser.get_parsed_content("network_def")
-    except Exception as err:
-        raise ConfigError(config_path, f"cannot build 'network_def': {err}") from err
+    parser, config_path = model_parser(root, device=str(device))
+    if tta is not None:
+        parser["tta"] = bool(tta)
+    if postprocessing is not None:
+        parser["postprocessing"] = postprocessing
+    network = parsed(parser, "network_def", config_path)
     if not isinstance(network, torch.nn.Module):
         raise ConfigError(config_path, f"'network_def' built a {type(network).__name__}, not a torch module")
-    settings = {key: _config_value(parser, key, config_path) for key in INFERENCE_DEFAULTS}
-    if tta is not None:
-        settings["tta"] = bool(tta)
-    inferer = VolumeInferer(**settings)
-
-    weights = root / WEIGHTS
-    checkpoint: Path | None = weights
+    weights = Path(parsed(parser, "checkpoint", config_path))
     if not weights.is_file() and (root / TORCHSCRIPT).is_file():
         from pipeline.networks import spatial_divisor
 
-        inferer.divisor = spatial_divisor(network)
         try:
-            network = torch.jit.load(str(root / TORCHSCRIPT), map_location="cpu")
+            scripted = torch.jit.load(str(root / TORCHSCRIPT), map_location="cpu")
         except Exception as err:
             raise ConfigError(root / TORCHSCRIPT, f"not a readable TorchScript model ({type(err).__name__})") from err
-        checkpoint = None
+        # The scripted network no longer tells its divisor: take it from the config's network.
+        parser["inferer#divisor"] = spatial_divisor(network)
+        parser["network_def"], parser["checkpoint"] = scripted, None
     elif not weights.is_file():
         raise ConfigError(weights, "checkpoint not found (train a model first, or point --model at a run folder)")
-    if postprocessing is None and "postprocessing" in parser:
-        postprocessing = parser.get("postprocessing")
-    allow_cavity = bool(parser.get("allow_resection_cavity", False))
-    return SegmentationModel(
-        network,
-        inferer,
-        postprocessing=postprocessing,
-        device=device,
-        checkpoint=checkpoint,
-        allow_resection_cavity=allow_cavity,
-        source=root,
-    )
+    model = parsed(parser, "model", config_path)
+    if not isinstance(model, SegmentationModel):
+        raise ConfigError(config_path, f"'model' built a {type(model).__name__}, not a SegmentationModel")
+    return model
 
 
 def segment(

@@ -231,6 +231,12 @@ def datalist(
 @click.option("--device", default="cpu", show_default=True, type=_ChoiceOf(_Constant("pipeline.training", "DEVICES")), help="Where to train.")
 @click.option("--config", "config_files", multiple=True, type=_EXISTING, help="Bundle override file merged after train.yaml (repeatable), e.g. configs/gpu_train.yaml.")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Override any bundle key, e.g. --set batch_size=32 (repeatable).")
+@click.option(
+    "--tracking",
+    default=None,
+    metavar="mlflow|FILE",
+    help="Experiment tracking as `monai.bundle run --tracking`: mlflow (training loss and validation Dice in OUT/mlruns.db) or a MONAI settings file.",
+)
 @_reports_errors
 def train(
     datalist_path: Path,
@@ -243,6 +249,7 @@ def train(
     device: str,
     config_files: tuple[Path, ...],
     settings: tuple[str, ...],
+    tracking: str | None,
 ) -> None:
     """Train a segmentation network with the bundle's configs/train.yaml.
 
@@ -262,12 +269,13 @@ def train(
         device=device,
         config_files=config_files,
         overrides=parse_overrides(settings),
+        tracking=tracking,
     )
     click.echo(f"run directory: {run_dir} (best weights: {run_dir / 'models' / 'model.pt'})")
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
+@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/).")
 @click.option("--input", "input_path", required=True, type=_EXISTING, help="Case folder, MSD 4D image, data list JSON or data root.")
 @click.option("--out", required=True, type=_PATH, help="Folder for the NIfTI predictions.")
 @click.option("--device", default="cpu", show_default=True, help="Where the network runs: cpu, cuda, cuda:N.")
@@ -316,7 +324,7 @@ def predict(
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
+@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/).")
 @click.option("--datalist", "datalist_path", required=True, type=_EXISTING, help="Data list JSON with ground truth.")
 @click.option("--split", default="test", show_default=True, type=_ChoiceOf(_Constant("pipeline.datalist", "SCORED_SPLITS")), help="Cases to score.")
 @click.option("--out", required=True, type=_PATH, help="Evaluation folder: metrics.csv, summary.json, plots/, overlays/, predictions/.")
@@ -409,7 +417,7 @@ def demo(
 
 
 @main.command(name="export")
-@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (config.json + models/model.pt) or bundle folder.")
+@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/).")
 @click.option("--format", "export_format", default="torchscript", show_default=True, type=_ChoiceOf(_Constant("pipeline.export", "FORMATS")), help="TorchScript (MONAI ckpt_export) or ONNX.")
 @click.option("--out", default=None, type=_PATH, help="File to write (default: MODEL/models/model.ts or model.onnx).")
 @click.option("--tolerance", default=_Constant("pipeline.export", "DEFAULT_TOLERANCE"), show_default=True, type=click.FloatRange(min=0), help="Largest logit difference from PyTorch accepted.")

@@ -16,7 +16,7 @@ Five stages, each reusing what an earlier run finished:
 
 Everything the demo produces lies under ``out_dir`` (default ``outputs/demo``)::
 
-    OUT/run/                      the training run (config.json, provenance.json, models/, logs/, tensorboard/)
+    OUT/run/                      the training run (config.json, inference.json, provenance.json, models/, logs/, tensorboard/)
     OUT/evaluation/predictions/   <case>_seg.nii.gz (labels 0/1/2/4, the input's grid) + brats_brats2017.ctbl
     OUT/evaluation/overlays/      <case>.png: axial, coronal and sagittal contours over FLAIR and T1ce
     OUT/evaluation/plots/         Dice distribution, Dice per case, training curves

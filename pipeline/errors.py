@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from os import PathLike
 
-__all__ = ["ConfigError", "InputError", "PipelineError"]
+__all__ = ["ConfigError", "InputError", "PipelineError", "unwrap_pipeline_errors"]
 
 
 class PipelineError(Exception):
@@ -27,3 +29,19 @@ class InputError(PipelineError):
 
 class ConfigError(PipelineError):
     """A bad option, data list, configuration or checkpoint."""
+
+
+@contextlib.contextmanager
+def unwrap_pipeline_errors() -> Iterator[None]:
+    """Re-raise the :class:`PipelineError` that MONAI's config parsing wrapped in its own error types."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as err:
+        cause: BaseException = err
+        while cause.__cause__ is not None and not isinstance(cause, PipelineError):
+            cause = cause.__cause__
+        if isinstance(cause, PipelineError):
+            raise cause from err
+        raise

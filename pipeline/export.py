@@ -13,8 +13,9 @@ says what it expects. It is the command-line export of the model zoo::
 multiples of the network's divisor). Its single input is ``image`` ``(N, C, X, Y[, Z])`` and its
 output ``logits`` ``(N, K, X, Y[, Z])``, before softmax or sigmoid.
 
-``MODEL_DIR`` is a run folder (``config.json`` + ``models/model.pt``) or a bundle folder
-(``configs/inference.yaml`` + ``models/model.pt``). Every export is run once on a random input
+``MODEL_DIR`` is a run folder (``inference.json`` + ``models/model.pt``) or a bundle folder
+(``configs/inference.yaml`` + ``models/model.pt``): the network is its inference config's
+``network_def`` (:mod:`pipeline.inference_config`). Every export is run once on a random input
 and compared with the PyTorch network (:func:`max_output_difference`); a difference above
 ``tolerance`` stops the export with an error. A TorchScript model in a bundle folder is picked
 up by :func:`pipeline.api.load_model` when ``models/model.pt`` is absent.
@@ -33,14 +34,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.api import BUNDLE_CONFIG, RUN_CONFIG, WEIGHTS
 from pipeline.checkpoints import load_weights
 from pipeline.errors import ConfigError
 from pipeline.labels import REGIONS
 from pipeline.modalities import MODALITIES, MODALITY_NAMES
 
-__all__ = ["DEFAULT_TOLERANCE", "FORMATS", "ExportResult", "export_model", "load_network", "network_data_format"]
-
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "FORMATS",
+    "ExportResult",
+    "LoadedNetwork",
+    "export_model",
+    "export_onnx",
+    "export_torchscript",
+    "load_network",
+    "max_output_difference",
+    "network_data_format",
+]
 
 FORMATS: tuple[str, ...] = ("torchscript", "onnx")
 SUFFIXES: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
@@ -74,10 +84,10 @@ class ExportResult:
 
 @dataclass
 class LoadedNetwork:
-    """A network built from a run or bundle config, with its weights and settings."""
+    """A network built from a run or bundle folder's inference config (``config``), with its weights and settings."""
 
     network: torch.nn.Module
-    config_path: Path
+    config: dict[str, Any]
     mode: str
     context: int
     output_mode: str
@@ -100,36 +110,18 @@ class LoadedNetwork:
         return torch.randn(batch, self.in_channels, *sizes, generator=generator)
 
 
-def model_config_path(model_dir: str | os.PathLike[str]) -> Path:
-    """A run folder's ``config.json`` or a bundle folder's ``configs/inference.yaml``."""
-    root = Path(model_dir)
-    for candidate in (root / RUN_CONFIG, root / BUNDLE_CONFIG):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(root, f"neither a run folder ({RUN_CONFIG}) nor a bundle folder ({BUNDLE_CONFIG.as_posix()})")
-
-
 def load_network(model_dir: str | os.PathLike[str]) -> LoadedNetwork:
-    """Build ``network_def`` from a run or bundle folder's config and load ``models/model.pt`` (``weights_only``)."""
-    from monai.bundle import ConfigParser
-
+    """Build the ``network_def`` of a run or bundle folder's inference config and load its ``checkpoint`` (``weights_only``)."""
+    from pipeline.inference_config import model_parser, parsed
     from pipeline.networks import spatial_divisor
 
-    root = Path(model_dir)
-    config_path = model_config_path(root)
-    parser = ConfigParser(ConfigParser.load_config_file(str(config_path)))
-    parser["bundle_root"] = str(root)
-    if "network_def" not in parser:
-        raise ConfigError(config_path, "config has no 'network_def'")
-    try:
-        network = parser.get_parsed_content("network_def")
-        settings = {key: parser.get_parsed_content(key) if key in parser else default for key, default in (("mode", "2.5d"), ("context", 2), ("output_mode", "softmax"))}
-    except Exception as err:  # MONAI wraps every parse failure in its own error types
-        raise ConfigError(config_path, f"cannot build 'network_def': {err}") from err
-    load_weights(network, root / WEIGHTS)
+    parser, config_path = model_parser(model_dir)
+    network = parsed(parser, "network_def", config_path)
+    settings = {key: parsed(parser, key, config_path) for key in ("mode", "context", "output_mode", "checkpoint")}
+    load_weights(network, settings["checkpoint"])
     return LoadedNetwork(
         network=network.eval(),
-        config_path=config_path,
+        config=parser.get(),
         mode=str(settings["mode"]),
         context=int(settings["context"]),
         output_mode=str(settings["output_mode"]),
@@ -219,12 +211,15 @@ def export_torchscript(loaded: LoadedNetwork, root: Path, out: Path) -> None:
         # (DDP / torch.compile prefixes and full training states unwrapped).
         weights = Path(scratch) / "model.pt"
         torch.save(loaded.network.state_dict(), weights)
+        # the inference config as loaded (a run's derived one included), stored as config.json (as in the ONNX metadata)
+        config = Path(scratch) / "config.json"
+        config.write_text(json.dumps(loaded.config, default=str))
         ckpt_export(
             net_id="network_def",
             filepath=str(out),
             ckpt_file=str(weights),
             meta_file=str(_metadata_file(root)),
-            config_file=str(loaded.config_path),
+            config_file=str(config),
             bundle_root=str(root),
             **{"_meta_#network_data_format": network_data_format(loaded.mode, loaded.context, loaded.output_mode, loaded.divisor)},
         )
@@ -244,7 +239,6 @@ def export_onnx(loaded: LoadedNetwork, root: Path, out: Path, opset_version: int
     (keys ``metadata.json`` and ``config.json``).
     """
     import onnx
-    from monai.bundle import ConfigParser
     from torch.export import Dim
 
     example = loaded.example_input(batch=2)
@@ -268,8 +262,7 @@ def export_onnx(loaded: LoadedNetwork, root: Path, out: Path, opset_version: int
     except Exception as err:  # the exporter raises many error types
         raise ConfigError(out, f"ONNX export failed ({type(err).__name__}: {str(err).splitlines()[0][:300]})") from err
     model = onnx.load(str(out))
-    config = ConfigParser.load_config_file(str(loaded.config_path))
-    onnx.helper.set_model_props(model, {"metadata.json": json.dumps(bundle_metadata(loaded, root)), "config.json": json.dumps(config, default=str)})
+    onnx.helper.set_model_props(model, {"metadata.json": json.dumps(bundle_metadata(loaded, root)), "config.json": json.dumps(loaded.config, default=str)})
     onnx.save(model, str(out))  # atomic: `out` is in export_model's scratch folder, renamed into place there
 
 
@@ -288,7 +281,7 @@ def export_model(
     """Export the trained network of a run or bundle folder and check it against PyTorch.
 
     Args:
-        model_dir: a run folder (``config.json`` + ``models/model.pt``) or a bundle folder
+        model_dir: a run folder (``inference.json`` + ``models/model.pt``) or a bundle folder
             (``configs/inference.yaml`` + ``models/model.pt``).
         format: ``torchscript`` (``models/model.ts``) or ``onnx`` (``models/model.onnx``).
         out: the file to write (default: ``MODEL_DIR/models/model.ts`` or ``.onnx``).

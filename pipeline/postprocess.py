@@ -13,6 +13,11 @@ below a threshold is relabelled as NEC: a few enhancing voxels are far more ofte
 positive than a real tiny enhancing tumour, and an empty ET scores Dice 1 when the ground truth
 has none.
 
+A trained model's post-processing is the ``postprocessing`` component of its inference config
+(``configs/inference.yaml``: ``_target_: pipeline.postprocess.PostProcessing``; there it drops
+whole-tumour specks under 20 voxels and leaves tiny-ET relabelling off, because its threshold
+depends on the voxel size: the BraTS winners used a few hundred voxels on 1 mm data).
+
 Thresholds are in voxels of the grid the labels are in (the preprocessing never resamples, so the
 cache grid and the original grid have the same voxel size). Connected components use cc3d with
 26-connectivity.
@@ -29,22 +34,9 @@ import numpy as np
 from pipeline.errors import ConfigError
 from pipeline.labels import ET, NEC, REGIONS, labels_to_regions, regions_to_labels
 
-__all__ = [
-    "DEFAULT_POSTPROCESSING",
-    "PostProcessing",
-    "keep_largest_component",
-    "relabel_small_enhancing_tumour",
-    "remove_small_components",
-]
-
+__all__ = ["PostProcessing", "keep_largest_component", "relabel_small_enhancing_tumour", "remove_small_components"]
 
 _REGION_ORDER: tuple[str, ...] = ("TC", "WT", "ET")  # channel order of labels_to_regions
-
-#: The post-processing a model uses when its config has no ``postprocessing`` key (also the
-#: bundle configs' value): drop whole-tumour specks under 20 voxels. Relabelling tiny ET is off by
-#: default because its threshold depends on the voxel size (the BraTS winners used a few hundred
-#: voxels on 1 mm data); set ``min_et_voxels`` to enable it.
-DEFAULT_POSTPROCESSING: dict = {"min_component_voxels": {"WT": 20}, "keep_largest": [], "min_et_voxels": 0}
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int, connectivity: int = 26) -> np.ndarray:

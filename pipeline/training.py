@@ -7,6 +7,8 @@ are what the config calls: fold case selection, optimiser and schedule builders,
 :func:`start_run`, which lays out the run directory::
 
     RUN_DIR/config.json        the merged raw bundle config, overrides applied (reloadable with ConfigParser)
+    RUN_DIR/inference.json     the bundle's inference.yaml with this run's network keys and checkpoint
+                               (pipeline.inference_config): the run folder loads as a bundle folder does
     RUN_DIR/provenance.json    package versions, git commit, data list sha256, command line, seed
     RUN_DIR/models/model.pt    best weights (plain state_dict)
     RUN_DIR/models/latest.pt   full training state, for --resume
@@ -39,6 +41,8 @@ import yaml
 
 from pipeline.cache import IncompleteEntryError, read_meta
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import unwrap_pipeline_errors as _pipeline_errors_unwrapped
+from pipeline.inference_config import write_run_inference_config
 from pipeline.io import write_json
 
 __all__ = [
@@ -218,7 +222,7 @@ def provenance(datalist: str | Path, seed: int) -> dict[str, Any]:
 
 
 def start_run(output_dir: str | Path, datalist: str | Path, seed: int) -> Path:
-    """Create the run directory and (rank 0) write ``config.json``, ``provenance.json`` and the log file handler.
+    """Create the run directory and (rank 0) write ``config.json``, ``inference.json``, ``provenance.json`` and the log file handler.
 
     Called from the bundle's ``initialize`` section, so every entry point lays out the run the same way.
     """
@@ -233,6 +237,7 @@ def start_run(output_dir: str | Path, datalist: str | Path, seed: int) -> Path:
     config = _running_workflow_config()
     if config is not None:
         write_json(run_dir / "config.json", json.loads(json.dumps(config, default=str)))
+        write_run_inference_config(workflow.parser, run_dir)
     else:
         logger.warning("no running bundle workflow found: config.json not written")
     write_json(run_dir / "provenance.json", provenance(datalist, seed))
@@ -272,6 +277,7 @@ def train(
     device: str = "cpu",
     config_files: Sequence[str | Path] = (),
     overrides: Mapping[str, Any] | None = None,
+    tracking: str | None = None,
 ) -> Path:
     """Train with the bundle's ``train.yaml`` (plus ``config_files``, merged in order) and return the run directory.
 
@@ -286,6 +292,8 @@ def train(
         device: ``cpu`` or ``cuda``.
         config_files: override YAML/JSON files merged after ``train.yaml`` (e.g. ``configs/gpu_train.yaml``).
         overrides: any bundle keys (``#``-separated ids), applied last.
+        tracking: experiment tracking as ``monai.bundle run --tracking`` takes it: ``mlflow``
+            (:func:`tracking_settings`) or a MONAI tracking-settings file.
 
     Raises:
         ConfigError: a missing file, an unknown mode or device, or a checkpoint that does not
@@ -305,7 +313,7 @@ def train(
     for path, what in ((Path(datalist), "data list"), (Path(cache_dir), "cache folder")):
         if not path.exists():
             raise ConfigError(path, f"{what} not found")
-    files = [TRAIN_CONFIG, *(Path(f) for f in config_files)]
+    files = training_config_files(mode, config_files)
     for path in files:
         if not path.is_file():
             raise ConfigError(path, "config file not found")
@@ -326,6 +334,7 @@ def train(
         logging_file=str(LOGGING_CONFIG),
         workflow_type="train",
         run_id="training",
+        tracking=tracking_settings(tracking, out),
         **settings,
     )
     with _pipeline_errors_unwrapped():
@@ -364,20 +373,45 @@ def _pipeline_error_tracebacks_hidden() -> Iterator[None]:
         logging.setLogRecordFactory(previous)
 
 
-@contextlib.contextmanager
-def _pipeline_errors_unwrapped() -> Iterator[None]:
-    """Re-raise the :class:`PipelineError` that MONAI's config parsing wrapped in its own error types."""
-    try:
-        yield
-    except PipelineError:
-        raise
-    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as err:
-        cause: BaseException = err
-        while cause.__cause__ is not None and not isinstance(cause, PipelineError):
-            cause = cause.__cause__
-        if isinstance(cause, PipelineError):
-            raise cause from err
-        raise
+def training_config_files(mode: str, config_files: Sequence[str | Path] = ()) -> list[Path]:
+    """``train.yaml`` then ``config_files``; in 3D each file's 3D variant (``<name>_3d.yaml`` beside it, when present) right after it.
+
+    Example:
+        ``training_config_files("3d", [GPU_CONFIG])``: train.yaml, train_3d.yaml, gpu_train.yaml, gpu_train_3d.yaml.
+    """
+    files: list[Path] = []
+    for path in (TRAIN_CONFIG, *(Path(f) for f in config_files)):
+        files.append(path)
+        variant = path.with_name(f"{path.stem}_3d{path.suffix}")
+        if mode == "3d" and variant.is_file() and variant not in [Path(f) for f in config_files]:
+            files.append(variant)
+    return files
+
+
+def tracking_settings(tracking: str | None, out: str | Path) -> str | dict[str, Any] | None:
+    """What ``ConfigWorkflow(tracking=...)`` gets for ``brats-pipeline train --tracking``.
+
+    ``mlflow`` is MONAI's MLflow settings (``MLFlowHandler`` on the trainer and the validator,
+    a SQLite store ``RUN_DIR/mlruns.db``, experiment ``monai_experiment``; override with
+    ``--set tracking_uri=...``, ``--set experiment_name=...``) with one change: MONAI writes
+    the executed config into the run directory when the workflow is built, before the run's
+    checks; here the run's own ``config.json`` is the logged artifact instead. Any other
+    value is a MONAI tracking-settings file.
+    """
+    if tracking is None:
+        return None
+    if tracking != "mlflow":
+        if not Path(tracking).is_file():
+            raise ConfigError("--tracking", f"choose mlflow or a tracking-settings file, got {tracking!r}")
+        return str(tracking)
+    import copy
+
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    settings = copy.deepcopy(DEFAULT_MLFLOW_SETTINGS)
+    settings["configs"]["save_execute_config"] = False
+    settings["configs"]["trainer"]["artifacts"] = str(Path(out).resolve() / "config.json")
+    return settings
 
 
 def is_interrupted_run(parser: Any) -> bool:

@@ -116,13 +116,15 @@ def test_network_data_format_describes_the_inference_network():
     }
 
 
-def test_inference_and_evaluate_configs_build_the_trained_network():
-    """The network keys of inference.yaml and evaluate.yaml are train.yaml's (and demo.yaml leaves them alone)."""
+def test_the_bundle_inference_config_fits_a_run_of_the_training_defaults(tmp_path):
+    """A run of train.yaml's defaults (demo.yaml leaves the network alone) gets the network of inference.yaml."""
+    from pipeline.inference_config import TRAINED_KEYS, run_inference_config
+
     keys = ("mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "init_filters")
-    train = yaml.safe_load((CONFIGS / "train.yaml").read_text())
-    for name in ("inference.yaml", "evaluate.yaml"):
-        config = yaml.safe_load((CONFIGS / name).read_text())
-        assert {k: config[k] for k in keys} == {k: train[k] for k in keys}, name
+    run = run_inference_config(ConfigParser.load_config_files([str(CONFIGS / "train.yaml"), str(CONFIGS / "demo.yaml")]), tmp_path)
+    inference = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
+    assert {k: run[k] for k in keys} == {k: inference[k] for k in keys}
+    assert set(keys) <= set(TRAINED_KEYS)
     assert not set(keys) & set(yaml.safe_load((CONFIGS / "demo.yaml").read_text()))
 
 
@@ -150,8 +152,9 @@ def test_bundle_commands_train_evaluate_and_infer(tiny_datalist: Path, tiny_cach
     checkpoint = run_dir / "models" / "model.pt"
     assert checkpoint.is_file()
 
+    evaluating = f"['{CONFIGS / 'inference.yaml'}','{CONFIGS / 'evaluate.yaml'}']"  # evaluate.yaml overrides inference.yaml
     _bundle_command(
-        "run", "evaluating", "--config_file", str(CONFIGS / "evaluate.yaml"), "--bundle_root", str(BUNDLE),
+        "run", "evaluating", "--config_file", evaluating, "--bundle_root", str(BUNDLE),
         "--datalist", str(tiny_datalist), "--output_dir", str(tmp_path / "eval"), "--checkpoint", str(checkpoint),
         "--progress", "False", *_overrides(TINY),
     )  # fmt: skip

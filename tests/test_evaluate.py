@@ -130,15 +130,10 @@ def test_trained_run_folder_evaluates_with_training_curves(data, tmp_path):
 def test_monai_bundle_run_evaluating(data, run_dir, tmp_path):
     _, datalist = data
     bundle = write_bundle_dir(tmp_path / "bundle", weights=run_dir / "models" / "model.pt")
-    config = bundle / "configs" / "evaluate.yaml"
-    import yaml
-
-    evaluate_config = yaml.safe_load((REPO / "bundles" / "brats_segmentation" / "configs" / "evaluate.yaml").read_text())
-    inference_config = yaml.safe_load((bundle / "configs" / "inference.yaml").read_text())
-    evaluate_config.update({key: inference_config[key] for key in ("context", "channels", "strides", "num_res_units", "sw_batch_size")})
-    config.write_text(yaml.safe_dump(evaluate_config, sort_keys=False))
+    # evaluate.yaml is an override merged after the bundle's inference.yaml (which holds the network)
+    configs = f"['{bundle / 'configs' / 'inference.yaml'}','{REPO / 'bundles' / 'brats_segmentation' / 'configs' / 'evaluate.yaml'}']"
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", str(config),
+        sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", configs,
         "--bundle_root", str(bundle), "--datalist", str(datalist), "--output_dir", str(tmp_path / "eval"),
         "--split", "validation", "--progress", "False",
     ]  # fmt: skip

@@ -16,6 +16,7 @@ from monai.bundle import ConfigParser
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.training import (
+    GPU_CONFIG,
     MULTI_GPU_CONFIG,
     TRAIN_CONFIG,
     build_lr_scheduler,
@@ -23,6 +24,7 @@ from pipeline.training import (
     fold_case_ids,
     lr_step_transform,
     parse_overrides,
+    training_config_files,
 )
 from tiny_training import TINY_DETERMINISTIC
 
@@ -69,6 +71,12 @@ def _check_run_dir(run_dir: Path, mode: str) -> None:
     assert 0.0 <= latest["best_metric"] <= 1.0
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (run_dir / "logs" / "train.log").read_text()
+    inference = json.loads((run_dir / "inference.json").read_text())  # the run's own inference config
+    assert inference["mode"] == mode and inference["channels"] == [4, 8, 16] and inference["bundle_root"] == str(run_dir.absolute())
+    assert ConfigParser(inference).get_parsed_content("checkpoint") == str(run_dir.absolute() / "models" / "model.pt")
+    from pipeline.api import load_model
+
+    assert load_model(run_dir).inferer.mode == mode  # the run folder loads through it
 
 
 def _tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -214,6 +222,30 @@ def test_cli_trains_2d(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None
     assert scalars.get("images"), "no prediction overlay"
 
 
+@pytest.mark.slow
+def test_cli_tracks_the_run_in_mlflow(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """`train --tracking mlflow`: the training loss and the per-structure validation Dice land in RUN_DIR/mlruns.db."""
+    from mlflow.tracking import MlflowClient
+
+    datalist, cache = tiny_run_data
+    out = tmp_path / "run"
+    result = _cli_train(datalist, cache, out, "2d", 2, "--tracking", "mlflow")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("monai_experiment")
+    runs = client.search_runs([experiment.experiment_id])
+    metrics = {key for run in runs for key in run.data.metrics}
+    for key in ("train_loss", "val_mean_dice", "val_dice_NEC", "val_dice_ED", "val_dice_ET", "val_dice_WT", "val_dice_TC"):
+        assert key in metrics, (key, sorted(metrics))
+    history = [m.value for run in runs for m in client.get_metric_history(run.info.run_id, "val_dice_WT")]
+    assert len(history) == 2 and all(0.0 <= value <= 1.0 for value in history)  # one value per validated epoch
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("config_")) == []  # the run's config.json is the artifact
+
+    result = _cli_train(datalist, cache, tmp_path / "other", "2d", 1, "--tracking", "wandb")
+    assert result.exit_code == 1 and "--tracking: choose mlflow or a tracking-settings file" in result.output
+    assert not (tmp_path / "other").exists()
+
+
 def test_cli_trains_3d_regions(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     datalist, cache = tiny_run_data
     result = _cli_train(datalist, cache, tmp_path / "run", "3d", 1, settings=[*TINY, "output_mode=regions"])
@@ -315,7 +347,7 @@ def test_ddp_gloo_two_processes(tiny_run_data: tuple[Path, Path], tmp_path: Path
 @pytest.mark.parametrize(("mode", "batch_size", "top_channels"), [("2.5d", 64, 512), ("3d", 2, 320)])
 def test_gpu_config_merges_over_the_cpu_defaults(mode: str, batch_size: int, top_channels: int) -> None:
     parser = ConfigParser()
-    parser.read_config([str(TRAIN_CONFIG), str(TRAIN_CONFIG.with_name("gpu_train.yaml"))])
+    parser.read_config([str(f) for f in training_config_files(mode, [GPU_CONFIG])])  # 3D: + train_3d.yaml, gpu_train_3d.yaml
     parser["mode"] = mode
     assert parser.get_parsed_content("batch_size") == batch_size
     assert parser.get_parsed_content("amp") is True

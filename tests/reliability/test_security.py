@@ -200,8 +200,8 @@ def test_model_configs_run_python_so_they_must_be_trusted(trained_run: Path, tmp
 
     run = Path(shutil.copytree(trained_run, tmp_path / "run"))
     marker = tmp_path / "ran"
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((run / "inference.json").read_text())  # the run's inference config, which load_model reads
     config["network_def"]["dropout"] = f"$__import__('pathlib').Path({str(marker)!r}).touch() or 0.0"
-    (run / "config.json").write_text(json.dumps(config))
+    (run / "inference.json").write_text(json.dumps(config))
     load_model(run)
     assert marker.exists()

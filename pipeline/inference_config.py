@@ -1,0 +1,152 @@
+"""The inference config of a trained model, found the same way in a bundle folder and a run folder.
+
+The bundle's ``configs/inference.yaml`` is the one definition of a trained model's inference:
+network (``network_def``), whole-volume inferer (``inferer``), post-processing
+(``postprocessing``, a :class:`pipeline.postprocess.PostProcessing`) and the model that ties them
+to the weights (``model``, a :class:`pipeline.api.SegmentationModel`). Every consumer
+(:func:`pipeline.api.load_model`, ``predict``, ``evaluate``, ``export`` and
+``python -m monai.bundle run inference|evaluating``) instantiates these components::
+
+    BUNDLE/configs/inference.yaml   a bundle folder (weights: BUNDLE/models/model.pt or model.ts)
+    RUN_DIR/inference.json          a run folder: written by training, inference.yaml with the run's
+                                    network and inference keys (TRAINED_KEYS) and its own checkpoint
+    RUN_DIR/config.json             a run folder trained before runs carried inference.json: the same
+                                    inference config is derived from its training config on load
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+__all__ = [
+    "BUNDLE_CONFIG",
+    "INFERENCE_CONFIG",
+    "RUN_CONFIG",
+    "RUN_INFERENCE_CONFIG",
+    "TRAINED_KEYS",
+    "model_config",
+    "model_parser",
+    "parsed",
+    "run_inference_config",
+    "write_run_inference_config",
+]
+
+#: The bundle shipped with the repository and its inference config.
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation"
+INFERENCE_CONFIG = BUNDLE_DIR / "configs" / "inference.yaml"
+
+#: A run folder's training config and inference config, and a bundle folder's inference config.
+RUN_CONFIG = "config.json"
+RUN_INFERENCE_CONFIG = "inference.json"
+BUNDLE_CONFIG = Path("configs") / "inference.yaml"
+
+#: The keys of ``inference.yaml`` a training run decides: its network and whole-volume inference.
+TRAINED_KEYS: tuple[str, ...] = (
+    "mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "init_filters",
+    "roi_size", "sw_batch_size", "overlap", "tta", "network_def",
+)  # fmt: skip
+
+
+def _read(path: Path) -> dict[str, Any]:
+    from monai.bundle import ConfigParser
+
+    try:
+        config = ConfigParser.load_config_file(str(path))
+    except Exception as err:  # json/yaml errors
+        raise ConfigError(path, f"cannot read config: {err}") from err
+    if not isinstance(config, dict):
+        raise ConfigError(path, "not a config mapping")
+    return config
+
+
+def run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``inference.yaml`` with a training run's :data:`TRAINED_KEYS` and the run folder as ``bundle_root``.
+
+    Args:
+        training: the run's training config (a ``ConfigParser`` or a raw config mapping).
+        run_dir: the run folder (its ``models/model.pt`` becomes the checkpoint).
+
+    Returns:
+        A raw config mapping (JSON-serialisable): expressions of the training config, such as
+        ``gpu_train.yaml``'s, are resolved to their values; ``network_def`` is copied as written.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = training if isinstance(training, ConfigParser) else ConfigParser(dict(training))
+    config = _read(INFERENCE_CONFIG)
+    config["bundle_root"] = str(Path(run_dir).absolute())
+    for key in TRAINED_KEYS:
+        if key not in parser:
+            continue
+        try:
+            value = parser.get(key) if key == "network_def" else parser.get_parsed_content(key, instantiate=False)
+            config[key] = json.loads(json.dumps(value))
+        except Exception as err:  # MONAI wraps every parse failure in its own error types
+            raise ConfigError(Path(run_dir) / RUN_CONFIG, f"cannot read {key!r} of the training config: {err}") from err
+    return config
+
+
+def write_run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -> Path:
+    """Write ``RUN_DIR/inference.json`` (:func:`run_inference_config`, atomically) and return its path."""
+    from pipeline.io import write_json
+
+    path = Path(run_dir) / RUN_INFERENCE_CONFIG
+    write_json(path, run_inference_config(training, run_dir))
+    return path
+
+
+def model_config(model_dir: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
+    """The inference config of a run or bundle folder, and the file it came from.
+
+    Raises:
+        ConfigError: naming the folder when it is neither a run folder nor a bundle folder, or the
+            config file when it cannot be read.
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ConfigError(root, "model folder not found" if not root.exists() else "expected a run or bundle folder")
+    for candidate in (root / RUN_INFERENCE_CONFIG, root / BUNDLE_CONFIG):
+        if candidate.is_file():
+            return _read(candidate), candidate
+    if (root / RUN_CONFIG).is_file():  # a run trained before runs wrote inference.json
+        return run_inference_config(_read(root / RUN_CONFIG), root), root / RUN_CONFIG
+    raise ConfigError(root, f"neither a run folder ({RUN_INFERENCE_CONFIG} or {RUN_CONFIG}) nor a bundle folder ({BUNDLE_CONFIG.as_posix()})")
+
+
+def model_parser(model_dir: str | os.PathLike[str], **overrides: Any) -> tuple[Any, Path]:
+    """A ``ConfigParser`` over a folder's inference config with ``bundle_root`` set to the folder, and the config file.
+
+    Args:
+        model_dir: a run or bundle folder.
+        overrides: config keys (``#``-separated ids) set after loading.
+    """
+    from monai.bundle import ConfigParser
+
+    root = Path(model_dir)
+    config, path = model_config(root)
+    if "network_def" not in config:
+        raise ConfigError(path, "config has no 'network_def'")
+    parser = ConfigParser(config)
+    parser["bundle_root"] = str(root)
+    for key, value in overrides.items():
+        parser[key] = value
+    return parser, path
+
+
+def parsed(parser: Any, key: str, where: str | os.PathLike[str]) -> Any:
+    """``parser.get_parsed_content(key)``; a failure is a :class:`ConfigError` naming ``where`` (a pipeline error passes through)."""
+    from pipeline.errors import PipelineError, unwrap_pipeline_errors
+
+    try:
+        with unwrap_pipeline_errors():
+            return parser.get_parsed_content(key)
+    except PipelineError:
+        raise
+    except Exception as err:  # MONAI wraps every parse failure in its own error types
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ConfigError(where, f"cannot build {key!r}: {first_line}") from err
