@@ -96,6 +96,16 @@ bench: $(VENV)/.installed  ## Full benchmarks (DEVICE; BENCH_ARGS="--json PATH")
 bench-quick: $(VENV)/.installed  ## Quick benchmarks: fewer cases and iterations (under ~10 min on 2 CPU cores)
 	$(BIN)/python -m benchmarks.run --quick --device $(DEVICE) $(BENCH_ARGS)
 
+# Real-data cross-validation: the pipeline against a plain 2.5D UNet trained for the same wall time, on the
+# labelled real BraTS cases in ../shared/data (skipped when absent) -> benchmarks/results/real_cv-<machine>-<date>-<label>.json and .md.
+# Work folder (links, data list, cache, runs): benchmarks/work. Several hours on 2 CPU cores with the defaults.
+FOLDS       ?= 7
+ARGS        ?=
+.PHONY: bench-real
+bench-real: EPOCHS = 20
+bench-real: $(VENV)/.installed  ## Cross-validate on the real BraTS cases (FOLDS, EPOCHS=20, DEVICE; ARGS="--label NAME --set key=value --checkpoint last --tta")
+	$(BIN)/python -m benchmarks.real_cv --folds $(FOLDS) --epochs $(EPOCHS) --device $(DEVICE) $(ARGS)
+
 # The demo: the whole pipeline on the synthetic cohort on CPU, outputs under outputs/demo/ (cohort in
 # SYNTH_DIR, data list data_lists/synthetic.json, cache cache/synthetic). A rerun reuses finished stages.
 DEMO_OUT    ?= outputs/demo

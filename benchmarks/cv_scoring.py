@@ -1,0 +1,94 @@
+"""Per-patient rows of the real-data cross-validation, their means per arm, and the markdown tables.
+
+Both arms are scored by :func:`pipeline.metrics.case_metrics` (lesion-wise included) on the
+written segmentation read back on the input's grid; each row adds the number of connected
+whole-tumour components of the prediction (26-connectivity), the count the lesion-wise scores
+punish when it is above the true number of lesions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cc3d
+import numpy as np
+
+from pipeline.datasets.records import CaseRecord
+from pipeline.evaluate import read_internal_labels
+from pipeline.metrics import case_metrics
+
+__all__ = ["ROW_METRICS", "ARMS", "wt_components", "score_prediction", "case_row", "arm_means", "markdown_tables"]
+
+#: The columns of a row, in table order.
+ROW_METRICS: tuple[str, ...] = (
+    *(f"dice_{s}" for s in ("WT", "TC", "ET", "NEC", "ED")),
+    *(f"hd95_{s}" for s in ("WT", "TC", "ET", "NEC", "ED")),
+    *(f"lesion_dice_{s}" for s in ("WT", "TC", "ET")),
+    "precision_WT",
+    "wt_components",
+)
+
+#: The two arms, the pipeline first: differences are pipeline - baseline.
+ARMS: tuple[str, ...] = ("pipeline", "baseline")
+
+
+def wt_components(seg_path: str | Path) -> int:
+    """Connected components (26-connectivity) of the whole tumour (every nonzero label) of a segmentation file."""
+    from pipeline.io import load_nifti
+
+    mask = np.asarray(load_nifti(seg_path).dataobj) != 0
+    return int(cc3d.connected_components(mask, connectivity=26, return_N=True)[1])
+
+
+def score_prediction(seg_path: str | Path, record: CaseRecord) -> dict[str, float]:
+    """:func:`pipeline.metrics.case_metrics` (lesion-wise) of a segmentation file written in the case's label values against its ground truth."""
+    assert record.label is not None
+    truth, truth_image = read_internal_labels(record.label, record.label_convention)
+    predicted, _ = read_internal_labels(seg_path, record.label_convention)
+    spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
+    return case_metrics(predicted, truth, spacing, lesion_wise=True)
+
+
+def case_row(fold: int, case_id: str, arm: str, metrics: Mapping[str, Any], seg_path: str | Path) -> dict[str, Any]:
+    """One table row: the :data:`ROW_METRICS` of ``metrics`` (``case_metrics`` keys) and the prediction's WT components."""
+    row: dict[str, Any] = {"fold": int(fold), "case_id": case_id, "arm": arm}
+    row.update({name: float(metrics[name]) for name in ROW_METRICS if name != "wt_components"})
+    row["wt_components"] = wt_components(seg_path)
+    return row
+
+
+def arm_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean of every :data:`ROW_METRICS` column per arm, and ``pipeline - baseline`` when both arms are present."""
+    means = {}
+    for arm in ARMS:
+        chosen = [row for row in rows if row["arm"] == arm]
+        if chosen:
+            means[arm] = {name: float(np.mean([row[name] for row in chosen])) for name in ROW_METRICS}
+    if all(arm in means for arm in ARMS):
+        means["pipeline - baseline"] = {name: means["pipeline"][name] - means["baseline"][name] for name in ROW_METRICS}
+    return means
+
+
+def _cell(value: float, name: str) -> str:
+    if math.isnan(value):
+        return "nan"
+    if name == "wt_components":
+        return f"{value:.1f}" if value != int(value) else str(int(value))
+    return f"{value:.1f}" if name.startswith("hd95") else f"{value:.3f}"
+
+
+def markdown_tables(rows: Sequence[Mapping[str, Any]], means: Mapping[str, Mapping[str, float]]) -> str:
+    """The per-patient rows and the means per arm (with the difference) as two markdown tables."""
+    header = " | ".join(ROW_METRICS) + " |"
+    rule = "|" + "---|" * (len(ROW_METRICS) + 3)
+    lines = ["### Per patient", "", "| fold | case | arm | " + header, rule]
+    for row in sorted(rows, key=lambda r: (r["fold"], r["case_id"], ARMS.index(r["arm"]))):
+        lines.append(f"| {row['fold']} | {row['case_id']} | {row['arm']} | " + " | ".join(_cell(row[n], n) for n in ROW_METRICS) + " |")
+    lines += ["", "### Means over patients", "", "| arm | patients | " + header, rule[:-4]]
+    for arm, values in means.items():
+        patients = sum(1 for row in rows if row["arm"] == arm) if arm in ARMS else ""
+        lines.append(f"| {arm} | {patients} | " + " | ".join(_cell(values[n], n) for n in ROW_METRICS) + " |")
+    return "\n".join(lines) + "\n"

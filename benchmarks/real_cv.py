@@ -1,0 +1,309 @@
+"""Cross-validate the pipeline on the labelled real BraTS patients, next to a plain 2.5D UNet trained for the same wall time.
+
+    python -m benchmarks.real_cv [--folds 7] [--epochs 20] [--set KEY=VALUE ...] [--config FILE ...]
+                                 [--checkpoint best|last] [--tta] [--label NAME] [--device cpu|cuda]
+    make bench-real FOLDS=7 EPOCHS=20 ARGS="--label wide --set channels=[32,64,128,256]"
+
+The labelled case folders of ``../shared/data/real_brats`` and ``../shared/data/real_brats_train``
+(``$BRATS_SHARED_DATA`` or ``--shared-data`` elsewhere; without them the run prints one
+``skipped:`` line and exits 0) are linked under ``WORK/data`` and listed and preprocessed once
+into ``WORK/datalist.json`` and ``WORK/cache`` (reused by later runs). The patients are dealt into
+``--folds`` patient-level folds (:mod:`benchmarks.cv_folds`); for each fold, with its own data list
+in which the held-out patients are the ``test`` split:
+
+1. pipeline arm: ``python -m pipeline train`` (the bundle's default config, ``--epochs``,
+   ``--config`` files and ``--set`` overrides; one other patient validates and picks
+   ``models/model.pt``), then :func:`pipeline.evaluate.evaluate` on the held-out patients
+   (lesion-wise scores on; ``--checkpoint last`` scores the final weights from ``latest.pt``);
+2. baseline arm: ``python -m benchmarks.baseline_unet25d`` trained on every other patient for the
+   wall time the pipeline's training took, then predicting the held-out patients.
+
+Every prediction is scored by :func:`pipeline.metrics.case_metrics` (:mod:`benchmarks.cv_scoring`).
+The per-patient rows, means per arm and ``pipeline - baseline`` are printed and written to
+``benchmarks/results/real_cv-<machine>-<date>-<label>.json`` and ``.md`` with the folds, the
+hardware, wall and CPU seconds per arm and fold, and the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks.cv_folds import Fold, make_folds, write_fold_datalist
+from benchmarks.cv_scoring import arm_means, case_row, markdown_tables, score_prediction
+from benchmarks.machine import check_device, describe_machine, machine_name
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.io import write_json, write_text
+
+__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "prepare_cohort", "run_pipeline_arm", "run_baseline_arm", "main"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "work"
+#: The shared data folder next to the checkout (as ``tests/conftest.py`` finds it); the variable overrides it.
+SHARED_DATA_ENV = "BRATS_SHARED_DATA"
+DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+#: Folders of ``../shared/data`` whose labelled cases make the cohort (a case without a seg file is left out).
+SOURCE_FOLDERS: tuple[str, ...] = ("real_brats", "real_brats_train")
+FORMAT_VERSION = 1
+
+
+def find_shared_data(option: Path | None) -> Path:
+    """``--shared-data``, else ``$BRATS_SHARED_DATA``, else ``../shared/data`` next to the repository."""
+    return Path(option or os.environ.get(SHARED_DATA_ENV) or DEFAULT_SHARED_DATA)
+
+
+def labelled_cases(shared_data: Path) -> dict[str, Path]:
+    """Case folders with a segmentation file under :data:`SOURCE_FOLDERS`, by case id (sorted)."""
+    cases = {}
+    for source in SOURCE_FOLDERS:
+        folder = shared_data / source
+        for case in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if case.is_dir() and any(case.glob("*_seg.nii*")):
+                if case.name in cases:
+                    raise ConfigError(case, f"case {case.name} is also in {cases[case.name].parent}")
+                cases[case.name] = case
+    return dict(sorted(cases.items()))
+
+
+def prepare_cohort(cases: dict[str, Path], work: Path, workers: int = 1) -> Path:
+    """Link the cases under ``work/data``, list them in ``work/datalist.json`` and preprocess them into ``work/cache``; reuses what exists."""
+    from pipeline.datalist import build_datalist, load_datalist
+    from pipeline.preprocess import preprocess_datalist
+
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for stale in data.iterdir():
+        if stale.is_symlink() and stale.name not in cases:
+            stale.unlink()
+    for case_id, folder in cases.items():
+        link = data / case_id
+        if not (link.is_symlink() and link.resolve() == folder.resolve()):
+            tmp = data / f".{case_id}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(folder.resolve(), target_is_directory=True)
+            tmp.replace(link)
+    datalist = work / "datalist.json"
+    listed = set()
+    if datalist.is_file():
+        listed = {record.case_id for record in load_datalist(datalist).cases("all")}
+    if listed != set(cases):
+        build_datalist(data, datalist, folds=1, test_fraction=0.0, progress=False)
+    preprocess_datalist(datalist, work / "cache", workers=workers, progress=False)
+    return datalist
+
+
+def _child_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_child(command: list[str], log: Path) -> tuple[float, float]:
+    """Run a Python module of this checkout in a child process, output to ``log``; its wall and CPU seconds (loader workers included)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    wall, cpu = time.perf_counter(), _child_cpu_seconds()
+    with open(log, "w") as out:
+        code = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    wall, cpu = time.perf_counter() - wall, _child_cpu_seconds() - cpu
+    if code != 0:
+        lines = log.read_text(errors="replace").strip().splitlines() or ["(no output)"]
+        raise ConfigError(log, f"{command[1]} failed with exit code {code}: {lines[-1]}")
+    return wall, cpu
+
+
+def run_pipeline_arm(fold: Fold, datalist: Path, cache: Path, folder: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Train with the CLI and evaluate the held-out patients; the rows and the arm's timings."""
+    from pipeline.api import load_model
+    from pipeline.checkpoints import load_weights
+    from pipeline.evaluate import PREDICTIONS_DIR, evaluate
+    from pipeline.writers import segmentation_filename
+
+    run_dir = folder / "pipeline"
+    command = ["-m", "pipeline", "train", "--datalist", str(datalist), "--cache", str(cache), "--mode", args.mode]
+    command += ["--epochs", str(args.epochs), "--fold", "0", "--device", args.device, "--out", str(run_dir)]
+    command += [item for path in args.config for item in ("--config", str(path))]
+    command += [item for pair in args.overrides for item in ("--set", pair)]
+    train_wall, train_cpu = _run_child(command, folder / "pipeline_train.log")
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    model = load_model(run_dir, device=args.device, tta=args.tta)
+    if args.checkpoint == "last":
+        load_weights(model.network, run_dir / "models" / "latest.pt")
+    result = evaluate(model, datalist, folder / "pipeline_eval", split="test", lesion_wise=True, progress=False, echo=False)
+    eval_wall, eval_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    predictions = folder / "pipeline_eval" / PREDICTIONS_DIR
+    rows = [
+        case_row(fold.index, metrics["case_id"], "pipeline", metrics, predictions / segmentation_filename(metrics["case_id"]))
+        for metrics in result.metrics.to_dict("records")
+    ]
+    timing = {"train_wall_s": train_wall, "train_cpu_s": train_cpu, "eval_wall_s": eval_wall, "eval_cpu_s": eval_cpu}
+    return rows, timing | {"checkpoint": _checkpoint_choice(run_dir, args.checkpoint)}
+
+
+def _checkpoint_choice(run_dir: Path, checkpoint: str) -> dict[str, Any]:
+    """Which epoch the scored weights come from, read from ``latest.pt`` (weights only)."""
+    import torch
+
+    state = torch.load(run_dir / "models" / "latest.pt", map_location="cpu", weights_only=True)
+    return {
+        "scored": checkpoint,
+        "epochs": int(state["epoch"]),
+        "best_epoch": int(state.get("best_metric_epoch", -1)),
+        "best_val_mean_dice": float(state.get("best_metric", -1.0)),
+    }
+
+
+def run_baseline_arm(fold: Fold, datalist: Path, folder: Path, seconds: float, device: str) -> tuple[list[dict], dict]:
+    """Train the baseline for ``seconds`` of wall time (from its start) and score its predictions of the held-out patients."""
+    from pipeline.datalist import load_datalist
+    from pipeline.writers import segmentation_filename
+
+    out = folder / "baseline"
+    command = ["-m", "benchmarks.baseline_unet25d", "--datalist", str(datalist), "--out", str(out), "--deadline", f"{time.time() + seconds:.3f}"]
+    wall, cpu = _run_child([*command, "--device", device], folder / "baseline.log")
+    rows = []
+    for record in load_datalist(datalist).cases("test"):
+        seg = out / segmentation_filename(record.case_id)
+        rows.append(case_row(fold.index, record.case_id, "baseline", score_prediction(seg, record), seg))
+    inner = json.loads((out / "baseline.json").read_text())
+    timing = {"wall_s": wall, "cpu_s": cpu, "train_wall_s": inner["train_seconds"], "train_cpu_s": inner["train_cpu_seconds"], "steps": inner["steps"]}
+    return rows, timing
+
+
+def _reused_baseline(path: Path, folds: list[Fold]) -> tuple[list[dict], dict[int, dict]]:
+    """The baseline rows and timings of an earlier result with the same held-out patients per fold."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(path, f"--baseline-from: cannot read an earlier result ({err})") from None
+    held_out = [list(fold.test) for fold in folds]
+    if [fold.get("test") for fold in earlier.get("folds", [])] != held_out:
+        raise ConfigError(path, "--baseline-from: its folds hold out other patients than this run's; use the same --folds and --seed")
+    rows = [row for row in earlier.get("rows", []) if row.get("arm") == "baseline"]
+    if not rows:
+        raise ConfigError(path, "--baseline-from: the result has no baseline rows")
+    return rows, {int(k): v for k, v in earlier.get("timing", {}).get("baseline", {}).items()}
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.real_cv", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--folds", type=int, default=7, help="patient-level folds (default 7: leave-one-out on 7 patients)")
+    parser.add_argument("--epochs", type=int, default=20, help="pipeline training epochs per fold (default 20)")
+    parser.add_argument("--mode", default="2.5d", choices=("2d", "2.5d", "3d"), help="pipeline training mode (default 2.5d)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="bundle override passed to train (repeatable)")
+    parser.add_argument("--config", action="append", type=Path, default=[], metavar="FILE", help="bundle override file passed to train (repeatable)")
+    parser.add_argument("--val-cases", type=int, default=1, help="training patients that validate (pick model.pt) in each fold (default 1)")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="score models/model.pt (best on validation) or the final weights")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirrored TTA in evaluation (default: the config's)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both arms train and predict")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+    parser.add_argument("--label", default="default", help="names the run in the results file name")
+    parser.add_argument("--baseline-from", type=Path, default=None, metavar="RESULT.json", help="reuse the baseline rows of an earlier result with the same folds")
+    parser.add_argument("--no-baseline", action="store_true", help="run the pipeline arm only")
+    parser.add_argument("--shared-data", type=Path, default=None, help=f"the shared data folder (default ${SHARED_DATA_ENV} or ../shared/data)")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK_DIR, help="links, data list, cache and runs (default benchmarks/work)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON and markdown go (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    if args.no_baseline and args.baseline_from:
+        parser.error("--no-baseline and --baseline-from exclude each other")
+    return args
+
+
+def _log(message: str) -> None:
+    print(f"[real_cv {datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
+    """The whole benchmark; the results JSON, or ``None`` when the real data are absent."""
+    from pipeline.training import parse_overrides
+
+    check_device(args.device)
+    overrides = parse_overrides(args.overrides)
+    for path in args.config:
+        if not path.is_file():
+            raise ConfigError(path, "--config: file not found")
+    shared = find_shared_data(args.shared_data)
+    cases = labelled_cases(shared)
+    if len(cases) < 3:
+        print(f"skipped: real data not found at {shared} (needs labelled cases in {' and '.join(SOURCE_FOLDERS)})")
+        return None
+    folds = make_folds(list(cases), args.folds, args.val_cases, args.seed)
+    baseline_rows, baseline_timing = _reused_baseline(args.baseline_from, folds) if args.baseline_from else ([], {})
+    started = datetime.now(timezone.utc)
+    stamp = f"{started:%Y-%m-%d}-{args.label}"
+    runs = args.work / "runs" / f"{started:%Y%m%dT%H%M%S}-{args.label}"
+    _log(f"{len(cases)} labelled patients from {shared}; preparing the cohort in {args.work}")
+    datalist = prepare_cohort(cases, args.work)
+    rows, timing = [], {"pipeline": {}, "baseline": baseline_timing}
+    for fold in folds:
+        folder = runs / f"fold{fold.index}"
+        fold_list = write_fold_datalist(datalist, fold, folder / "datalist.json")
+        _log(f"fold {fold.index + 1}/{len(folds)}: test {', '.join(fold.test)}; validation {', '.join(fold.validation)}; pipeline training")
+        fold_rows, timing["pipeline"][fold.index] = run_pipeline_arm(fold, fold_list, args.work / "cache", folder, args)
+        rows += fold_rows
+        seconds = timing["pipeline"][fold.index]["train_wall_s"]
+        if not (args.no_baseline or args.baseline_from):
+            _log(f"fold {fold.index + 1}/{len(folds)}: pipeline trained in {seconds:.0f} s; baseline for the same wall time")
+            fold_rows, timing["baseline"][fold.index] = run_baseline_arm(fold, fold_list, folder, seconds, args.device)
+            baseline_rows += fold_rows
+        fold_means = arm_means([row for row in rows + baseline_rows if row["fold"] == fold.index])
+        _log(f"fold {fold.index + 1}/{len(folds)} done: WT Dice " + ", ".join(f"{arm} {m['dice_WT']:+.3f}" for arm, m in fold_means.items()))
+    rows += baseline_rows
+    means = arm_means(rows)
+    machine = describe_machine(args.device)
+    report = {
+        "format_version": FORMAT_VERSION,
+        "label": args.label,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
+        "command_line": shlex.join([Path(sys.executable).name, "-m", "benchmarks.real_cv", *argv]),
+        "settings": {
+            "folds": args.folds, "epochs": args.epochs, "mode": args.mode, "overrides": overrides, "config_files": [str(p) for p in args.config],
+            "val_cases": args.val_cases, "checkpoint": args.checkpoint, "tta": args.tta, "device": args.device, "seed": args.seed,
+            "baseline": "none" if args.no_baseline else f"reused from {args.baseline_from}" if args.baseline_from else "measured",
+        },
+        "data": {"shared_data": str(shared), "cases": {case: str(path) for case, path in cases.items()}, "work": str(args.work)},
+        "folds": [fold.to_dict() for fold in folds],
+        "machine": machine,
+        "timing": timing,
+        "rows": rows,
+        "means": means,
+    }
+    path = args.results_dir / f"real_cv-{machine_name(machine)}-{stamp}.json"
+    write_json(path, report)
+    tables = markdown_tables(rows, means)
+    summary = [f"## Real-data cross-validation: {args.label}", "", f"`{report['command_line']}`", ""]
+    summary += [f"{len(cases)} patients, {len(folds)} folds, {machine['cpu_model']} ({machine['cpu_cores']} cores), {report['seconds']:.0f} s", ""]
+    write_text(path.with_suffix(".md"), "\n".join(summary) + tables)
+    print(tables)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse_args(argv)
+    try:
+        path = run(args, argv)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if path is not None:
+        print(f"results: {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

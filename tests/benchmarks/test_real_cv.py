@@ -1,0 +1,146 @@
+"""The real-data cross-validation benchmark on the tiny synthetic cohort: folds, per-fold data lists, the baseline and the scoring."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from benchmarks import baseline_unet25d as baseline
+from benchmarks.cv_folds import make_folds, write_fold_datalist
+from benchmarks.cv_scoring import ROW_METRICS, arm_means, case_row, markdown_tables, score_prediction
+from benchmarks.real_cv import _reused_baseline, labelled_cases, main
+from pipeline.datalist import load_datalist
+from pipeline.errors import ConfigError
+from pipeline.labels import get_convention
+
+
+@pytest.fixture(scope="module")
+def fold_datalist(tiny_datalist: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """Fold 0 of 4 over the tiny cohort's labelled cases, as a data list in another folder."""
+    cases = [record.case_id for record in load_datalist(tiny_datalist).cases("all")]
+    fold = make_folds(cases, folds=4, val_cases=1, seed=0)[0]
+    return write_fold_datalist(tiny_datalist, fold, tmp_path_factory.mktemp("fold") / "sub" / "fold0.json"), fold
+
+
+def test_folds_hold_every_patient_out_once_and_never_train_on_it() -> None:
+    cases = [f"case_{i:02d}" for i in range(7)]
+    folds = make_folds(cases, folds=7, val_cases=1, seed=0)
+    assert sorted(case for fold in folds for case in fold.test) == cases
+    for fold in folds:
+        assert len(fold.test) == 1 and len(fold.validation) == 1
+        assert set(fold.test).isdisjoint({*fold.validation, *fold.training})
+        assert sorted({*fold.test, *fold.validation, *fold.training}) == cases
+    assert len({fold.validation for fold in folds}) == 7  # each fold validates on a different patient
+    assert make_folds(cases, 7, 1, seed=0) == folds and make_folds(cases, 7, 1, seed=1) != folds
+    with pytest.raises(ConfigError, match="--folds"):
+        make_folds(cases, folds=8)
+    with pytest.raises(ConfigError, match="--val-cases"):
+        make_folds(cases, folds=2, val_cases=3)  # 4 held out + 3 validating leaves nobody to train
+
+
+def test_fold_datalist_puts_the_held_out_patients_in_test_only(fold_datalist: tuple[Path, object], tiny_datalist: Path) -> None:
+    path, fold = fold_datalist
+    listing = load_datalist(path)
+    assert [r.case_id for r in listing.cases("test")] == list(fold.test) and all(r.fold == -1 for r in listing.cases("test"))
+    training, validation = listing.fold_split(0)  # what `pipeline train --fold 0` uses
+    assert [r.case_id for r in validation] == list(fold.validation)
+    assert [r.case_id for r in training] == list(fold.training)
+    assert set(fold.test).isdisjoint(r.case_id for r in training + validation)
+    original = {r.case_id: r for r in load_datalist(tiny_datalist).cases("all")}
+    for record in listing.cases("all"):
+        assert record.images == original[record.case_id].images and record.label == original[record.case_id].label
+        assert record.label.is_file()
+
+
+def test_baseline_reads_brats_labels_into_internal_classes_in_a_padded_brain_box(tiny_datalist: Path) -> None:
+    record = load_datalist(tiny_datalist).cases("all")[0]
+    image, label, box = baseline.load_case(record)
+    seg = np.asarray(nib.load(record.label).dataobj)
+    assert set(np.unique(seg)) <= {0, 1, 2, 4} and 4 in np.unique(seg)
+    assert image.shape[1] == 4 and image.shape[2] % 16 == 0 and image.shape[3] % 16 == 0
+    assert label.shape == (image.shape[0], *image.shape[2:]) and set(np.unique(label)) <= {0, 1, 2, 3}
+    inside = seg[box]
+    for brats, internal in ((1, 1), (2, 2), (4, 3)):
+        assert (label == internal).sum() == (inside == brats).sum()
+    assert (label > 0).sum() == (seg > 0).sum()  # the brain box keeps the whole tumour
+    np.testing.assert_array_equal(label[:, : inside.shape[0], : inside.shape[1]], get_convention("brats2017").to_internal(inside).transpose(2, 0, 1))
+    brain = image.any(axis=1)
+    assert abs(float(image[:, 3][brain].mean())) < 0.2  # z-scored on the brain
+    assert baseline.slice_stack(image, 0).shape == (20, *image.shape[2:])
+
+
+@pytest.mark.slow
+def test_baseline_trains_to_a_deadline_and_writes_scorable_segmentations(fold_datalist: tuple[Path, object], tmp_path: Path) -> None:
+    path, fold = fold_datalist
+    listing = load_datalist(path)
+    cases = [baseline.load_case(record) for record in listing.cases("training")[:2]]
+    network, steps = baseline.train([c[0] for c in cases], [c[1] for c in cases], deadline=time.time() + 600, max_steps=2)
+    assert steps == 2
+    labels = baseline.predict_volume(network, cases[0][0])
+    assert labels.shape == cases[0][1].shape and set(np.unique(labels)) <= {0, 1, 2, 3}
+
+    out = tmp_path / "baseline"  # a deadline already past: no training step, every test case still predicted
+    assert baseline.main(["--datalist", str(path), "--out", str(out), "--deadline", str(time.time())]) == 0
+    assert json.loads((out / "baseline.json").read_text())["steps"] == 0
+    for record in listing.cases("test"):
+        seg_path = out / f"{record.case_id}_seg.nii.gz"
+        seg, source = nib.load(seg_path), nib.load(record.images[0])
+        assert seg.shape == source.shape and np.allclose(seg.affine, source.affine)
+        assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 4}
+        row = case_row(fold.index, record.case_id, "baseline", score_prediction(seg_path, record), seg_path)
+        assert set(ROW_METRICS) <= set(row) and 0.0 <= row["dice_WT"] <= 1.0 and row["wt_components"] >= 0
+
+
+def test_ground_truth_scored_as_a_prediction_is_perfect(tiny_datalist: Path) -> None:
+    record = load_datalist(tiny_datalist).cases("all")[0]
+    row = case_row(0, record.case_id, "pipeline", score_prediction(record.label, record), record.label)
+    assert all(row[f"dice_{s}"] == pytest.approx(1.0) for s in ("WT", "TC", "ET", "NEC", "ED"))
+    assert row["hd95_WT"] == 0.0 and row["precision_WT"] == pytest.approx(1.0) and row["lesion_dice_WT"] == pytest.approx(1.0)
+    assert row["wt_components"] >= 1
+
+
+def test_means_per_arm_and_the_difference_pipeline_minus_baseline() -> None:
+    def row(arm: str, fold: int, value: float) -> dict:
+        return {"fold": fold, "case_id": f"c{fold}", "arm": arm, **{name: value for name in ROW_METRICS}}
+
+    rows = [row("pipeline", 0, 0.8), row("pipeline", 1, 0.6), row("baseline", 0, 0.5), row("baseline", 1, 0.5)]
+    means = arm_means(rows)
+    assert means["pipeline"]["dice_WT"] == pytest.approx(0.7) and means["baseline"]["dice_WT"] == pytest.approx(0.5)
+    assert means["pipeline - baseline"]["dice_ET"] == pytest.approx(0.2)
+    assert "pipeline - baseline" not in arm_means(rows[:2])
+    table = markdown_tables(rows, means)
+    assert "| 0 | c0 | pipeline | 0.800 |" in table and "| pipeline - baseline |" in table
+
+
+def test_absent_real_data_skip_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--shared-data", str(tmp_path / "nowhere"), "--work", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"skipped: real data not found at {tmp_path / 'nowhere'}") and out.count("\n") == 1
+    assert not (tmp_path / "work").exists()
+
+
+def test_only_labelled_cases_join_the_cohort(tmp_path: Path) -> None:
+    for folder, case, files in (
+        ("real_brats", "A_1", ["A_1_t1.nii.gz", "A_1_seg.nii.gz"]),
+        ("real_brats", "B_1", ["B_1_t1.nii.gz"]),  # unlabelled: left out
+        ("real_brats_train", "C_1", ["C_1_seg.nii.gz"]),
+    ):
+        (tmp_path / folder / case).mkdir(parents=True)
+        for name in files:
+            (tmp_path / folder / case / name).touch()
+    assert list(labelled_cases(tmp_path)) == ["A_1", "C_1"]
+
+
+def test_reused_baseline_must_hold_out_the_same_patients(tmp_path: Path) -> None:
+    folds = make_folds([f"c{i}" for i in range(4)], folds=2)
+    rows = [{"fold": 0, "case_id": folds[0].test[0], "arm": "baseline", "dice_WT": 0.5}]
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"folds": [f.to_dict() for f in folds], "rows": rows, "timing": {"baseline": {"0": {"wall_s": 1.0}}}}))
+    assert _reused_baseline(earlier, folds) == (rows, {0: {"wall_s": 1.0}})
+    with pytest.raises(ConfigError, match="other patients"):
+        _reused_baseline(earlier, make_folds([f"c{i}" for i in range(4)], folds=2, seed=1))
