@@ -63,3 +63,19 @@ def tiny_cache(tiny_datalist: Path, tmp_path_factory: pytest.TempPathFactory) ->
     cache = tmp_path_factory.mktemp("cache") / "tiny"
     preprocess_datalist(tiny_datalist, cache, workers=1, progress=False)
     return cache
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run folder (untrained oracle weights) per test module; modules may define their own."""
+    from prediction_cases import write_run_dir
+
+    return write_run_dir(tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BraTS case stored in L-P-S voxel order, per test module."""
+    from case_writers import write_case
+
+    return write_case(tmp_path_factory.mktemp("cases"), layout="lps")

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
-from case_writers import write_case
 from prediction_cases import CONFIGS, TINY_NETWORK, assert_same_geometry, write_bundle_dir, write_run_dir
 
 import pipeline
 from pipeline.api import SegmentationModel, case_record, load_model, segment
 from pipeline.errors import ConfigError, InputError
 from pipeline.postprocess import PostProcessing
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_run_dir(tmp_path_factory.mktemp("api") / "run")
-
-
-@pytest.fixture(scope="module")
-def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_case(tmp_path_factory.mktemp("api_cases"), layout="lps")
 
 
 def test_load_model_from_a_run_folder(run_dir):

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from case_writers import write_case
 from prediction_cases import TINY_NETWORK, write_bundle_dir, write_run_dir
 
 from pipeline.api import load_model
@@ -29,11 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_run_dir(tmp_path_factory.mktemp("export") / "run", seed=3)
-
-
-@pytest.fixture(scope="module")
-def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_case(tmp_path_factory.mktemp("export_cases"), layout="lps")
 
 
 def _pytorch_logits(run_dir: Path, inputs: torch.Tensor) -> np.ndarray:

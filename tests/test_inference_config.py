@@ -13,8 +13,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from monai.bundle import ConfigParser
-from case_writers import write_case
-from prediction_cases import CONFIGS, write_bundle_dir, write_run_dir
+from prediction_cases import CONFIGS, write_bundle_dir
 
 from pipeline.api import load_model
 from pipeline.cli import main
@@ -28,16 +27,6 @@ from pipeline.inference_config import (
     write_run_inference_config,
 )
 from pipeline.training import GPU_CONFIG, TRAIN_CONFIG, training_config_files
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_run_dir(tmp_path_factory.mktemp("inference_config") / "run")
-
-
-@pytest.fixture(scope="module")
-def case_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_case(tmp_path_factory.mktemp("inference_config_cases"), layout="lps")
 
 REPO = Path(__file__).resolve().parents[1]
 
