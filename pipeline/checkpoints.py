@@ -30,8 +30,10 @@ __all__ = [
     "AS_TRAINING_STATE",
     "AS_WEIGHTS",
     "BEST",
+    "KEPT_WEIGHTS",
     "LATEST",
     "REFUSED_RUN_DIR",
+    "check_kept_weights",
     "decide_resume",
     "finished_epochs",
     "load_checkpoint",
@@ -49,6 +51,16 @@ __all__ = [
 BEST = "model.pt"
 #: The full training state after the last epoch, for resuming.
 LATEST = "latest.pt"
+
+#: What ``models/model.pt`` holds: the weights of the best validated epoch, or the final weights.
+KEPT_WEIGHTS: tuple[str, ...] = ("best", "last")
+
+
+def check_kept_weights(keep: str) -> str:
+    """``keep`` if it is one of :data:`KEPT_WEIGHTS`; otherwise the one-line config error."""
+    if keep not in KEPT_WEIGHTS:
+        raise ConfigError("keep_weights", f"choose one of {', '.join(KEPT_WEIGHTS)}, got {keep!r}")
+    return keep
 
 #: What a file is for, which decides the wording of its errors: plain weights or a training state.
 AS_WEIGHTS, AS_TRAINING_STATE = "weights", "training state"

@@ -20,12 +20,11 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from tqdm.auto import tqdm
 
-from pipeline.checkpoints import BEST, LATEST, load_training_state, rng_state, save_checkpoint, set_rng_state, unwrap
+from pipeline.checkpoints import BEST, LATEST, check_kept_weights, load_training_state, rng_state, save_checkpoint, set_rng_state, unwrap
 from pipeline.training import is_rank_zero
 
 __all__ = ["GradientClipping", "PredictionOverlay", "SamplerEpoch", "TrainingCheckpoint", "TrainingProgress"]
 
-__all__ = ["GradientClipping", "PredictionOverlay", "SamplerEpoch", "TrainingCheckpoint", "TrainingProgress", "is_rank_zero"]
 
 
 logger = logging.getLogger(__name__)
@@ -36,9 +35,11 @@ class TrainingCheckpoint:
 
     After each epoch (attach it after ``ValidationHandler`` so the epoch's validation has run)
     ``models/latest.pt`` receives the network, optimizer, scheduler and AMP scaler states, the
-    epoch and iteration, the Python/NumPy/torch random states and the best metric so far; when
-    the key metric improved, ``models/model.pt`` receives the network's plain ``state_dict``.
-    Both are written atomically. With ``resume`` the trainer restarts from ``latest.pt``.
+    epoch and iteration, the Python/NumPy/torch random states and the best metric so far.
+    ``models/model.pt`` receives the network's plain ``state_dict``: with ``keep="best"`` when the
+    key metric improved, with ``keep="last"`` after every epoch (the final weights, chosen by the
+    training schedule alone, so that a few validation patients do not pick the epoch). Both are
+    written atomically. With ``resume`` the trainer restarts from ``latest.pt``.
 
     Args:
         ckpt_dir: the folder of the checkpoints (``RUN_DIR/models``).
@@ -50,6 +51,7 @@ class TrainingCheckpoint:
         resume: continue from ``latest.pt`` (an error if it does not exist).
         stop_after_epoch: end the run after this epoch, its checkpoint written (the schedule still
             spans all epochs), e.g. to train in chunks that fit a job's time limit; ``None`` runs to the end.
+        keep: which weights ``model.pt`` holds, one of :data:`pipeline.checkpoints.KEPT_WEIGHTS`.
     """
 
     def __init__(
@@ -62,7 +64,9 @@ class TrainingCheckpoint:
         key_metric: str = "val_mean_dice",
         resume: bool = False,
         stop_after_epoch: int | None = None,
+        keep: str = "best",
     ) -> None:
+        self.keep = check_kept_weights(keep)
         self.ckpt_dir = Path(ckpt_dir)
         self.stop_after_epoch = stop_after_epoch
         self.network = network
@@ -107,9 +111,11 @@ class TrainingCheckpoint:
             value = float(evaluator.state.metrics[self.key_metric])
             if value > self.best_metric:
                 self.best_metric, self.best_metric_epoch = value, engine.state.epoch
-                if is_rank_zero():
+                if is_rank_zero() and self.keep == "best":
                     save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / BEST)
                     logger.info(f"new best {self.key_metric} {value:.4f} at epoch {engine.state.epoch}: saved {self.ckpt_dir / BEST}")
+        if self.keep == "last" and is_rank_zero():
+            save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / BEST)
         if self.stop_after_epoch is not None and engine.state.epoch >= int(self.stop_after_epoch):
             engine.terminate()
         if not is_rank_zero():

@@ -451,8 +451,9 @@ def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
         rerun_resumes: a run directory holding a checkpoint of exactly this configuration
             (:func:`is_interrupted_run`) resumes without ``resume`` being set.
     """
-    from pipeline.checkpoints import LATEST, decide_resume, load_training_state
+    from pipeline.checkpoints import LATEST, check_kept_weights, decide_resume, load_training_state
 
+    check_kept_weights(parser.get_parsed_content("keep_weights", default="best"))
     run_dir = Path(parser.get_parsed_content("output_dir"))
     existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.exists())
     if not existing.is_dir():

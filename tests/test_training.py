@@ -355,3 +355,16 @@ def test_gpu_config_merges_over_the_cpu_defaults(mode: str, batch_size: int, top
     assert network.spatial_divisor == 16
     assert top_channels in {p.shape[0] for p in network.parameters() if p.ndim > 1}
     assert parser.get_parsed_content("roi_size") == (None if mode != "3d" else [128, 128, 128])
+
+
+def test_keep_weights_last_holds_the_final_weights(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 2, settings=[*TINY, "keep_weights=last"])
+    assert result.exit_code == 0, result.output
+    kept = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
+    final = torch.load(tmp_path / "run" / "models" / "latest.pt", weights_only=True)["network"]
+    assert kept.keys() == final.keys() and all(torch.equal(kept[key], final[key]) for key in kept)
+
+    result = _cli_train(datalist, cache, tmp_path / "bad", "2d", 1, settings=[*TINY, "keep_weights=worst"])
+    assert result.exit_code == 1 and "keep_weights: choose one of best, last" in result.output
+    assert not (tmp_path / "bad").exists()
