@@ -18,7 +18,7 @@ Everything the demo produces lies under ``out_dir`` (default ``outputs/demo``)::
 
     OUT/run/                      the training run (config.json, inference.json, provenance.json, models/, logs/, tensorboard/)
     OUT/evaluation/predictions/   <case>_seg.nii.gz (labels 0/1/2/4, the input's grid) + brats_brats2017.ctbl
-    OUT/evaluation/overlays/      <case>.png: axial, coronal and sagittal contours over FLAIR and T1ce
+    OUT/evaluation/overlays/      <case>.png: ground truth, prediction and error map (FP, FN) in three planes
     OUT/evaluation/plots/         Dice distribution, Dice per case, training curves
     OUT/evaluation/metrics.csv    one row per patient; summary.json / summary.txt: the statistics
     OUT/demo.json                 the demo's settings, stage times and mean Dice per structure

@@ -232,9 +232,10 @@ class TrainingProgress:
 class PredictionOverlay:
     """After each validation, write the overlay of the first validation case to TensorBoard.
 
-    The image is the evaluation report's overlay (:func:`pipeline.report.overlay_figure`): WT, TC
-    and ET contours of the ground truth (solid) and the prediction (dashed) over FLAIR and T1ce,
-    on each plane's slice with the most tumour, in the report's colours.
+    The image is the report's compact overlay (:func:`pipeline.report.overlay_figure`): the
+    prediction filled in the label colours over FLAIR, and below it the error map (true
+    positives, false positives, false negatives, wrong class), on each plane's slice with the
+    most tumour.
 
     Args:
         summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.

@@ -13,8 +13,16 @@ Everything lands in the evaluation output folder:
 ``plots/training_curves.png``
     when the model's run folder holds logs (TensorBoard event files or CSV).
 ``overlays/<case_id>.png``
-    ground-truth (solid) and predicted (dashed) contours of WT, TC and ET over FLAIR and T1ce,
-    on the slice with the most tumour in each plane (axial, coronal, sagittal).
+    where the prediction is wrong (:func:`error_overlay_figure`): in each plane (axial, coronal,
+    sagittal), the ground truth and the prediction filled in the label colours of the 3D Slicer
+    colour table (NEC red, ED green, ET yellow) and an error map of the whole tumour (true
+    positives cyan, false positives magenta, false negatives orange, wrong class inside the
+    tumour white), on the slice with the most tumour and on the slice with the most false
+    positive + false negative voxels.
+
+A case without ground truth, and the TensorBoard image of training, get the compact
+:func:`overlay_figure`: the prediction filled over FLAIR and T1ce (or, with ground truth, over
+FLAIR above the error map) on the slices with the most tumour.
 
 Overlays are drawn in the **radiological convention**, as 3D Slicer and most clinical viewers
 show images: the patient's right on the left of the picture; axial slices seen from the feet
@@ -38,20 +46,33 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
-from pipeline.writers import LABEL_COLOURS
 from pipeline.io import atomic_path, write_json, write_text
-from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, region_masks
+from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, SUBREGIONS
+from pipeline.writers import LABEL_COLOURS
 from pipeline.modalities import MODALITIES, MODALITY_NAMES
 
 __all__ = [
+    "ERROR_ALPHA",
+    "ERROR_COLOURS",
+    "ERROR_NAMES",
+    "FALSE_NEGATIVE",
+    "FALSE_POSITIVE",
+    "LABEL_ALPHA",
     "OVERLAYS_DIR",
     "REGION_COLOURS",
+    "TRUE_POSITIVE",
+    "WRONG_CLASS",
+    "error_map",
+    "error_overlay_figure",
     "figure_rgb",
+    "intensity_window",
     "metrics_frame",
+    "most_error_slices",
     "most_tumour_slices",
     "overlay_figure",
+    "paint",
     "plot_training_curves",
     "radiological_slice",
     "read_training_logs",
@@ -72,10 +93,28 @@ REGION_COLOURS: dict[str, tuple[float, float, float]] = {
     "TC": tuple(c / 255 for c in LABEL_COLOURS[NEC]),
     "ET": tuple(c / 255 for c in LABEL_COLOURS[ET]),
 }
-_CONTOUR_REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
+#: Error-map categories (:func:`error_map`): codes and names.
+TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE, WRONG_CLASS = 1, 2, 3, 4
+ERROR_NAMES: dict[int, str] = {
+    TRUE_POSITIVE: "true positive",
+    FALSE_POSITIVE: "false positive",
+    FALSE_NEGATIVE: "false negative",
+    WRONG_CLASS: "wrong class",
+}
+#: Error-map colours (R, G, B): distinct from each other and from the label colours.
+ERROR_COLOURS: dict[int, tuple[int, int, int]] = {
+    TRUE_POSITIVE: (0, 200, 255),  # cyan
+    FALSE_POSITIVE: (255, 0, 255),  # magenta
+    FALSE_NEGATIVE: (255, 110, 0),  # orange
+    WRONG_CLASS: (255, 255, 255),  # white
+}
+#: Opacity of the label fills (the anatomy shows through) and of the error map.
+LABEL_ALPHA, ERROR_ALPHA = 0.45, 0.8
+_LABEL_NAMES: dict[int, str] = {value: name for name, value in SUBREGIONS.items()}
 #: Resolution of the overlay images (dots per inch of the figure).
 OVERLAY_DPI = 72
 _PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
+_SHOWN_MODALITIES: tuple[str, ...] = ("flair", "t1ce")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -252,6 +291,25 @@ def plot_training_curves(run_dir: str | os.PathLike[str], path: str | os.PathLik
 # ----------------------------------------------------------------------------- overlays
 
 
+def error_map(prediction_zxy: np.ndarray, ground_truth_zxy: np.ndarray) -> np.ndarray:
+    """Per-voxel error category (uint8): 0 outside both whole tumours, else one of :data:`ERROR_NAMES`.
+
+    On the whole tumour: :data:`TRUE_POSITIVE` (both tumour, same label), :data:`FALSE_POSITIVE`
+    (predicted tumour, truly background), :data:`FALSE_NEGATIVE` (true tumour, predicted
+    background); :data:`WRONG_CLASS` where both are tumour but the labels differ.
+    """
+    prediction, truth = np.asarray(prediction_zxy), np.asarray(ground_truth_zxy)
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction {prediction.shape} and ground truth {truth.shape} differ in shape")
+    predicted, true = prediction > 0, truth > 0
+    errors = np.zeros(prediction.shape, dtype=np.uint8)
+    errors[predicted & true] = TRUE_POSITIVE
+    errors[predicted & true & (prediction != truth)] = WRONG_CLASS
+    errors[predicted & ~true] = FALSE_POSITIVE
+    errors[~predicted & true] = FALSE_NEGATIVE
+    return errors
+
+
 def most_tumour_slices(mask_zxy: np.ndarray) -> dict[str, int]:
     """Index of the slice with the most true voxels in each plane of a ``(Z, X, Y)`` mask (centre if empty)."""
     mask = np.asarray(mask_zxy, dtype=bool)
@@ -262,6 +320,22 @@ def most_tumour_slices(mask_zxy: np.ndarray) -> dict[str, int]:
         "coronal": int(np.argmax(mask.sum(axis=(0, 1)))),
         "sagittal": int(np.argmax(mask.sum(axis=(0, 2)))),
     }
+
+
+def most_error_slices(prediction_zxy: np.ndarray, ground_truth_zxy: np.ndarray) -> dict[str, int]:
+    """Index of the slice with the most whole-tumour errors (false positive + false negative voxels) in each plane.
+
+    Where the prediction has no such error, the slices with the most tumour.
+    """
+    errors = np.isin(error_map(prediction_zxy, ground_truth_zxy), (FALSE_POSITIVE, FALSE_NEGATIVE))
+    return most_tumour_slices(errors if errors.any() else _tumour(prediction_zxy, ground_truth_zxy))
+
+
+def _tumour(prediction_zxy: np.ndarray, ground_truth_zxy: np.ndarray | None) -> np.ndarray:
+    """The whole tumour the overlays centre on: the ground truth's, or the prediction's where it is empty or absent."""
+    if ground_truth_zxy is not None and np.any(ground_truth_zxy):
+        return np.asarray(ground_truth_zxy) > 0
+    return np.asarray(prediction_zxy) > 0
 
 
 def radiological_slice(volume_zxy: np.ndarray, plane: str, index: int, spacing_xyz: Sequence[float]) -> tuple[np.ndarray, float]:
@@ -280,6 +354,76 @@ def radiological_slice(volume_zxy: np.ndarray, plane: str, index: int, spacing_x
     raise ValueError(f"unknown plane {plane!r}")
 
 
+def intensity_window(channel: np.ndarray) -> tuple[float, float]:
+    """Display window of an image channel: the 1st and 99th percentiles of its non-zero (brain) voxels."""
+    brain = channel[channel != 0]
+    if not brain.size:
+        return 0.0, 1.0
+    low, high = np.percentile(brain, (1, 99))
+    return float(low), float(high)
+
+
+def paint(
+    picture: np.ndarray,
+    categories: np.ndarray,
+    colours: Mapping[int, tuple[int, int, int]],
+    window: tuple[float, float],
+    alpha: float,
+) -> np.ndarray:
+    """A grey-scale slice as an RGB uint8 image ``(H, W, 3)`` with each category filled in its colour.
+
+    Args:
+        picture: the image slice.
+        categories: a label or :func:`error_map` slice of the same shape; 0 is left unpainted.
+        colours: colour (R, G, B, 0-255) of each category (:data:`LABEL_COLOURS`, :data:`ERROR_COLOURS`).
+        window: intensities shown as black and white.
+        alpha: opacity of the fill (1 hides the image).
+    """
+    low, high = window
+    grey = np.clip((np.asarray(picture, dtype=np.float32) - low) / max(high - low, 1e-6), 0.0, 1.0) * 255.0
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    for code, colour in colours.items():
+        where = categories == code
+        if code and where.any():
+            rgb[where] = (1.0 - alpha) * rgb[where] + alpha * np.asarray(colour, dtype=np.float32)
+    return np.rint(rgb).astype(np.uint8)
+
+
+def _colour_legend(colours: Mapping[int, tuple[int, int, int]], names: Mapping[int, str]) -> list[Patch]:
+    return [Patch(facecolor=np.asarray(colours[code]) / 255, edgecolor="black", label=name) for code, name in names.items()]
+
+
+def _draw_panel(axes: Any, rgb: np.ndarray, aspect: float, plane: str, title: str) -> None:
+    axes.imshow(rgb, origin="lower", aspect=aspect, interpolation="nearest")
+    axes.set_title(title, fontsize=9)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    left, right = ("A", "P") if plane == "sagittal" else ("R", "L")
+    axes.text(0.02, 0.02, left, color="white", transform=axes.transAxes, fontsize=9)
+    axes.text(0.95, 0.02, right, color="white", transform=axes.transAxes, fontsize=9)
+
+
+class _Case:
+    """One case's volumes prepared for drawing: the FLAIR and T1ce channels with their windows, the labels, the error map."""
+
+    def __init__(self, image_zcxy: np.ndarray, prediction_zxy: np.ndarray, ground_truth_zxy: np.ndarray | None, spacing_xyz: Sequence[float]) -> None:
+        self.channels = {m: np.asarray(image_zcxy[:, MODALITIES.index(m)], dtype=np.float32) for m in _SHOWN_MODALITIES}
+        self.windows = {m: intensity_window(channel) for m, channel in self.channels.items()}
+        self.labels = {"prediction": np.asarray(prediction_zxy)}
+        if ground_truth_zxy is not None:
+            self.labels["ground truth"] = np.asarray(ground_truth_zxy)
+            self.labels["errors"] = error_map(prediction_zxy, ground_truth_zxy)
+        self.spacing = spacing_xyz
+
+    def panel(self, axes: Any, modality: str, layer: str, plane: str, index: int, title: str) -> np.ndarray:
+        """Draw ``layer`` (a label volume or the error map) filled over ``modality``; return the layer's slice."""
+        picture, aspect = radiological_slice(self.channels[modality], plane, index, self.spacing)
+        categories, _ = radiological_slice(self.labels[layer], plane, index, self.spacing)
+        colours, alpha = (ERROR_COLOURS, ERROR_ALPHA) if layer == "errors" else (LABEL_COLOURS, LABEL_ALPHA)
+        _draw_panel(axes, paint(picture, categories, colours, self.windows[modality], alpha), aspect, plane, title)
+        return categories
+
+
 def overlay_figure(
     image_zcxy: np.ndarray,
     prediction_zxy: np.ndarray,
@@ -287,10 +431,12 @@ def overlay_figure(
     spacing_xyz: Sequence[float],
     title: str = "",
 ) -> Figure:
-    """Contours of WT, TC, ET (ground truth solid, prediction dashed) over FLAIR and T1ce in three planes.
+    """The compact overlay (TensorBoard, cases without ground truth): two rows of three planes.
 
-    Each plane shows its slice with the most tumour (ground truth, or the prediction where the
-    ground truth is empty or absent), in the radiological convention.
+    Without ground truth: the prediction filled in the label colours over FLAIR and over T1ce.
+    With it: the prediction over FLAIR, and the :func:`error_map` over FLAIR. Each plane shows
+    its slice with the most tumour (ground truth, or the prediction where the ground truth is
+    empty or absent), in the radiological convention.
 
     Args:
         image_zcxy: the case's preprocessed image ``(Z, C, X, Y)``, RAS voxel order, channels in
@@ -300,46 +446,80 @@ def overlay_figure(
         spacing_xyz: voxel size (mm) along X, Y, Z.
         title: figure title (the case id).
     """
-    reference = ground_truth_zxy if ground_truth_zxy is not None and np.any(ground_truth_zxy) else prediction_zxy
-    slices = most_tumour_slices(np.asarray(reference) > 0)
-    masks = {"prediction": region_masks(prediction_zxy)}
-    if ground_truth_zxy is not None:
-        masks["ground truth"] = region_masks(ground_truth_zxy)
-    styles = {"ground truth": "solid", "prediction": "dashed"}
-    shown = ("flair", "t1ce")
-    figure = Figure(figsize=(4 * len(_PLANES), 4 * len(shown)))
-    for row, modality in enumerate(shown):
-        channel = np.asarray(image_zcxy[:, MODALITIES.index(modality)], dtype=np.float32)
-        brain = channel[channel != 0]
-        low, high = (np.percentile(brain, (1, 99)) if brain.size else (0.0, 1.0))
+    case = _Case(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz)
+    slices = most_tumour_slices(_tumour(prediction_zxy, ground_truth_zxy))
+    rows = [("flair", "prediction"), ("flair", "errors")] if ground_truth_zxy is not None else [("flair", "prediction"), ("t1ce", "prediction")]
+    figure = Figure(figsize=(4 * len(_PLANES), 4 * len(rows)))
+    for row, (modality, layer) in enumerate(rows):
         for column, plane in enumerate(_PLANES):
-            axes = figure.add_subplot(len(shown), len(_PLANES), row * len(_PLANES) + column + 1)
-            picture, aspect = radiological_slice(channel, plane, slices[plane], spacing_xyz)
-            axes.imshow(picture, cmap="gray", origin="lower", aspect=aspect, vmin=low, vmax=high, interpolation="nearest")
-            for source, regions in masks.items():
-                for region in _CONTOUR_REGIONS:
-                    outline, _ = radiological_slice(regions[region], plane, slices[plane], spacing_xyz)
-                    if outline.any() and not outline.all():
-                        axes.contour(outline.astype(np.float32), levels=[0.5], colors=[REGION_COLOURS[region]], linestyles=styles[source], linewidths=1.0)
-            axes.set_title(f"{MODALITY_NAMES[modality]} {plane} {slices[plane]}", fontsize=9)
-            axes.set_xticks([])
-            axes.set_yticks([])
-            if plane != "sagittal":
-                axes.text(0.02, 0.02, "R", color="white", transform=axes.transAxes, fontsize=9)
-                axes.text(0.95, 0.02, "L", color="white", transform=axes.transAxes, fontsize=9)
-            else:
-                axes.text(0.02, 0.02, "A", color="white", transform=axes.transAxes, fontsize=9)
-                axes.text(0.95, 0.02, "P", color="white", transform=axes.transAxes, fontsize=9)
-    handles = [Line2D([], [], color=REGION_COLOURS[r], label=r) for r in _CONTOUR_REGIONS]
-    handles += [Line2D([], [], color="black", linestyle=styles[s], label=s) for s in masks]
+            axes = figure.add_subplot(len(rows), len(_PLANES), row * len(_PLANES) + column + 1)
+            case.panel(axes, modality, layer, plane, slices[plane], f"{layer}: {MODALITY_NAMES[modality]} {plane} {slices[plane]}")
+    handles = _colour_legend(LABEL_COLOURS, _LABEL_NAMES)
+    if ground_truth_zxy is not None:
+        handles += _colour_legend(ERROR_COLOURS, ERROR_NAMES)
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
     figure.suptitle(f"{title} (radiological convention: patient right on the left)", fontsize=11)
     return figure
 
 
-def write_overlay(path: str | os.PathLike[str], *case: Any, **options: Any) -> Path:
-    """Write the :func:`overlay_figure` of a case (its arguments follow ``path``) as a PNG at ``path``."""
-    return _save(overlay_figure(*case, **options), path, dpi=OVERLAY_DPI)
+def error_overlay_figure(
+    image_zcxy: np.ndarray,
+    prediction_zxy: np.ndarray,
+    ground_truth_zxy: np.ndarray,
+    spacing_xyz: Sequence[float],
+    title: str = "",
+) -> Figure:
+    """The evaluation overlay: where the prediction is wrong, on the slices of largest tumour and of largest error.
+
+    Two blocks side by side, the slices with the most ground-truth tumour
+    (:func:`most_tumour_slices`) and those with the most false positive + false negative voxels
+    (:func:`most_error_slices`); in each, one row per plane (axial, coronal, sagittal) of three
+    panels over FLAIR: the ground truth filled in the label colours (:data:`LABEL_COLOURS`, as
+    in the 3D Slicer colour table), the prediction filled in the same colours, and the
+    :func:`error_map` (:data:`ERROR_COLOURS`) titled with the slice's false positive and false
+    negative voxel counts. Radiological convention.
+
+    Args:
+        image_zcxy: the case's preprocessed image ``(Z, C, X, Y)``, RAS voxel order.
+        prediction_zxy: predicted internal labels on the same grid.
+        ground_truth_zxy: ground-truth internal labels on the same grid.
+        spacing_xyz: voxel size (mm) along X, Y, Z.
+        title: figure title (the case id).
+    """
+    case = _Case(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz)
+    blocks = {
+        "slices of largest tumour": most_tumour_slices(_tumour(prediction_zxy, ground_truth_zxy)),
+        "slices of largest error (false positives + false negatives)": most_error_slices(prediction_zxy, ground_truth_zxy),
+    }
+    layers = ("ground truth", "prediction", "errors")
+    figure = Figure(figsize=(3.2 * len(layers) * len(blocks), 3.2 * len(_PLANES) + 1.2), layout="constrained")
+    for subfigure, (heading, slices) in zip(figure.subfigures(1, len(blocks)), blocks.items()):
+        subfigure.suptitle(heading, fontsize=11)
+        grid = subfigure.subplots(len(_PLANES), len(layers))
+        for row, plane in enumerate(_PLANES):
+            for column, layer in enumerate(layers):
+                axes = grid[row, column]
+                shown = case.panel(axes, "flair", layer, plane, slices[plane], f"{layer}: {plane} {slices[plane]}")
+                if layer == "errors":
+                    fp, fn = (int(np.count_nonzero(shown == code)) for code in (FALSE_POSITIVE, FALSE_NEGATIVE))
+                    axes.set_title(f"errors: {plane} {slices[plane]} (FP {fp}, FN {fn} voxels)", fontsize=9)
+    handles = _colour_legend(LABEL_COLOURS, _LABEL_NAMES) + _colour_legend(ERROR_COLOURS, ERROR_NAMES)
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=10)
+    figure.suptitle(f"{title}: ground truth, prediction and errors over FLAIR (radiological convention: patient right on the left)", fontsize=12)
+    return figure
+
+
+def write_overlay(
+    path: str | os.PathLike[str],
+    image_zcxy: np.ndarray,
+    prediction_zxy: np.ndarray,
+    ground_truth_zxy: np.ndarray | None,
+    spacing_xyz: Sequence[float],
+    title: str = "",
+) -> Path:
+    """Write a case's overlay as a PNG at ``path``: :func:`error_overlay_figure` with ground truth, else :func:`overlay_figure`."""
+    draw = overlay_figure if ground_truth_zxy is None else error_overlay_figure
+    return _save(draw(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz, title=title), path, dpi=OVERLAY_DPI)
 
 
 def figure_rgb(figure: Figure, dpi: int = OVERLAY_DPI) -> np.ndarray:
