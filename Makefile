@@ -63,29 +63,34 @@ clean:  ## Remove caches, outputs and build files (keeps .venv and data/)
 # GPU workstation: make train DEVICE=cuda TRAIN_ARGS="--config bundles/brats_segmentation/configs/gpu_train.yaml"
 MODE        ?= 2.5d
 EPOCHS      ?= 12
+# FOLD=all (or make train-folds): every fold of the data list into RUN_DIR/fold<k>/, K times one fold's time
 FOLD        ?= 0
 DEVICE      ?= cpu
-RUN_DIR     ?= runs/$(basename $(notdir $(DATALIST)))_$(MODE)_fold$(FOLD)
+RUN_DIR     ?= runs/$(basename $(notdir $(DATALIST)))_$(MODE)_$(if $(filter all,$(FOLD)),folds,fold$(FOLD))
 # TRACKING=mlflow: training loss and validation Dice in RUN_DIR/mlruns.db (MONAI's MLFlowHandler)
 TRACKING    ?=
 TRAIN_ARGS  ?=
-.PHONY: train
-train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD, DEVICE, RUN_DIR, TRACKING=mlflow; TRAIN_ARGS="--resume --set batch_size=32 ...")
-	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) --epochs $(EPOCHS) --fold $(FOLD) --device $(DEVICE) --out $(RUN_DIR) $(if $(TRACKING),--tracking $(TRACKING)) $(TRAIN_ARGS)
+.PHONY: train train-folds
+train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD (all: every fold), DEVICE, RUN_DIR, TRACKING=mlflow; TRAIN_ARGS="--resume --set batch_size=32 ...")
+	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) --epochs $(EPOCHS) $(if $(filter all,$(FOLD)),--folds all,--fold $(FOLD)) --device $(DEVICE) --out $(RUN_DIR) $(if $(TRACKING),--tracking $(TRACKING)) $(TRAIN_ARGS)
+train-folds: FOLD = all
+train-folds: train  ## Train every fold into RUN_DIR/fold<k>/ (K times one fold's time; finished folds skipped); then make evaluate FOLD=all
 
-# Evaluation and prediction with the model `make train` wrote (MODEL: any run or bundle folder).
-MODEL        ?= $(RUN_DIR)
+# Evaluation and prediction with the model `make train` wrote (MODEL: any run or bundle folder; several,
+# MODEL="runA runB", make an ensemble; with FOLD=all the default is every RUN_DIR/fold<k>).
+MODEL        ?= $(if $(filter all,$(FOLD)),$(sort $(wildcard $(RUN_DIR)/fold*)),$(RUN_DIR))
+MODEL_NAME    = $(if $(word 2,$(MODEL)),$(notdir $(patsubst %/,%,$(dir $(firstword $(MODEL)))))_ensemble,$(notdir $(MODEL)))
 SPLIT        ?= test
-EVAL_DIR     ?= outputs/eval/$(notdir $(MODEL))_$(SPLIT)
+EVAL_DIR     ?= outputs/eval/$(MODEL_NAME)_$(SPLIT)
 INPUT        ?= $(DATALIST)
-PRED_DIR     ?= outputs/predictions/$(notdir $(MODEL))
+PRED_DIR     ?= outputs/predictions/$(MODEL_NAME)
 EVAL_ARGS    ?=
 PREDICT_ARGS ?=
 .PHONY: evaluate predict
-evaluate: $(VENV)/.installed  ## Score MODEL per patient on SPLIT of DATALIST -> EVAL_DIR (metrics.csv, summary.json, plots, overlays; EVAL_ARGS="--lesion-wise --tta")
-	$(CLI) evaluate --model $(MODEL) --datalist $(DATALIST) --split $(SPLIT) --out $(EVAL_DIR) --device $(DEVICE) $(EVAL_ARGS)
-predict: $(VENV)/.installed  ## Segment INPUT (case folder, data list or data root) with MODEL -> PRED_DIR (NIfTI + Slicer colour table; PREDICT_ARGS="--probabilities --submission-names")
-	$(CLI) predict --model $(MODEL) --input $(INPUT) --out $(PRED_DIR) --device $(DEVICE) $(PREDICT_ARGS)
+evaluate: $(VENV)/.installed  ## Score MODEL per patient on SPLIT of DATALIST -> EVAL_DIR (metrics.csv, summary.json, plots, overlays; EVAL_ARGS="--lesion-wise --tta --uncertainty")
+	$(CLI) evaluate $(foreach model,$(MODEL),--model $(model)) --datalist $(DATALIST) --split $(SPLIT) --out $(EVAL_DIR) --device $(DEVICE) $(EVAL_ARGS)
+predict: $(VENV)/.installed  ## Segment INPUT (case folder, data list or data root) with MODEL -> PRED_DIR (NIfTI + Slicer colour table; PREDICT_ARGS="--probabilities --uncertainty --submission-names")
+	$(CLI) predict $(foreach model,$(MODEL),--model $(model)) --input $(INPUT) --out $(PRED_DIR) --device $(DEVICE) $(PREDICT_ARGS)
 
 # Benchmarks: loader, training, inference and preprocessing side by side on one synthetic full-size cohort
 # (kept in benchmarks/.work) -> benchmarks/results/<machine>-<date>.json and .md. GPU: make bench DEVICE=cuda

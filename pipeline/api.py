@@ -14,6 +14,12 @@ Every case goes through the one inference path the CLI and the bundle configs us
 (:class:`pipeline.postprocess.PostProcessing`) -> :func:`pipeline.geometry.restore_to_original`
 -> labels in the case's own convention on the input's grid.
 
+Several folders (e.g. the five folds of one configuration) load as one ensemble:
+``load_model([fold0, fold1, ...])`` averages the members' probabilities
+(:class:`pipeline.inference.EnsembleInferer`) before decoding and post-processing; a bundle does
+the same with a list of checkpoints as its ``checkpoint`` key. ``segment(..., uncertainty=True)``
+also returns the voxel-wise uncertainty maps (:mod:`pipeline.uncertainty`).
+
 A *run folder* holds ``inference.json`` (the bundle's ``inference.yaml`` resolved with the run's
 network keys, written by training next to ``config.json``) and ``models/model.pt``; a *bundle
 folder* holds ``configs/inference.yaml`` and ``models/model.pt`` (or a TorchScript
@@ -39,14 +45,17 @@ from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError
 from pipeline.labels import CONVENTIONS, get_convention
 from pipeline.postprocess import PostProcessing
+from pipeline.uncertainty import Uncertainty
 
 __all__ = [
     "OUTPUT_CONVENTIONS",
     "WEIGHTS",
     "CasePrediction",
     "SegmentationModel",
+    "SegmentationResult",
     "case_record",
     "check_output_convention",
+    "ensemble",
     "load_model",
     "output_convention",
     "segment",
@@ -73,6 +82,7 @@ class CasePrediction:
         meta: the preprocessing manifest (grid bookkeeping, spacing).
         probabilities: class or region probabilities on the source grid ``(K, X0, Y0, Z0)`` when asked for.
         channel_names: the names of the probability channels.
+        uncertainty: the uncertainty maps on the source grid and the per-case scores, when asked for.
     """
 
     record: CaseRecord
@@ -84,6 +94,7 @@ class CasePrediction:
     meta: dict
     probabilities: np.ndarray | None = None
     channel_names: tuple[str, ...] = ()
+    uncertainty: Uncertainty | None = None
 
     @property
     def case_id(self) -> str:
@@ -95,16 +106,36 @@ class CasePrediction:
         return tuple(float(z) for z in self.reference.header.get_zooms()[:3])
 
 
+@dataclass(frozen=True)
+class SegmentationResult:
+    """What :meth:`SegmentationModel.segment` returns with ``uncertainty=True``.
+
+    Attributes:
+        image: the uint8 segmentation on the input's grid.
+        uncertainty: the normalised entropy map (float32 NIfTI on the input's grid).
+        disagreement: the passes' disagreement map (float32 NIfTI), or None with a single pass.
+        scores: the per-case uncertainty scores (:func:`pipeline.uncertainty.uncertainty_scores`).
+    """
+
+    image: nib.Nifti1Image
+    uncertainty: nib.Nifti1Image
+    disagreement: nib.Nifti1Image | None
+    scores: dict[str, float]
+
+
 class SegmentationModel:
     """A trained network with its whole-volume inference and post-processing.
 
     Args:
-        network: the network (weights loaded, or loaded from ``checkpoint``).
-        inferer: a :class:`pipeline.inference.VolumeInferer`.
+        network: the network (weights loaded, or loaded from ``checkpoint``); for an ensemble,
+            a ``torch.nn.ModuleList`` of the members' networks.
+        inferer: a :class:`pipeline.inference.VolumeInferer`, or for an ensemble a
+            :class:`pipeline.inference.EnsembleInferer` (see :func:`ensemble`).
         postprocessing: a :class:`PostProcessing` or its config mapping (``None``: none; a
             loaded model takes its inference config's ``postprocessing`` component).
         device: where the network runs.
-        checkpoint: a state_dict file to load into ``network``.
+        checkpoint: a state_dict file to load into ``network``; a list of files makes an ensemble
+            of copies of ``network``, one per file, all run by ``inferer``.
         allow_resection_cavity: read BraTS 2024 ground truth with label 4 (mapped to background).
         source: the run or bundle folder the model came from (reports read its logs).
 
@@ -121,12 +152,20 @@ class SegmentationModel:
         inferer: Any,
         postprocessing: PostProcessing | Mapping | None = None,
         device: str | torch.device = "cpu",
-        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         allow_resection_cavity: bool = False,
         source: str | os.PathLike[str] | None = None,
     ) -> None:
         self.device = _device(device)
-        if checkpoint is not None:
+        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+            import copy
+
+            from pipeline.inference import EnsembleInferer
+
+            checkpoints = [str(path) for path in checkpoint]
+            network = torch.nn.ModuleList([load_weights(copy.deepcopy(network), path) for path in checkpoints])
+            inferer = EnsembleInferer([inferer] * len(checkpoints), names=checkpoints)
+        elif checkpoint is not None:
             load_weights(network, checkpoint)
         self.network = network.to(self.device).eval()
         self.inferer = inferer
@@ -135,6 +174,9 @@ class SegmentationModel:
         self.source = Path(source) if source is not None else None
 
     def __repr__(self) -> str:
+        members = getattr(self.inferer, "members", None)
+        if members is not None:
+            return f"SegmentationModel(ensemble of {len(members)}, output_mode={self.inferer.output_mode!r}, tta={self.inferer.tta}, device={str(self.device)!r})"
         return (
             f"SegmentationModel(mode={self.inferer.mode!r}, output_mode={self.inferer.output_mode!r}, "
             f"tta={self.inferer.tta}, device={str(self.device)!r}, source={str(self.source) if self.source else None!r})"
@@ -145,13 +187,20 @@ class SegmentationModel:
         """Names of the probability channels the network outputs."""
         return ("TC", "WT", "ET") if self.inferer.output_mode == "regions" else ("background", "NEC", "ED", "ET")
 
-    def predict_case(self, case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]], probabilities: bool = False) -> CasePrediction:
+    def predict_case(
+        self,
+        case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        probabilities: bool = False,
+        uncertainty: bool = False,
+    ) -> CasePrediction:
         """Segment one case: preprocess, infer, post-process, and map back onto the source grid.
 
         Args:
             case: a :class:`CaseRecord`, a case folder, an MSD 4D file, or the four modality
                 files in canonical order (T1, T1ce, T2, FLAIR).
             probabilities: also return the probabilities on the source grid.
+            uncertainty: also return the uncertainty maps on the source grid and their scores
+                (:mod:`pipeline.uncertainty`); without it nothing extra is computed.
         """
         from pipeline.geometry import restore_to_original
         from pipeline.io import load_nifti
@@ -159,9 +208,16 @@ class SegmentationModel:
 
         record = case_record(case)
         prepared = prepare_case(record, allow_resection_cavity=self.allow_resection_cavity)
-        scores = self.inferer(self.network, prepared.image, self.device)
+        pass_entropy = None
+        if uncertainty:
+            scores, pass_entropy = self.inferer.with_pass_entropy(self.network, prepared.image, self.device)
+        else:
+            scores = self.inferer(self.network, prepared.image, self.device)
         cache_labels = self.postprocessing(self.inferer.to_labels(scores))
         labels = restore_to_original(cache_labels, prepared.meta, fill=0)
+        case_uncertainty = None
+        if pass_entropy is not None:
+            case_uncertainty = self._uncertainty(scores, pass_entropy, cache_labels, prepared.meta)
         restored = None
         if probabilities:
             scores = scores.numpy()
@@ -179,25 +235,52 @@ class SegmentationModel:
             meta=prepared.meta,
             probabilities=restored,
             channel_names=self.channel_names,
+            uncertainty=case_uncertainty,
+        )
+
+    def _uncertainty(self, scores: torch.Tensor, pass_entropy: torch.Tensor, cache_labels: np.ndarray, meta: dict) -> Uncertainty:
+        """The uncertainty maps on the source grid (certain outside the brain crop) and the per-case scores."""
+        from pipeline.geometry import restore_to_original
+        from pipeline.uncertainty import uncertainty_maps, uncertainty_scores
+
+        passes = self.inferer.passes
+        entropy, disagreement = uncertainty_maps(scores, pass_entropy, passes, self.inferer.output_mode)
+        return Uncertainty(
+            entropy=restore_to_original(entropy, meta, fill=0),
+            disagreement=restore_to_original(disagreement, meta, fill=0) if disagreement is not None else None,
+            passes=passes,
+            scores=uncertainty_scores(entropy, disagreement, cache_labels),
         )
 
     def segment(
         self,
         case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         label_convention: str = "auto",
-    ) -> nib.Nifti1Image:
+        uncertainty: bool = False,
+    ) -> nib.Nifti1Image | SegmentationResult:
         """Segment one case and return the uint8 NIfTI image on the input's grid.
 
         Args:
             case: see :meth:`predict_case`.
             label_convention: ``auto`` (the case's own: 0/1/2/4 for BraTS 2017-2021, 0/1/2/3 for
                 2023+, MSD's for MSD) or a convention name.
+            uncertainty: return a :class:`SegmentationResult` holding the image, the uncertainty
+                maps (float32 NIfTI on the input's grid) and the per-case scores.
         """
-        from pipeline.writers import segmentation_image
+        from pipeline.writers import segmentation_image, uncertainty_image
 
-        prediction = self.predict_case(case)
+        prediction = self.predict_case(case, uncertainty=uncertainty)
         convention = get_convention(output_convention(prediction.record, label_convention))
-        return segmentation_image(convention.from_internal(prediction.labels), prediction.reference)
+        image = segmentation_image(convention.from_internal(prediction.labels), prediction.reference)
+        if prediction.uncertainty is None:
+            return image
+        maps = prediction.uncertainty
+        return SegmentationResult(
+            image=image,
+            uncertainty=uncertainty_image(maps.entropy, prediction.reference),
+            disagreement=uncertainty_image(maps.disagreement, prediction.reference) if maps.disagreement is not None else None,
+            scores=maps.scores,
+        )
 
 
 def check_output_convention(label_convention: str) -> str:
@@ -234,8 +317,34 @@ def case_record(case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.Pa
     return case_from_files(case)
 
 
+def ensemble(models: Sequence[SegmentationModel], names: Sequence[str | os.PathLike[str]] | None = None) -> SegmentationModel:
+    """One model averaging the probabilities of ``models`` (each with its own inference and TTA) before decoding.
+
+    The first model's post-processing, device and label handling apply to the ensemble.
+
+    Args:
+        models: the members, e.g. the folds of one configuration.
+        names: the members' folders, for errors and manifests (default: each model's ``source``).
+
+    Raises:
+        ConfigError: naming the member whose outputs (output mode) differ from the first member's.
+    """
+    from pipeline.inference import EnsembleInferer
+
+    names = [str(name) for name in names] if names is not None else [str(model.source) for model in models]
+    inferer = EnsembleInferer([model.inferer for model in models], names=names)
+    first = models[0]
+    return SegmentationModel(
+        torch.nn.ModuleList([model.network for model in models]),
+        inferer,
+        postprocessing=first.postprocessing,
+        device=first.device,
+        allow_resection_cavity=first.allow_resection_cavity,
+    )
+
+
 def load_model(
-    bundle_or_run_dir: str | os.PathLike[str],
+    bundle_or_run_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     device: str | torch.device = "cpu",
     tta: bool | None = None,
     postprocessing: PostProcessing | Mapping | None = None,
@@ -245,7 +354,8 @@ def load_model(
     Args:
         bundle_or_run_dir: a run folder (``inference.json`` or ``config.json`` + ``models/model.pt``)
             or a bundle folder (``configs/inference.yaml`` + ``models/model.pt`` or ``models/model.ts``);
-            see :mod:`pipeline.inference_config`.
+            see :mod:`pipeline.inference_config`. A list of folders loads each and returns their
+            :func:`ensemble` (a list of one folder: that folder's model).
         device: where the network runs (``cpu``, ``cuda``, ``cuda:1``).
         tta: override the config's test-time augmentation setting.
         postprocessing: override the config's ``postprocessing`` component.
@@ -263,6 +373,12 @@ def load_model(
     """
     from pipeline.inference_config import model_parser, parsed
 
+    if not isinstance(bundle_or_run_dir, (str, os.PathLike)):
+        folders = list(bundle_or_run_dir)
+        if not folders:
+            raise ConfigError("--model", "no model folder given")
+        models = [load_model(folder, device=device, tta=tta, postprocessing=postprocessing) for folder in folders]
+        return models[0] if len(models) == 1 else ensemble(models, names=folders)
     root = Path(bundle_or_run_dir)
     parser, config_path = model_parser(root, device=str(device))
     if tta is not None:
@@ -272,8 +388,10 @@ def load_model(
     network = parsed(parser, "network_def", config_path)
     if not isinstance(network, torch.nn.Module):
         raise ConfigError(config_path, f"'network_def' built a {type(network).__name__}, not a torch module")
-    weights = Path(parsed(parser, "checkpoint", config_path))
-    if not weights.is_file() and (root / TORCHSCRIPT).is_file():
+    checkpoint = parsed(parser, "checkpoint", config_path)
+    single = isinstance(checkpoint, (str, os.PathLike))  # else a list of checkpoints: an ensemble of this network
+    missing = [Path(path) for path in ([checkpoint] if single else checkpoint) if not Path(path).is_file()]
+    if single and missing and (root / TORCHSCRIPT).is_file():
         from pipeline.networks import spatial_divisor
 
         try:
@@ -283,8 +401,8 @@ def load_model(
         # The scripted network no longer tells its divisor: take it from the config's network.
         parser["inferer#divisor"] = spatial_divisor(network)
         parser["network_def"], parser["checkpoint"] = scripted, None
-    elif not weights.is_file():
-        raise ConfigError(weights, "checkpoint not found (train a model first, or point --model at a run folder)")
+    elif missing:
+        raise ConfigError(missing[0], "checkpoint not found (train a model first, or point --model at a run folder)")
     model = parsed(parser, "model", config_path)
     if not isinstance(model, SegmentationModel):
         raise ConfigError(config_path, f"'model' built a {type(model).__name__}, not a SegmentationModel")
@@ -293,15 +411,19 @@ def load_model(
 
 def segment(
     case_files_or_dir: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    model: SegmentationModel | str | os.PathLike[str],
+    model: SegmentationModel | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     label_convention: str = "auto",
     device: str | torch.device = "cpu",
-) -> nib.Nifti1Image:
-    """Segment one case with a model (a :class:`SegmentationModel` or a run/bundle folder).
+    uncertainty: bool = False,
+) -> nib.Nifti1Image | SegmentationResult:
+    """Segment one case with a model (a :class:`SegmentationModel`, a run/bundle folder, or a list of them: an ensemble).
+
+    With ``uncertainty=True`` the result is a :class:`SegmentationResult` (image, uncertainty maps, scores).
 
     Example:
         >>> image = segment("/data/BraTS2021_00006", model="runs/synthetic_2.5d_fold0")   # doctest: +SKIP
+        >>> result = segment("/data/BraTS2021_00006", model=["runs/f0", "runs/f1"], uncertainty=True)   # doctest: +SKIP
     """
     if not isinstance(model, SegmentationModel):
         model = load_model(model, device=device)
-    return model.segment(case_files_or_dir, label_convention=label_convention)
+    return model.segment(case_files_or_dir, label_convention=label_convention, uncertainty=uncertainty)

@@ -59,6 +59,23 @@ class _ChoiceOf(click.Choice):
 
 _SIZES = _ChoiceOf(_Constant("pipeline.synth.grid", "GRIDS"))
 
+_MODELS = click.option(
+    "--model",
+    "model_dirs",
+    required=True,
+    multiple=True,
+    type=_EXISTING,
+    help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/); "
+    "repeat for an ensemble (e.g. every fold of a train --folds all run): probabilities averaged.",
+)
+
+_UNCERTAINTY = click.option(
+    "--uncertainty",
+    is_flag=True,
+    help="Also write float32 uncertainty maps in [0, 1] (<case>_uncertainty.nii.gz: entropy; <case>_disagreement.nii.gz: "
+    "disagreement of the TTA passes / ensemble members) and per-case uncertainty scores.",
+)
+
 
 def _reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a :class:`PipelineError`, or an operating-system error on a file (disk full, permission,
@@ -227,6 +244,13 @@ def datalist(
 @click.option("--epochs", required=True, type=click.IntRange(min=1), help="Training epochs.")
 @click.option("--out", required=True, type=_PATH, help="Run directory (config, provenance, checkpoints, logs).")
 @click.option("--fold", default=0, show_default=True, type=click.IntRange(min=0), help="Cross-validation fold whose cases validate.")
+@click.option(
+    "--folds",
+    type=click.Choice(["all"]),
+    default=None,
+    help="all: train every fold of the data list, one after the other, into OUT/fold<k>/ (K times one fold's time; "
+    "finished folds are skipped, an interrupted one resumes); replaces --fold.",
+)
 @click.option("--resume", is_flag=True, help="Continue from OUT/models/latest.pt.")
 @click.option("--device", default="cpu", show_default=True, type=_ChoiceOf(_Constant("pipeline.training", "DEVICES")), help="Where to train.")
 @click.option("--config", "config_files", multiple=True, type=_EXISTING, help="Bundle override file merged after train.yaml (repeatable), e.g. configs/gpu_train.yaml.")
@@ -245,6 +269,7 @@ def train(
     epochs: int,
     out: Path,
     fold: int,
+    folds: str | None,
     resume: bool,
     device: str,
     config_files: tuple[Path, ...],
@@ -255,27 +280,33 @@ def train(
 
     The same run as `python -m monai.bundle run training --config_file
     bundles/brats_segmentation/configs/train.yaml`, with these options filled in.
+    With --folds all, every fold in turn (OUT/fold0, OUT/fold1, ...), for an ensemble.
     """
-    from pipeline.training import parse_overrides, train as run_training
+    from pipeline.training import ensemble_command, parse_overrides, train as run_training, train_folds
 
-    run_dir = run_training(
+    options: dict[str, Any] = dict(
         datalist=datalist_path,
         cache_dir=cache_dir,
         out=out,
         mode=mode,
         epochs=epochs,
-        fold=fold,
         resume=resume,
         device=device,
         config_files=config_files,
         overrides=parse_overrides(settings),
         tracking=tracking,
     )
+    if folds == "all":
+        run_dirs = train_folds(**options)
+        click.echo(f"{len(run_dirs)} folds trained in {out}; predict with their ensemble:")
+        click.echo(ensemble_command(run_dirs))
+        return
+    run_dir = run_training(fold=fold, **options)
     click.echo(f"run directory: {run_dir} (best weights: {run_dir / 'models' / 'model.pt'})")
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/).")
+@_MODELS
 @click.option("--input", "input_path", required=True, type=_EXISTING, help="Case folder, MSD 4D image, data list JSON or data root.")
 @click.option("--out", required=True, type=_PATH, help="Folder for the NIfTI predictions.")
 @click.option("--device", default="cpu", show_default=True, help="Where the network runs: cpu, cuda, cuda:N.")
@@ -288,17 +319,19 @@ def train(
     help="Labels written: auto = each case's own (0/1/2/4 for 2017-2021, 0/1/2/3 for 2023+, MSD's for MSD).",
 )
 @click.option("--probabilities", is_flag=True, help="Also write probability maps (<case>_probabilities.nii.gz, 8-bit scaled to [0, 1]).")
+@_UNCERTAINTY
 @click.option("--submission-names", is_flag=True, help="Name files <case_id>.nii.gz as the BraTS portals expect (default <case_id>_seg.nii.gz).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors
 def predict(
-    model_dir: Path,
+    model_dirs: tuple[Path, ...],
     input_path: Path,
     out: Path,
     device: str,
     tta: bool | None,
     label_convention: str,
     probabilities: bool,
+    uncertainty: bool,
     submission_names: bool,
     no_progress: bool,
 ) -> None:
@@ -310,7 +343,7 @@ def predict(
     from pipeline.predict import predict as run_predict
 
     summary = run_predict(
-        model_dir,
+        list(model_dirs),
         input_path,
         out,
         device=device,
@@ -319,12 +352,13 @@ def predict(
         probabilities=probabilities,
         submission_names=submission_names,
         progress=not no_progress,
+        uncertainty=uncertainty,
     )
     click.echo(str(summary))
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=_EXISTING, help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/).")
+@_MODELS
 @click.option("--datalist", "datalist_path", required=True, type=_EXISTING, help="Data list JSON with ground truth.")
 @click.option("--split", default="test", show_default=True, type=_ChoiceOf(_Constant("pipeline.datalist", "SCORED_SPLITS")), help="Cases to score.")
 @click.option("--out", required=True, type=_PATH, help="Evaluation folder: metrics.csv, summary.json, plots/, overlays/, predictions/.")
@@ -332,10 +366,11 @@ def predict(
 @click.option("--tta/--no-tta", default=None, help="Mirrored test-time augmentation (default: the model config's setting).")
 @click.option("--lesion-wise", is_flag=True, help="Add BraTS 2023 lesion-wise Dice and HD95 (TC, WT, ET).")
 @click.option("--no-overlays", is_flag=True, help="Skip the per-case overlay PNGs.")
+@_UNCERTAINTY
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors
 def evaluate(
-    model_dir: Path,
+    model_dirs: tuple[Path, ...],
     datalist_path: Path,
     split: str,
     out: Path,
@@ -343,6 +378,7 @@ def evaluate(
     tta: bool | None,
     lesion_wise: bool,
     no_overlays: bool,
+    uncertainty: bool,
     no_progress: bool,
 ) -> None:
     """Score a model per patient (Dice, HD95, sensitivity, specificity, precision, IoU, volumes).
@@ -353,7 +389,7 @@ def evaluate(
     from pipeline.evaluate import evaluate as run_evaluate
 
     run_evaluate(
-        model_dir,
+        list(model_dirs),
         datalist_path,
         out,
         split=split,
@@ -362,6 +398,7 @@ def evaluate(
         lesion_wise=lesion_wise,
         overlays=not no_overlays,
         progress=not no_progress,
+        uncertainty=uncertainty,
     )
 
 

@@ -5,6 +5,8 @@ under ``OUT/predictions/``, read back, and scored against the ground truth file 
 :func:`pipeline.metrics.case_metrics` on the original voxel grid with the file's voxel spacing.
 :func:`pipeline.report.write_report` then writes ``metrics.csv``, ``summary.json`` and the
 plots; overlays go to ``OUT/overlays/``; the per-structure mean Dice/HD95 table is printed.
+With ``uncertainty`` the uncertainty maps go next to each prediction and the per-case
+uncertainty scores (:func:`pipeline.uncertainty.uncertainty_scores`) into ``metrics.csv``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pipeline.geometry import to_cache_grid
 from pipeline.io import load_nifti, load_volume
 from pipeline.labels import get_convention
 from pipeline.metrics import case_metrics
-from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction
+from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty
 from pipeline.report import OVERLAYS_DIR, metrics_frame, summary_table, write_overlay, write_report
 
 __all__ = ["EvaluationResult", "evaluate", "read_internal_labels"]
@@ -63,7 +65,7 @@ def read_internal_labels(path: str | os.PathLike[str], convention_name: str, all
 
 
 def evaluate(
-    model: SegmentationModel | str | os.PathLike[str],
+    model: SegmentationModel | str | os.PathLike[str] | list[str | os.PathLike[str]],
     datalist: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     split: str = "test",
@@ -73,11 +75,12 @@ def evaluate(
     overlays: bool = True,
     progress: bool = True,
     echo: bool = True,
+    uncertainty: bool = False,
 ) -> EvaluationResult:
     """Predict and score every case of one split of a data list.
 
     Args:
-        model: a loaded model, or a run or bundle folder.
+        model: a loaded model, a run or bundle folder, or a list of folders (an ensemble).
         datalist: the data list JSON.
         out_dir: the evaluation output folder.
         split: ``test``, ``validation``, ``training`` or ``all`` (every labelled case).
@@ -87,6 +90,8 @@ def evaluate(
         overlays: write an overlay PNG per case.
         progress: show a progress bar.
         echo: print the summary table at the end.
+        uncertainty: write the uncertainty maps next to the predictions and add the per-case
+            uncertainty scores to ``metrics.csv``.
 
     Raises:
         ConfigError: for an unknown or empty split.
@@ -105,7 +110,7 @@ def evaluate(
         model.inferer.tta = bool(tta)
 
     predictions = out / PREDICTIONS_DIR
-    check_outputs_spare_inputs(records, predictions)
+    check_outputs_spare_inputs(records, predictions, uncertainty=uncertainty)
     rows = []
     conventions: set[str] = set()
     for record in tqdm(records, desc=f"evaluate {split}", unit="case", disable=not progress):
@@ -115,13 +120,15 @@ def evaluate(
         images = load_nifti(record.images[0])
         check_same_grid(record.label, truth.shape, truth_image.affine, record.images[0], images.shape[:3], images.affine)
         # Predicted exactly as `predict` does, from the images only.
-        prediction = model.predict_case(replace(record, label=None))
+        prediction = model.predict_case(replace(record, label=None), uncertainty=uncertainty)
         seg_path, _, convention = write_case_prediction(prediction, predictions)
+        write_case_uncertainty(prediction, predictions)
         conventions.add(convention)
         # Score what was written: the exported file, read back, against the ground-truth file.
         predicted, _ = read_internal_labels(seg_path, convention)
         spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
-        rows.append({"case_id": record.case_id, **case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise)})
+        scores = prediction.uncertainty.scores if prediction.uncertainty is not None else {}
+        rows.append({"case_id": record.case_id, **case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise), **scores})
         if overlays:
             write_overlay(
                 out / OVERLAYS_DIR / f"{record.case_id}.png",
@@ -141,6 +148,7 @@ def evaluate(
         "model": model_settings(model),
         "hd95_definition": HD95_DEFINITION,
         "lesion_wise": lesion_wise,
+        "uncertainty": uncertainty,
         "seconds": round(time.perf_counter() - started, 2),
     }
     summary = write_report(rows, out, run_dir=model.source, extra_summary=extra)

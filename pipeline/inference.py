@@ -6,6 +6,11 @@ A volume arrives in the cache layout ``(Z, C, X, Y)``. Slice models see batches 
 MONAI's :class:`~monai.inferers.SlidingWindowInferer` with Gaussian blending. Optional test-time
 augmentation averages the probabilities of mirrored passes. The result is always a float32
 probability tensor ``(K, Z, X, Y)`` on the CPU.
+
+An :class:`EnsembleInferer` averages the probabilities of several networks, each run by its own
+:class:`VolumeInferer` (with its own mirrored passes), before anything is decoded. Both return,
+on request, the mean over their passes of each pass's normalised entropy, from which
+:mod:`pipeline.uncertainty` derives the members' disagreement.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from monai.transforms import DivisiblePad
 from pipeline.errors import ConfigError
 from pipeline.labels import decode_probabilities
 from pipeline.networks import check_mode, spatial_divisor
+from pipeline.uncertainty import normalised_entropy
 
-__all__ = ["EngineInferer", "VolumeInferer"]
+__all__ = ["EngineInferer", "EnsembleInferer", "VolumeInferer"]
 
 
 #: Stitch 3D sliding-window outputs on the CPU above this many output elements (about 1 GiB of float32).
@@ -97,30 +103,56 @@ class VolumeInferer:
         logits = logits.float()
         return torch.sigmoid(logits) if self.output_mode == "regions" else torch.softmax(logits, dim=1)
 
-    @torch.no_grad()
+    @property
+    def passes(self) -> int:
+        """Forward passes averaged per volume (mirrored passes with TTA, else 1)."""
+        return len(self.flips())
+
     def __call__(self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
         """Probabilities ``(K, Z, X, Y)`` float32 on the CPU for a volume ``(Z, C, X, Y)``."""
+        return self.scores(network, image, device)
+
+    def with_pass_entropy(
+        self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: str | torch.device = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probabilities, and the mean over the passes of each pass's normalised entropy ``(Z, X, Y)``."""
+        scores = self.scores(network, image, device, pass_entropy=True)
+        return scores[:-1], scores[-1]
+
+    @torch.no_grad()
+    def scores(
+        self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: str | torch.device = "cpu", pass_entropy: bool = False
+    ) -> torch.Tensor:
+        """The probabilities ``(K, Z, X, Y)``; with ``pass_entropy`` the mean pass entropy follows as channel ``K``."""
         if image.ndim != 4:
             raise ConfigError("image", f"expected a (Z, C, X, Y) volume, got shape {tuple(image.shape)}")
         device = torch.device(device)
         divisor = self.divisor or spatial_divisor(network)
         if self.mode == "3d":
-            return self._infer_volume(network, image, device, divisor)
-        return self._infer_slices(network, image, device, divisor)
+            return self._infer_volume(network, image, device, divisor, pass_entropy)
+        return self._infer_slices(network, image, device, divisor, pass_entropy)
 
-    def _forward_tta(self, predict: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
-        """Average the activated outputs of the mirrored passes (each mirrored back)."""
+    def _forward_tta(self, predict: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, pass_entropy: bool = False) -> torch.Tensor:
+        """Average the activated outputs of the mirrored passes (each mirrored back); optionally append their mean entropy as a channel."""
         total: torch.Tensor | None = None
+        entropy: torch.Tensor | None = None
         flips = self.flips()
         for dims in flips:
             inputs = torch.flip(batch, dims) if dims else batch
             probabilities = self.activate(predict(inputs))
             probabilities = torch.flip(probabilities, dims) if dims else probabilities
             total = probabilities if total is None else total + probabilities
+            if pass_entropy:
+                pass_value = normalised_entropy(probabilities, self.output_mode, dim=1)
+                entropy = pass_value if entropy is None else entropy + pass_value
         assert total is not None
-        return total / len(flips)
+        if entropy is None:
+            return total / len(flips)
+        return torch.cat([total / len(flips), (entropy / len(flips)).unsqueeze(1)], dim=1)
 
-    def _infer_slices(self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: torch.device, divisor: int) -> torch.Tensor:
+    def _infer_slices(
+        self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: torch.device, divisor: int, pass_entropy: bool = False
+    ) -> torch.Tensor:
         num_slices, _, size_x, size_y = image.shape
         pad = DivisiblePad(k=divisor, method="end")
         window = (
@@ -146,12 +178,14 @@ class VolumeInferer:
             else:
                 batch = image[start : indices[-1] + 1]
             batch = torch.as_tensor(np.asarray(batch) if not isinstance(batch, torch.Tensor) else batch).to(device=device, dtype=torch.float32)
-            probabilities = self._forward_tta(predict, batch)
+            probabilities = self._forward_tta(predict, batch, pass_entropy)
             outputs.append(probabilities.cpu())
         # (Z, K, X, Y) -> (K, Z, X, Y)
         return torch.cat(outputs).permute(1, 0, 2, 3).contiguous()
 
-    def _infer_volume(self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: torch.device, divisor: int) -> torch.Tensor:
+    def _infer_volume(
+        self, network: torch.nn.Module, image: np.ndarray | torch.Tensor, device: torch.device, divisor: int, pass_entropy: bool = False
+    ) -> torch.Tensor:
         # (Z, C, X, Y) -> (1, C, X, Y, Z)
         volume = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image)
         volume = volume.permute(1, 2, 3, 0).unsqueeze(0).to(dtype=torch.float32)
@@ -168,13 +202,95 @@ class VolumeInferer:
             device=stitch_device,
         )
         volume = volume.to(stitch_device)
-        probabilities = self._forward_tta(lambda batch: window(batch, network), volume)[0]
+        probabilities = self._forward_tta(lambda batch: window(batch, network), volume, pass_entropy)[0]
         # (K, X, Y, Z) -> (K, Z, X, Y)
         return probabilities.permute(0, 3, 1, 2).float().cpu().contiguous()
 
     def to_labels(self, probabilities: torch.Tensor | np.ndarray) -> np.ndarray:
         """Internal labels ``(Z, X, Y)`` uint8: argmax of softmax outputs, or regions thresholded at 0.5 and decoded."""
         return decode_probabilities(np.asarray(probabilities), self.output_mode)
+
+
+class EnsembleInferer:
+    """Average the probabilities of several networks, each run by its own inferer, before decoding.
+
+    Each member keeps its own whole-volume inference (mode, context, mirrored passes); the
+    ensemble's probabilities are the mean of the members' (each member weighted equally). The
+    members must output the same channels (the same ``output_mode``). With one member the result
+    is that member's, bit for bit.
+
+    Args:
+        members: one :class:`VolumeInferer` (or ensemble) per network.
+        names: what each member is called in errors and manifests (its model folder or checkpoint).
+
+    Raises:
+        ConfigError: naming the member whose outputs differ from the first member's.
+    """
+
+    def __init__(self, members: Sequence[VolumeInferer | EnsembleInferer], names: Sequence[str] | None = None) -> None:
+        if not members:
+            raise ConfigError("ensemble", "needs at least one model")
+        names = [str(name) for name in names] if names is not None else [f"member {index}" for index in range(len(members))]
+        if len(names) != len(members):
+            raise ConfigError("ensemble", f"{len(members)} members but {len(names)} names")
+        first = members[0]
+        for member, name in zip(members[1:], names[1:]):
+            if member.output_mode != first.output_mode:
+                raise ConfigError(
+                    name,
+                    f"outputs {member.output_mode} probabilities but {names[0]} outputs {first.output_mode}; "
+                    "the models of an ensemble must predict the same classes",
+                )
+        self.members = list(members)
+        self.names = names
+
+    @property
+    def output_mode(self) -> str:
+        """The members' common output mode."""
+        return self.members[0].output_mode
+
+    @property
+    def passes(self) -> int:
+        """Forward passes averaged per volume, over all members."""
+        return sum(member.passes for member in self.members)
+
+    @property
+    def tta(self) -> bool:
+        """Whether any member averages mirrored passes; setting it sets every member's."""
+        return any(member.tta for member in self.members)
+
+    @tta.setter
+    def tta(self, value: bool) -> None:
+        for member in self.members:
+            member.tta = bool(value)
+
+    def __call__(self, networks: Sequence[torch.nn.Module], image: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """The mean of the members' probabilities ``(K, Z, X, Y)``; ``networks`` in the members' order."""
+        return self.scores(networks, image, device)
+
+    def with_pass_entropy(
+        self, networks: Sequence[torch.nn.Module], image: np.ndarray | torch.Tensor, device: str | torch.device = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean probabilities, and the mean over the members of their mean pass entropy."""
+        scores = self.scores(networks, image, device, pass_entropy=True)
+        return scores[:-1], scores[-1]
+
+    def scores(
+        self, networks: Sequence[torch.nn.Module], image: np.ndarray | torch.Tensor, device: str | torch.device = "cpu", pass_entropy: bool = False
+    ) -> torch.Tensor:
+        """The mean of the members' :meth:`VolumeInferer.scores`."""
+        if len(networks) != len(self.members):
+            raise ConfigError("ensemble", f"{len(self.members)} inferers but {len(networks)} networks")
+        total: torch.Tensor | None = None
+        for member, network in zip(self.members, networks):
+            scores = member.scores(network, image, device, pass_entropy)
+            total = scores if total is None else total + scores
+        assert total is not None
+        return total / len(self.members)
+
+    def to_labels(self, probabilities: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Internal labels ``(Z, X, Y)`` uint8 decoded as the members decode them."""
+        return self.members[0].to_labels(probabilities)
 
 
 class EngineInferer(Inferer):

@@ -8,8 +8,12 @@ truth), or a data root (every case :func:`pipeline.datasets.discover` finds: Bra
 The output folder receives, per case, ``<case_id>_seg.nii.gz`` (or ``<case_id>.nii.gz`` with
 BraTS submission naming) on exactly the input's grid, a 3D Slicer colour table per label
 convention used (``brats_<convention>.ctbl``), optional probability maps (8-bit, scaled to [0, 1])
-(``<case_id>_probabilities.nii.gz``, channels last), and ``predictions.json`` listing what was
-written with the settings used.
+(``<case_id>_probabilities.nii.gz``, channels last), optional uncertainty maps (float32 in [0, 1]:
+``<case_id>_uncertainty.nii.gz``, the normalised entropy, and with more than one pass
+``<case_id>_disagreement.nii.gz``; see :mod:`pipeline.uncertainty`), and ``predictions.json``
+listing what was written with the settings used (and each case's uncertainty scores).
+
+``model`` may be several folders (an ensemble): their probabilities are averaged before decoding.
 """
 
 from __future__ import annotations
@@ -30,16 +34,27 @@ from pipeline.datasets.records import CaseRecord
 from pipeline.errors import InputError
 from pipeline.writers import (
     colour_table_filename,
+    UNCERTAINTY_MAPS,
     probability_filename,
     segmentation_filename,
+    uncertainty_filename,
     write_colour_table,
     write_probabilities,
     write_segmentation,
+    write_uncertainty,
 )
 from pipeline.io import write_json
 from pipeline.labels import get_convention
 
-__all__ = ["PredictionSummary", "check_outputs_spare_inputs", "model_settings", "predict", "resolve_cases", "write_case_prediction"]
+__all__ = [
+    "PredictionSummary",
+    "check_outputs_spare_inputs",
+    "model_settings",
+    "predict",
+    "resolve_cases",
+    "write_case_prediction",
+    "write_case_uncertainty",
+]
 
 
 MANIFEST = "predictions.json"
@@ -54,6 +69,7 @@ class PredictionSummary:
     out_dir: Path
     segmentations: dict[str, Path] = field(default_factory=dict)
     probabilities: dict[str, Path] = field(default_factory=dict)
+    uncertainty: dict[str, list[Path]] = field(default_factory=dict)
     colour_tables: list[Path] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -88,7 +104,9 @@ def resolve_cases(input_path: str | os.PathLike[str]) -> list[CaseRecord]:
     return list(found.records)
 
 
-def check_outputs_spare_inputs(records: list[CaseRecord], out_dir: Path, submission_names: bool = False, probabilities: bool = False) -> None:
+def check_outputs_spare_inputs(
+    records: list[CaseRecord], out_dir: Path, submission_names: bool = False, probabilities: bool = False, uncertainty: bool = False
+) -> None:
     """Refuse, before anything is written, an output folder where a prediction would replace an input file.
 
     ``--out`` set to a case folder would otherwise write ``<case>_seg.nii.gz`` over its ground truth.
@@ -96,6 +114,7 @@ def check_outputs_spare_inputs(records: list[CaseRecord], out_dir: Path, submiss
     inputs = {path.resolve() for record in records for path in (*record.images, *((record.label,) if record.label is not None else ()))}
     for record in records:
         names = [segmentation_filename(record.case_id, submission_names)] + ([probability_filename(record.case_id)] if probabilities else [])
+        names += [uncertainty_filename(record.case_id, kind) for kind in UNCERTAINTY_MAPS] if uncertainty else []
         for name in names:
             target = (Path(out_dir) / name).resolve()
             if target in inputs:
@@ -126,8 +145,20 @@ def write_case_prediction(
     return seg_path, prob_path, convention
 
 
+def write_case_uncertainty(prediction: Any, out_dir: Path) -> list[Path]:
+    """Write a :class:`pipeline.api.CasePrediction`'s uncertainty maps (entropy; disagreement with >1 pass) on the input's grid."""
+    if prediction.uncertainty is None:
+        return []
+    maps = {"uncertainty": prediction.uncertainty.entropy, "disagreement": prediction.uncertainty.disagreement}
+    return [
+        write_uncertainty(values, prediction.reference, out_dir / uncertainty_filename(prediction.case_id, kind))
+        for kind, values in maps.items()
+        if values is not None
+    ]
+
+
 def predict(
-    model: SegmentationModel | str | os.PathLike[str],
+    model: SegmentationModel | str | os.PathLike[str] | list[str | os.PathLike[str]],
     input_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     device: str = "cpu",
@@ -136,11 +167,12 @@ def predict(
     probabilities: bool = False,
     submission_names: bool = False,
     progress: bool = True,
+    uncertainty: bool = False,
 ) -> PredictionSummary:
     """Segment every case of ``input_path`` with ``model`` and write the NIfTI files into ``out_dir``.
 
     Args:
-        model: a loaded model, or a run or bundle folder.
+        model: a loaded model, a run or bundle folder, or a list of folders (an ensemble).
         input_path: a case folder, an MSD 4D file, a data list JSON or a data root.
         out_dir: where the predictions go (created).
         device: where the network runs (when ``model`` is a folder).
@@ -149,6 +181,7 @@ def predict(
         probabilities: also write probability maps (8-bit, scaled to [0, 1]).
         submission_names: name files ``<case_id>.nii.gz`` (BraTS portals) instead of ``<case_id>_seg.nii.gz``.
         progress: show a progress bar.
+        uncertainty: also write the uncertainty maps and record each case's uncertainty scores.
     """
     started = time.perf_counter()
     out = Path(out_dir)
@@ -158,15 +191,16 @@ def predict(
     elif tta is not None:
         model.inferer.tta = bool(tta)
     records = resolve_cases(input_path)
-    check_outputs_spare_inputs(records, out, submission_names, probabilities)
+    check_outputs_spare_inputs(records, out, submission_names, probabilities, uncertainty)
     summary = PredictionSummary(out_dir=out)
     entries: list[dict[str, Any]] = []
     conventions: set[str] = set()
     for record in tqdm(records, desc="predict", unit="case", disable=not progress):
         case_started = time.perf_counter()
         # The ground truth plays no part in a prediction: it is not read (nor checked) here.
-        prediction = model.predict_case(replace(record, label=None), probabilities=probabilities)
+        prediction = model.predict_case(replace(record, label=None), probabilities=probabilities, uncertainty=uncertainty)
         seg_path, prob_path, convention = write_case_prediction(prediction, out, label_convention, submission_names)
+        uncertainty_paths = write_case_uncertainty(prediction, out)
         conventions.add(convention)
         summary.segmentations[record.case_id] = seg_path
         entry: dict[str, Any] = {
@@ -181,6 +215,11 @@ def predict(
             summary.probabilities[record.case_id] = prob_path
             entry["probabilities"] = prob_path.name
             entry["probability_channels"] = list(prediction.channel_names)
+        if prediction.uncertainty is not None:
+            summary.uncertainty[record.case_id] = uncertainty_paths
+            entry["uncertainty_maps"] = [path.name for path in uncertainty_paths]
+            entry["uncertainty_passes"] = prediction.uncertainty.passes
+            entry["uncertainty_scores"] = prediction.uncertainty.scores
         entries.append(entry)
     for name in sorted(conventions):
         summary.colour_tables.append(write_colour_table(out / colour_table_filename(get_convention(name)), get_convention(name)))
@@ -190,10 +229,24 @@ def predict(
 
 
 def model_settings(model: SegmentationModel) -> dict[str, Any]:
-    """The settings that shaped a prediction, for manifests and summaries."""
-    inferer = model.inferer
+    """The settings that shaped a prediction, for manifests and summaries.
+
+    An ensemble reports its first member's inference settings and, under ``ensemble``, each
+    member's folder (or checkpoint) with its own settings.
+    """
     return {
         "source": str(model.source) if model.source else None,
+        **_inferer_settings(model.inferer),
+        "device": str(model.device),
+        "postprocessing": model.postprocessing.to_config(),
+    }
+
+
+def _inferer_settings(inferer: Any) -> dict[str, Any]:
+    members = getattr(inferer, "members", None)
+    if members is not None:
+        return {**_inferer_settings(members[0]), "ensemble": [{"source": name, **_inferer_settings(member)} for name, member in zip(inferer.names, members)]}
+    return {
         "mode": inferer.mode,
         "context": inferer.context,
         "output_mode": inferer.output_mode,
@@ -201,7 +254,4 @@ def model_settings(model: SegmentationModel) -> dict[str, Any]:
         "sw_batch_size": inferer.sw_batch_size,
         "overlap": inferer.overlap,
         "tta": inferer.tta,
-        "device": str(model.device),
-        "postprocessing": model.postprocessing.to_config(),
     }
-

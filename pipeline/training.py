@@ -54,13 +54,17 @@ __all__ = [
     "apply_output_mode",
     "build_lr_scheduler",
     "build_optimizer",
+    "ensemble_command",
     "fold_case_ids",
+    "fold_run_dir",
+    "is_finished_run",
     "lr_step_transform",
     "parse_overrides",
     "provenance",
     "seed_everything",
     "start_run",
     "train",
+    "train_folds",
     "world_size",
 ]
 
@@ -348,6 +352,55 @@ def train(
     finally:
         workflow.finalize()
     return Path(out)
+
+
+def fold_run_dir(out: str | Path, fold: int) -> Path:
+    """``OUT/fold<k>``: where :func:`train_folds` trains fold ``k``."""
+    return Path(out) / f"fold{int(fold)}"
+
+
+def is_finished_run(run_dir: str | Path, epochs: int) -> bool:
+    """Whether ``run_dir`` holds best weights and a checkpoint of at least ``epochs`` epochs."""
+    from pipeline.checkpoints import BEST, finished_epochs
+
+    models = Path(run_dir) / "models"
+    return (models / BEST).is_file() and finished_epochs(models) >= int(epochs)
+
+
+def train_folds(datalist: str | Path, out: str | Path, epochs: int, **options: Any) -> list[Path]:
+    """Train every fold of the data list, one after the other, into ``OUT/fold<k>/``; return the run folders.
+
+    It takes K times one fold's time. A fold whose run folder already holds a finished run
+    (:func:`is_finished_run`) is skipped; an interrupted one resumes as :func:`train` resumes it.
+    The folds' run folders together make an ensemble (``predict --model OUT/fold0 --model OUT/fold1 ...``).
+
+    Args:
+        datalist: the data list JSON (its ``num_folds`` folds are trained).
+        out: the parent folder of the fold runs.
+        epochs: training epochs per fold.
+        options: the other arguments of :func:`train` (``cache_dir``, ``mode``, ``device``, ...), except ``fold``.
+    """
+    from pipeline.datalist import load_datalist
+
+    if not Path(datalist).exists():
+        raise ConfigError(datalist, "data list not found")
+    run_dirs = []
+    num_folds = max(load_datalist(datalist).num_folds, 1)
+    for fold in range(num_folds):
+        run_dir = fold_run_dir(out, fold)
+        if is_finished_run(run_dir, epochs):
+            logger.info("%s: fold %d of %d already trained, skipped", run_dir, fold, num_folds)
+        else:
+            logger.info("training fold %d of %d into %s", fold, num_folds, run_dir)
+            train(datalist=datalist, out=run_dir, epochs=epochs, fold=fold, **options)
+        run_dirs.append(run_dir)
+    return run_dirs
+
+
+def ensemble_command(run_dirs: Sequence[str | Path]) -> str:
+    """The ``predict`` command line that segments with the ensemble of ``run_dirs``."""
+    models = " ".join(f"--model {run_dir}" for run_dir in run_dirs)
+    return f"brats-pipeline predict {models} --input INPUT --out PREDICTIONS [--uncertainty]"
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ or load the segmentation with *Show options > LabelMap* and choose it in *Volume
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -41,9 +41,12 @@ __all__ = [
     "same_geometry",
     "segmentation_filename",
     "segmentation_image",
+    "uncertainty_filename",
+    "uncertainty_image",
     "write_colour_table",
     "write_probabilities",
     "write_segmentation",
+    "write_uncertainty",
 ]
 
 
@@ -61,6 +64,9 @@ LABEL_COLOURS: dict[int, tuple[int, int, int]] = {
 SEGMENTATION_SUFFIX = "_seg"
 PROBABILITY_SUFFIX = "_probabilities"
 
+#: The uncertainty maps a prediction can carry (:mod:`pipeline.uncertainty`), by file-name suffix.
+UNCERTAINTY_MAPS: tuple[str, ...] = ("uncertainty", "disagreement")
+
 
 def segmentation_filename(case_id: str, submission_names: bool = False) -> str:
     """``<case_id>_seg.nii.gz`` by default; ``<case_id>.nii.gz`` in BraTS submission naming."""
@@ -70,6 +76,13 @@ def segmentation_filename(case_id: str, submission_names: bool = False) -> str:
 def probability_filename(case_id: str) -> str:
     """File name of a case's probability maps."""
     return f"{case_id}{PROBABILITY_SUFFIX}.nii.gz"
+
+
+def uncertainty_filename(case_id: str, kind: str = "uncertainty") -> str:
+    """``<case_id>_uncertainty.nii.gz`` (entropy) or ``<case_id>_disagreement.nii.gz``."""
+    if kind not in UNCERTAINTY_MAPS:
+        raise ValueError(f"unknown uncertainty map {kind!r}; choose one of {', '.join(UNCERTAINTY_MAPS)}")
+    return f"{case_id}_{kind}.nii.gz"
 
 
 def _spatial_header(reference: nib.Nifti1Image, shape: tuple[int, ...], dtype: type) -> nib.Nifti1Header:
@@ -133,6 +146,18 @@ def probability_image(probabilities: np.ndarray, reference: nib.Nifti1Image) -> 
     return type(reference)(voxels, reference.affine, header=header)
 
 
+def uncertainty_image(values: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A float32 image of an uncertainty map in [0, 1] (``(X, Y, Z)`` on the reference's grid), values stored exactly."""
+    values = np.asarray(values, dtype=np.float32)
+    spatial = tuple(reference.shape[:3])
+    if values.shape != spatial:
+        raise ValueError(f"uncertainty map of shape {values.shape} does not match the reference grid {spatial}")
+    header = _spatial_header(reference, spatial, np.float32)
+    header["cal_max"] = 1.0
+    header["descrip"] = b"brats-pipeline uncertainty"
+    return type(reference)(np.clip(values, 0.0, 1.0), reference.affine, header=header)
+
+
 def load_reference(path: str | os.PathLike[str]) -> nib.Nifti1Image:
     """Open the image whose geometry a prediction copies (header only)."""
     from pipeline.io import load_nifti
@@ -163,9 +188,24 @@ def write_probabilities(
     out_path: str | os.PathLike[str],
 ) -> Path:
     """Write channel-first probabilities ``(K, X, Y, Z)`` as an 8-bit scaled ``(X, Y, Z, K)`` NIfTI, atomically."""
+    return _write_image(probability_image, probabilities, reference, out_path)
+
+
+def write_uncertainty(values: np.ndarray, reference: nib.Nifti1Image | str | os.PathLike[str], out_path: str | os.PathLike[str]) -> Path:
+    """Write an uncertainty map ``(X, Y, Z)`` as a float32 NIfTI on the reference's grid, atomically."""
+    return _write_image(uncertainty_image, values, reference, out_path)
+
+
+def _write_image(
+    image_of: Callable[[np.ndarray, nib.Nifti1Image], nib.Nifti1Image],
+    values: np.ndarray,
+    reference: nib.Nifti1Image | str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+) -> Path:
+    """Save ``image_of(values, reference)`` atomically (``reference`` opened first when it is a path)."""
     if not isinstance(reference, nib.Nifti1Image | nib.Nifti2Image):
         reference = load_reference(reference)
-    save_nifti(out_path, probability_image(probabilities, reference))
+    save_nifti(out_path, image_of(values, reference))
     return Path(out_path)
 
 

@@ -13,8 +13,9 @@ import yaml
 from prediction_cases import CONFIGS, TINY_NETWORK, assert_same_geometry, write_bundle_dir, write_run_dir
 
 import pipeline
-from pipeline.api import SegmentationModel, case_record, load_model, segment
+from pipeline.api import SegmentationModel, SegmentationResult, case_record, load_model, segment
 from pipeline.errors import ConfigError, InputError
+from pipeline.inference import EnsembleInferer
 from pipeline.postprocess import PostProcessing
 
 
@@ -75,6 +76,58 @@ def test_load_model_from_a_bundle_folder_and_torchscript(run_dir, case_dir, tmp_
     model = load_model(scripted)
     assert isinstance(model.network, torch.jit.ScriptModule)
     np.testing.assert_array_equal(np.asarray(model.segment(case_dir).dataobj), expected)
+
+
+@pytest.fixture(scope="module")
+def other_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second run of the same configuration with other weights (another fold, say)."""
+    return write_run_dir(tmp_path_factory.mktemp("api_other") / "run", seed=1)
+
+
+def test_load_model_of_several_folders_averages_their_probabilities(run_dir, other_run_dir, case_dir, tmp_path):
+    model = load_model([run_dir, other_run_dir])
+    assert isinstance(model.inferer, EnsembleInferer) and model.inferer.names == [str(run_dir), str(other_run_dir)]
+    first = load_model(run_dir).predict_case(case_dir, probabilities=True)
+    second = load_model(other_run_dir).predict_case(case_dir, probabilities=True)
+    assert not np.allclose(first.probabilities, second.probabilities, atol=1e-3)
+    both = model.predict_case(case_dir, probabilities=True)
+    np.testing.assert_allclose(both.probabilities, (first.probabilities + second.probabilities) / 2, atol=1e-6)
+    # a list of one folder is that folder's model, bit for bit
+    alone = load_model([run_dir]).predict_case(case_dir, probabilities=True)
+    assert np.array_equal(alone.probabilities, first.probabilities) and np.array_equal(alone.labels, first.labels)
+
+    regions = write_run_dir(tmp_path / "regions", output_mode="regions")
+    with pytest.raises(ConfigError) as error:
+        load_model([run_dir, regions])
+    assert str(error.value).startswith(f"{regions}: outputs regions probabilities") and "\n" not in str(error.value)
+
+
+def test_bundle_checkpoint_list_is_an_ensemble(run_dir, other_run_dir, case_dir, tmp_path):
+    weights = [str(run_dir / "models" / "model.pt"), str(other_run_dir / "models" / "model.pt")]
+    bundle = write_bundle_dir(tmp_path / "bundle", checkpoint=weights)
+    from_bundle = load_model(bundle).predict_case(case_dir, probabilities=True)
+    from_runs = load_model([run_dir, other_run_dir]).predict_case(case_dir, probabilities=True)
+    np.testing.assert_allclose(from_bundle.probabilities, from_runs.probabilities, atol=1e-6)
+    one = load_model(write_bundle_dir(tmp_path / "one", checkpoint=weights[:1])).predict_case(case_dir, probabilities=True)
+    assert np.array_equal(one.probabilities, load_model(run_dir).predict_case(case_dir, probabilities=True).probabilities)
+    with pytest.raises(ConfigError, match=r"missing\.pt: checkpoint not found"):
+        load_model(write_bundle_dir(tmp_path / "missing", checkpoint=[weights[0], str(tmp_path / "missing.pt")]))
+
+
+def test_segment_with_uncertainty_returns_the_maps_on_the_input_grid(run_dir, other_run_dir, case_dir):
+    result = segment(case_dir, model=[run_dir, other_run_dir], uncertainty=True)
+    assert isinstance(result, SegmentationResult)
+    for image in (result.image, result.uncertainty, result.disagreement):
+        assert_same_geometry(image, case_dir / "BraTS2021_00001_t1.nii.gz")
+    for image in (result.uncertainty, result.disagreement):
+        values = np.asarray(image.dataobj)
+        assert values.dtype == np.float32 and values.min() >= 0 and 0 < values.max() <= 1
+    assert set(result.scores) == {"uncertainty_entropy_WT", "uncertainty_disagreement_WT"}
+    plain = segment(case_dir, model=[run_dir, other_run_dir])
+    assert isinstance(plain, nib.Nifti1Image)
+    np.testing.assert_array_equal(np.asarray(plain.dataobj), np.asarray(result.image.dataobj))
+    single = load_model(run_dir).segment(case_dir, uncertainty=True)  # one pass: entropy only
+    assert single.disagreement is None and set(single.scores) == {"uncertainty_entropy_WT"}
 
 
 def test_checkpoint_errors_name_the_file(run_dir, tmp_path):

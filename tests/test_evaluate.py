@@ -96,6 +96,20 @@ def test_cli_evaluate_scores_the_written_files(data, run_dir, tmp_path):
     assert 0.0 < frame.loc[0, "dice_WT"] < 1.0  # an untrained network: neither perfect nor empty
 
 
+def test_evaluate_an_ensemble_with_uncertainty_scores_in_metrics_csv(data, run_dir, tmp_path):
+    _, datalist = data
+    other = write_run_dir(tmp_path / "other", seed=1)
+    out = tmp_path / "eval"
+    evaluate([run_dir, other], datalist, out, split="validation", overlays=False, progress=False, echo=False, uncertainty=True)
+    frame = pd.read_csv(out / "metrics.csv")
+    assert 0 < frame.loc[0, "uncertainty_entropy_WT"] <= 1 and 0 < frame.loc[0, "uncertainty_disagreement_WT"] <= 1
+    assert (out / "predictions" / "BraTS2021_00005_uncertainty.nii.gz").is_file()
+    assert (out / "predictions" / "BraTS2021_00005_disagreement.nii.gz").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["uncertainty"] is True and len(summary["model"]["ensemble"]) == 2
+    assert "uncertainty_entropy_WT" in summary["metrics"]
+
+
 def test_split_errors(data, run_dir, tmp_path):
     _, datalist = data
     with pytest.raises(ConfigError, match="no ground truth"):

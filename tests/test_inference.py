@@ -1,4 +1,4 @@
-"""Whole-volume inference: shapes, batching, mirrored test-time augmentation and label decoding."""
+"""Whole-volume inference: shapes, batching, mirrored test-time augmentation, ensembles and label decoding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from pipeline.data import stack_context
 from pipeline.errors import ConfigError
-from pipeline.inference import EngineInferer, VolumeInferer
+from pipeline.inference import EngineInferer, EnsembleInferer, VolumeInferer
 from pipeline.labels import labels_to_regions
 from pipeline.networks import build_network
 
@@ -120,3 +120,42 @@ def test_bad_arguments_are_config_errors() -> None:
         VolumeInferer("4d")
     with pytest.raises(ConfigError, match="Z, C, X, Y"):
         VolumeInferer("2d")(_network("2d"), VOLUME[0], "cpu")
+
+
+def _member(mode: str, seed: int, output_mode: str = "softmax") -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_network(mode=mode, context=1, output_mode=output_mode, channels=(4, 8, 16), strides=(2, 2), num_res_units=0).eval()
+
+
+@pytest.mark.parametrize("mode", ["2.5d", "3d"])
+def test_ensemble_is_the_mean_of_its_members_probabilities(mode: str) -> None:
+    roi = (8, 8, 8) if mode == "3d" else None
+    with_tta = VolumeInferer(mode, context=1, roi_size=roi, sw_batch_size=4, tta=True)
+    plain = VolumeInferer(mode, context=1, roi_size=roi, sw_batch_size=4)
+    networks = [_member(mode, 1), _member(mode, 2)]
+    ensemble = EnsembleInferer([with_tta, plain], names=["runs/fold0", "runs/fold1"])
+    first, second = with_tta(networks[0], VOLUME, "cpu"), plain(networks[1], VOLUME, "cpu")
+    assert not torch.allclose(first, second, atol=1e-3)  # the members differ
+    torch.testing.assert_close(ensemble(networks, VOLUME, "cpu"), (first + second) / 2, atol=1e-6, rtol=1e-5)
+    assert ensemble.passes == len(with_tta.flips()) + 1
+    ensemble.tta = False
+    assert not with_tta.tta and ensemble.passes == 2
+
+
+def test_one_member_ensemble_is_bit_identical_to_the_single_model() -> None:
+    inferer = VolumeInferer("2.5d", context=1, sw_batch_size=4, tta=True)
+    network = _member("2.5d", 3)
+    single = inferer(network, VOLUME, "cpu")
+    assert torch.equal(EnsembleInferer([inferer])([network], VOLUME, "cpu"), single)
+    probabilities, pass_entropy = inferer.with_pass_entropy(network, VOLUME, "cpu")
+    assert torch.equal(probabilities, single)  # asking for the uncertainty changes nothing else
+    assert pass_entropy.shape == single.shape[1:]
+
+
+def test_ensemble_members_must_predict_the_same_classes() -> None:
+    with pytest.raises(ConfigError) as raised:
+        EnsembleInferer([VolumeInferer("2d"), VolumeInferer("2d", output_mode="regions")], names=["runs/softmax", "runs/regions"])
+    message = str(raised.value)
+    assert message.startswith("runs/regions: outputs regions probabilities but runs/softmax outputs softmax") and "\n" not in message
+    with pytest.raises(ConfigError, match="2 inferers but 1 networks"):
+        EnsembleInferer([VolumeInferer("2d"), VolumeInferer("2d")])([_member("2d", 0)], VOLUME, "cpu")

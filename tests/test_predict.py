@@ -150,6 +150,45 @@ def test_cli_predict_and_errors(run_dir, layouts_root, tmp_path):
     assert result.exit_code == 1 and "device" in result.output
 
 
+@pytest.mark.parametrize("layout", ["ras", "lps"])
+def test_cli_predict_with_an_ensemble_writes_uncertainty_maps_on_the_input_grid(run_dir, layouts_root, tmp_path, layout):
+    other = write_run_dir(tmp_path / "other", seed=1)
+    case = layouts_root / layout / "BraTS2021_00001"
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(run_dir), "--model", str(other), "--input", str(case), "--out", str(out), "--tta", "--uncertainty", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    for name in ("uncertainty", "disagreement"):
+        path = out / f"BraTS2021_00001_{name}.nii.gz"
+        assert_same_geometry(path, case / "BraTS2021_00001_t1.nii.gz")
+        values = np.asarray(nib.load(path).dataobj)
+        assert values.dtype == np.float32 and values.min() >= 0 and 0 < values.max() <= 1
+    manifest = json.loads((out / "predictions.json").read_text())
+    assert [member["source"] for member in manifest["model"]["ensemble"]] == [str(run_dir), str(other)]
+    entry = manifest["cases"][0]
+    assert entry["uncertainty_passes"] == 8  # 4 mirrored passes per member
+    assert entry["uncertainty_maps"] == ["BraTS2021_00001_uncertainty.nii.gz", "BraTS2021_00001_disagreement.nii.gz"]
+    assert 0 < entry["uncertainty_scores"]["uncertainty_entropy_WT"] <= 1 and entry["uncertainty_scores"]["uncertainty_disagreement_WT"] > 0
+
+
+@pytest.mark.slow
+def test_monai_bundle_run_inference_of_a_checkpoint_list_with_uncertainty(run_dir, layouts_root, tmp_path):
+    other = write_run_dir(tmp_path / "other", seed=1)
+    weights = [str(run_dir / "models" / "model.pt"), str(other / "models" / "model.pt")]
+    bundle = write_bundle_dir(tmp_path / "bundle", checkpoint=weights)
+    case = layouts_root / "lps" / "BraTS2021_00001"
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "inference",
+        "--config_file", str(bundle / "configs" / "inference.yaml"), "--bundle_root", str(bundle),
+        "--input", str(case), "--output_dir", str(tmp_path / "out"), "--progress", "False", "--uncertainty", "True",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    manifest = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [member["source"] for member in manifest["model"]["ensemble"]] == weights
+    assert set(manifest["cases"][0]["uncertainty_scores"]) == {"uncertainty_entropy_WT", "uncertainty_disagreement_WT"}
+    assert_same_geometry(tmp_path / "out" / "BraTS2021_00001_disagreement.nii.gz", case / "BraTS2021_00001_t1.nii.gz")
+
+
 @pytest.mark.slow
 def test_monai_bundle_run_inference_matches_predict(run_dir, layouts_root, layout_predictions, tmp_path):
     bundle = write_bundle_dir(tmp_path / "bundle", weights=run_dir / "models" / "model.pt", postprocessing={"min_component_voxels": {"WT": 20}})

@@ -155,9 +155,12 @@ def test_bundle_commands_name_existing_configs_and_workflows():
 
 @pytest.fixture(scope="module")
 def demo_like_checkout(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder laid out as the repository after ``make demo``: outputs/demo/run and data/synthetic (tiny)."""
+    """A folder laid out as the repository after ``make demo`` and ``train --folds all``: outputs/demo/run,
+    runs/synthetic_2.5d_folds/fold{0,1} and data/synthetic (tiny)."""
     root = tmp_path_factory.mktemp("checkout")
     write_run_dir(root / "outputs" / "demo" / "run")
+    for fold in (0, 1):
+        write_run_dir(root / "runs" / "synthetic_2.5d_folds" / f"fold{fold}", seed=fold)
     (root / "data").mkdir()
     (root / "data" / "synthetic").symlink_to(tiny_cohort)
     return root
@@ -179,6 +182,7 @@ def test_python_example_runs(demo_like_checkout: Path):
         assert completed.returncode == 0, completed.stderr[-3000:]
     written = demo_like_checkout / "BraTS2021_00004_seg.nii.gz"
     assert written.is_file()
+    assert (demo_like_checkout / "BraTS2021_00004_uncertainty.nii.gz").is_file()
 
 
 def test_api_docstring_example_runs(demo_like_checkout: Path, monkeypatch: pytest.MonkeyPatch):

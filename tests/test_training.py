@@ -298,6 +298,27 @@ def test_resume_gives_the_same_weights(tiny_run_data: tuple[Path, Path], tmp_pat
     assert any(not torch.equal(v, first["network"][k]) for k, v in resumed["network"].items())  # epoch 2 did train
 
 
+@pytest.mark.slow
+def test_cli_trains_every_fold_and_skips_a_finished_one(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """`train --folds all`: OUT/fold0 and OUT/fold1 (the tiny data list's 2 folds); a rerun trains only what is missing."""
+    datalist, cache = tiny_run_data
+    runs = [tmp_path / "folds" / "fold0", tmp_path / "folds" / "fold1"]
+    result = _cli_train(datalist, cache, tmp_path / "folds", "2d", 1, "--folds", "all")
+    assert result.exit_code == 0, result.output
+    for fold, run in enumerate(runs):
+        assert json.loads((run / "config.json").read_text())["fold"] == fold
+        assert torch.load(run / "models" / "latest.pt", weights_only=True)["epoch"] == 1
+    assert f"--model {runs[0]} --model {runs[1]}" in result.output  # how to predict with their ensemble
+    finished = (runs[0] / "models" / "latest.pt").stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(runs[1])
+    again = _cli_train(datalist, cache, tmp_path / "folds", "2d", 1, "--folds", "all")
+    assert again.exit_code == 0, again.output
+    assert (runs[0] / "models" / "latest.pt").stat().st_mtime_ns == finished  # fold 0 was skipped
+    assert (runs[1] / "models" / "model.pt").is_file()  # fold 1 trained again
+
+
 def test_checkpoint_errors(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     datalist, cache = tiny_run_data
     out = tmp_path / "run"
