@@ -60,6 +60,25 @@ def case_row(fold: int, case_id: str, arm: str, metrics: Mapping[str, Any], seg_
     return row
 
 
+#: The per-case uncertainty score set beside the pipeline's rows (``evaluate(..., uncertainty=True)``).
+UNCERTAINTY_SCORE = "uncertainty_entropy_WT"
+
+
+def uncertainty_rank_correlation(rows: Sequence[Mapping[str, Any]], structures: Sequence[str] = ("WT", "TC", "ET")) -> dict[str, float]:
+    """Spearman's rank correlation of the pipeline's per-case uncertainty score with its per-case Dice, per structure.
+
+    A clearly negative value means the cases the model is least sure of are the ones it gets
+    wrong: the order in which a user should check predictions. ``nan`` with fewer than 3 cases.
+    """
+    from scipy.stats import spearmanr
+
+    chosen = [row for row in rows if row["arm"] == "pipeline" and UNCERTAINTY_SCORE in row]
+    if len(chosen) < 3:
+        return {name: float("nan") for name in structures}
+    scores = [row[UNCERTAINTY_SCORE] for row in chosen]
+    return {name: float(spearmanr(scores, [row[f"dice_{name}"] for row in chosen]).statistic) for name in structures}
+
+
 def arm_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean of every :data:`ROW_METRICS` column per arm, and ``pipeline - baseline`` when both arms are present."""
     means = {}

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cv_folds import Fold, make_folds, write_fold_datalist
-from benchmarks.cv_scoring import arm_means, case_row, markdown_tables, score_prediction
+from benchmarks.cv_scoring import UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
 from benchmarks.machine import check_device, describe_machine, machine_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import write_json, write_text
@@ -140,11 +140,12 @@ def run_pipeline_arm(fold: Fold, datalist: Path, cache: Path, folder: Path, args
     model = load_model(run_dir, device=args.device, tta=args.tta)
     if args.checkpoint == "last":
         load_weights(model.network, run_dir / "models" / "latest.pt")
-    result = evaluate(model, datalist, folder / "pipeline_eval", split="test", lesion_wise=True, progress=False, echo=False)
+    result = evaluate(model, datalist, folder / "pipeline_eval", split="test", lesion_wise=True, uncertainty=True, progress=False, echo=False)
     eval_wall, eval_cpu = time.perf_counter() - wall, time.process_time() - cpu
     predictions = folder / "pipeline_eval" / PREDICTIONS_DIR
     rows = [
         case_row(fold.index, metrics["case_id"], "pipeline", metrics, predictions / segmentation_filename(metrics["case_id"]))
+        | {UNCERTAINTY_SCORE: float(metrics[UNCERTAINTY_SCORE])}
         for metrics in result.metrics.to_dict("records")
     ]
     timing = {"train_wall_s": train_wall, "train_cpu_s": train_cpu, "eval_wall_s": eval_wall, "eval_cpu_s": eval_cpu}
@@ -263,6 +264,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         _log(f"fold {fold.index + 1}/{len(folds)} done: WT Dice " + ", ".join(f"{arm} {m['dice_WT']:+.3f}" for arm, m in fold_means.items()))
     rows += baseline_rows
     means = arm_means(rows)
+    correlation = uncertainty_rank_correlation(rows)
     machine = describe_machine(args.device)
     report = {
         "format_version": FORMAT_VERSION,
@@ -281,12 +283,19 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         "timing": timing,
         "rows": rows,
         "means": means,
+        "uncertainty_dice_spearman": correlation,
     }
     path = args.results_dir / f"real_cv-{machine_name(machine)}-{stamp}.json"
     write_json(path, report)
     tables = markdown_tables(rows, means)
     summary = [f"## Real-data cross-validation: {args.label}", "", f"`{report['command_line']}`", ""]
     summary += [f"{len(cases)} patients, {len(folds)} folds, {machine['cpu_model']} ({machine['cpu_cores']} cores), {report['seconds']:.0f} s", ""]
+    tables += (
+        f"\n\nSpearman rank correlation of the per-case uncertainty score ({UNCERTAINTY_SCORE}) with the per-case Dice "
+        f"(pipeline arm, {sum(row['arm'] == 'pipeline' for row in rows)} cases): "
+        + ", ".join(f"{name} {value:+.2f}" for name, value in correlation.items())
+        + "\n"
+    )
     write_text(path.with_suffix(".md"), "\n".join(summary) + tables)
     print(tables)
     return path

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import baseline_unet25d as baseline
 from benchmarks.cv_folds import make_folds, write_fold_datalist
-from benchmarks.cv_scoring import ROW_METRICS, arm_means, case_row, markdown_tables, score_prediction
+from benchmarks.cv_scoring import ROW_METRICS, UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
 from benchmarks.real_cv import _reused_baseline, labelled_cases, main
 from pipeline.datalist import load_datalist
 from pipeline.errors import ConfigError
@@ -115,6 +115,16 @@ def test_means_per_arm_and_the_difference_pipeline_minus_baseline() -> None:
     assert "pipeline - baseline" not in arm_means(rows[:2])
     table = markdown_tables(rows, means)
     assert "| 0 | c0 | pipeline | 0.800 |" in table and "| pipeline - baseline |" in table
+
+
+def test_uncertainty_rank_correlation_with_dice() -> None:
+    def row(case: int, score: float, dice: float, arm: str = "pipeline") -> dict:
+        return {"fold": 0, "case_id": f"c{case}", "arm": arm, UNCERTAINTY_SCORE: score, "dice_WT": dice, "dice_TC": 1 - dice, "dice_ET": dice}
+
+    rows = [row(0, 0.1, 0.9), row(1, 0.2, 0.8), row(2, 0.3, 0.6), row(3, 0.4, 0.5), row(4, 0.9, 0.95, arm="baseline")]
+    correlation = uncertainty_rank_correlation(rows)  # the baseline row has no score and does not count
+    assert correlation["WT"] == pytest.approx(-1.0) and correlation["TC"] == pytest.approx(1.0)
+    assert all(np.isnan(value) for value in uncertainty_rank_correlation(rows[:2]).values())
 
 
 def test_absent_real_data_skip_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
