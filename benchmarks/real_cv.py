@@ -200,6 +200,7 @@ def _reused_baseline(path: Path, folds: list[Fold]) -> tuple[list[dict], dict[in
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_cv", description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=7, help="patient-level folds (default 7: leave-one-out on 7 patients)")
+    parser.add_argument("--max-folds", type=int, default=None, metavar="N", help="run only the first N folds (a quicker, partial cross-validation)")
     parser.add_argument("--epochs", type=int, default=20, help="pipeline training epochs per fold (default 20)")
     parser.add_argument("--mode", default="2.5d", choices=("2d", "2.5d", "3d"), help="pipeline training mode (default 2.5d)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="bundle override passed to train (repeatable)")
@@ -218,6 +219,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if args.max_folds is not None and args.max_folds < 1:
+        parser.error("--max-folds must be at least 1")
     if args.no_baseline and args.baseline_from:
         parser.error("--no-baseline and --baseline-from exclude each other")
     return args
@@ -241,7 +244,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
     if len(cases) < 3:
         print(f"skipped: real data not found at {shared} (needs labelled cases in {' and '.join(SOURCE_FOLDERS)})")
         return None
-    folds = make_folds(list(cases), args.folds, args.val_cases, args.seed)
+    folds = make_folds(list(cases), args.folds, args.val_cases, args.seed)[: args.max_folds]
     baseline_rows, baseline_timing = _reused_baseline(args.baseline_from, folds) if args.baseline_from else ([], {})
     started = datetime.now(timezone.utc)
     stamp = f"{started:%Y-%m-%d}-{args.label}"
@@ -273,7 +276,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
         "command_line": shlex.join([Path(sys.executable).name, "-m", "benchmarks.real_cv", *argv]),
         "settings": {
-            "folds": args.folds, "epochs": args.epochs, "mode": args.mode, "overrides": overrides, "config_files": [str(p) for p in args.config],
+            "folds": args.folds, "max_folds": args.max_folds, "epochs": args.epochs, "mode": args.mode, "overrides": overrides, "config_files": [str(p) for p in args.config],
             "val_cases": args.val_cases, "checkpoint": args.checkpoint, "tta": args.tta, "device": args.device, "seed": args.seed,
             "baseline": "none" if args.no_baseline else f"reused from {args.baseline_from}" if args.baseline_from else "measured",
         },
