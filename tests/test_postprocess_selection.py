@@ -119,8 +119,9 @@ def fold_runs(tmp_path: Path, tiny_datalist: Path) -> list[Path]:
     return runs
 
 
-def test_the_choice_is_written_into_every_run_and_used_by_load_model_and_evaluate(fold_runs, tiny_datalist, tmp_path, capsys):
+def test_the_choice_is_written_into_every_run_and_used_by_load_model_predict_and_evaluate(fold_runs, tiny_datalist, tiny_cohort, tmp_path, capsys):
     from pipeline.evaluate import evaluate
+    from pipeline.predict import MANIFEST, predict
 
     result = tune_postprocessing(fold_runs, progress=False)
     chosen = result.choice.postprocessing
@@ -141,6 +142,8 @@ def test_the_choice_is_written_into_every_run_and_used_by_load_model_and_evaluat
     assert "chosen post-processing" in printed and "keep_largest WT" in printed and "written:" in printed
     summary = evaluate(fold_runs[1], tiny_datalist, tmp_path / "eval", split="test", overlays=False, progress=False, echo=False).summary
     assert summary["model"]["postprocessing"] == chosen.to_config()
+    predict(fold_runs[0], tiny_cohort / listed["test"][0]["case_id"], tmp_path / "predictions", progress=False)
+    assert json.loads((tmp_path / "predictions" / MANIFEST).read_text())["model"]["postprocessing"] == chosen.to_config()
 
 
 def test_dry_run_writes_nothing(fold_runs):
