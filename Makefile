@@ -92,6 +92,13 @@ evaluate: $(VENV)/.installed  ## Score MODEL per patient on SPLIT of DATALIST ->
 predict: $(VENV)/.installed  ## Segment INPUT (case folder, data list or data root) with MODEL -> PRED_DIR (NIfTI + Slicer colour table; PREDICT_ARGS="--probabilities --uncertainty --submission-names")
 	$(CLI) predict $(foreach model,$(MODEL),--model $(model)) --input $(INPUT) --out $(PRED_DIR) --device $(DEVICE) $(PREDICT_ARGS)
 
+# Post-processing chosen on the out-of-fold predictions of the folds (MODEL: every fold's run folder), written
+# into each run's inference.json, as nnU-Net does. Run it after training the folds.
+TUNE_ARGS    ?=
+.PHONY: tune-postprocessing
+tune-postprocessing: $(VENV)/.installed  ## Choose post-processing on the folds' validation cases (MODEL="runs/a_fold0 runs/a_fold1 ..."; TUNE_ARGS="--dry-run")
+	$(CLI) tune-postprocessing $(foreach model,$(MODEL),--model $(model)) --device $(DEVICE) $(TUNE_ARGS)
+
 # Benchmarks: loader, training, inference and preprocessing side by side on one synthetic full-size cohort
 # (kept in benchmarks/.work) -> benchmarks/results/<machine>-<date>.json and .md. GPU: make bench DEVICE=cuda
 BENCH_ARGS  ?=

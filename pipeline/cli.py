@@ -402,6 +402,53 @@ def evaluate(
     )
 
 
+@main.command(name="tune-postprocessing")
+@click.option(
+    "--model", "model_dirs", required=True, multiple=True, type=_EXISTING, help="Run folder of one fold (repeat for every fold of the cross-validation)."
+)
+@click.option("--datalist", "datalist_path", default=None, type=_EXISTING, help="Data list instead of each run's own (its config.json).")
+@click.option(
+    "--split",
+    default=None,
+    type=_ChoiceOf(_Constant("pipeline.datalist", "SCORED_SPLITS")),
+    help="Cases to choose on instead of each run's fold's validation cases.",
+)
+@click.option("--device", default="cpu", show_default=True, help="Where the networks run: cpu, cuda, cuda:N.")
+@click.option("--tta/--no-tta", default=None, help="Mirrored test-time augmentation (default: each run's setting).")
+@click.option("--dry-run", is_flag=True, help="Choose and print the table, write nothing.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_reports_errors
+def tune_postprocessing(
+    model_dirs: tuple[Path, ...],
+    datalist_path: Path | None,
+    split: str | None,
+    device: str,
+    tta: bool | None,
+    dry_run: bool,
+    no_progress: bool,
+) -> None:
+    """Choose post-processing on the folds' out-of-fold predictions, as nnU-Net does; run after training the folds.
+
+    Each run predicts its own validation cases without post-processing; on all of them pooled,
+    keep-largest WT, minimum WT/TC/ET component sizes and the tiny-ET-to-NEC threshold are
+    decided one at a time, each kept only if it raises the mean Dice. The candidate table and the
+    choice are printed, and the choice becomes the `postprocessing` of every run's inference.json
+    (the previous one kept in it), which predict, evaluate and load_model then use.
+    """
+    from pipeline.postprocess_selection import tune_postprocessing as run_tuning
+
+    run_tuning(
+        model_dirs,
+        datalist=datalist_path,
+        split=split,
+        device=device,
+        tta=tta,
+        dry_run=dry_run,
+        progress=not no_progress,
+        echo=click.echo,
+    )
+
+
 @main.command()
 @click.option("--out", default=Path("outputs/demo"), show_default=True, type=_PATH, help="Folder for the run, the evaluation and demo.json.")
 @click.option("--data", "data_dir", default=Path("data/synthetic"), show_default=True, type=_PATH, help="Synthetic cohort folder (generated or completed).")

@@ -17,11 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline.api import SegmentationModel, load_model
+from pipeline.api import CasePrediction, SegmentationModel, load_model
 from pipeline.datalist import load_datalist
+from pipeline.datasets.records import CaseRecord
 from pipeline.datasets.validation import check_finite, check_labels, check_same_grid
 from pipeline.errors import ConfigError, InputError
 from pipeline.writers import colour_table_filename, write_colour_table
@@ -32,7 +35,7 @@ from pipeline.metrics import case_metrics
 from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty
 from pipeline.report import OVERLAYS_DIR, metrics_frame, summary_table, write_overlay, write_report
 
-__all__ = ["EvaluationResult", "evaluate", "read_internal_labels"]
+__all__ = ["EvaluationResult", "evaluate", "predict_labelled_case", "read_internal_labels"]
 
 
 PREDICTIONS_DIR = "predictions"
@@ -62,6 +65,25 @@ def read_internal_labels(path: str | os.PathLike[str], convention_name: str, all
     check_finite(path, voxels, "segmentation")
     check_labels(path, pd.unique(voxels.ravel()), convention_name, allow_resection_cavity)
     return get_convention(convention_name).to_internal(voxels, allow_optional=allow_resection_cavity), image
+
+
+def predict_labelled_case(
+    model: SegmentationModel, record: CaseRecord, uncertainty: bool = False
+) -> tuple[CasePrediction, np.ndarray, nib.Nifti1Image]:
+    """Predict a labelled case from its images only, as ``predict`` does, and read its ground truth.
+
+    The ground truth is read and checked first (internal labels on the images' grid), so a bad
+    one stops before anything is predicted. ``uncertainty`` adds the uncertainty maps to the prediction.
+
+    Returns:
+        The prediction, the ground truth's internal labels and the ground-truth image (header).
+    """
+    if record.label is None:
+        raise ConfigError(record.images[0], f"case {record.case_id} has no ground truth")
+    truth, truth_image = read_internal_labels(record.label, record.label_convention, model.allow_resection_cavity)
+    images = load_nifti(record.images[0])
+    check_same_grid(record.label, truth.shape, truth_image.affine, record.images[0], images.shape[:3], images.affine)
+    return model.predict_case(replace(record, label=None), uncertainty=uncertainty), truth, truth_image
 
 
 def evaluate(
@@ -114,13 +136,7 @@ def evaluate(
     rows = []
     conventions: set[str] = set()
     for record in tqdm(records, desc=f"evaluate {split}", unit="case", disable=not progress):
-        assert record.label is not None
-        # The ground truth is read and checked first, so a bad one stops the run before any output.
-        truth, truth_image = read_internal_labels(record.label, record.label_convention, model.allow_resection_cavity)
-        images = load_nifti(record.images[0])
-        check_same_grid(record.label, truth.shape, truth_image.affine, record.images[0], images.shape[:3], images.affine)
-        # Predicted exactly as `predict` does, from the images only.
-        prediction = model.predict_case(replace(record, label=None), uncertainty=uncertainty)
+        prediction, truth, truth_image = predict_labelled_case(model, record, uncertainty=uncertainty)
         seg_path, _, convention = write_case_prediction(prediction, predictions)
         write_case_uncertainty(prediction, predictions)
         conventions.add(convention)

@@ -9,7 +9,9 @@ to the weights (``model``, a :class:`pipeline.api.SegmentationModel`). Every con
 
     BUNDLE/configs/inference.yaml   a bundle folder (weights: BUNDLE/models/model.pt or model.ts)
     RUN_DIR/inference.json          a run folder: written by training, inference.yaml with the run's
-                                    network and inference keys (TRAINED_KEYS) and its own checkpoint
+                                    network and inference keys (TRAINED_KEYS) and its own checkpoint;
+                                    its postprocessing may be set later, chosen on the run's folds
+                                    (pipeline.postprocess_selection, write_run_postprocessing)
     RUN_DIR/config.json             a run folder trained before runs carried inference.json: the same
                                     inference config is derived from its training config on load
 """
@@ -33,7 +35,9 @@ __all__ = [
     "model_parser",
     "parsed",
     "run_inference_config",
+    "run_training_setting",
     "write_run_inference_config",
+    "write_run_postprocessing",
 ]
 
 #: The bundle shipped with the repository and its inference config.
@@ -97,6 +101,60 @@ def write_run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -
 
     path = Path(run_dir) / RUN_INFERENCE_CONFIG
     write_json(path, run_inference_config(training, run_dir))
+    return path
+
+
+def run_training_setting(run_dir: str | os.PathLike[str], key: str) -> Any:
+    """The value of ``key`` in a run folder's training config (``RUN_DIR/config.json``), expressions resolved.
+
+    Raises:
+        ConfigError: naming the file when the folder has no training config or the key is absent.
+    """
+    from monai.bundle import ConfigParser
+
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise ConfigError(Path(run_dir), f"not a run folder: no {RUN_CONFIG} to take its {key!r} from")
+    parser = ConfigParser(_read(path))
+    if key not in parser:
+        raise ConfigError(path, f"the training config has no {key!r}")
+    try:
+        return parser.get_parsed_content(key, instantiate=False)
+    except Exception as err:  # MONAI wraps every parse failure in its own error types
+        raise ConfigError(path, f"cannot read {key!r} of the training config: {err}") from err
+
+
+def write_run_postprocessing(run_dir: str | os.PathLike[str], postprocessing: dict[str, Any], record: dict[str, Any]) -> Path:
+    """Set the ``postprocessing`` component of ``RUN_DIR/inference.json`` (atomically) and return its path.
+
+    A run trained before runs carried ``inference.json`` gets one, derived from its ``config.json``.
+    The replaced component is kept in the file, under ``postprocessing_tuning.previous``, next to
+    ``record`` (what chose the new one).
+
+    Args:
+        run_dir: the run folder.
+        postprocessing: the new component (``_target_`` and its arguments).
+        record: provenance of the choice, stored as ``postprocessing_tuning``.
+
+    Raises:
+        ConfigError: naming the folder when it is not a run folder (a bundle folder is not rewritten).
+    """
+    from pipeline.io import write_json
+
+    root = Path(run_dir)
+    path = root / RUN_INFERENCE_CONFIG
+    if path.is_file():
+        config = _read(path)
+    elif (root / RUN_CONFIG).is_file():
+        config = run_inference_config(_read(root / RUN_CONFIG), root)
+    else:
+        raise ConfigError(root, f"not a run folder: neither {RUN_INFERENCE_CONFIG} nor {RUN_CONFIG}")
+    previous = config.get("postprocessing")
+    if isinstance(previous, dict):  # a plain copy: nothing instantiates it
+        previous = {key: value for key, value in previous.items() if key != "_target_"}
+    config["postprocessing"] = dict(postprocessing)
+    config["postprocessing_tuning"] = {**record, "previous": previous}
+    write_json(path, config)
     return path
 
 
