@@ -154,3 +154,26 @@ def test_reused_baseline_must_hold_out_the_same_patients(tmp_path: Path) -> None
     assert _reused_baseline(earlier, folds) == (rows, {0: {"wall_s": 1.0}})
     with pytest.raises(ConfigError, match="other patients"):
         _reused_baseline(earlier, make_folds([f"c{i}" for i in range(4)], folds=2, seed=1))
+
+
+def test_postprocessing_chosen_on_out_of_fold_predictions(tiny_datalist: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from benchmarks import postprocess_cv
+    from pipeline.evaluate import PREDICTIONS_DIR
+    from pipeline.writers import segmentation_filename
+
+    cases = [record.case_id for record in load_datalist(tiny_datalist).cases("all")]
+    fold = make_folds(cases, folds=4, val_cases=1, seed=0)[0]
+    fold_dir = tmp_path / "runs" / "20261129T101500-tiny" / "fold0"
+    listing = load_datalist(write_fold_datalist(tiny_datalist, fold, fold_dir / "datalist.json"))
+    predictions = fold_dir / "pipeline_eval" / PREDICTIONS_DIR
+    predictions.mkdir(parents=True)
+    for record in listing.cases("test"):  # perfect predictions: nothing to gain
+        shutil.copy(record.label, predictions / segmentation_filename(record.case_id))
+    result = tmp_path / "real_cv-tiny.json"
+    result.write_text(json.dumps({"data": {"work": str(tmp_path)}, "label": "tiny", "started": "2026-11-29T10:15:00+00:00", "folds": [{"index": 0}]}))
+    assert postprocess_cv.main([str(result)]) == 0
+    chosen = json.loads((tmp_path / "real_cv-tiny-postprocessing.json").read_text())
+    assert chosen["cases"] == len(fold.test) and chosen["before"] == chosen["after"] == {"TC": 1.0, "WT": 1.0, "ET": 1.0}
+    assert postprocess_cv.main([str(tmp_path / "missing.json")]) == 1
