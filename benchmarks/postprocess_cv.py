@@ -39,7 +39,7 @@ def out_of_fold_pairs(result: dict) -> list[tuple]:
     folder = Path(result["data"]["work"]) / "runs" / f"{stamp}-{result['label']}"
     pairs = []
     for fold in result["folds"]:
-        fold_dir = folder / f"fold{fold['index']}"
+        fold_dir = folder / f"fold{fold['fold']}"
         for record in load_datalist(fold_dir / "datalist.json").cases("test"):
             seg = fold_dir / "pipeline_eval" / PREDICTIONS_DIR / segmentation_filename(record.case_id)
             predicted, _ = read_internal_labels(seg, record.label_convention)

@@ -172,7 +172,7 @@ def test_postprocessing_chosen_on_out_of_fold_predictions(tiny_datalist: Path, t
     for record in listing.cases("test"):  # perfect predictions: nothing to gain
         shutil.copy(record.label, predictions / segmentation_filename(record.case_id))
     result = tmp_path / "real_cv-tiny.json"
-    result.write_text(json.dumps({"data": {"work": str(tmp_path)}, "label": "tiny", "started": "2026-11-29T10:15:00+00:00", "folds": [{"index": 0}]}))
+    result.write_text(json.dumps({"data": {"work": str(tmp_path)}, "label": "tiny", "started": "2026-11-29T10:15:00+00:00", "folds": [{"fold": 0}]}))
     assert postprocess_cv.main([str(result)]) == 0
     chosen = json.loads((tmp_path / "real_cv-tiny-postprocessing.json").read_text())
     assert chosen["cases"] == len(fold.test) and chosen["before"] == chosen["after"] == {"TC": 1.0, "WT": 1.0, "ET": 1.0}
