@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 Mode = Literal["2d", "2.5d", "3d"]
-SIZE_MULTIPLE = 16  # default slice sizes are rounded up to this, so a 4-level UNet's strides divide them
+SIZE_MULTIPLE = 16  # default slice sizes are rounded up to this, so the default 5-level UNet's four strides of 2 divide them
 DEFAULT_MAX_OPEN_CASES = 32
 IMAGE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 

@@ -15,7 +15,8 @@ has none.
 
 A trained model's post-processing is the ``postprocessing`` component of its inference config
 (``configs/inference.yaml``: ``_target_: pipeline.postprocess.PostProcessing``; there it drops
-whole-tumour specks under 20 voxels and leaves tiny-ET relabelling off, because its threshold
+whole-tumour specks under 20 voxels, keeps only the largest whole-tumour component (chosen by
+cross-validation on the real cases) and leaves tiny-ET relabelling off, because its threshold
 depends on the voxel size: the BraTS winners used a few hundred voxels on 1 mm data).
 
 Thresholds are in voxels of the grid the labels are in (the preprocessing never resamples, so the

@@ -106,7 +106,7 @@ def test_network_data_format_describes_the_inference_network():
     expected = network_data_format(parser["mode"], parser["context"], parser["output_mode"], spatial_divisor(network))
     assert _metadata()["network_data_format"] == expected
     image = expected["inputs"]["image"]
-    assert image["num_channels"] == 20 and image["spatial_shape"] == ["16*n", "16*n"]
+    assert image["num_channels"] == 20 and image["spatial_shape"] == ["32*n", "32*n"]  # 2 x the 5-level UNet's divisor 16
     assert image["channel_def"]["0"] == "T1, slice z-2" and image["channel_def"]["19"] == "FLAIR, slice z+2"
     assert expected["outputs"]["pred"]["channel_def"] == {
         "0": "background",
