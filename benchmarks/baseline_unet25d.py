@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -63,9 +64,15 @@ def slice_stack(image: np.ndarray, z: int) -> np.ndarray:
 
 
 def train(
-    images: list[np.ndarray], labels: list[np.ndarray], deadline: float, device: str = "cpu", seed: int = 0, max_steps: int | None = None
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    deadline: float,
+    device: str = "cpu",
+    seed: int = 0,
+    max_steps: int | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> tuple[UNet, int]:
-    """Train until ``deadline`` (``time.time()``) or ``max_steps``; returns the network and the number of steps."""
+    """Train until ``clock()`` reaches ``deadline`` (wall time by default; ``time.process_time`` for a CPU budget) or ``max_steps``; returns the network and the number of steps."""
     rng, _ = np.random.default_rng(seed), torch.manual_seed(seed)
     size = tuple(max(image.shape[d] for image in images) for d in (2, 3))
     images = [np.pad(im, [(0, 0), (0, 0), (0, size[0] - im.shape[2]), (0, size[1] - im.shape[3])]) for im in images]
@@ -76,8 +83,8 @@ def train(
     network = build_network().to(device).train()
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.Adam(network.parameters(), lr=LEARNING_RATE)
-    start, steps = time.time(), 0
-    while (now := time.time()) < deadline and (max_steps is None or steps < max_steps):
+    start, steps = clock(), 0
+    while (now := clock()) < deadline and (max_steps is None or steps < max_steps):
         for group in optimizer.param_groups:
             group["lr"] = LEARNING_RATE * (deadline - now) / max(deadline - start, 1e-6)
         xs, ys = [], []
@@ -110,13 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.baseline_unet25d", description=__doc__.split("\n\n")[0])
     parser.add_argument("--datalist", type=Path, required=True, help="data list: trains on training+validation, predicts test")
     parser.add_argument("--out", type=Path, required=True, help="folder of the predictions and baseline.json")
-    parser.add_argument("--deadline", type=float, required=True, help="time.time() at which training stops")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--deadline", type=float, help="time.time() at which training stops (a wall-time budget)")
+    budget.add_argument("--cpu-seconds", type=float, help="CPU seconds of this process (all threads) after which training stops")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     started, listing = time.time(), load_datalist(args.datalist)
     cases = [load_case(record) for record in listing.cases("training") + listing.cases("validation")]
-    network, steps = train([c[0] for c in cases], [c[1] for c in cases], args.deadline, args.device, args.seed)
+    images, labels = [c[0] for c in cases], [c[1] for c in cases]
+    if args.cpu_seconds is not None:
+        network, steps = train(images, labels, time.process_time() + args.cpu_seconds, args.device, args.seed, clock=time.process_time)
+    else:
+        network, steps = train(images, labels, args.deadline, args.device, args.seed)
     trained, cpu = time.time(), time.process_time()
     for record in listing.cases("test"):
         image, _, box = load_case(record)

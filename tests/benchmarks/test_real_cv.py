@@ -81,12 +81,16 @@ def test_baseline_trains_to_a_deadline_and_writes_scorable_segmentations(fold_da
     cases = [baseline.load_case(record) for record in listing.cases("training")[:2]]
     network, steps = baseline.train([c[0] for c in cases], [c[1] for c in cases], deadline=time.time() + 600, max_steps=2)
     assert steps == 2
+    _, cpu_steps = baseline.train([c[0] for c in cases], [c[1] for c in cases], deadline=time.process_time() + 600, max_steps=1, clock=time.process_time)
+    assert cpu_steps == 1  # a CPU-time budget: the clock is the process's CPU seconds
     labels = baseline.predict_volume(network, cases[0][0])
     assert labels.shape == cases[0][1].shape and set(np.unique(labels)) <= {0, 1, 2, 3}
 
     out = tmp_path / "baseline"  # a deadline already past: no training step, every test case still predicted
     assert baseline.main(["--datalist", str(path), "--out", str(out), "--deadline", str(time.time())]) == 0
     assert json.loads((out / "baseline.json").read_text())["steps"] == 0
+    assert baseline.main(["--datalist", str(path), "--out", str(tmp_path / "cpu"), "--cpu-seconds", "0"]) == 0
+    assert json.loads((tmp_path / "cpu" / "baseline.json").read_text())["steps"] == 0
     for record in listing.cases("test"):
         seg_path = out / f"{record.case_id}_seg.nii.gz"
         seg, source = nib.load(seg_path), nib.load(record.images[0])
