@@ -278,7 +278,8 @@ def train(
 ) -> None:
     """Train a segmentation network with the bundle's configs/train.yaml.
 
-    The same run as `python -m monai.bundle run training --config_file
+    The same run as `python -m monai.bundle run training --workflow_name
+    pipeline.training.TrainingWorkflow --config_file
     bundles/brats_segmentation/configs/train.yaml`, with these options filled in.
     With --folds all, every fold in turn (OUT/fold0, OUT/fold1, ...), for an ensemble.
     """

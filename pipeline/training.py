@@ -2,7 +2,9 @@
 
 The bundle config is the one definition of a training run. :func:`train` (behind
 ``brats-pipeline train`` and ``make train``) only fills in paths and overrides and runs the same
-workflow that ``python -m monai.bundle run training --config_file ...`` runs. The helpers below
+workflow that ``python -m monai.bundle run training --workflow_name pipeline.training.TrainingWorkflow
+--config_file ...`` runs (:class:`TrainingWorkflow`: MONAI's ``ConfigWorkflow`` that hands
+:func:`start_run` its parser). The helpers below
 are what the config calls: fold case selection, optimiser and schedule builders, and
 :func:`start_run`, which lays out the run directory::
 
@@ -21,7 +23,8 @@ The checkpoints' names, loading and the resume decision live in :mod:`pipeline.c
 from __future__ import annotations
 
 import contextlib
-import inspect
+import contextvars
+import functools
 import json
 import logging
 import platform
@@ -51,6 +54,8 @@ __all__ = [
     "GPU_CONFIG",
     "MULTI_GPU_CONFIG",
     "TRAIN_CONFIG",
+    "WORKFLOW_NAME",
+    "TrainingWorkflow",
     "apply_output_mode",
     "build_lr_scheduler",
     "build_optimizer",
@@ -173,21 +178,44 @@ def world_size() -> int:
     return 1
 
 
-def _running_workflow() -> Any:
-    # monai.bundle passes no handle on its parser to the config's expressions; the running
-    # ConfigWorkflow is on the call stack, and its parser holds the merged raw config.
+#: The parser of the TrainingWorkflow being initialised: start_run reads the run's config from it.
+_INITIALISING: contextvars.ContextVar[Any] = contextvars.ContextVar("initialising_training_workflow", default=None)
+
+
+#: What ``python -m monai.bundle run training`` is given as ``--workflow_name``.
+WORKFLOW_NAME = "pipeline.training.TrainingWorkflow"
+
+
+def __getattr__(name: str) -> Any:
+    # monai.bundle takes seconds to import; the workflow class is built when first asked for (PEP 562)
+    if name == "TrainingWorkflow":
+        return _training_workflow_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _training_workflow_class() -> type:
     from monai.bundle import ConfigWorkflow
 
-    for frame_info in inspect.stack(context=0):
-        candidate = frame_info.frame.f_locals.get("self")
-        if isinstance(candidate, ConfigWorkflow):
-            return candidate
-    return None
+    class TrainingWorkflow(ConfigWorkflow):
+        """MONAI's ``ConfigWorkflow`` that lends its parser to :func:`start_run` while it initialises.
 
+        ``monai.bundle`` gives a config's expressions no handle on the parser that runs them, and
+        :func:`start_run` needs it: to check the run before writing, and to write the merged raw
+        config (``config.json``) and the run's inference config. ``brats-pipeline train`` runs this
+        workflow; ``python -m monai.bundle run training`` runs it with ``--workflow_name``
+        :data:`WORKFLOW_NAME`.
+        """
 
-def _running_workflow_config() -> dict[str, Any] | None:
-    workflow = _running_workflow()
-    return workflow.parser.get() if workflow is not None else None
+        def initialize(self) -> Any:
+            token = _INITIALISING.set(self.parser)
+            try:
+                return super().initialize()
+            finally:
+                _INITIALISING.reset(token)
+
+    TrainingWorkflow.__module__ = __name__
+    return TrainingWorkflow
 
 
 def _git_commit() -> str | None:
@@ -233,17 +261,17 @@ def start_run(output_dir: str | Path, datalist: str | Path, seed: int) -> Path:
     run_dir = Path(output_dir)
     if not is_rank_zero():
         return run_dir
-    workflow = _running_workflow()
-    if workflow is not None:  # `monai.bundle run` reaches this without train()'s checks
-        check_before_writing(workflow.parser)
+    parser = _INITIALISING.get()
+    if parser is None:
+        raise ConfigError(
+            "monai.bundle run training",
+            f"the run's config.json and inference.json need the training workflow: add --workflow_name {WORKFLOW_NAME}",
+        )
+    check_before_writing(parser)  # `monai.bundle run` reaches this without train()'s checks
     for sub in ("models", "logs", "tensorboard"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
-    config = _running_workflow_config()
-    if config is not None:
-        write_json(run_dir / "config.json", json.loads(json.dumps(config, default=str)))
-        write_run_inference_config(workflow.parser, run_dir)
-    else:
-        logger.warning("no running bundle workflow found: config.json not written")
+    write_json(run_dir / "config.json", json.loads(json.dumps(parser.get(), default=str)))
+    write_run_inference_config(parser, run_dir)
     write_json(run_dir / "provenance.json", provenance(datalist, seed))
     log_path = (run_dir / "logs" / "train.log").resolve()
     root = logging.getLogger()
@@ -303,8 +331,6 @@ def train(
         ConfigError: a missing file, an unknown mode or device, or a checkpoint that does not
             match the network.
     """
-    from monai.bundle import ConfigWorkflow
-
     from pipeline.networks import check_mode
 
     check_mode(mode)
@@ -332,7 +358,7 @@ def train(
         "device": f"$torch.device('{device}')",
     }
     settings.update(dict(overrides or {}))
-    workflow = ConfigWorkflow(
+    workflow = _training_workflow_class()(
         config_file=[str(p) for p in files],
         meta_file=str(BUNDLE_DIR / "configs" / "metadata.json") if (BUNDLE_DIR / "configs" / "metadata.json").is_file() else None,
         logging_file=str(LOGGING_CONFIG),

@@ -15,6 +15,7 @@ from packaging.version import Version
 import pipeline
 from pipeline.export import network_data_format
 from pipeline.networks import spatial_divisor
+from pipeline.training import WORKFLOW_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "brats_segmentation"
@@ -146,7 +147,7 @@ def test_bundle_commands_train_evaluate_and_infer(tiny_datalist: Path, tiny_cach
     """
     run_dir = tmp_path / "run"
     _bundle_command(
-        "run", "training", "--config_file", str(CONFIGS / "train.yaml"), "--bundle_root", str(BUNDLE),
+        "run", "training", "--workflow_name", WORKFLOW_NAME, "--config_file", str(CONFIGS / "train.yaml"), "--bundle_root", str(BUNDLE),
         "--dataset_dir", str(tiny_cache), "--datalist", str(tiny_datalist), "--output_dir", str(run_dir), *_overrides(TINY_TRAINING),
     )  # fmt: skip
     checkpoint = run_dir / "models" / "model.pt"

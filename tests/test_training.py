@@ -19,6 +19,8 @@ from pipeline.training import (
     GPU_CONFIG,
     MULTI_GPU_CONFIG,
     TRAIN_CONFIG,
+    WORKFLOW_NAME,
+    TrainingWorkflow,
     build_lr_scheduler,
     build_optimizer,
     fold_case_ids,
@@ -272,12 +274,29 @@ def test_monai_bundle_run_trains_2_5d(tiny_run_data: tuple[Path, Path], tmp_path
     datalist, cache = tiny_run_data
     out = tmp_path / "run"
     overrides = _bundle_overrides(TINY)
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_CONFIG),
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--workflow_name", WORKFLOW_NAME, "--config_file", str(TRAIN_CONFIG),
                "--datalist", str(datalist), "--dataset_dir", str(cache), "--output_dir", str(out), "--epochs", "1", *overrides]
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     _check_run_dir(out, "2.5d")
     assert ConfigParser(json.loads((out / "config.json").read_text())).get_parsed_content("network_def").model[0].conv.in_channels == 20
+
+
+def test_plain_config_workflow_stops_before_writing_and_names_the_workflow(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """Without --workflow_name, `monai.bundle run training` cannot see its parser: one clear line, no run folder."""
+    from monai.bundle import ConfigWorkflow
+
+    datalist, cache = tiny_run_data
+    settings = {"datalist": str(datalist), "dataset_dir": str(cache), "output_dir": str(tmp_path / "run"), "epochs": 1}
+    workflow = ConfigWorkflow(config_file=str(TRAIN_CONFIG), workflow_type="train", run_id="training", logging_file=False, **settings)
+    with pytest.raises(Exception) as raised:  # MONAI wraps the expression's error; ours is its cause
+        workflow.initialize()
+    causes = [raised.value]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    assert any(isinstance(c, ConfigError) and f"add --workflow_name {WORKFLOW_NAME}" in str(c) for c in causes)
+    assert not (tmp_path / "run").exists()
+    assert issubclass(TrainingWorkflow, ConfigWorkflow) and f"{TrainingWorkflow.__module__}.{TrainingWorkflow.__name__}" == WORKFLOW_NAME
 
 
 @pytest.mark.slow
@@ -354,7 +373,7 @@ def test_ddp_gloo_two_processes(tiny_run_data: tuple[Path, Path], tmp_path: Path
     overrides = _bundle_overrides([s for s in TINY if not s.startswith("deterministic")])
     configs = f"['{TRAIN_CONFIG}','{MULTI_GPU_CONFIG}']"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
-               "--config_file", configs, "--datalist", str(datalist), "--dataset_dir", str(cache), "--output_dir", str(out), "--epochs", "1", *overrides]
+               "--workflow_name", WORKFLOW_NAME, "--config_file", configs, "--datalist", str(datalist), "--dataset_dir", str(cache), "--output_dir", str(out), "--epochs", "1", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -551,11 +551,11 @@ def test_bundle_run_refuses_to_overwrite_a_run(trained_run: Path, pristine_datal
 
     from cli_runs import REPO, subprocess_env
 
-    from pipeline.training import TRAIN_CONFIG
+    from pipeline.training import TRAIN_CONFIG, WORKFLOW_NAME
 
     run = _run_copy(trained_run, tmp_path)
     before = {k: v for k, v in checksums(run).items() if not k.startswith(("tensorboard/", "logs/"))}
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_CONFIG), "--datalist", str(pristine_datalist),
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--workflow_name", WORKFLOW_NAME, "--config_file", str(TRAIN_CONFIG), "--datalist", str(pristine_datalist),
                "--dataset_dir", str(pristine_cache), "--output_dir", str(run), "--epochs", "1", "--mode", "2d"]
     completed = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert completed.returncode != 0
