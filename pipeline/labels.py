@@ -91,20 +91,32 @@ class LabelConvention:
             table[source] = target
         return table[np.asarray(seg).astype(np.int64, copy=False)]
 
+    @property
+    def from_internal_map(self) -> dict[int, int]:
+        """Internal label -> the file label written for it: the smallest file label that maps to it.
+
+        One-to-one for the BraTS sub-region conventions; a task that merges labels (whole tumour
+        from 1, 2 and 4) writes each class as its first file label.
+        """
+        inverse: dict[int, int] = {}
+        for source, target in sorted(self.to_internal_map.items()):
+            inverse.setdefault(target, source)
+        return inverse
+
     def from_internal(self, seg: np.ndarray) -> np.ndarray:
-        """Map internal labels (0-3) back to this convention's values (uint8)."""
+        """Map internal labels (0 .. the largest this convention produces) back to this convention's values (uint8)."""
         table = np.zeros(256, dtype=np.uint8)
-        for source, target in self.to_internal_map.items():
+        for target, source in self.from_internal_map.items():
             table[target] = source
         seg = np.asarray(seg)
-        if seg.size and (seg.min() < 0 or seg.max() > ET):
-            raise ValueError(f"internal labels must be 0-3, got values up to {int(seg.max())}")
+        top = max(self.to_internal_map.values())
+        if seg.size and (seg.min() < 0 or seg.max() > top):
+            raise ValueError(f"internal labels must be 0-{top}, got values up to {int(seg.max())}")
         return table[seg.astype(np.int64, copy=False)]
 
     def internal_names(self) -> dict[int, str]:
         """This convention's name for each internal label it produces on export."""
-        inverse = {target: source for source, target in self.to_internal_map.items()}
-        return {internal: self.names[inverse[internal]] for internal in (NEC, ED, ET) if internal in inverse}
+        return {internal: self.names[source] for internal, source in sorted(self.from_internal_map.items()) if internal != BACKGROUND}
 
 
 CONVENTIONS: dict[str, LabelConvention] = {
