@@ -180,4 +180,9 @@ def test_postprocessing_chosen_on_out_of_fold_predictions(tiny_datalist: Path, t
     assert postprocess_cv.main([str(result)]) == 0
     chosen = json.loads((tmp_path / "real_cv-tiny-postprocessing.json").read_text())
     assert chosen["cases"] == len(fold.test) and chosen["before"] == chosen["after"] == {"TC": 1.0, "WT": 1.0, "ET": 1.0}
+    assert chosen["lesion_wise"] is None
+    assert postprocess_cv.main([str(result), "--lesion-wise"]) == 0  # perfect predictions score 1 lesion-wise at every size
+    rows = json.loads((tmp_path / "real_cv-tiny-postprocessing.json").read_text())["lesion_wise"]
+    assert [row["min_TC_ET_voxels"] for row in rows] == list(postprocess_cv.LESION_SIZES)
+    assert rows[0]["lesion_dice_WT"] == rows[0]["dice_WT"] == 1.0 and rows[0]["components_WT"] >= 1
     assert postprocess_cv.main([str(tmp_path / "missing.json")]) == 1
