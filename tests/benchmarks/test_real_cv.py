@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from benchmarks import baseline_unet25d as baseline
@@ -186,3 +187,31 @@ def test_postprocessing_chosen_on_out_of_fold_predictions(tiny_datalist: Path, t
     assert [row["min_TC_ET_voxels"] for row in rows] == list(postprocess_cv.LESION_SIZES)
     assert rows[0]["lesion_dice_WT"] == rows[0]["dice_WT"] == 1.0 and rows[0]["components_WT"] >= 1
     assert postprocess_cv.main([str(tmp_path / "missing.json")]) == 1
+
+
+@pytest.mark.slow
+def test_inference_variants_rescore_the_trained_folds(tiny_datalist: Path, tmp_path: Path) -> None:
+    """benchmarks.inference_cv: each checkpoint/TTA variant scores every held-out patient of every fold, without training."""
+    import torch
+
+    from benchmarks import inference_cv
+    from prediction_cases import write_run_dir
+
+    cases = [record.case_id for record in load_datalist(tiny_datalist).cases("all")]
+    fold = make_folds(cases, folds=4, val_cases=1, seed=0)[0]
+    fold_dir = tmp_path / "runs" / "20261129T101500-tiny" / "fold0"
+    write_fold_datalist(tiny_datalist, fold, fold_dir / "datalist.json")
+    run = write_run_dir(fold_dir / "pipeline")
+    weights = torch.load(run / "models" / "model.pt", weights_only=True)
+    torch.save({"network": {k: torch.zeros_like(v) for k, v in weights.items()}, "epoch": 1}, run / "models" / "latest.pt")
+    result = tmp_path / "real_cv-tiny.json"
+    result.write_text(json.dumps({"data": {"work": str(tmp_path)}, "label": "tiny", "started": "2026-11-29T10:15:00+00:00", "folds": [{"fold": 0}]}))
+    assert inference_cv.main([str(result), "--tta", "off"]) == 0
+    recorded = json.loads((tmp_path / "real_cv-tiny-inference.json").read_text())
+    assert [row["arm"] for row in recorded["means"]] == ["best", "last"]
+    assert all(row["patients"] == len(fold.test) for row in recorded["means"])
+    assert {(row["arm"], row["case_id"]) for row in recorded["rows"]} == {(arm, case) for arm in ("best", "last") for case in fold.test}
+    # the zeroed final weights predict nothing: a different score from the best weights' proves they were loaded
+    _, last = (pd.DataFrame(recorded["rows"]).query(f"arm == '{arm}'")["wt_components"].tolist() for arm in ("best", "last"))
+    assert last == [0] * len(fold.test)
+    assert inference_cv.main([str(tmp_path / "missing.json")]) == 1
