@@ -423,7 +423,7 @@ def test_datalist_command_writes_a_loadable_list(legacy_root, tmp_path):
     out = tmp_path / "lists" / "brats.json"
     result = _run("--data-root", legacy_root, "--out", out, "--folds", 3, "--test-fraction", 0.3, "--seed", 4)
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{out}: 4 training, 3 validation, 3 test, 1 unlabelled (brats2021, 3 folds)\n"
+    assert result.stdout == f"{out}: 4 training, 3 validation, 3 test, 1 unlabelled (brats2021, 3 folds, task brats-glioma)\n"
     payload = json.loads(out.read_text())
     assert (payload["num_folds"], payload["seed"], payload["test_fraction"]) == (3, 4, 0.3)
     assert len(load_datalist(out).cases("all")) == 10
