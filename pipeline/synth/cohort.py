@@ -58,9 +58,10 @@ def synthesize_case(seed: int, index: int, grid: SynthGrid, task: str = DEFAULT_
     labels = layout.relabel(maps.labels)
     if layout.fluid is not None:
         fluid_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 2)))  # a third stream: the others stay as they are
-        pocket = fluid_pocket(fluid_rng, lesions[0], tissues, layout.fluid.offset, layout.fluid.ratio, ramp_mm=max(1.0, grid.spacing / 2))
+        fluid = layout.fluid
+        pocket = fluid_pocket(fluid_rng, lesions[0], tissues, fluid.offset, fluid.ratio, ramp_mm=max(1.0, grid.spacing / 2), min_radius_mm=1.5 * grid.spacing)
         voxels = voxels.with_fluid(pocket[tissues.brain])
-        labels[pocket >= 0.5] = layout.fluid.label
+        labels[pocket >= 0.5] = fluid.label
     noise = np.random.default_rng(noise_seed)
     volumes: dict[str, np.ndarray] = {}
     for modality in MODALITIES:  # every modality is rendered, so the noise of each is the same in every layout

@@ -237,16 +237,19 @@ def _window(axis_mm: np.ndarray, low: float, high: float) -> slice:
     return slice(int(np.searchsorted(axis_mm, low, side="left")), int(np.searchsorted(axis_mm, high, side="right")))
 
 
-def fluid_pocket(rng: np.random.Generator, lesion: Lesion, tissues: Tissues, offset: float, ratio: float, ramp_mm: float) -> np.ndarray:
+def fluid_pocket(
+    rng: np.random.Generator, lesion: Lesion, tissues: Tissues, offset: float, ratio: float, ramp_mm: float, min_radius_mm: float
+) -> np.ndarray:
     """Weight in [0, 1] (on ``tissues``' box, 0 outside the brain) of a fluid-filled sphere near ``lesion``.
 
     A resection cavity beside the tumour or a cyst within it: its centre lies ``offset`` core
     radii from the lesion's centre in a random direction, its radius is ``ratio`` core radii (at
-    least ``ramp_mm``); the weight passes one half on its surface.
+    least ``min_radius_mm``, so a coarse grid still shows it); the weight passes one half on its
+    surface, over a ramp ``ramp_mm`` wide.
     """
     direction = rng.normal(size=3)
     centre = lesion.centre + offset * lesion.core_radius * direction / np.linalg.norm(direction)
-    radius = max(ratio * lesion.core_radius, ramp_mm)
+    radius = max(ratio * lesion.core_radius, min_radius_mm)
     offsets = np.meshgrid(*(axis - np.float32(c) for axis, c in zip((tissues.x_mm, tissues.y_mm, tissues.z_mm), centre)), indexing="ij", sparse=True)
     distance = np.sqrt(offsets[0] ** 2 + offsets[1] ** 2 + offsets[2] ** 2)
     return (np.clip(0.5 + (radius - distance) / np.float32(ramp_mm), 0.0, 1.0) * tissues.brain).astype(np.float32)
