@@ -40,7 +40,8 @@ class Release:
         case_pattern: a full match of this release's case folder names.
         separator: what joins the case id and the modality suffix in file names.
         suffixes: canonical modality -> this release's file suffix.
-        label_convention: the :mod:`pipeline.labels` convention of its segmentations.
+        label_convention: the label convention of its segmentations (a name tasks declare values
+            for, :meth:`pipeline.tasks.Task.convention`; the glioma task's are :mod:`pipeline.labels`'s).
         seg_aliases: known misnamed segmentation files (exact file names) found in public mirrors.
         refused_seg_reason: when set, a segmentation of this release is refused with this reason,
             unless the task reads ``task_convention``.
