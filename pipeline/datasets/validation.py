@@ -103,6 +103,12 @@ def _intensity_problems(path: Path, voxels: np.ndarray, what: str = "image") -> 
     return []
 
 
+def _unread_convention(task: Task, convention_name: str) -> str:
+    readers = [name for name, other in TASKS.items() if convention_name in other.labels]
+    hint = f"; --task {readers[0]} reads them" if readers else ""
+    return f"task {task.name} does not read {convention_name} labels (it reads {', '.join(task.conventions)}){hint}"
+
+
 def label_problem(values: np.ndarray, convention_name: str, allow_resection_cavity: bool = False, task: Task | None = None) -> str | None:
     """Why a segmentation holding the label ``values`` (its distinct values) does not fit its convention under ``task``, or None."""
     values = np.asarray(values)
@@ -111,9 +117,7 @@ def label_problem(values: np.ndarray, convention_name: str, allow_resection_cavi
         return f"segmentation holds non-integer values {fractional[:5]}"
     task = resolve_task(task)
     if convention_name not in task.labels:
-        readers = [name for name, other in TASKS.items() if convention_name in other.labels]
-        hint = f"; --task {readers[0]} reads them" if readers else ""
-        return f"task {task.name} does not read {convention_name} labels (it reads {', '.join(task.conventions)}){hint}"
+        return _unread_convention(task, convention_name)
     convention = task.convention(convention_name)
     unknown = convention.unknown_labels(values.astype(np.int64), allow_optional=allow_resection_cavity)
     if not unknown:
@@ -159,6 +163,9 @@ def validate_case(record: CaseRecord, allow_resection_cavity: bool = False, task
     """
     is_4d = record.channel_indices is not None
     problems: list[str] = []
+    if record.label is None and record.label_convention not in resolve_task(task).labels:
+        # no label to judge, but its predictions are written in this convention
+        problems.append(f"{record.images[0]}: {_unread_convention(resolve_task(task), record.label_convention)}")
     reference: tuple[Path, tuple[int, ...], np.ndarray] | None = None
     names = ["4D image"] if is_4d else [f"{channel} image" for channel in record.channels]
     for path, name in zip(record.images, names):

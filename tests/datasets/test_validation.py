@@ -187,6 +187,14 @@ def test_a_label_outside_the_tasks_classes_is_refused(legacy_root):
     assert line.endswith("labels [3] are not in the brats2017 convention of task whole-tumour [0, 1, 2, 4]")
 
 
+def test_an_unlabelled_case_of_a_convention_the_task_does_not_read_is_refused(tmp_path, cases):
+    root = cases.msd(tmp_path, train=(), test=(4,))
+    task = TASKS["meningioma-rt"]
+    (record,) = discover(root, task).records
+    line = _single_line_naming(validate_case(record, task=task), record.images[0])
+    assert line.endswith("task meningioma-rt does not read msd labels (it reads brats2024-men-rt, brats2023, internal); --task brats-glioma reads them")
+
+
 def test_resection_cavity_mapping_does_not_open_the_legacy_convention(legacy_root):
     path = legacy_root / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz"
     write_nifti(path, tumour((1, 3)))
