@@ -15,6 +15,10 @@ SYNTH_CASES ?= 24
 SYNTH_SIZE  ?= small
 SYNTH_SEED  ?= 0
 DATA        ?=
+# TASK=NAME|FILE and CHANNELS=flair[,t2...] choose what the data list reads (default: the BraTS glioma task).
+TASK        ?=
+CHANNELS    ?=
+TASK_ARGS    = $(if $(TASK),--task $(TASK)) $(if $(CHANNELS),--channels $(CHANNELS))
 # `make preprocess` records which data list and cache it made, so a following `make train` uses them.
 -include .make/dataset.mk
 DATALIST    ?= data_lists/synthetic.json
@@ -42,15 +46,15 @@ synth: $(VENV)/.installed  ## Generate the synthetic BraTS-like cohort (SYNTH_DI
 	$(CLI) synth --out $(SYNTH_DIR) --cases $(SYNTH_CASES) --seed $(SYNTH_SEED) --size $(SYNTH_SIZE)
 
 ifeq ($(strip $(DATA)),)
-datalist: synth  ## Write the data list (DATA=DIR for a real release; default: the synthetic cohort)
-	$(CLI) datalist --data-root $(SYNTH_DIR) --out data_lists/synthetic.json --seed $(SYNTH_SEED)
-preprocess: datalist  ## Build the training cache (DATA=DIR for a real release; default: the synthetic cohort)
+datalist: synth  ## Write the data list (DATA=DIR for a real release; default: the synthetic cohort; TASK, CHANNELS)
+	$(CLI) datalist --data-root $(SYNTH_DIR) --out data_lists/synthetic.json --seed $(SYNTH_SEED) $(TASK_ARGS)
+preprocess: datalist  ## Build the training cache (DATA=DIR for a real release; default: the synthetic cohort; TASK, CHANNELS)
 	$(CLI) preprocess --datalist data_lists/synthetic.json --cache cache/synthetic --workers $(WORKERS)
 	@mkdir -p .make && printf 'DATALIST ?= data_lists/synthetic.json\nCACHE ?= cache/synthetic\n' > .make/dataset.mk
 else
 DATA_NAME := $(notdir $(patsubst %/,%,$(DATA)))
 datalist: $(VENV)/.installed
-	$(CLI) datalist --data-root $(DATA) --out data_lists/$(DATA_NAME).json
+	$(CLI) datalist --data-root $(DATA) --out data_lists/$(DATA_NAME).json $(TASK_ARGS)
 preprocess: datalist
 	$(CLI) preprocess --datalist data_lists/$(DATA_NAME).json --cache cache/$(DATA_NAME) --workers $(WORKERS)
 	@mkdir -p .make && printf 'DATALIST ?= data_lists/$(DATA_NAME).json\nCACHE ?= cache/$(DATA_NAME)\n' > .make/dataset.mk

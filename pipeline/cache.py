@@ -3,21 +3,24 @@
 One folder per case (``cache_dir/<case_id>/``):
 
 ``image.npy``
-    float16, shape ``(Z, C=4, X, Y)``: slice axis first (a 2.5D stack is one contiguous read),
-    channels in :data:`pipeline.modalities.MODALITIES` order, voxels in the closest canonical
+    float16, shape ``(Z, C, X, Y)``: slice axis first (a 2.5D stack is one contiguous read),
+    the task's input channels in its order (C = 4 for BraTS glioma), voxels in the closest canonical
     RAS order (exact axis permutation and flips, never resampled), cropped to the brain box,
     z-scored per channel over that channel's non-zero voxels (see :mod:`pipeline.preprocess`).
 ``label.npy``
-    uint8, shape ``(Z, X, Y)``, internal labels 0-3 (absent for unlabelled cases).
+    uint8, shape ``(Z, X, Y)``, the task's internal labels (0 background, k = its k-th class;
+    absent for unlabelled cases).
 ``meta.json``
     written last; ``"complete": true`` marks the case done and ``"format_version"`` the layout
-    it follows. Everything needed to map a prediction back onto the source file
+    it follows; ``"task"`` the task it was built for (name, channels, classes: :func:`task_meta`;
+    an entry written before tasks existed holds the BraTS glioma task). Everything needed to map a prediction back onto the source file
     (:func:`pipeline.geometry.restore_to_original`) and to write it with the source header.
 
 ``cache_dir/cache.json`` lists the data list (path, sha256) and the complete cases.
 
 Every reader goes through :func:`read_meta` and :func:`load_array`, so a missing, unfinished,
-old or foreign entry is the same one-line :class:`~pipeline.errors.InputError` wherever it is met.
+old or foreign entry, or one built for another task, is the same one-line
+:class:`~pipeline.errors.InputError` wherever it is met.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.io import save_npy, write_json
+from pipeline.tasks import DEFAULT_TASK, Task
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,6 +54,7 @@ __all__ = [
     "load_array",
     "load_case",
     "read_meta",
+    "task_meta",
     "write_case",
     "write_index",
 ]
@@ -73,12 +78,24 @@ class CachedCase:
     meta: dict
 
 
+def task_meta(task: Task) -> dict[str, Any]:
+    """What a cache entry records of its task: name, input channels and classes (they fix the arrays' meaning)."""
+    return {"name": task.name, "channels": list(task.channels), "classes": list(task.classes)}
+
+
+def _with_task(meta: dict) -> dict:
+    """``meta`` with its task; an entry written before tasks existed holds the default task."""
+    if "task" not in meta:
+        meta["task"] = task_meta(DEFAULT_TASK)
+    return meta
+
+
 def _meta_or_none(case_dir: Path) -> dict | None:
     try:
         meta = json.loads((case_dir / META_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return meta if isinstance(meta, dict) else None
+    return _with_task(meta) if isinstance(meta, dict) else None
 
 
 def is_complete(case_dir: str | os.PathLike[str]) -> bool:
@@ -99,17 +116,23 @@ def complete_case_ids(cache_dir: str | os.PathLike[str]) -> list[str]:
     return [path.parent.name for path in sorted(root.glob(f"*/{META_FILE}")) if is_complete(path.parent)]
 
 
-def read_meta(cache_dir: str | os.PathLike[str], case_id: str, require_label: bool = False) -> dict[str, Any]:
+def read_meta(cache_dir: str | os.PathLike[str], case_id: str, require_label: bool = False, task: Task | None = None) -> dict[str, Any]:
     """Read and check one case's ``meta.json``: complete, this format version, shape ``(Z, C, X, Y)``.
+
+    The returned manifest always holds ``"task"`` (:func:`task_meta`; the default task for an
+    entry written before tasks existed): ``meta["task"]["channels"]`` are the image's channels.
 
     Args:
         cache_dir: the cache folder.
         case_id: the case.
         require_label: also require a label and its per-slice tumour counts (training, validation).
+        task: when given, require the entry to be built for this task (its name, channels and
+            classes), e.g. the task of the data list it is read through.
 
     Raises:
         IncompleteEntryError: the case is missing or not completely preprocessed.
-        InputError: an old or foreign cache, or a manifest that does not describe the arrays.
+        InputError: an old or foreign cache, one built for another task, or a manifest that does
+            not describe the arrays.
     """
     case_dir = Path(cache_dir) / case_id
     meta_path = case_dir / META_FILE
@@ -125,6 +148,13 @@ def read_meta(cache_dir: str | os.PathLike[str], case_id: str, require_label: bo
         raise InputError(
             case_dir,
             f"cache format {meta.get('format_version')} is not {FORMAT_VERSION} (an old or foreign cache); run preprocess again",
+        )
+    built = _with_task(meta)["task"]
+    if task is not None and built != task_meta(task):
+        raise InputError(
+            case_dir,
+            f"built for task {built.get('name')} (channels {', '.join(map(str, built.get('channels', [])))}), "
+            f"not {task.name} (channels {', '.join(task.channels)}); run preprocess again",
         )
     shape = meta.get("shape")
     if not isinstance(shape, list) or len(shape) != 4:
@@ -154,13 +184,15 @@ def load_array(path: str | os.PathLike[str], dtype: np.dtype | type, shape: Sequ
     return array
 
 
-def load_case(cache_dir: str | os.PathLike[str], case_id: str, mmap: bool = True, require_label: bool = False) -> CachedCase:
-    """Read one case (image and label memory-mapped read-only unless ``mmap`` is False).
+def load_case(
+    cache_dir: str | os.PathLike[str], case_id: str, mmap: bool = True, require_label: bool = False, task: Task | None = None
+) -> CachedCase:
+    """Read one case (image and label memory-mapped read-only unless ``mmap`` is False); ``task``: as :func:`read_meta`.
 
     Raises:
-        InputError: if the case is missing, incomplete, of another format or damaged (preprocess it again).
+        InputError: if the case is missing, incomplete, of another format or task, or damaged (preprocess it again).
     """
-    meta = read_meta(cache_dir, case_id, require_label=require_label)
+    meta = read_meta(cache_dir, case_id, require_label=require_label, task=task)
     case_dir = Path(cache_dir) / case_id
     z, channels, x, y = meta["shape"]
     image = load_array(case_dir / IMAGE_FILE, np.float16, (z, channels, x, y), mmap)

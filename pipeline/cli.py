@@ -59,6 +59,25 @@ class _ChoiceOf(click.Choice):
 
 _SIZES = _ChoiceOf(_Constant("pipeline.synth.grid", "GRIDS"))
 
+
+class _TaskOption(click.Option):
+    """``--task``: its help lists the built-in tasks (:data:`pipeline.tasks.TASKS`), imported only when help is shown."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from pipeline.tasks import TASKS
+
+        base = self.help
+        self.help = f"{base} Built-in: {', '.join(TASKS)}."
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = base
+
+
+def _channel_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    """``flair,t2`` -> ``("flair", "t2")``."""
+    return tuple(part.strip() for part in value.split(",") if part.strip()) if value else None
+
 _MODELS = click.option(
     "--model",
     "model_dirs",
@@ -139,19 +158,29 @@ def main(ctx: click.Context, debug: bool) -> None:
     type=_SIZES,
     help="full: 240x240x155 at 1 mm (like BraTS); small: 96x96x62 at 2.5 mm; tiny: 48x48x32 at 5 mm.",
 )
+@click.option(
+    "--task",
+    default="brats-glioma",
+    show_default=True,
+    type=_ChoiceOf(_Constant("pipeline.synth.layouts", "LAYOUTS")),
+    help="Layout and labels of the cohort: brats-glioma and whole-tumour: BraTS 2021; brats2024-post-treatment: "
+    "BraTS 2023 naming, a resection cavity (4); brats2024-ped: BraTS-PED naming, 1 ET, 2 NETC, 3 CC, 4 ED; "
+    "meningioma-rt: BraTS-MEN-RT naming, T1ce and the GTV only.",
+)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors
-def synth(out: Path, cases: int, seed: int, size: str, no_progress: bool) -> None:
+def synth(out: Path, cases: int, seed: int, size: str, task: str, no_progress: bool) -> None:
     """Generate a synthetic BraTS 2021-style cohort (the default data for the demo and tests).
 
     Writes OUT/BraTS2021_NNNNN/BraTS2021_NNNNN_{t1,t1ce,t2,flair,seg}.nii.gz: MNI152 brains with
-    a glioma each (labels 0/1/2/4), int16 images with the BraTS header (L-P-S, 1 mm at full size).
-    Case k depends only on the seed and k; finished cases are skipped, so a rerun completes a cohort.
+    a glioma each (labels 0/1/2/4), int16 images with the BraTS header (L-P-S, 1 mm at full size);
+    --task writes another release's layout and labels. Case k depends only on the seed and k;
+    finished cases are skipped, so a rerun completes a cohort.
     """
     from pipeline.synth import generate_cohort
 
-    folders = generate_cohort(out, cases=cases, seed=seed, size=size, progress=not no_progress)
-    click.echo(f"{len(folders)} synthetic cases ({size}, seed {seed}) in {out}")
+    folders = generate_cohort(out, cases=cases, seed=seed, size=size, progress=not no_progress, task=task)
+    click.echo(f"{len(folders)} synthetic cases ({size}, seed {seed}, {task}) in {out}")
 
 
 @main.command()
@@ -174,8 +203,8 @@ def preprocess(
     """Build the memory-mappable training cache from a data list.
 
     Each case is reoriented to RAS (no resampling), cropped to the brain, z-scored per channel
-    and stored as CACHE/<case>/{image.npy,label.npy,meta.json}. Finished cases are skipped, so
-    an interrupted run resumes.
+    and stored as CACHE/<case>/{image.npy,label.npy,meta.json}, with the data list's task's
+    channels and labels. Finished cases are skipped, so an interrupted run resumes.
     """
     from pipeline.preprocess import preprocess_datalist
 
@@ -201,6 +230,21 @@ def preprocess(
 @click.option(
     "--map-resection-cavity", "--allow-resection-cavity", is_flag=True, help="Accept BraTS 2024 label 4 (resection cavity), mapped to background."
 )
+@click.option(
+    "--task",
+    cls=_TaskOption,
+    default="brats-glioma",
+    show_default=True,
+    metavar="NAME|FILE",
+    help="What goes in and comes out: a built-in task or a task file (.json/.yaml); stored in the data list. "
+    "BraTS-PED labels are read only with --task brats2024-ped.",
+)
+@click.option(
+    "--channels",
+    callback=_channel_list,
+    metavar="flair[,t2...]",
+    help="Read only these of the task's channels, in this order (e.g. --task whole-tumour --channels flair).",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Processes validating cases in parallel.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors
@@ -212,13 +256,16 @@ def datalist(
     seed: int,
     skip_bad: bool,
     map_resection_cavity: bool,
+    task: str,
+    channels: tuple[str, ...] | None,
     workers: int,
     no_progress: bool,
 ) -> None:
     """Discover and validate every case of a release and write patient-level folds.
 
     Every file is read and checked first; without --skip-bad any bad case stops the command
-    and nothing is written. Paths in the JSON are relative to the data root.
+    and nothing is written. Each case needs the files of the task's channels, and its labels
+    must be the task's classes. Paths in the JSON are relative to the data root.
     """
     from pipeline.datalist import SPLITS, build_datalist
 
@@ -232,9 +279,11 @@ def datalist(
         allow_resection_cavity=map_resection_cavity,
         progress=not no_progress,
         workers=workers,
+        task=task,
+        channels=channels,
     )
     counts = ", ".join(f"{len(payload[split])} {split}" for split in SPLITS)
-    click.echo(f"{out}: {counts} ({payload['release']}, {payload['num_folds']} folds)")
+    click.echo(f"{out}: {counts} ({payload['release']}, {payload['num_folds']} folds, task {payload['task']['name']})")
 
 
 @main.command()

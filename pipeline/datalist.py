@@ -5,18 +5,23 @@ A data list is a JSON file::
     {
       "name": "synthetic", "release": "brats2021", "label_convention": "brats2017",
       "data_root": "../data/synthetic",          # absolute, or relative to the JSON file's folder
-      "modalities": ["t1", "t1ce", "t2", "flair"],
+      "task": {"name": "brats-glioma", "channels": [...], "classes": [...], ...},   # pipeline.tasks.Task.to_dict()
+      "modalities": ["t1", "t1ce", "t2", "flair"],   # the task's channels, in order
       "num_folds": 5, "seed": 0, "test_fraction": 0.2,
-      "training":   [{"case_id": ..., "image": [4 paths], "label": path, "fold": k}, ...],
+      "training":   [{"case_id": ..., "image": [one path per channel], "label": path, "fold": k}, ...],
       "validation": [...],                       # the cases of fold 0, the default validation fold
       "test":       [...],                       # held out, "fold": -1
       "unlabelled": [{"case_id": ..., "image": [...]}]   # no ground truth: inference only
     }
 
 Image and label paths are relative to ``data_root``. An MSD entry has one 4D image path and
-``"channel_indices"``: the channel of each canonical modality inside that file. An entry may
+``"channel_indices"``: the channel of each of the task's channels inside that file. An entry may
 carry its own ``"label_convention"`` (a data root that mixes releases); it overrides the
-top-level one for that case.
+top-level one for that case. Every label convention is one the task reads.
+
+``"task"`` is the task the list was built for (:mod:`pipeline.tasks`): its input channels (the
+files of each entry, in order), classes and label values. A data list without one (written
+before tasks existed) holds the BraTS glioma task (:data:`pipeline.tasks.DEFAULT_TASK`).
 
 Writing one (the ``datalist`` command, :func:`build_datalist`): splitting is seeded and stable: the labelled cases are sorted by id, shuffled with
 ``numpy.random.default_rng(seed)``, the first ``round(test_fraction * n)`` are held out as the
@@ -34,6 +39,8 @@ import logging
 import math
 import os
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -43,10 +50,18 @@ from pipeline.datasets import discover, validate_cases
 from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import write_json
-from pipeline.labels import get_convention
-from pipeline.modalities import MODALITIES
+from pipeline.tasks import DEFAULT_TASK, Task, resolve_task, task_from_dict
 
-__all__ = ["SCORED_SPLITS", "SPLITS", "SPLIT_CHOICES", "Datalist", "assign_folds", "build_datalist", "load_datalist"]
+__all__ = [
+    "SCORED_SPLITS",
+    "SPLITS",
+    "SPLIT_CHOICES",
+    "Datalist",
+    "assign_folds",
+    "build_datalist",
+    "datalist_task",
+    "load_datalist",
+]
 
 
 logger = logging.getLogger(__name__)
@@ -67,7 +82,7 @@ SPLIT_CHOICES: tuple[str, ...] = (*SPLITS, ALL_LABELLED)
 SCORED_SPLITS: tuple[str, ...] = (*reversed(LABELLED_SPLITS), ALL_LABELLED)
 
 _REQUIRED_KEYS = ("data_root", "label_convention", "training", "validation", "test")
-_SETTING_KEYS = ("name", "release", "label_convention", "data_root", "modalities", "num_folds", "seed", "test_fraction")
+_SETTING_KEYS = ("name", "release", "label_convention", "data_root", "task", "modalities", "num_folds", "seed", "test_fraction")
 _SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -82,6 +97,7 @@ class Datalist:
     sha256: str
     num_folds: int
     name: str = ""
+    task: Task = DEFAULT_TASK
 
     def cases(self, split: str) -> list[CaseRecord]:
         """Cases of one split; ``all`` is every labelled case (training, validation and test)."""
@@ -108,14 +124,28 @@ def _resolve_inside(data_root: Path, relative: object, where: Path, what: str) -
     return data_root / Path(*posix.parts)
 
 
-def _check_convention(name: object, source: Path, where: str) -> str:
+def _check_convention(name: object, source: Path, where: str, task: Task) -> str:
     if not isinstance(name, str):
         raise ConfigError(source, f"{where}label_convention must be a name, got {name!r}")
-    try:
-        get_convention(name)
-    except ValueError as err:
-        raise ConfigError(source, f"{where}{err}") from None
+    if name not in task.labels:
+        raise ConfigError(source, f"{where}unknown label convention {name!r}; task {task.name} reads {', '.join(task.conventions)}")
     return name
+
+
+def _stored_task(payload: dict, source: Path) -> Task:
+    """The task a data list's JSON object holds (:data:`DEFAULT_TASK` when it names none)."""
+    if "task" not in payload:
+        return DEFAULT_TASK
+    return task_from_dict(payload["task"], source)
+
+
+def datalist_task(path: str | os.PathLike[str]) -> dict:
+    """The task mapping a data list stores (:meth:`pipeline.tasks.Task.to_dict`), or the default task's.
+
+    Raises:
+        ConfigError: naming the file, if it cannot be read or its task is malformed.
+    """
+    return load_datalist(path).task.to_dict()
 
 
 def load_datalist(path: str | Path) -> Datalist:
@@ -137,10 +167,12 @@ def load_datalist(path: str | Path) -> Datalist:
     unknown = [key for key, value in payload.items() if isinstance(value, list) and key not in SPLITS and key not in _SETTING_KEYS]
     if unknown:
         raise ConfigError(source, f"unknown split(s) {', '.join(unknown)}; a data list holds {', '.join(SPLITS)}")
-    modalities = payload.get("modalities", list(MODALITIES))
-    if modalities != list(MODALITIES):
-        raise ConfigError(source, f"modalities must be {list(MODALITIES)} (canonical order), got {modalities}")
-    convention = _check_convention(payload["label_convention"], source, "")
+    task = _stored_task(payload, source)
+    channels = list(task.channels)
+    modalities = payload.get("modalities", channels)
+    if modalities != channels:
+        raise ConfigError(source, f"modalities must be {channels} (task {task.name}'s channels, in order), got {modalities}")
+    convention = _check_convention(payload["label_convention"], source, "", task)
     if not isinstance(payload["data_root"], str) or not payload["data_root"]:
         raise ConfigError(source, f"data_root must be a path string, got {payload['data_root']!r}")
     try:
@@ -172,15 +204,15 @@ def load_datalist(path: str | Path) -> Datalist:
                 raise ConfigError(source, f"{where} ({case_id}): missing 'label' (cases without one belong in 'unlabelled')")
             images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
             channel_indices = entry.get("channel_indices")
-            expected = 1 if channel_indices is not None else len(MODALITIES)
+            expected = 1 if channel_indices is not None else len(channels)
             if len(images) != expected:
                 raise ConfigError(source, f"{where} ({case_id}): expected {expected} image path(s), got {len(images)}")
             if channel_indices is not None and (
                 not isinstance(channel_indices, list)
-                or len(channel_indices) != len(MODALITIES)
+                or len(channel_indices) != len(channels)
                 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in channel_indices)
             ):
-                raise ConfigError(source, f"{where} ({case_id}): channel_indices must be {len(MODALITIES)} channel numbers, got {channel_indices!r}")
+                raise ConfigError(source, f"{where} ({case_id}): channel_indices must be {len(channels)} channel numbers, got {channel_indices!r}")
             fold = entry.get("fold")
             if fold is not None and (not isinstance(fold, int) or isinstance(fold, bool)):
                 raise ConfigError(source, f"{where} ({case_id}): fold must be an integer, got {fold!r}")
@@ -194,9 +226,10 @@ def load_datalist(path: str | Path) -> Datalist:
                     split=split,
                     fold=fold,
                     channel_indices=tuple(channel_indices) if channel_indices is not None else None,
-                    label_convention=_check_convention(entry["label_convention"], source, f"{where} ({case_id}): ")
+                    label_convention=_check_convention(entry["label_convention"], source, f"{where} ({case_id}): ", task)
                     if "label_convention" in entry
                     else convention,
+                    channels=task.channels,
                 )
             )
         records[split] = tuple(parsed)
@@ -208,6 +241,7 @@ def load_datalist(path: str | Path) -> Datalist:
         sha256=hashlib.sha256(raw_bytes).hexdigest(),
         num_folds=num_folds,
         name=str(payload.get("name", "")),
+        task=task,
     )
 
 
@@ -250,8 +284,10 @@ def build_datalist(
     allow_resection_cavity: bool = False,
     progress: bool = True,
     workers: int = 1,
+    task: Task | str | os.PathLike[str] | None = None,
+    channels: Sequence[str] | None = None,
 ) -> dict:
-    """Discover and validate every case under ``data_root`` and write its data list to ``out``.
+    """Discover and validate every case under ``data_root`` for a task and write its data list to ``out``.
 
     Nothing is written unless every case passes validation, or ``skip_bad`` is set (bad cases
     are then logged as warnings and left out). Warnings are logged on ``pipeline.datalist`` and
@@ -267,6 +303,10 @@ def build_datalist(
         allow_resection_cavity: accept the BraTS 2024 resection cavity label (mapped to background on read).
         progress: show a progress bar while validating.
         workers: processes validating cases in parallel.
+        task: the task (a :class:`~pipeline.tasks.Task`, a built-in name or a task file; default
+            the BraTS glioma task): each case needs the files of its channels and labels its
+            conventions give its classes; the list stores it.
+        channels: a subset of the task's channels to read (``["flair"]``), in this order.
 
     Returns:
         The data list as written.
@@ -283,13 +323,14 @@ def build_datalist(
         raise ConfigError("--test-fraction", f"must be in [0, 1), got {test_fraction}")
     if workers < 1:
         raise ConfigError("--workers", f"needs at least 1 worker, got {workers}")
+    task = resolve_task(task, channels)
     out = Path(out)
-    dataset = discover(data_root)
+    dataset = discover(data_root, task)
     root = Path(data_root).resolve()
     for line in dataset.warnings:
         logger.warning("warning: %s", line)
 
-    problems = validate_cases(dataset.records, allow_resection_cavity=allow_resection_cavity, workers=workers, progress=progress)
+    problems = validate_cases(dataset.records, allow_resection_cavity=allow_resection_cavity, workers=workers, progress=progress, task=task)
     for case_id, lines in dataset.problems.items():
         problems[case_id] = lines + problems.get(case_id, [])
     bad = [case_id for case_id in sorted(problems) if problems[case_id]]
@@ -316,12 +357,17 @@ def build_datalist(
             "warning: %s: only %d labelled case(s) outside the test set, so %d fold(s) instead of %d", root, n_folds, n_folds, folds
         )
     split_of = {case_id: "test" if fold < 0 else "validation" if fold == 0 else "training" for case_id, fold in assignment.items()}
+    convention = dataset.label_convention
+    if convention not in task.labels:  # the cases of that convention were bad and left out
+        kept = Counter(record.label_convention for record in records)
+        convention = min(kept, key=lambda name: (-kept[name], name))
     payload: dict = {
         "name": out.name.removesuffix(".json"),
         "release": dataset.release,
-        "label_convention": dataset.label_convention,
+        "label_convention": convention,
         "data_root": _stored_data_root(root, out),
-        "modalities": list(MODALITIES),
+        "task": task.to_dict(),
+        "modalities": list(task.channels),
         "num_folds": n_folds,
         "seed": seed,
         "test_fraction": test_fraction,
@@ -336,6 +382,6 @@ def build_datalist(
         else:
             split = split_of[record.case_id]
             placed = dataclasses.replace(record, split=split, fold=assignment[record.case_id])
-        payload[split].append(placed.to_entry(root, default_convention=dataset.label_convention))
+        payload[split].append(placed.to_entry(root, default_convention=convention))
     write_json(out, payload)
     return payload

@@ -4,7 +4,8 @@
 files), brings it onto the cache grid (:func:`pipeline.geometry.to_cache_grid`: closest RAS voxel
 order by axis permutation and flips, never resampled, cropped to the brain box plus ``margin``
 voxels), z-scores each channel over its non-zero voxels (zeros stay exactly 0) and maps the
-label to internal labels. ``predict`` and ``evaluate`` call it on raw input;
+label to the task's internal labels (:meth:`pipeline.tasks.Task.convention` of the case's label
+convention); the image holds the task's channels, in its order. ``predict`` and ``evaluate`` call it on raw input;
 :func:`preprocess_datalist` (the ``preprocess`` command) writes its result for every case of a
 data list into the cache (:mod:`pipeline.cache`), where training reads it.
 """
@@ -24,15 +25,14 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from pipeline.cache import discard, is_current, write_case, write_index
+from pipeline.cache import discard, is_current, task_meta, write_case, write_index
 from pipeline.datalist import SPLITS, load_datalist
 from pipeline.datasets.reading import read_case, source_manifest
 from pipeline.datasets.records import CaseRecord
 from pipeline.datasets.validation import check_labels
 from pipeline.errors import ConfigError, InputError, PipelineError
 from pipeline.geometry import bounding_box, cache_affine, reorient_box, reoriented_shape, to_cache_grid, voxel_orientation
-from pipeline.labels import get_convention
-from pipeline.modalities import MODALITIES
+from pipeline.tasks import Task, resolve_task
 
 __all__ = [
     "DEFAULT_MARGIN",
@@ -85,9 +85,8 @@ class PreprocessSummary:
 # ----------------------------------------------------------------------------- processing
 
 
-def _to_internal_labels(label: np.ndarray, record: CaseRecord, allow_resection_cavity: bool) -> np.ndarray:
-    """Map a (cropped) label volume to internal labels through a look-up table of the values it holds."""
-    convention = get_convention(record.label_convention)
+def _to_internal_labels(label: np.ndarray, record: CaseRecord, allow_resection_cavity: bool, task: Task) -> np.ndarray:
+    """Map a (cropped) label volume to the task's internal labels through a look-up table of the values it holds."""
     label = np.ascontiguousarray(label)
     if label.dtype.kind == "b":
         label = label.view(np.uint8)
@@ -98,8 +97,8 @@ def _to_internal_labels(label: np.ndarray, record: CaseRecord, allow_resection_c
         values = np.flatnonzero(np.bincount(as_index.ravel(), minlength=1)).astype(as_index.dtype).view(label.dtype)
     else:
         values = np.unique(label)
-    check_labels(record.label, values, record.label_convention, allow_resection_cavity)
-    mapped = convention.to_internal(values.astype(np.int64), allow_optional=allow_resection_cavity)
+    check_labels(record.label, values, record.label_convention, allow_resection_cavity, task)
+    mapped = task.convention(record.label_convention).to_internal(values.astype(np.int64), allow_optional=allow_resection_cavity)
     if integer:
         table = np.zeros(1 << (8 * label.dtype.itemsize), dtype=np.uint8)
         table[values.view(as_index.dtype)] = mapped
@@ -155,8 +154,10 @@ def _file_header_b64(path: Path, image: nib.Nifti1Image) -> str:
     return base64.b64encode(header.binaryblock).decode("ascii")
 
 
-def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool, task: Task) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Preprocess one case in memory: float16 image (Z, C, X, Y), uint8 label (Z, X, Y) or None, manifest."""
+    if tuple(record.channels) != task.channels:
+        raise ConfigError(record.case_id, f"the case's channels {', '.join(record.channels)} are not task {task.name}'s ({', '.join(task.channels)})")
     volumes = read_case(record)
     channels, raw_label, reference = volumes.channels, volumes.label, volumes.reference
     shape = tuple(int(n) for n in channels[0].shape)
@@ -187,14 +188,14 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> t
     for index, volume in enumerate(channels):
         mean, std, count = _normalise_channel(to_cache_grid(volume, grid), image[:, index])
         if count == 0:
-            name = MODALITIES[index]
+            name = record.channels[index]
             raise InputError(record.images[0 if record.channel_indices is not None else index], f"modality {name} is entirely zero")
         means.append(mean)
         stds.append(std)
 
     label = None
     if raw_label is not None:
-        label = np.ascontiguousarray(_to_internal_labels(to_cache_grid(raw_label, grid), record, allow_resection_cavity))
+        label = np.ascontiguousarray(_to_internal_labels(to_cache_grid(raw_label, grid), record, allow_resection_cavity, task))
 
     zooms = nib.affines.voxel_sizes(affine)
     spacing = [0.0] * 3
@@ -226,7 +227,8 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> t
         "affine": cache_affine(affine, ornt, shape, crop_box).tolist(),
         "spacing": spacing,
         "shape": list(image.shape),
-        "modalities": list(MODALITIES),
+        "modalities": list(record.channels),
+        "task": task_meta(task),
         "normalization": {"method": "zscore_nonzero", "mean": means, "std": stds},
         "has_label": label is not None,
         "foreground_per_slice": np.count_nonzero(label, axis=(1, 2)).tolist() if label is not None else None,
@@ -235,13 +237,15 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool) -> t
     return image, label, meta
 
 
-def prepare_case(record: CaseRecord, allow_resection_cavity: bool = False, margin: int = DEFAULT_MARGIN) -> PreparedCase:
+def prepare_case(record: CaseRecord, allow_resection_cavity: bool = False, margin: int = DEFAULT_MARGIN, task: Task | None = None) -> PreparedCase:
     """Preprocess one case in memory exactly as the cache would hold it (``predict`` uses this on raw input).
 
     Args:
-        record: the case (paths, channel indices for a 4D file, label convention).
+        record: the case (paths of the task's channels, channel indices for a 4D file, label convention).
         allow_resection_cavity: map the BraTS 2024 resection-cavity label 4 to background instead of refusing it.
         margin: voxels kept around the brain box.
+        task: the task whose channels the record holds and whose labels the label maps to
+            (default: the BraTS glioma task).
 
     Returns:
         The image as float32 (holding the float16 values of the cache), the internal label or
@@ -250,34 +254,40 @@ def prepare_case(record: CaseRecord, allow_resection_cavity: bool = False, margi
     Raises:
         InputError: a missing, damaged or inconsistent file, named in the message.
     """
-    image, label, meta = _prepare(record, margin, allow_resection_cavity)
+    image, label, meta = _prepare(record, margin, allow_resection_cavity, resolve_task(task))
     return PreparedCase(image=image.astype(np.float32), label=label, meta=meta)
 
 
 # ----------------------------------------------------------------------------- building the cache
 
 
-def _is_cached(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool) -> bool:
+def _is_cached(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool, task: Task) -> bool:
     """True if ``case_dir`` holds a complete entry made from the same, unchanged source files and settings."""
     try:
         source = source_manifest(record)
     except InputError:
         return False
-    wanted = {"source": source, "label_convention": record.label_convention, "margin": margin, "allow_resection_cavity": allow_resection_cavity}
+    wanted = {
+        "source": source,
+        "label_convention": record.label_convention,
+        "margin": margin,
+        "allow_resection_cavity": allow_resection_cavity,
+        "task": task_meta(task),
+    }
     return is_current(case_dir, wanted)
 
 
-def _write_case(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool) -> None:
+def _write_case(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool, task: Task) -> None:
     """Preprocess one case into ``case_dir``; the old entry is discarded first, so a failure never leaves it looking done."""
     discard(case_dir)
-    image, label, meta = _prepare(record, margin, allow_resection_cavity)
+    image, label, meta = _prepare(record, margin, allow_resection_cavity, task)
     write_case(case_dir, image, label, meta)
 
 
-def _write_case_in_worker(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool) -> tuple[str, str, str] | None:
+def _write_case_in_worker(record: CaseRecord, case_dir: Path, margin: int, allow_resection_cavity: bool, task: Task) -> tuple[str, str, str] | None:
     """:func:`_write_case` for a pool worker: a pipeline error comes back as (type, where, problem)."""
     try:
-        _write_case(record, case_dir, margin, allow_resection_cavity)
+        _write_case(record, case_dir, margin, allow_resection_cavity, task)
     except PipelineError as err:  # PipelineError's arguments do not survive pickling; send its parts
         return type(err).__name__, err.where, err.problem
     return None
@@ -297,7 +307,7 @@ def preprocess_datalist(
     margin: int = DEFAULT_MARGIN,
     allow_resection_cavity: bool = False,
 ) -> PreprocessSummary:
-    """Build (or complete) the cache of a data list's cases.
+    """Build (or complete) the cache of a data list's cases, for the data list's task (its channels and labels).
 
     Cases whose complete entry was made from the same unchanged source files (size and
     modification time) and settings are skipped, so an interrupted run resumes where it
@@ -330,7 +340,8 @@ def preprocess_datalist(
     if not existing.is_dir():
         raise ConfigError(cache, f"cannot create the cache folder: {existing} is a file")
 
-    cached = {r.case_id for r in records if _is_cached(r, cache / r.case_id, margin, allow_resection_cavity)}
+    task = loaded.task
+    cached = {r.case_id for r in records if _is_cached(r, cache / r.case_id, margin, allow_resection_cavity, task)}
     skipped = [r.case_id for r in records if r.case_id in cached]
     todo = [r for r in records if r.case_id not in cached]
     bar = tqdm(total=len(records), initial=len(skipped), desc="preprocess", unit="case", disable=not progress)
@@ -338,13 +349,13 @@ def preprocess_datalist(
         if workers == 1 or len(todo) <= 1:
             for record in todo:
                 bar.set_postfix_str(record.case_id, refresh=False)
-                _write_case(record, cache / record.case_id, margin, allow_resection_cavity)
+                _write_case(record, cache / record.case_id, margin, allow_resection_cavity, task)
                 bar.update()
         else:
             # spawn: workers start clean whatever the parent process has loaded (threads, torch).
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-                futures = [pool.submit(_write_case_in_worker, r, cache / r.case_id, margin, allow_resection_cavity) for r in todo]
+                futures = [pool.submit(_write_case_in_worker, r, cache / r.case_id, margin, allow_resection_cavity, task) for r in todo]
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -106,7 +106,7 @@ def fold_case_ids(datalist: str | Path, fold: int, cache_dir: str | Path) -> tup
     cache = Path(cache_dir)
     for record in training + validation:
         try:
-            read_meta(cache, record.case_id)
+            read_meta(cache, record.case_id, task=listing.task)
         except IncompleteEntryError:
             raise ConfigError(cache, f"case {record.case_id} of {listing.path.name} is not in the cache (run preprocess with this data list)") from None
     return [r.case_id for r in training], [r.case_id for r in validation]

@@ -23,10 +23,12 @@ from pipeline.cache import (
     is_current,
     load_case,
     read_meta,
+    task_meta,
     write_case,
     write_index,
 )
 from pipeline.errors import InputError
+from pipeline.tasks import DEFAULT_TASK
 
 SHAPE = (3, 4, 5, 6)  # (Z, C, X, Y)
 
@@ -49,7 +51,7 @@ def test_write_then_read_memory_mapped(tmp_path: Path) -> None:
         case = load_case(tmp_path, "case", mmap=mmap)
         assert isinstance(case.image, np.memmap) is mmap and isinstance(case.label, np.memmap) is mmap
         assert np.array_equal(case.image, image) and np.array_equal(case.label, label)
-        assert case.meta == written
+        assert case.meta == {**written, "task": task_meta(DEFAULT_TASK)}  # an entry that names no task holds the default one
     assert complete_case_ids(tmp_path) == ["case"]
     assert is_current(tmp_path / "case", {"case_id": "case"}) and not is_current(tmp_path / "case", {"case_id": "other"})
 

@@ -17,6 +17,7 @@ from pipeline.labels import CONVENTIONS
 from pipeline.networks import MODES
 from pipeline.preprocess import DEFAULT_MARGIN
 from pipeline.synth.grid import GRIDS
+from pipeline.synth.layouts import LAYOUTS
 from pipeline.training import DEVICES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ def _option(command: str, name: str) -> click.Option:
     ("command", "name", "constant"),
     [
         ("synth", "size", tuple(GRIDS)),
+        ("synth", "task", tuple(LAYOUTS)),
         ("demo", "size", tuple(GRIDS)),
         ("preprocess", "splits", SPLITS),
         ("train", "mode", MODES),

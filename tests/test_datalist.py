@@ -4,12 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from case_writers import CaseWriter, tumour, write_nifti
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.datalist import assign_folds, build_datalist, load_datalist
+from pipeline.datalist import SPLITS, assign_folds, build_datalist, datalist_task, load_datalist
 from pipeline.datasets.records import CaseRecord
+from pipeline.tasks import DEFAULT_TASK, TASKS, resolve_task
 from pipeline.errors import ConfigError, InputError
 
 IMAGES = ["c1/c1_t1.nii.gz", "c1/c1_t1ce.nii.gz", "c1/c1_t2.nii.gz", "c1/c1_flair.nii.gz"]
@@ -184,6 +186,43 @@ def test_an_entry_level_label_convention_overrides_the_top_level_one(tmp_path):
     assert datalist.label_convention == "brats2017"
     assert datalist.cases("unlabelled")[0].label_convention == "brats2023"
     assert datalist.cases("training")[0].label_convention == "brats2017"
+
+
+def test_a_list_written_before_tasks_holds_the_glioma_task(tmp_path):
+    path = _write(tmp_path, _payload())
+    assert load_datalist(path).task == DEFAULT_TASK
+    assert datalist_task(path) == DEFAULT_TASK.to_dict()
+
+
+def test_a_stored_task_is_read_back_and_decides_the_entries(tmp_path):
+    task = resolve_task("whole-tumour", ["flair"])
+    entry = {"case_id": "a1", "image": ["a1/a1_flair.nii.gz"], "label": "a1/a1_seg.nii.gz", "fold": 0}
+    path = _write(tmp_path, _payload(task=task.to_dict(), modalities=["flair"], training=[], validation=[entry], test=[], unlabelled=[]))
+    datalist = load_datalist(path)
+    assert datalist.task == task and datalist_task(path) == task.to_dict()
+    (record,) = datalist.cases("validation")
+    assert record.channels == ("flair",) and record.images == (datalist.data_root / "a1" / "a1_flair.nii.gz",)
+    assert "expected 1 image path(s), got 4" in _error(tmp_path, _payload(task=task.to_dict(), modalities=["flair"]))
+    assert "modalities must be ['flair'] (task whole-tumour[flair]'s channels, in order)" in _error(tmp_path, _payload(task=task.to_dict()))
+
+
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ({"name": "x"}, "malformed task: missing key 'channels'"),
+        ({**DEFAULT_TASK.to_dict(), "classes": ["NEC", "NEC"]}, "malformed task: classes must be distinct"),
+        ("brats-glioma", "malformed task: a task is a mapping"),
+    ],
+)
+def test_a_malformed_stored_task_is_one_line_naming_the_list(tmp_path, task, message):
+    assert message in _error(tmp_path, _payload(task=task))
+    with pytest.raises(ConfigError, match=message):
+        datalist_task(_write(tmp_path, _payload(task=task)))
+
+
+def test_a_convention_the_task_does_not_read_is_refused(tmp_path):
+    task = TASKS["brats2024-ped"].to_dict()
+    assert "unknown label convention 'brats2017'; task brats2024-ped reads brats2024-ped, internal" in _error(tmp_path, _payload(task=task))
 
 
 def test_to_entry_round_trips_and_writes_a_differing_convention(tmp_path):
@@ -391,6 +430,48 @@ def test_msd_data_list_keeps_channel_indices(tmp_path):
     assert record.channel_indices == (1, 2, 3, 0) and record.label_convention == "msd"
 
 
+def test_the_task_is_stored_and_each_entry_holds_its_channels(root, tmp_path):
+    out = tmp_path / "lists" / "flair.json"
+    payload = build_datalist(root, out, folds=3, test_fraction=0.25, progress=False, task="whole-tumour", channels=["flair"])
+    task = resolve_task("whole-tumour", ["flair"])
+    assert payload["task"] == task.to_dict() and payload["modalities"] == ["flair"]
+    for entry in payload["training"] + payload["unlabelled"]:
+        assert entry["image"] == [f"{entry['case_id']}/{entry['case_id']}_flair.nii.gz"]
+    datalist = load_datalist(out)
+    assert datalist.task == task and all(r.channels == ("flair",) for r in datalist.cases("all"))
+    glioma = build_datalist(root, tmp_path / "lists" / "glioma.json", folds=3, test_fraction=0.25, progress=False)
+    assert glioma["task"] == DEFAULT_TASK.to_dict() and {s: [e["case_id"] for e in glioma[s]] for s in SPLITS} == {s: [e["case_id"] for e in payload[s]] for s in SPLITS}
+
+
+def test_msd_entries_hold_the_channels_of_the_task(tmp_path):
+    root = CaseWriter().msd(tmp_path / "Task01_BrainTumour", train=(1, 2), test=())
+    payload = build_datalist(root, tmp_path / "msd.json", folds=1, test_fraction=0.0, progress=False, task="whole-tumour", channels=["t2", "flair"])
+    entries = payload["training"] + payload["validation"]
+    assert [e["channel_indices"] for e in entries] == [[3, 0], [3, 0]]  # T2w and FLAIR inside FLAIR, T1w, t1gd, T2w
+    assert load_datalist(tmp_path / "msd.json").cases("all")[0].channel_indices == (3, 0)
+
+
+def test_a_users_task_file_given_by_path(root, tmp_path):
+    task_file = tmp_path / "lesion.yaml"
+    task_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "lesion",
+                "channels": ["flair", "t2"],
+                "classes": ["core", "oedema"],
+                "labels": {"brats2017": {"core": [1, 4], "oedema": 2}},
+                "structures": {"lesion": ["core", "oedema"], "core": ["core"]},
+            }
+        )
+    )
+    out = tmp_path / "lesion.json"
+    result = _run("--data-root", root, "--out", out, "--task", task_file)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith("task lesion)\n")
+    datalist = load_datalist(out)
+    assert datalist.task.to_dict() == resolve_task(task_file).to_dict() and datalist.cases("all")[0].images[0].name.endswith("_flair.nii.gz")
+
+
 def test_fewer_cases_than_folds_gives_fewer_folds_with_a_warning(tmp_path, caplog):
     writer = CaseWriter()
     for n in range(3):
@@ -423,7 +504,7 @@ def test_datalist_command_writes_a_loadable_list(legacy_root, tmp_path):
     out = tmp_path / "lists" / "brats.json"
     result = _run("--data-root", legacy_root, "--out", out, "--folds", 3, "--test-fraction", 0.3, "--seed", 4)
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{out}: 4 training, 3 validation, 3 test, 1 unlabelled (brats2021, 3 folds)\n"
+    assert result.stdout == f"{out}: 4 training, 3 validation, 3 test, 1 unlabelled (brats2021, 3 folds, task brats-glioma)\n"
     payload = json.loads(out.read_text())
     assert (payload["num_folds"], payload["seed"], payload["test_fraction"]) == (3, 4, 0.3)
     assert len(load_datalist(out).cases("all")) == 10
@@ -480,6 +561,26 @@ def test_missing_empty_and_unrecognisable_roots_are_one_line_errors(tmp_path):
         assert result.exit_code == 1
         assert result.stderr.startswith(f"error: {root}: {message}") and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "l.json").exists()
+
+
+def test_task_and_channels_options(legacy_root, tmp_path):
+    out = tmp_path / "wt.json"
+    result = _run("--data-root", legacy_root, "--out", out, "--task", "whole-tumour", "--channels", "t2, flair")
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["modalities"] == ["t2", "flair"]
+    for args, message in [
+        (["--task", "nope"], "error: --task: unknown task 'nope'; built-in: brats-glioma, whole-tumour"),
+        (["--channels", "flair,dwi"], "error: --channels: choose distinct channels of task brats-glioma"),
+        (["--task", "meningioma-rt", "--channels", "flair"], "error: --channels: choose distinct channels of task meningioma-rt (t1ce)"),
+    ]:
+        refused = _run("--data-root", legacy_root, "--out", tmp_path / "l.json", *args)
+        assert refused.exit_code == 1 and refused.stderr.startswith(message) and len(refused.stderr.splitlines()) == 1
+    assert not (tmp_path / "l.json").exists()
+
+
+def test_help_lists_the_built_in_tasks():
+    result = CliRunner().invoke(main, ["datalist", "--help"], terminal_width=200)
+    assert result.exit_code == 0 and f"Built-in: {', '.join(TASKS)}." in " ".join(result.output.split())
 
 
 def test_bad_options_are_usage_errors(legacy_root, tmp_path):

@@ -14,15 +14,16 @@ import pytest
 from click.testing import CliRunner
 from nibabel.affines import apply_affine
 
-from pipeline.cache import FORMAT_VERSION, load_case
+from pipeline.cache import FORMAT_VERSION, META_FILE, load_case, read_meta, task_meta
 from pipeline.cli import main
 from pipeline.datasets.records import CaseRecord
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from pipeline.geometry import restore_to_original
 from pipeline.io import file_sha256, load_volume
 from pipeline.labels import get_convention
 from pipeline.modalities import MODALITIES, MSD_CHANNELS
 from pipeline.preprocess import prepare_case, preprocess_datalist
+from pipeline.tasks import DEFAULT_TASK, TASKS, resolve_task
 
 SHAPE = (16, 18, 12)
 BRATS = get_convention("brats2017")
@@ -442,6 +443,88 @@ def test_cli_preprocess(cohort: tuple[Path, list[CaseRecord]], tmp_path: Path) -
     assert f"error: {records[0].images[1]}: " in result.output
 
 
+# ----------------------------------------------------------------------------- tasks
+
+
+@pytest.mark.parametrize("task_name", list(TASKS))
+def test_every_built_in_task_from_its_synthetic_cohort(task_name: str, tmp_path: Path) -> None:
+    """synth --task -> datalist --task -> preprocess: the task's channels, its labels, a label round trip through its convention."""
+    from pipeline.datalist import build_datalist, load_datalist
+    from pipeline.synth import generate_cohort
+
+    task = TASKS[task_name]
+    generate_cohort(tmp_path / "data", cases=2, seed=0, size="tiny", progress=False, task=task_name)
+    build_datalist(tmp_path / "data", tmp_path / "list.json", folds=1, test_fraction=0.0, progress=False, task=task_name)
+    preprocess_datalist(tmp_path / "list.json", tmp_path / "cache", progress=False)
+    seen = set()
+    for record in load_datalist(tmp_path / "list.json").cases("all"):
+        cached = load_case(tmp_path / "cache", record.case_id, task=task)
+        assert cached.image.shape[1] == task.num_channels and cached.meta["modalities"] == list(task.channels)
+        assert cached.meta["task"] == {"name": task_name, "channels": list(task.channels), "classes": list(task.classes)}
+        assert cached.label.max() < task.num_classes
+        convention = task.convention(record.label_convention)
+        seg = np.asarray(nib.load(record.label).dataobj)
+        internal = restore_to_original(cached.label, cached.meta)
+        assert np.array_equal(internal, convention.to_internal(seg))
+        if task_name != "whole-tumour":  # one file value per class: the file labels come back exactly
+            assert np.array_equal(convention.from_internal(internal), seg)
+        seen |= set(np.unique(cached.label).tolist())
+    assert seen == set(range(task.num_classes)) or task_name == "brats2024-post-treatment" and seen >= {0, 2, 3, 4}
+
+
+def test_a_flair_only_whole_tumour_cache_from_the_synthetic_cohort(tiny_cohort: Path, tiny_cache: Path, tmp_path: Path) -> None:
+    from pipeline.datalist import build_datalist
+
+    build_datalist(tiny_cohort, tmp_path / "flair.json", folds=2, test_fraction=0.25, seed=0, progress=False, task="whole-tumour", channels=["flair"])
+    summary = preprocess_datalist(tmp_path / "flair.json", tmp_path / "cache", progress=False)
+    assert len(summary.processed) == 8
+    task = resolve_task("whole-tumour", ["flair"])
+    for case_id in summary.processed:
+        flair, glioma = load_case(tmp_path / "cache", case_id, task=task), load_case(tiny_cache, case_id)
+        assert flair.image.shape[1] == 1 and np.array_equal(flair.image[:, 0], glioma.image[:, MODALITIES.index("flair")])
+        assert np.array_equal(flair.label, (glioma.label > 0).astype(np.uint8))
+        assert flair.meta["foreground_per_slice"] == glioma.meta["foreground_per_slice"]
+
+
+def test_a_cache_read_through_the_data_list_of_another_task_is_one_line(tiny_cohort: Path, tiny_datalist: Path, tmp_path: Path) -> None:
+    from pipeline.datalist import build_datalist
+    from pipeline.training import fold_case_ids
+
+    flair_list = tmp_path / "flair.json"
+    build_datalist(tiny_cohort, flair_list, folds=2, test_fraction=0.25, seed=0, progress=False, task="whole-tumour", channels=["flair"])
+    cache = tmp_path / "cache"
+    preprocess_datalist(flair_list, cache, progress=False)
+    case_id = fold_case_ids(flair_list, 0, cache)[0][0]
+    with pytest.raises(InputError) as caught:
+        fold_case_ids(tiny_datalist, 0, cache)
+    message = str(caught.value)
+    assert message.startswith(f"{cache}/") and "\n" not in message
+    assert message.endswith(": built for task whole-tumour[flair] (channels flair), not brats-glioma (channels t1, t1ce, t2, flair); run preprocess again")
+    summary = preprocess_datalist(tiny_datalist, cache, progress=False)  # the glioma data list rebuilds every case
+    assert len(summary.processed) == 8 and read_meta(cache, case_id, task=DEFAULT_TASK)["task"] == task_meta(DEFAULT_TASK)
+
+
+def test_a_cache_written_before_tasks_is_the_glioma_task(tiny_datalist: Path, tiny_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    cache = Path(shutil.copytree(tiny_cache, tmp_path / "cache"))
+    for meta_path in cache.glob(f"*/{META_FILE}"):
+        meta = json.loads(meta_path.read_text())
+        del meta["task"]
+        meta_path.write_text(json.dumps(meta))
+    case_id = meta_path.parent.name
+    assert read_meta(cache, case_id, task=DEFAULT_TASK)["task"] == task_meta(DEFAULT_TASK)
+    with pytest.raises(InputError, match="built for task brats-glioma"):
+        read_meta(cache, case_id, task=TASKS["whole-tumour"])
+    assert preprocess_datalist(tiny_datalist, cache, progress=False).processed == ()  # nothing to redo
+
+
+def test_prepare_case_refuses_a_record_of_other_channels(tmp_path: Path) -> None:
+    record = write_case(tmp_path / "data", "CaseA", lps_affine(), seed=1)
+    with pytest.raises(ConfigError, match="the case's channels t1, t1ce, t2, flair are not task whole-tumour\\[flair\\]'s \\(flair\\)"):
+        prepare_case(record, task=resolve_task("whole-tumour", ["flair"]))
+
+
 # ----------------------------------------------------------------------------- real BraTS cases
 
 
@@ -481,6 +564,21 @@ def test_real_cases_through_a_datalist(real_brats_dir: Path, tmp_path: Path) -> 
     assert cached.label is None and cached.image.shape[1] == 4
     assert cached.meta["original"]["shape"] == [240, 240, 155]
     assert cached.meta["orientation"] == [[0, -1], [1, -1], [2, 1]]  # L-P-S storage flipped to R-A-S
+
+
+@pytest.mark.real_data
+def test_real_cases_flair_only_whole_tumour(real_brats_dir: Path, tmp_path: Path) -> None:
+    from pipeline.datalist import build_datalist
+
+    payload = build_datalist(real_brats_dir, tmp_path / "flair.json", folds=1, test_fraction=0.0, progress=False, task="whole-tumour", channels=["flair"])
+    entries = payload["training"] + payload["validation"] + payload["unlabelled"]  # the BraTS 2023 case has no label
+    assert payload["modalities"] == ["flair"] and len(entries) == 3 and all(len(e["image"]) == 1 for e in entries)
+    assert sorted(e["image"][0].rsplit("/", 1)[1] for e in entries) == ["BraTS-GLI-00001-000-t2f.nii.gz", "BraTS2021_00006_flair.nii.gz", "Brats18_2013_2_1_flair.nii.gz"]
+    summary = preprocess_datalist(tmp_path / "flair.json", tmp_path / "cache", splits=["training", "validation"], progress=False)
+    assert sorted(summary.processed) == ["BraTS2021_00006", "Brats18_2013_2_1"]
+    for case_id in summary.processed:
+        cached = load_case(tmp_path / "cache", case_id, task=resolve_task("whole-tumour", ["flair"]))
+        assert cached.image.shape[1] == 1 and set(np.unique(cached.label).tolist()) == {0, 1}
 
 
 def test_synthetic_cohort_cache(tiny_cache: Path) -> None:

@@ -3,7 +3,12 @@
 Covered: BraTS 2017, 2018, 2019 (``Brats17_*``, ``Brats18_*``, ``BraTS19_*``), 2020
 (``BraTS20_Training_NNN``, ``BraTS20_Validation_NNN``), 2021 (``BraTS2021_NNNNN``), all with
 ``<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``, and BraTS 2023+ (``BraTS-{GLI,MEN,MET,SSA,PED}-NNNNN-NNN``
-with ``<case>-{t1n,t1c,t2w,t2f,seg}.nii[.gz]``).
+with ``<case>-{t1n,t1c,t2w,t2f,seg}.nii[.gz]``), and BraTS 2024 meningioma radiotherapy
+(``BraTS-MEN-RT-NNNN-N`` with ``<case>_t1c.nii.gz`` and the label ``<case>_gtv.nii.gz``).
+
+A case is read for the channels of a task (:mod:`pipeline.tasks`): only those files are
+required. BraTS-PED labels are ambiguous (2023 and 2024 use different schemes under the same
+names): they are read only under a task that names the 2024 scheme (``--task brats2024-ped``).
 """
 
 from __future__ import annotations
@@ -35,9 +40,14 @@ class Release:
         case_pattern: a full match of this release's case folder names.
         separator: what joins the case id and the modality suffix in file names.
         suffixes: canonical modality -> this release's file suffix.
-        label_convention: the :mod:`pipeline.labels` convention of its segmentations.
+        label_convention: the label convention of its segmentations (a name tasks declare values
+            for, :meth:`pipeline.tasks.Task.convention`; the glioma task's are :mod:`pipeline.labels`'s).
         seg_aliases: known misnamed segmentation files (exact file names) found in public mirrors.
-        refused_seg_reason: when set, a segmentation of this release is refused with this reason.
+        refused_seg_reason: when set, a segmentation of this release is refused with this reason,
+            unless the task reads ``task_convention``.
+        seg_suffix: the file suffix of the segmentation.
+        task_convention: the convention a task must name to have this release's segmentations
+            read (with it); the case is then recorded with this convention.
     """
 
     name: str
@@ -47,13 +57,15 @@ class Release:
     label_convention: str
     seg_aliases: tuple[str, ...] = ()
     refused_seg_reason: str | None = None
+    seg_suffix: str = "seg"
+    task_convention: str | None = None
 
     def file_stem(self, case_id: str, suffix: str) -> str:
         """The file name of one modality (or ``seg``) without its NIfTI ending."""
         return f"{case_id}{self.separator}{suffix}"
 
 
-def _brats2023(sub_challenge: str, refused_seg_reason: str | None = None) -> Release:
+def _brats2023(sub_challenge: str, refused_seg_reason: str | None = None, task_convention: str | None = None) -> Release:
     return Release(
         name=f"brats2023-{sub_challenge.lower()}",
         case_pattern=re.compile(rf"BraTS-{sub_challenge}-\d{{5}}-\d{{3}}"),
@@ -61,6 +73,7 @@ def _brats2023(sub_challenge: str, refused_seg_reason: str | None = None) -> Rel
         suffixes=dict(BRATS2023_SUFFIXES),
         label_convention="brats2023",
         refused_seg_reason=refused_seg_reason,
+        task_convention=task_convention,
     )
 
 
@@ -86,7 +99,17 @@ RELEASES: tuple[Release, ...] = (
     _brats2023(
         "PED",
         refused_seg_reason="BraTS-PED segmentations are not read: the 2023 release labels them like GLI "
-        "(1 NETC, 2 SNFH, 3 ET) but 2024 uses 1 ET, 2 NETC, 3 CC, 4 ED, and the file names do not say which",
+        "(1 NETC, 2 SNFH, 3 ET) but 2024 uses 1 ET, 2 NETC, 3 CC, 4 ED, and the file names do not say which; "
+        "for the 2024 scheme pass --task brats2024-ped",
+        task_convention="brats2024-ped",
+    ),
+    Release(
+        "brats2024-men-rt",
+        re.compile(r"BraTS-MEN-RT-\d{4,5}-\d{1,3}"),
+        "_",
+        {"t1ce": "t1c"},
+        "brats2024-men-rt",
+        seg_suffix="gtv",
     ),
 )
 
@@ -120,21 +143,32 @@ def _nifti_stem(name: str) -> str | None:
     return None
 
 
-def read_case_folder(folder: Path, release: Release, case_id: str | None = None) -> FolderCase:
-    """Find the four modalities and the segmentation of one case folder.
+def read_case_folder(
+    folder: Path,
+    release: Release,
+    case_id: str | None = None,
+    channels: Sequence[str] = MODALITIES,
+    conventions: Sequence[str] = (),
+) -> FolderCase:
+    """Find the files of ``channels`` and the segmentation of one case folder.
 
-    A missing modality is given its expected ``.nii.gz`` path (validation reports it missing);
-    a missing segmentation makes the case unlabelled. Files that belong to no modality are
-    warnings; a modality present both as ``.nii`` and ``.nii.gz`` is a problem.
+    A missing channel is given its expected ``.nii.gz`` path (validation reports it missing);
+    a missing segmentation makes the case unlabelled. Files that belong to no modality of the
+    release are warnings (those of channels the task does not use are ignored silently); a
+    modality present both as ``.nii`` and ``.nii.gz`` is a problem.
 
     Args:
         folder: the case folder.
         release: the release whose file naming the folder follows.
         case_id: the case id in the file names (default: the folder name).
+        channels: the task's input channels, in its order.
+        conventions: the label conventions the task reads (decides how an ambiguous release's
+            segmentations are read, see :attr:`Release.task_convention`).
     """
     case_id = case_id or folder.name
-    wanted = {release.file_stem(case_id, suffix): modality for modality, suffix in release.suffixes.items()}
-    wanted[release.file_stem(case_id, "seg")] = "seg"
+    suffixes = {**release.suffixes, **{channel: channel for channel in channels if channel not in release.suffixes}}
+    wanted = {release.file_stem(case_id, suffix): modality for modality, suffix in suffixes.items()}
+    wanted[release.file_stem(case_id, release.seg_suffix)] = "seg"
     found: dict[str, list[Path]] = {}
     extra: list[Path] = []
     for entry in sorted(folder.iterdir()):
@@ -162,19 +196,21 @@ def read_case_folder(folder: Path, release: Release, case_id: str | None = None)
                 break
     for path in extra:
         warnings.append(f"{path}: not one of {case_id}'s modality or seg files; ignored")
-    if seg is not None and release.refused_seg_reason:
+    named = release.task_convention is not None and release.task_convention in conventions
+    if seg is not None and release.refused_seg_reason and not named:
         problems.append(f"{seg}: {release.refused_seg_reason}")
 
     images = tuple(
-        found[modality][0] if modality in found else folder / f"{release.file_stem(case_id, release.suffixes[modality])}{NIFTI_SUFFIXES[0]}"
-        for modality in MODALITIES
+        found[channel][0] if channel in found else folder / f"{release.file_stem(case_id, suffixes[channel])}{NIFTI_SUFFIXES[0]}"
+        for channel in channels
     )
     record = CaseRecord(
         case_id=case_id,
         images=images,
         label=seg,
         split="all" if seg is not None else "unlabelled",
-        label_convention=release.label_convention,
+        label_convention=release.task_convention if named else release.label_convention,
+        channels=tuple(channels),
     )
     return FolderCase(record=record, release=release, warnings=warnings, problems=problems)
 

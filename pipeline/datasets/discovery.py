@@ -19,6 +19,7 @@ from pipeline.datasets.records import CaseRecord
 from pipeline.datasets import msd
 from pipeline.datasets.brats import find_case_prefix, identify_files, identify_release, read_case_folder
 from pipeline.errors import InputError
+from pipeline.tasks import Task, resolve_task
 
 __all__ = ["MIXED_RELEASE", "DiscoveredDataset", "discover", "discover_case"]
 
@@ -31,7 +32,7 @@ MAX_GROUPING_DEPTH = 2
 #: The release recorded when a data root holds cases of several releases.
 MIXED_RELEASE = "mixed"
 
-_EXPECTED = "case folders such as BraTS2021_00000, BraTS20_Training_001, Brats18_2013_2_1 or BraTS-GLI-00000-000, or an MSD Task01 folder (dataset.json, imagesTr/)"
+_EXPECTED = "case folders such as BraTS2021_00000, BraTS20_Training_001, Brats18_2013_2_1 or BraTS-GLI-00000-000 or BraTS-MEN-RT-0000-1, or an MSD Task01 folder (dataset.json, imagesTr/)"
 
 
 @dataclass
@@ -62,10 +63,10 @@ class _Found:
     problems: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _scan(folder: Path, depth: int, found: _Found) -> int:
-    """Collect the cases under ``folder``; returns how many were found."""
+def _scan(folder: Path, depth: int, found: _Found, task: Task) -> int:
+    """Collect the cases under ``folder`` (the files of ``task``'s channels); returns how many were found."""
     if msd.is_msd_root(folder):
-        cases = msd.discover_msd(folder)
+        cases = msd.discover_msd(folder, task.channels)
         found.records += [(record, msd.RELEASE) for record in cases.records]
         found.warnings += cases.warnings
         for case_id, lines in cases.problems.items():
@@ -80,14 +81,14 @@ def _scan(folder: Path, depth: int, found: _Found) -> int:
             continue
         release = identify_release(entry.name) if entry.is_dir() else None
         if release is not None:
-            case = read_case_folder(entry, release)
+            case = read_case_folder(entry, release, channels=task.channels, conventions=task.conventions)
             found.records.append((case.record, release.name))
             found.warnings += case.warnings
             if case.problems:
                 found.problems.setdefault(case.record.case_id, []).extend(case.problems)
             count += 1
         elif entry.is_dir() and depth < MAX_GROUPING_DEPTH:
-            inside = _scan(entry, depth + 1, found)
+            inside = _scan(entry, depth + 1, found, task)
             if not inside:
                 found.warnings.append(f"{entry}: holds no recognisable case; ignored")
             count += inside
@@ -100,13 +101,14 @@ def _scan(folder: Path, depth: int, found: _Found) -> int:
     return count
 
 
-def discover(data_root: str | Path) -> DiscoveredDataset:
+def discover(data_root: str | Path, task: Task | None = None) -> DiscoveredDataset:
     """Find every case under ``data_root`` and the release each belongs to.
 
     Recognised: BraTS 2017-2021 and 2023+ case folders (directly under the root or inside up to
     two grouping folders such as ``HGG/``/``LGG/``) and MSD Task01 folders. Nothing is read
     beyond file names and ``dataset.json``; :func:`pipeline.datasets.validate_case` checks the
-    files.
+    files. Each record holds the files of ``task``'s channels (default: the BraTS glioma task's
+    four modalities), and the task's label conventions decide how an ambiguous release is read.
 
     Raises:
         InputError: if the root is missing, empty or holds no recognisable case, or if a case id
@@ -118,7 +120,7 @@ def discover(data_root: str | Path) -> DiscoveredDataset:
     if not any(root.iterdir()):
         raise InputError(data_root, "data root is empty")
     found = _Found()
-    _scan(root, 0, found)
+    _scan(root, 0, found, resolve_task(task))
     if not found.records:
         hint = "; this looks like one case folder: pass the folder that holds the cases" if identify_release(root.name) else ""
         raise InputError(data_root, f"no recognisable case found; expected {_EXPECTED}{hint}")
@@ -152,18 +154,20 @@ def _case_location(record: CaseRecord) -> Path:
     return record.images[0] if record.channel_indices is not None else record.images[0].parent
 
 
-def discover_case(path: str | Path) -> CaseRecord:
+def discover_case(path: str | Path, task: Task | None = None) -> CaseRecord:
     """Read one case for inference: a case folder (any BraTS naming) or one MSD Task01 4D file.
 
     A folder not named after its case (``new_case/``) is recognised from its file names.
-    Warnings are logged; problems found while listing raise.
+    Warnings are logged; problems found while listing raise. The record holds the files of
+    ``task``'s channels (default: the four BraTS modalities).
 
     Raises:
         InputError: if the path is missing, not recognisable, or the case is ambiguous.
     """
+    task = resolve_task(task)
     source = Path(path).resolve()
     if source.is_file():
-        return msd.read_msd_file(source)
+        return msd.read_msd_file(source, task.channels)
     if not source.is_dir():
         raise InputError(path, "input not found")
     release = identify_release(source.name)
@@ -176,7 +180,7 @@ def discover_case(path: str | Path) -> CaseRecord:
                 "no single BraTS case found: expected <case>_{t1,t1ce,t2,flair}.nii.gz or <case>-{t1n,t1c,t2w,t2f}.nii.gz files",
             )
         case_id, release = identified
-    case = read_case_folder(source, release, case_id=case_id)
+    case = read_case_folder(source, release, case_id=case_id, channels=task.channels, conventions=task.conventions)
     for line in case.warnings:
         logger.warning("warning: %s", line)
     if case.problems:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.datasets.records import CaseRecord
@@ -101,9 +102,20 @@ def _case_files(folder: Path, warnings: list[str], problems: dict[str, list[str]
     return files
 
 
-def discover_msd(root: Path) -> MsdCases:
-    """List the labelled (``imagesTr`` + ``labelsTr``) and unlabelled (``imagesTs``) cases of a task folder."""
-    channel_indices = channel_indices_from_dataset_json(root / "dataset.json")
+def _task_channels(indices: Sequence[int], channels: Sequence[str], where: Path) -> tuple[int, ...]:
+    """The 4D image's channel of each of ``channels``, from its channel of each canonical modality (``indices``)."""
+    missing = [channel for channel in channels if channel not in MODALITIES]
+    if missing:
+        raise InputError(where, f"Task01 images hold FLAIR, T1w, t1gd and T2w, not the task's channel(s) {', '.join(missing)}")
+    return tuple(indices[MODALITIES.index(channel)] for channel in channels)
+
+
+def discover_msd(root: Path, channels: Sequence[str] = MODALITIES) -> MsdCases:
+    """List the labelled (``imagesTr`` + ``labelsTr``) and unlabelled (``imagesTs``) cases of a task folder.
+
+    Each record reads ``channels`` (a task's input channels) out of its 4D image.
+    """
+    channel_indices = _task_channels(channel_indices_from_dataset_json(root / "dataset.json"), channels, root)
     warnings: list[str] = []
     problems: dict[str, list[str]] = {}
     train = _case_files(root / "imagesTr", warnings, problems)
@@ -119,6 +131,7 @@ def discover_msd(root: Path) -> MsdCases:
             split="all" if case_id in labels else "unlabelled",
             channel_indices=channel_indices,
             label_convention=LABEL_CONVENTION,
+            channels=tuple(channels),
         )
         for files in (train, test)
         for case_id, path in files.items()
@@ -129,8 +142,8 @@ def discover_msd(root: Path) -> MsdCases:
     return MsdCases(records=records, warnings=warnings, problems=problems)
 
 
-def read_msd_file(path: Path) -> CaseRecord:
-    """One 4D Task01 image file as a case (its label from the sibling ``labelsTr/`` when present).
+def read_msd_file(path: Path, channels: Sequence[str] = MODALITIES) -> CaseRecord:
+    """One 4D Task01 image file as a case (its label from the sibling ``labelsTr/`` when present), reading ``channels``.
 
     The channel order is checked against a ``dataset.json`` two folders up when there is one.
     """
@@ -144,6 +157,7 @@ def read_msd_file(path: Path) -> CaseRecord:
         raise InputError(
             path, "a single file is read only as an MSD Task01 4D image (BRATS_NNN.nii.gz, channels FLAIR, T1w, t1gd, T2w); pass a case folder instead"
         )
+    channel_indices = _task_channels(channel_indices, channels, path)
     label = None
     if path.parent.name == "imagesTr":
         candidate = task_root / "labelsTr" / path.name
@@ -155,4 +169,5 @@ def read_msd_file(path: Path) -> CaseRecord:
         split="all" if label is not None else "unlabelled",
         channel_indices=channel_indices,
         label_convention=LABEL_CONVENTION,
+        channels=tuple(channels),
     )

@@ -18,7 +18,6 @@ from pipeline.datasets.records import CaseRecord
 from pipeline.datasets.validation import check_finite, check_same_grid
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import load_volume
-from pipeline.modalities import MODALITIES
 
 __all__ = ["CaseVolumes", "read_case", "source_manifest"]
 
@@ -28,7 +27,7 @@ class CaseVolumes:
     """The voxels of one case, in the source files' voxel order.
 
     Attributes:
-        channels: one 3D volume per modality, in :data:`pipeline.modalities.MODALITIES` order.
+        channels: one 3D volume per input channel, in the record's ``channels`` order (the task's).
         label: the raw segmentation (the release's own labels), or None.
         reference: the first image file (its header and affine describe the grid).
         source: the files read and their fingerprints (:func:`source_manifest`).
@@ -90,7 +89,7 @@ def read_case(record: CaseRecord) -> CaseVolumes:
         ConfigError: a record with the wrong number of image paths.
     """
     source = source_manifest(record)
-    expected = 1 if record.channel_indices is not None else len(MODALITIES)
+    expected = 1 if record.channel_indices is not None else len(record.channels)
     if len(record.images) != expected:
         raise ConfigError(record.case_id, f"expected {expected} image path(s), got {len(record.images)}")
     channels: list[np.ndarray] = []

@@ -5,12 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.modalities import MODALITIES
+
 __all__ = ["CaseRecord"]
 
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """One patient: absolute paths of its images (canonical order) and of its label, if any."""
+    """One patient: absolute paths of its images and of its label, if any.
+
+    ``images`` holds one file per entry of ``channels`` (the task's input channels, in its
+    order), or one 4D file whose ``channel_indices`` give each channel's position in it.
+    """
 
     case_id: str
     images: tuple[Path, ...]
@@ -19,6 +25,7 @@ class CaseRecord:
     fold: int | None = None
     channel_indices: tuple[int, ...] | None = None
     label_convention: str = "brats2017"
+    channels: tuple[str, ...] = MODALITIES
 
     def to_entry(self, data_root: Path, default_convention: str | None = None) -> dict:
         """The JSON entry for this case, paths relative to ``data_root``.

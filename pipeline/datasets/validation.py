@@ -1,8 +1,10 @@
 """Checks of every file of a case before anything is built from it.
 
-A case is usable when all four modalities are there and readable, 3D (MSD: one 4D file with
-four channels), on one grid (same shape, affine within :data:`AFFINE_TOLERANCE_MM`), finite,
-no modality entirely zero, and its segmentation (if any) holds only its convention's labels.
+A case is usable when the files of its task's channels are there and readable, 3D (MSD: one
+4D file with four channels), on one grid (same shape, affine within :data:`AFFINE_TOLERANCE_MM`),
+finite, no channel entirely zero, and its segmentation (if any) holds only the labels its
+convention gives the task's classes (:meth:`pipeline.tasks.Task.convention`; default: the BraTS
+glioma task, whose conventions are :data:`pipeline.labels.CONVENTIONS`).
 Each problem is one line, ``<file>: <reason>``.
 
 This module is the one place that judges a case: :func:`check_same_grid`, :func:`check_finite`
@@ -27,8 +29,8 @@ from tqdm import tqdm
 from pipeline.datasets.records import CaseRecord
 from pipeline.errors import InputError
 from pipeline.io import load_nifti, read_voxels
-from pipeline.labels import get_convention
-from pipeline.modalities import MODALITIES
+from pipeline.modalities import MSD_CHANNELS
+from pipeline.tasks import DEFAULT_TASK, TASKS, Task, resolve_task
 
 __all__ = [
     "AFFINE_TOLERANCE_MM",
@@ -101,13 +103,22 @@ def _intensity_problems(path: Path, voxels: np.ndarray, what: str = "image") -> 
     return []
 
 
-def label_problem(values: np.ndarray, convention_name: str, allow_resection_cavity: bool = False) -> str | None:
-    """Why a segmentation holding the label ``values`` (its distinct values) does not fit its convention, or None."""
+def _unread_convention(task: Task, convention_name: str) -> str:
+    readers = [name for name, other in TASKS.items() if convention_name in other.labels]
+    hint = f"; --task {readers[0]} reads them" if readers else ""
+    return f"task {task.name} does not read {convention_name} labels (it reads {', '.join(task.conventions)}){hint}"
+
+
+def label_problem(values: np.ndarray, convention_name: str, allow_resection_cavity: bool = False, task: Task | None = None) -> str | None:
+    """Why a segmentation holding the label ``values`` (its distinct values) does not fit its convention under ``task``, or None."""
     values = np.asarray(values)
     fractional = sorted(float(v) for v in values if v != np.round(v))
     if fractional:
         return f"segmentation holds non-integer values {fractional[:5]}"
-    convention = get_convention(convention_name)
+    task = resolve_task(task)
+    if convention_name not in task.labels:
+        return _unread_convention(task, convention_name)
+    convention = task.convention(convention_name)
     unknown = convention.unknown_labels(values.astype(np.int64), allow_optional=allow_resection_cavity)
     if not unknown:
         return None
@@ -116,40 +127,47 @@ def label_problem(values: np.ndarray, convention_name: str, allow_resection_cavi
     if refused:
         hint = (
             f"; label {refused[0]} (the BraTS 2024 resection cavity) is read only when mapping it to "
-            "background is asked for (--map-resection-cavity)"
+            "background is asked for (--map-resection-cavity), or as a class with --task brats2024-post-treatment"
         )
-    return f"labels {unknown} are not in the {convention.name} convention {list(convention.labels)}{hint}"
+    of_task = "" if task.name == DEFAULT_TASK.name else f" of task {task.name}"
+    return f"labels {unknown} are not in the {convention.name} convention{of_task} {list(convention.labels)}{hint}"
 
 
-def check_labels(path: str | PathLike[str], values: np.ndarray, convention_name: str, allow_resection_cavity: bool = False) -> None:
-    """Raise a one-line :class:`InputError` naming ``path`` unless the label ``values`` fit the convention."""
-    problem = label_problem(values, convention_name, allow_resection_cavity)
+def check_labels(
+    path: str | PathLike[str], values: np.ndarray, convention_name: str, allow_resection_cavity: bool = False, task: Task | None = None
+) -> None:
+    """Raise a one-line :class:`InputError` naming ``path`` unless the label ``values`` fit the convention under ``task``."""
+    problem = label_problem(values, convention_name, allow_resection_cavity, task)
     if problem:
         raise InputError(path, problem)
 
 
-def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_resection_cavity: bool) -> list[str]:
+def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_resection_cavity: bool, task: Task | None) -> list[str]:
     # pandas.unique hashes instead of sorting: several times faster than np.unique on a full volume.
-    problem = non_finite_problem(seg, "segmentation") or label_problem(pd.unique(seg.ravel()), convention_name, allow_resection_cavity)
+    problem = non_finite_problem(seg, "segmentation") or label_problem(pd.unique(seg.ravel()), convention_name, allow_resection_cavity, task)
     return [f"{path}: {problem}"] if problem else []
 
 
-def validate_case(record: CaseRecord, allow_resection_cavity: bool = False) -> list[str]:
+def validate_case(record: CaseRecord, allow_resection_cavity: bool = False, task: Task | None = None) -> list[str]:
     """Check every file of one case; reads every voxel.
 
     Args:
-        record: the case (four 3D images in canonical order, or one 4D image with
+        record: the case (one 3D image per channel of ``record.channels``, or one 4D image with
             ``channel_indices``), with its label path or None.
         allow_resection_cavity: accept the optional labels of the record's convention (the
             BraTS 2024 resection cavity).
+        task: whose label conventions judge the segmentation (default: the BraTS glioma task).
 
     Returns:
         One ``<file>: <reason>`` line per problem; empty when the case is usable.
     """
     is_4d = record.channel_indices is not None
     problems: list[str] = []
+    if record.label is None and record.label_convention not in resolve_task(task).labels:
+        # no label to judge, but its predictions are written in this convention
+        problems.append(f"{record.images[0]}: {_unread_convention(resolve_task(task), record.label_convention)}")
     reference: tuple[Path, tuple[int, ...], np.ndarray] | None = None
-    names = ["4D image"] if is_4d else [f"{m} image" for m in MODALITIES]
+    names = ["4D image"] if is_4d else [f"{channel} image" for channel in record.channels]
     for path, name in zip(record.images, names):
         if not path.is_file():
             problems.append(f"{path}: {name} missing")
@@ -157,7 +175,7 @@ def validate_case(record: CaseRecord, allow_resection_cavity: bool = False) -> l
         try:
             image = load_nifti(path)
             if is_4d:
-                needed = len(record.channel_indices or ())
+                needed = len(MSD_CHANNELS)
                 if image.ndim != 4 or image.shape[3] != needed:
                     problems.append(f"{path}: expected a 4D image with {needed} channels, got shape {image.shape}")
                     continue
@@ -176,7 +194,7 @@ def validate_case(record: CaseRecord, allow_resection_cavity: bool = False) -> l
             problems.append(_one_line(err))
             continue
         if is_4d:
-            for modality, channel in zip(MODALITIES, record.channel_indices or ()):
+            for modality, channel in zip(record.channels, record.channel_indices or ()):
                 problems += _intensity_problems(path, voxels[..., channel], f"channel {channel} ({modality})")
         else:
             problems += _intensity_problems(path, voxels)
@@ -197,19 +215,19 @@ def validate_case(record: CaseRecord, allow_resection_cavity: bool = False) -> l
         except InputError as err:
             problems.append(_one_line(err))
             return problems
-        problems += _label_problems(path, seg, record.label_convention, allow_resection_cavity)
+        problems += _label_problems(path, seg, record.label_convention, allow_resection_cavity, task)
     return problems
 
 
 def validate_cases(
-    records: Sequence[CaseRecord], allow_resection_cavity: bool = False, workers: int = 1, progress: bool = True
+    records: Sequence[CaseRecord], allow_resection_cavity: bool = False, workers: int = 1, progress: bool = True, task: Task | None = None
 ) -> dict[str, list[str]]:
-    """Run :func:`validate_case` over many cases, in a process pool when ``workers`` > 1.
+    """Run :func:`validate_case` over many cases (under ``task``), in a process pool when ``workers`` > 1.
 
     Returns:
         Problem lines by case id, for every case (an empty list for a usable one), in input order.
     """
-    check = functools.partial(validate_case, allow_resection_cavity=allow_resection_cavity)
+    check = functools.partial(validate_case, allow_resection_cavity=allow_resection_cavity, task=task)
     bar = tqdm(total=len(records), desc="validating cases", unit="case", disable=not progress)
     results: dict[str, list[str]] = {}
     with bar:

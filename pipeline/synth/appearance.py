@@ -92,6 +92,14 @@ class BrainVoxels:
             maps.core[inside], maps.necrosis[inside], maps.enhancing[inside], maps.texture[inside],
         )
 
+    def with_fluid(self, weight: np.ndarray) -> BrainVoxels:
+        """These voxels with a fluid pocket of ``weight`` (brain voxels only): rendered as CSF, replacing tissue and tumour."""
+        keep = np.float32(1.0) - weight
+        return dataclasses.replace(
+            self, csf=self.csf + weight * (1.0 - self.csf), grey=self.grey * keep, white=self.white * keep,
+            edema=self.edema * keep, core=self.core * keep, necrosis=self.necrosis * keep,
+        )
+
 
 def render_modality(
     modality: str, appearance: Appearance, tissues: Tissues, voxels: BrainVoxels, rng: np.random.Generator

@@ -19,7 +19,7 @@ from scipy import spatial
 from pipeline.synth.anatomy import BrainPlacement, Push, Tissues, tumour_sites
 from pipeline.synth.lattice import Lattice, random_field
 
-__all__ = ["LesionMaps", "draw_lesions", "is_enhancing", "lesion_maps"]
+__all__ = ["LesionMaps", "draw_lesions", "fluid_pocket", "is_enhancing", "lesion_maps"]
 
 
 #: BraTS 2017-2021 labels written to the segmentation.
@@ -235,3 +235,21 @@ def _merge(target: np.ndarray, weight: np.ndarray) -> None:
 def _window(axis_mm: np.ndarray, low: float, high: float) -> slice:
     """Index slice of the sorted positions ``axis_mm`` within ``[low, high]``."""
     return slice(int(np.searchsorted(axis_mm, low, side="left")), int(np.searchsorted(axis_mm, high, side="right")))
+
+
+def fluid_pocket(
+    rng: np.random.Generator, lesion: Lesion, tissues: Tissues, offset: float, ratio: float, ramp_mm: float, min_radius_mm: float
+) -> np.ndarray:
+    """Weight in [0, 1] (on ``tissues``' box, 0 outside the brain) of a fluid-filled sphere near ``lesion``.
+
+    A resection cavity beside the tumour or a cyst within it: its centre lies ``offset`` core
+    radii from the lesion's centre in a random direction, its radius is ``ratio`` core radii (at
+    least ``min_radius_mm``, so a coarse grid still shows it); the weight passes one half on its
+    surface, over a ramp ``ramp_mm`` wide.
+    """
+    direction = rng.normal(size=3)
+    centre = lesion.centre + offset * lesion.core_radius * direction / np.linalg.norm(direction)
+    radius = max(ratio * lesion.core_radius, min_radius_mm)
+    offsets = np.meshgrid(*(axis - np.float32(c) for axis, c in zip((tissues.x_mm, tissues.y_mm, tissues.z_mm), centre)), indexing="ij", sparse=True)
+    distance = np.sqrt(offsets[0] ** 2 + offsets[1] ** 2 + offsets[2] ** 2)
+    return (np.clip(0.5 + (radius - distance) / np.float32(ramp_mm), 0.0, 1.0) * tissues.brain).astype(np.float32)

@@ -1,9 +1,11 @@
 import pytest
-from case_writers import MSD_DATASET_JSON, brain, write_nifti
+from case_writers import MSD_DATASET_JSON, brain, tumour, write_nifti
 
 from pipeline.datasets import MIXED_RELEASE, case_from_files, discover, discover_case, identify_release
+from pipeline.datasets import validate_case
 from pipeline.errors import InputError
 from pipeline.modalities import MODALITIES
+from pipeline.tasks import TASKS, resolve_task
 
 
 def _modality_of(path, separator):
@@ -85,6 +87,49 @@ def test_brats_ped_segmentations_are_refused_but_unlabelled_ped_cases_are_kept(t
     assert list(dataset.problems) == ["BraTS-PED-00001-000"]
     (line,) = dataset.problems["BraTS-PED-00001-000"]
     assert line.startswith(f"{seg}: BraTS-PED segmentations are not read") and "2024 uses 1 ET, 2 NETC, 3 CC, 4 ED" in line
+
+
+def test_brats_ped_segmentations_are_read_with_the_2024_scheme_under_its_task(tmp_path, cases):
+    cases.brats2023(tmp_path, "BraTS-PED-00001-000", labels=(0, 1, 2, 3, 4))
+    cases.brats2023(tmp_path, "BraTS-PED-00002-000", labels=None)
+    dataset = discover(tmp_path, TASKS["brats2024-ped"])
+    assert not dataset.problems and dataset.release == "brats2023-ped" and dataset.label_convention == "brats2024-ped"
+    labelled, unlabelled = dataset.records
+    assert labelled.label_convention == unlabelled.label_convention == "brats2024-ped"
+    assert validate_case(labelled, task=TASKS["brats2024-ped"]) == []
+    (line,) = discover(tmp_path).problems["BraTS-PED-00001-000"]  # without the task: refused, naming the task that reads them
+    assert line.endswith("for the 2024 scheme pass --task brats2024-ped")
+
+
+def _men_rt_case(root, case_id="BraTS-MEN-RT-0000-1", labels=(0, 1)):
+    folder = root / case_id
+    write_nifti(folder / f"{case_id}_t1c.nii.gz", brain(0))
+    write_nifti(folder / f"{case_id}_gtv.nii.gz", tumour(labels))
+    return folder
+
+
+def test_meningioma_rt_cases_hold_t1c_and_the_gtv(tmp_path):
+    folder = _men_rt_case(tmp_path)
+    task = TASKS["meningioma-rt"]
+    dataset = discover(tmp_path, task)
+    assert dataset.release == "brats2024-men-rt" and dataset.label_convention == "brats2024-men-rt" and not dataset.warnings
+    (record,) = dataset.records
+    assert record.images == (folder / f"{folder.name}_t1c.nii.gz",) and record.label == folder / f"{folder.name}_gtv.nii.gz"
+    assert record.channels == ("t1ce",) and validate_case(record, task=task) == []
+    (glioma,) = discover(tmp_path).records  # the glioma task needs four modalities and its own labels
+    problems = validate_case(glioma)
+    assert [line.split(": ", 1)[1] for line in problems[:3]] == ["t1 image missing", "t2 image missing", "flair image missing"]
+    assert problems[3] == f"{record.label}: task brats-glioma does not read brats2024-men-rt labels (it reads brats2017, brats2023, msd, internal); --task meningioma-rt reads them"
+
+
+def test_a_task_on_some_channels_finds_only_their_files(legacy_root):
+    task = resolve_task("whole-tumour", ["flair", "t2"])
+    dataset = discover(legacy_root, task)
+    record = dataset.records[0]
+    assert [p.name for p in record.images] == [f"{record.case_id}_flair.nii.gz", f"{record.case_id}_t2.nii.gz"]
+    assert record.channels == ("flair", "t2") and not dataset.warnings  # the unused modalities are no stray files
+    (legacy_root / record.case_id / f"{record.case_id}_t1.nii.gz").unlink()  # a channel the task does not use
+    assert validate_case(discover(legacy_root, task).records[0], task=task) == []
 
 
 def test_msd_task01(tmp_path, cases):

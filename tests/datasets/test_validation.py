@@ -8,10 +8,11 @@ from case_writers import LPS_AFFINE, SHAPE, brain, tumour, write_nifti
 from pipeline.datasets import discover, validate_case, validate_cases
 from pipeline.datasets.reading import read_case
 from pipeline.errors import InputError
+from pipeline.tasks import TASKS, resolve_task
 
 
-def _record(root, case_id="BraTS2021_00003"):
-    return {r.case_id: r for r in discover(root).records}[case_id]
+def _record(root, case_id="BraTS2021_00003", task=None):
+    return {r.case_id: r for r in discover(root, task).records}[case_id]
 
 
 def _single_line_naming(problems, path):
@@ -156,6 +157,42 @@ def test_resection_cavity_is_refused_unless_mapping_is_asked_for(tmp_path, cases
     assert "labels [4] are not in the brats2023 convention [0, 1, 2, 3]" in line
     assert "label 4 (the BraTS 2024 resection cavity)" in line and "--map-resection-cavity" in line
     assert validate_case(record, allow_resection_cavity=True) == []
+
+
+def test_resection_cavity_is_a_class_of_the_post_treatment_task(tmp_path, cases):
+    cases.brats2023(tmp_path, "BraTS-GLI-02000-100", labels=(0, 1, 2, 3, 4))
+    task = TASKS["brats2024-post-treatment"]
+    record = discover(tmp_path, task).records[0]
+    assert validate_case(record, task=task) == []
+    assert "or as a class with --task brats2024-post-treatment" in _single_line_naming(validate_case(record), record.label)
+    cases.brats2023(tmp_path, "BraTS-GLI-02000-100", labels=(0, 1, 5))
+    line = _single_line_naming(validate_case(record, task=task), record.label)
+    assert line.endswith("labels [5] are not in the brats2023 convention of task brats2024-post-treatment [0, 1, 2, 3, 4]")
+
+
+def test_a_missing_channel_of_the_task_is_refused_and_others_are_not_required(legacy_root):
+    flair = legacy_root / "BraTS2021_00003" / "BraTS2021_00003_flair.nii.gz"
+    flair.unlink()
+    t1_only = resolve_task("whole-tumour", ["t1"])
+    assert validate_case(_record(legacy_root, task=t1_only), task=t1_only) == []
+    flair_only = resolve_task("whole-tumour", ["flair"])
+    assert _single_line_naming(validate_case(_record(legacy_root, task=flair_only), task=flair_only), flair).endswith("flair image missing")
+
+
+def test_a_label_outside_the_tasks_classes_is_refused(legacy_root):
+    path = legacy_root / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz"
+    write_nifti(path, tumour((1, 3)))
+    task = TASKS["whole-tumour"]
+    line = _single_line_naming(validate_case(_record(legacy_root, task=task), task=task), path)
+    assert line.endswith("labels [3] are not in the brats2017 convention of task whole-tumour [0, 1, 2, 4]")
+
+
+def test_an_unlabelled_case_of_a_convention_the_task_does_not_read_is_refused(tmp_path, cases):
+    root = cases.msd(tmp_path, train=(), test=(4,))
+    task = TASKS["meningioma-rt"]
+    (record,) = discover(root, task).records
+    line = _single_line_naming(validate_case(record, task=task), record.images[0])
+    assert line.endswith("task meningioma-rt does not read msd labels (it reads brats2024-men-rt, brats2023, internal); --task brats-glioma reads them")
 
 
 def test_resection_cavity_mapping_does_not_open_the_legacy_convention(legacy_root):

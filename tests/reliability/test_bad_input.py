@@ -132,6 +132,56 @@ def test_msd_image_with_four_channels_is_accepted(cohort: Path, tmp_path: Path) 
     assert result.exit_code == 0, result.output
 
 
+# ----------------------------------------------------------------------------- datalist under a task
+
+
+def _refused_datalist(root: Path, out: Path, path: Path, pattern: str, *options: str | Path) -> None:
+    """``datalist`` under ``options`` fails with one line naming ``path``, writes nothing and leaves the data as it was."""
+    before = checksums(root)
+    result = cli("datalist", "--data-root", root, "--out", out, "--no-progress", *options)
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, path, pattern)
+    assert not out.exists() and not leftover_temporaries(out.parent) and checksums(root) == before
+
+
+def test_a_missing_channel_of_the_task_is_refused(cohort: Path, tmp_path: Path) -> None:
+    flair = case_file(cohort / DAMAGED_CASE, "flair")
+    flair.unlink()
+    _refused_datalist(cohort, tmp_path / "out.json", flair, r"^: flair image missing$", "--task", "whole-tumour", "--channels", "flair")
+    result = cli("datalist", "--data-root", cohort, "--out", tmp_path / "t1.json", "--no-progress", "--task", "whole-tumour", "--channels", "t1")
+    assert result.exit_code == 0, result.output  # a channel the task does not use is not required
+
+
+def test_a_label_outside_the_tasks_classes_is_refused(cohort: Path, tmp_path: Path) -> None:
+    task_file = tmp_path / "edema.json"
+    payload = {"name": "edema", "channels": ["flair"], "classes": ["ED"], "labels": {"brats2017": {"ED": 2}}, "structures": {"ED": ["ED"]}}
+    task_file.write_text(json.dumps(payload))
+    seg = case_file(cohort / "BraTS2021_00000", "seg")
+    _refused_datalist(cohort, tmp_path / "out.json", seg, r"labels \[1, 4\] are not in the brats2017 convention of task edema \[0, 2\]", "--task", task_file)
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [("{not json", "cannot read task file"), ('{"name": "x", "channels": ["flair"]}', "malformed task: missing key 'classes'")],
+)
+def test_a_malformed_task_file_is_refused(text: str, pattern: str, cohort: Path, tmp_path: Path) -> None:
+    task_file = tmp_path / "task.json"
+    task_file.write_text(text)
+    _refused_datalist(cohort, tmp_path / "out.json", task_file, pattern, "--task", task_file)
+
+
+def test_ped_labels_need_the_task_that_names_their_scheme(tmp_path: Path) -> None:
+    from pipeline.synth import generate_cohort
+
+    root = tmp_path / "ped"
+    (first, _) = generate_cohort(root, cases=2, seed=0, size="tiny", progress=False, task="brats2024-ped")
+    seg = first / f"{first.name}-seg.nii.gz"
+    _refused_datalist(root, tmp_path / "out.json", seg, r"BraTS-PED segmentations are not read.*--task brats2024-ped$")
+    result = cli("datalist", "--data-root", root, "--out", tmp_path / "out.json", "--no-progress", "--task", "brats2024-ped")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out.json").read_text())["label_convention"] == "brats2024-ped"
+
+
 # ----------------------------------------------------------------------------- preprocess
 
 

@@ -13,7 +13,7 @@ from scipy import ndimage
 from pipeline.cli import main
 from pipeline.errors import ConfigError
 from pipeline.modalities import MODALITIES
-from pipeline.synth import GRIDS, case_files, generate_cohort
+from pipeline.synth import GRIDS, LAYOUTS, case_files, generate_cohort
 from pipeline.synth.cohort import brats_image
 
 COHORT_CASES = 10
@@ -217,3 +217,78 @@ def test_cli_reports_a_size_clash_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and "shape (48, 48, 32)" in result.output
     assert runner.invoke(main, ["synth", "--out", str(tmp_path), "--size", "huge"]).exit_code == 2
+
+
+# ----------------------------------------------------------------------------- other tasks' layouts
+
+
+@pytest.fixture(scope="module")
+def task_cohorts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    """Four tiny cases of seed 0 in each non-default layout (read-only)."""
+    root = tmp_path_factory.mktemp("tasks")
+    return {task: generate_cohort(root / task, cases=4, seed=0, size="tiny", progress=False, task=task) for task in LAYOUTS if task != "brats-glioma"}
+
+
+def _voxels(folder: Path, task: str) -> dict[str, np.ndarray]:
+    return {key: np.asarray(nib.load(path).dataobj) for key, path in case_files(folder, task).items()}
+
+
+@pytest.mark.parametrize(
+    ("task", "names", "labels"),
+    [
+        ("brats2024-post-treatment", ["BraTS-GLI-00000-000-seg.nii.gz", "BraTS-GLI-00000-000-t1c.nii.gz", "BraTS-GLI-00000-000-t1n.nii.gz", "BraTS-GLI-00000-000-t2f.nii.gz", "BraTS-GLI-00000-000-t2w.nii.gz"], {0, 1, 2, 3, 4}),
+        ("brats2024-ped", ["BraTS-PED-00000-000-seg.nii.gz", "BraTS-PED-00000-000-t1c.nii.gz", "BraTS-PED-00000-000-t1n.nii.gz", "BraTS-PED-00000-000-t2f.nii.gz", "BraTS-PED-00000-000-t2w.nii.gz"], {0, 1, 2, 3, 4}),
+        ("meningioma-rt", ["BraTS-MEN-RT-0000-1_gtv.nii.gz", "BraTS-MEN-RT-0000-1_t1c.nii.gz"], {0, 1}),
+        ("whole-tumour", [f"BraTS2021_00000_{suffix}.nii.gz" for suffix in sorted(SUFFIXES)], {0, 1, 2, 4}),
+    ],
+)
+def test_each_task_writes_its_release_layout_and_labels(task_cohorts: dict[str, list[Path]], task: str, names: list[str], labels: set[int]) -> None:
+    folders = task_cohorts[task]
+    assert sorted(p.name for p in folders[0].iterdir()) == names
+    seen = set()
+    for folder in folders:
+        seen |= set(np.unique(_voxels(folder, task)["seg"]).tolist())
+    assert seen == labels
+
+
+def test_every_layout_draws_the_same_brains_and_tumours(cohort: list[Path], task_cohorts: dict[str, list[Path]]) -> None:
+    for index, glioma_folder in enumerate(cohort[:4]):
+        glioma = _voxels(glioma_folder, "brats-glioma")
+        assert _bytes(task_cohorts["whole-tumour"][index]) == _bytes(glioma_folder)
+        men_rt = _voxels(task_cohorts["meningioma-rt"][index], "meningioma-rt")
+        assert np.array_equal(men_rt["t1ce"], glioma["t1ce"]) and np.array_equal(men_rt["seg"], np.isin(glioma["seg"], (1, 4)))
+        ped = _voxels(task_cohorts["brats2024-ped"][index], "brats2024-ped")
+        outside_cyst = ped["seg"] != 3
+        assert np.array_equal(ped["seg"][outside_cyst], np.select([glioma["seg"] == 4, glioma["seg"] == 1, glioma["seg"] == 2], [1, 2, 4], 0)[outside_cyst])
+
+
+@pytest.mark.parametrize(("task", "label"), [("brats2024-post-treatment", 4), ("brats2024-ped", 3)])
+def test_the_cavity_and_the_cyst_look_like_fluid(task: str, label: int) -> None:
+    """Dark on T1, T1ce and FLAIR, bright on T2, as CSF is (at the small size: the tiny one blurs a small cyst); the cavity lies beside the tumour."""
+    from pipeline.synth import synthesize_case
+
+    for index in range(4):
+        case = synthesize_case(0, index, GRIDS["small"], task)
+        seg = case["seg"]
+        fluid, normal = seg == label, (case["t1"] != 0) & (seg == 0)
+        assert fluid.sum() >= 10, index
+        for modality, low, high in (("t1", 0, 0.75), ("t1ce", 0, 0.75), ("flair", 0, 0.75), ("t2", 1.3, np.inf)):
+            ratio = case[modality][fluid].mean() / case[modality][normal].mean()
+            assert low < ratio < high, (index, modality, ratio)
+        if task == "brats2024-post-treatment":
+            assert (seg[ndimage.binary_dilation(fluid, iterations=2) & ~fluid] > 0).any()  # next to the tumour
+
+
+def test_a_task_cohort_is_deterministic(task_cohorts: dict[str, list[Path]], tmp_path: Path) -> None:
+    (again,) = generate_cohort(tmp_path, cases=1, seed=0, size="tiny", progress=False, task="brats2024-post-treatment")
+    assert {k: p.read_bytes() for k, p in case_files(again, "brats2024-post-treatment").items()} == {
+        k: p.read_bytes() for k, p in case_files(task_cohorts["brats2024-post-treatment"][0], "brats2024-post-treatment").items()
+    }
+
+
+def test_cli_synth_task(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path), "--cases", "1", "--size", "tiny", "--task", "meningioma-rt", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "1 synthetic cases (tiny, seed 0, meningioma-rt)" in result.output
+    assert sorted(p.name for p in (tmp_path / "BraTS-MEN-RT-0000-1").iterdir()) == ["BraTS-MEN-RT-0000-1_gtv.nii.gz", "BraTS-MEN-RT-0000-1_t1c.nii.gz"]
+    assert CliRunner().invoke(main, ["synth", "--out", str(tmp_path), "--task", "nope"]).exit_code == 2
