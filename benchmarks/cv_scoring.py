@@ -79,13 +79,23 @@ def uncertainty_rank_correlation(rows: Sequence[Mapping[str, Any]], structures: 
     return {name: float(spearmanr(scores, [row[f"dice_{name}"] for row in chosen]).statistic) for name in structures}
 
 
+def _arms(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The arms of ``rows``: :data:`ARMS` first, then any other (another task's pipeline) in order of appearance."""
+    seen = list(dict.fromkeys(row["arm"] for row in rows))
+    return [arm for arm in ARMS if arm in seen] + [arm for arm in seen if arm not in ARMS]
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def arm_means(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean of every :data:`ROW_METRICS` column per arm, and ``pipeline - baseline`` when both arms are present."""
+    """Mean of every :data:`ROW_METRICS` column per arm (NaN cells, structures an arm does not score, left out), and ``pipeline - baseline`` when both are present."""
     means = {}
-    for arm in ARMS:
+    for arm in _arms(rows):
         chosen = [row for row in rows if row["arm"] == arm]
-        if chosen:
-            means[arm] = {name: float(np.mean([row[name] for row in chosen])) for name in ROW_METRICS}
+        means[arm] = {name: _mean([float(row[name]) for row in chosen]) for name in ROW_METRICS}
     if all(arm in means for arm in ARMS):
         means["pipeline - baseline"] = {name: means["pipeline"][name] - means["baseline"][name] for name in ROW_METRICS}
     return means
@@ -104,10 +114,11 @@ def markdown_tables(rows: Sequence[Mapping[str, Any]], means: Mapping[str, Mappi
     header = " | ".join(ROW_METRICS) + " |"
     rule = "|" + "---|" * (len(ROW_METRICS) + 3)
     lines = ["### Per patient", "", "| fold | case | arm | " + header, rule]
-    for row in sorted(rows, key=lambda r: (r["fold"], r["case_id"], ARMS.index(r["arm"]))):
+    order = _arms(rows)
+    for row in sorted(rows, key=lambda r: (r["fold"], r["case_id"], order.index(r["arm"]))):
         lines.append(f"| {row['fold']} | {row['case_id']} | {row['arm']} | " + " | ".join(_cell(row[n], n) for n in ROW_METRICS) + " |")
     lines += ["", "### Means over patients", "", "| arm | patients | " + header, rule[:-4]]
     for arm, values in means.items():
-        patients = sum(1 for row in rows if row["arm"] == arm) if arm in ARMS else ""
+        patients = sum(1 for row in rows if row["arm"] == arm) if arm in order else ""
         lines.append(f"| {arm} | {patients} | " + " | ".join(_cell(values[n], n) for n in ROW_METRICS) + " |")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,11 @@ in which the held-out patients are the ``test`` split:
    CPU seconds the pipeline's training took (loader workers included; ``--budget wall``: its wall
    time), then predicting the held-out patients.
 
+With ``--task-arm TASK[:CHANNELS]`` (e.g. ``whole-tumour:flair``) a third arm trains the pipeline
+on another task of the same patients and folds (its own data list and cache under ``WORK``) and
+is scored against the BraTS ground truth on the structures that task scores (the FLAIR-only
+whole-tumour model against the four-channel model's WT).
+
 Every prediction is scored by :func:`pipeline.metrics.case_metrics` (:mod:`benchmarks.cv_scoring`).
 The per-patient rows, means per arm and ``pipeline - baseline`` are printed and written to
 ``benchmarks/results/real_cv-<machine>-<date>-<label>.json`` and ``.md`` with the folds, the
@@ -41,12 +46,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cv_folds import Fold, make_folds, write_fold_datalist
-from benchmarks.cv_scoring import UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
+from benchmarks.cv_scoring import ROW_METRICS, UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
 from benchmarks.machine import check_device, describe_machine, machine_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import write_json, write_text
 
-__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "prepare_cohort", "run_pipeline_arm", "run_baseline_arm", "main"]
+__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "prepare_cohort", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -77,8 +82,12 @@ def labelled_cases(shared_data: Path) -> dict[str, Path]:
     return dict(sorted(cases.items()))
 
 
-def prepare_cohort(cases: dict[str, Path], work: Path, workers: int = 1) -> Path:
-    """Link the cases under ``work/data``, list them in ``work/datalist.json`` and preprocess them into ``work/cache``; reuses what exists."""
+def prepare_cohort(cases: dict[str, Path], work: Path, workers: int = 1, task: Any = None) -> Path:
+    """Link the cases under ``work/data``, list them in ``work/datalist.json`` and preprocess them into ``work/cache``; reuses what exists.
+
+    With a ``task`` (a :class:`pipeline.tasks.Task` other than the default), the list and cache are
+    ``work/datalist-<task>.json`` and ``work/cache-<task>`` (:func:`task_paths`).
+    """
     from pipeline.datalist import build_datalist, load_datalist
     from pipeline.preprocess import preprocess_datalist
 
@@ -94,14 +103,25 @@ def prepare_cohort(cases: dict[str, Path], work: Path, workers: int = 1) -> Path
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(folder.resolve(), target_is_directory=True)
             tmp.replace(link)
-    datalist = work / "datalist.json"
-    listed = set()
+    datalist, cache = task_paths(work, task)
+    listed, stored_task = set(), None
     if datalist.is_file():
-        listed = {record.case_id for record in load_datalist(datalist).cases("all")}
-    if listed != set(cases):
-        build_datalist(data, datalist, folds=1, test_fraction=0.0, progress=False)
-    preprocess_datalist(datalist, work / "cache", workers=workers, progress=False)
+        listing = load_datalist(datalist)
+        listed, stored_task = {record.case_id for record in listing.cases("all")}, listing.task
+    if listed != set(cases) or (task is not None and stored_task != task):
+        build_datalist(data, datalist, folds=1, test_fraction=0.0, progress=False, task=task)
+    preprocess_datalist(datalist, cache, workers=workers, progress=False)
     return datalist
+
+
+def task_paths(work: Path, task: Any = None) -> tuple[Path, Path]:
+    """The data list and cache of a task's cohort under ``work`` (the default task: ``datalist.json`` and ``cache``)."""
+    from pipeline.tasks import DEFAULT_TASK
+
+    if task is None or task == DEFAULT_TASK:
+        return work / "datalist.json", work / "cache"
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in task.name).strip("-")
+    return work / f"datalist-{name}.json", work / f"cache-{name}"
 
 
 def _child_cpu_seconds() -> float:
@@ -123,34 +143,58 @@ def _run_child(command: list[str], log: Path) -> tuple[float, float]:
     return wall, cpu
 
 
-def run_pipeline_arm(fold: Fold, datalist: Path, cache: Path, folder: Path, args: argparse.Namespace) -> tuple[list[dict], dict]:
-    """Train with the CLI and evaluate the held-out patients; the rows and the arm's timings."""
+def run_pipeline_arm(
+    fold: Fold, datalist: Path, cache: Path, folder: Path, args: argparse.Namespace, arm: str = "pipeline", scored_on: Path | None = None
+) -> tuple[list[dict], dict]:
+    """Train with the CLI and evaluate the held-out patients; the rows and the arm's timings.
+
+    ``arm`` names the run's folders and rows. ``scored_on`` (a fold data list of the default task)
+    re-scores another task's predictions against the BraTS ground truth, on the structures that
+    task scores (:func:`task_arm_row`).
+    """
     from pipeline.api import load_model
     from pipeline.checkpoints import load_weights
     from pipeline.evaluate import PREDICTIONS_DIR, evaluate
     from pipeline.writers import segmentation_filename
 
-    run_dir = folder / "pipeline"
+    run_dir = folder / arm
     command = ["-m", "pipeline", "train", "--datalist", str(datalist), "--cache", str(cache), "--mode", args.mode]
     command += ["--epochs", str(args.epochs), "--fold", "0", "--device", args.device, "--out", str(run_dir)]
     command += [item for path in args.config for item in ("--config", str(path))]
     command += [item for pair in args.overrides for item in ("--set", pair)]
-    train_wall, train_cpu = _run_child(command, folder / "pipeline_train.log")
+    train_wall, train_cpu = _run_child(command, folder / f"{arm}_train.log")
 
     wall, cpu = time.perf_counter(), time.process_time()
     model = load_model(run_dir, device=args.device, tta=args.tta)
     if args.checkpoint == "last":
         load_weights(model.network, run_dir / "models" / "latest.pt")
-    result = evaluate(model, datalist, folder / "pipeline_eval", split="test", lesion_wise=True, uncertainty=True, progress=False, echo=False)
+    result = evaluate(model, datalist, folder / f"{arm}_eval", split="test", lesion_wise=True, uncertainty=True, progress=False, echo=False)
     eval_wall, eval_cpu = time.perf_counter() - wall, time.process_time() - cpu
-    predictions = folder / "pipeline_eval" / PREDICTIONS_DIR
-    rows = [
-        case_row(fold.index, metrics["case_id"], "pipeline", metrics, predictions / segmentation_filename(metrics["case_id"]))
-        | {UNCERTAINTY_SCORE: float(metrics[UNCERTAINTY_SCORE])}
-        for metrics in result.metrics.to_dict("records")
-    ]
+    predictions = folder / f"{arm}_eval" / PREDICTIONS_DIR
+    if scored_on is not None:
+        from pipeline.datalist import load_datalist
+
+        records = {record.case_id: record for record in load_datalist(scored_on).cases("test")}
+        rows = [task_arm_row(fold.index, arm, model.task, predictions / segmentation_filename(case), records[case]) for case in records]
+    else:
+        rows = [
+            case_row(fold.index, metrics["case_id"], arm, metrics, predictions / segmentation_filename(metrics["case_id"]))
+            | {UNCERTAINTY_SCORE: float(metrics[UNCERTAINTY_SCORE])}
+            for metrics in result.metrics.to_dict("records")
+        ]
     timing = {"train_wall_s": train_wall, "train_cpu_s": train_cpu, "eval_wall_s": eval_wall, "eval_cpu_s": eval_cpu}
     return rows, timing | {"checkpoint": _checkpoint_choice(run_dir, args.checkpoint)}
+
+
+def task_arm_row(fold: int, arm: str, task: Any, seg: Path, record: Any) -> dict[str, Any]:
+    """A row of another task's prediction scored against the BraTS ground truth: the columns of the structures that task scores, NaN elsewhere.
+
+    The prediction is written in the case's own label values, so reading it with the BraTS
+    convention gives every predicted tumour voxel a tumour label: its WT is exact.
+    """
+    row = case_row(fold, record.case_id, arm, score_prediction(seg, record), seg)
+    kept = {name for name in ROW_METRICS if name.rpartition("_")[2] in set(task.structures)} | {"wt_components"}
+    return {key: (value if key in kept or key not in ROW_METRICS else float("nan")) for key, value in row.items()}
 
 
 def _checkpoint_choice(run_dir: Path, checkpoint: str) -> dict[str, Any]:
@@ -221,6 +265,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--label", default="default", help="names the run in the results file name")
     parser.add_argument("--baseline-from", type=Path, default=None, metavar="RESULT.json", help="reuse the baseline rows of an earlier result with the same folds")
     parser.add_argument("--no-baseline", action="store_true", help="run the pipeline arm only")
+    parser.add_argument(
+        "--task-arm",
+        default=None,
+        metavar="TASK[:CHANNELS]",
+        help="also train the pipeline on another task, on the same folds and epochs (e.g. whole-tumour:flair, channels joined by +); "
+        "scored against the BraTS ground truth on that task's structures",
+    )
     parser.add_argument("--shared-data", type=Path, default=None, help=f"the shared data folder (default ${SHARED_DATA_ENV} or ../shared/data)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK_DIR, help="links, data list, cache and runs (default benchmarks/work)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON and markdown go (default benchmarks/results)")
@@ -232,6 +283,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.no_baseline and args.baseline_from:
         parser.error("--no-baseline and --baseline-from exclude each other")
     return args
+
+
+def _task_arm(spec: str | None) -> Any:
+    """``TASK[:CH+CH]`` as a task on those channels, or ``None``."""
+    if not spec:
+        return None
+    from pipeline.tasks import resolve_task
+
+    name, _, channels = spec.partition(":")
+    return resolve_task(name, [c for c in channels.split("+") if c] or None)
 
 
 def _log(message: str) -> None:
@@ -259,13 +320,24 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
     runs = args.work / "runs" / f"{started:%Y%m%dT%H%M%S}-{args.label}"
     _log(f"{len(cases)} labelled patients from {shared}; preparing the cohort in {args.work}")
     datalist = prepare_cohort(cases, args.work)
+    task_arm = _task_arm(args.task_arm)
+    task_datalist = prepare_cohort(cases, args.work, task=task_arm) if task_arm is not None else None
     rows, timing = [], {"pipeline": {}, "baseline": baseline_timing}
+    if task_arm is not None:
+        timing[task_arm.name] = {}
     for fold in folds:
         folder = runs / f"fold{fold.index}"
         fold_list = write_fold_datalist(datalist, fold, folder / "datalist.json")
         _log(f"fold {fold.index + 1}/{len(folds)}: test {', '.join(fold.test)}; validation {', '.join(fold.validation)}; pipeline training")
         fold_rows, timing["pipeline"][fold.index] = run_pipeline_arm(fold, fold_list, args.work / "cache", folder, args)
         rows += fold_rows
+        if task_arm is not None:
+            _log(f"fold {fold.index + 1}/{len(folds)}: {task_arm.name} training")
+            task_list = write_fold_datalist(task_datalist, fold, folder / f"datalist-{task_arm.name}.json")
+            task_rows, timing[task_arm.name][fold.index] = run_pipeline_arm(
+                fold, task_list, task_paths(args.work, task_arm)[1], folder, args, arm=task_arm.name, scored_on=fold_list
+            )
+            rows += task_rows
         seconds = timing["pipeline"][fold.index][f"train_{args.budget}_s"]
         if not (args.no_baseline or args.baseline_from):
             _log(f"fold {fold.index + 1}/{len(folds)}: pipeline trained in {seconds:.0f} {args.budget} s; baseline for the same {args.budget} time")
@@ -287,6 +359,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
             "folds": args.folds, "max_folds": args.max_folds, "epochs": args.epochs, "mode": args.mode, "overrides": overrides, "config_files": [str(p) for p in args.config],
             "val_cases": args.val_cases, "checkpoint": args.checkpoint, "tta": args.tta, "device": args.device, "seed": args.seed,
             "baseline": "none" if args.no_baseline else f"reused from {args.baseline_from}" if args.baseline_from else "measured",
+            "task_arm": None if task_arm is None else task_arm.to_dict(),
         },
         "data": {"shared_data": str(shared), "cases": {case: str(path) for case, path in cases.items()}, "work": str(args.work)},
         "folds": [fold.to_dict() for fold in folds],

@@ -215,3 +215,26 @@ def test_inference_variants_rescore_the_trained_folds(tiny_datalist: Path, tmp_p
     _, last = (pd.DataFrame(recorded["rows"]).query(f"arm == '{arm}'")["wt_components"].tolist() for arm in ("best", "last"))
     assert last == [0] * len(fold.test)
     assert inference_cv.main([str(tmp_path / "missing.json")]) == 1
+
+
+def test_another_tasks_arm_is_scored_on_its_own_structures(tiny_datalist: Path, tmp_path: Path) -> None:
+    """--task-arm whole-tumour:flair: a WT-only prediction read with the BraTS convention gives the exact WT; other columns are NaN."""
+    from benchmarks.real_cv import _task_arm, task_arm_row, task_paths
+    from pipeline.tasks import DEFAULT_TASK
+
+    task = _task_arm("whole-tumour:flair")
+    assert task.channels == ("flair",) and _task_arm(None) is None
+    assert task_paths(tmp_path, None) == task_paths(tmp_path, DEFAULT_TASK) == (tmp_path / "datalist.json", tmp_path / "cache")
+    assert task_paths(tmp_path, task)[1].name.startswith("cache-whole-tumour")
+    record = load_datalist(tiny_datalist).cases("all")[0]
+    truth = nib.load(record.label)
+    convention = task.convention(record.label_convention)
+    written = convention.from_internal(convention.to_internal(np.asarray(truth.dataobj)))  # the truth as the WT task writes it
+    seg = tmp_path / "seg.nii.gz"
+    nib.save(nib.Nifti1Image(written.astype(np.uint8), truth.affine), seg)
+    row = task_arm_row(0, task.name, task, seg, record)
+    assert row["dice_WT"] == 1.0 and row["precision_WT"] == 1.0 and row["arm"] == task.name
+    assert np.isnan(row["dice_TC"]) and np.isnan(row["hd95_ET"]) and np.isnan(row["lesion_dice_TC"])
+    means = arm_means([row, {**row, "arm": "pipeline", "dice_TC": 0.5}])
+    assert list(means) == ["pipeline", task.name] and means[task.name]["dice_WT"] == 1.0 and np.isnan(means[task.name]["dice_TC"])
+    assert f"| {task.name} | 1 |" in markdown_tables([row], arm_means([row]))
