@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.labels import BACKGROUND, LabelConvention
+from pipeline.labels import BACKGROUND, CONVENTIONS, LabelConvention
 from pipeline.modalities import MODALITIES, MODALITY_NAMES
 
 __all__ = [
@@ -40,10 +40,13 @@ __all__ = [
     "TARGETS",
     "TASKS",
     "Task",
+    "TaskSpec",
     "get_task",
     "load_task",
+    "model_task",
     "resolve_task",
     "task_from_dict",
+    "written_convention",
 ]
 
 #: Training targets: softmax over the classes, or sigmoid over (nested) regions.
@@ -419,7 +422,11 @@ def load_task(path: str | os.PathLike[str]) -> Task:
     return task_from_dict(payload, path)
 
 
-def resolve_task(spec: str | os.PathLike[str] | Mapping[str, Any] | Task | None, channels: Sequence[str] | None = None) -> Task:
+#: What a component accepts as its task: a built-in name, a task file, a stored mapping, a task, or ``None`` (the default).
+TaskSpec = str | os.PathLike[str] | Mapping[str, Any] | Task | None
+
+
+def resolve_task(spec: TaskSpec, channels: Sequence[str] | None = None) -> Task:
     """A task from a built-in name, a task file, a stored mapping or a task (``None``: :data:`DEFAULT_TASK`), on ``channels`` when given."""
     if isinstance(spec, Task):
         task = spec
@@ -434,3 +441,18 @@ def resolve_task(spec: str | os.PathLike[str] | Mapping[str, Any] | Task | None,
     else:
         task = get_task(str(spec))
     return task.with_channels(channels) if channels else task
+
+
+def model_task(spec: TaskSpec, output_mode: str | None = None) -> Task:
+    """The task a network is trained on: :func:`resolve_task` of ``spec`` with ``output_mode`` as its target (``None``: the task's own)."""
+    task = resolve_task(spec)
+    return task if output_mode is None or output_mode == task.target else task.with_target(output_mode)
+
+
+def written_convention(task: Task, name: str) -> LabelConvention:
+    """The convention ``task``'s labels are written in: the release's own (:data:`pipeline.labels.CONVENTIONS`, with its label names) where the task maps it the same way, else :meth:`Task.convention`."""
+    convention = task.convention(name)
+    release = CONVENTIONS.get(name)
+    if release is not None and dict(release.to_internal_map) == dict(convention.to_internal_map):
+        return release
+    return convention
