@@ -27,13 +27,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.labels import BACKGROUND, CONVENTIONS, LabelConvention
 from pipeline.modalities import MODALITIES, MODALITY_NAMES
+
+if TYPE_CHECKING:  # pipeline.labels takes its BraTS glioma constants from this module
+    from pipeline.labels import LabelConvention
 
 __all__ = [
     "DEFAULT_TASK",
@@ -177,6 +179,8 @@ class Task:
 
     def convention(self, name: str) -> LabelConvention:
         """The file <-> internal label map of one convention under this task."""
+        from pipeline.labels import BACKGROUND, LabelConvention
+
         if name not in self.labels:
             raise ConfigError(f"task {self.name}", f"has no label convention {name!r}; it reads {', '.join(self.labels)}")
         to_internal = {BACKGROUND: BACKGROUND}
@@ -451,6 +455,8 @@ def model_task(spec: TaskSpec, output_mode: str | None = None) -> Task:
 
 def written_convention(task: Task, name: str) -> LabelConvention:
     """The convention ``task``'s labels are written in: the release's own (:data:`pipeline.labels.CONVENTIONS`, with its label names) where the task maps it the same way, else :meth:`Task.convention`."""
+    from pipeline.labels import CONVENTIONS
+
     convention = task.convention(name)
     release = CONVENTIONS.get(name)
     if release is not None and dict(release.to_internal_map) == dict(convention.to_internal_map):
