@@ -454,11 +454,11 @@ def model_task(spec: TaskSpec, output_mode: str | None = None) -> Task:
 
 
 def written_convention(task: Task, name: str) -> LabelConvention:
-    """The convention ``task``'s labels are written in: the release's own (:data:`pipeline.labels.CONVENTIONS`, with its label names) where the task maps it the same way, else :meth:`Task.convention`."""
+    """The convention ``task``'s labels are written in: the release's own (:data:`pipeline.labels.CONVENTIONS`, with its label names) for the BraTS glioma classes mapped as the release maps them, else :meth:`Task.convention`."""
     from pipeline.labels import CONVENTIONS
 
     convention = task.convention(name)
     release = CONVENTIONS.get(name)
-    if release is not None and dict(release.to_internal_map) == dict(convention.to_internal_map):
+    if release is not None and task.classes == DEFAULT_TASK.classes and dict(release.to_internal_map) == dict(convention.to_internal_map):
         return release
     return convention
