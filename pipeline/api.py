@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,9 @@ import torch
 from pipeline.checkpoints import BEST, load_weights
 from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError
-from pipeline.labels import CONVENTIONS, get_convention
+from pipeline.labels import CONVENTIONS
 from pipeline.postprocess import PostProcessing
+from pipeline.tasks import DEFAULT_TASK, Task, written_convention
 from pipeline.uncertainty import Uncertainty
 
 __all__ = [
@@ -132,7 +133,8 @@ class SegmentationModel:
         inferer: a :class:`pipeline.inference.VolumeInferer`, or for an ensemble a
             :class:`pipeline.inference.EnsembleInferer` (see :func:`ensemble`).
         postprocessing: a :class:`PostProcessing` or its config mapping (``None``: none; a
-            loaded model takes its inference config's ``postprocessing`` component).
+            loaded model takes its inference config's ``postprocessing`` component); it edits
+            the structures of the inferer's task.
         device: where the network runs.
         checkpoint: a state_dict file to load into ``network``; a list of files makes an ensemble
             of copies of ``network``, one per file, all run by ``inferer``.
@@ -169,7 +171,7 @@ class SegmentationModel:
             load_weights(network, checkpoint)
         self.network = network.to(self.device).eval()
         self.inferer = inferer
-        self.postprocessing = PostProcessing.from_config(postprocessing)
+        self.postprocessing = PostProcessing.from_config(postprocessing).for_task(self.task)
         self.allow_resection_cavity = allow_resection_cavity
         self.source = Path(source) if source is not None else None
 
@@ -183,9 +185,14 @@ class SegmentationModel:
         )
 
     @property
+    def task(self) -> Task:
+        """What the network predicts (its inferer's task)."""
+        return self.inferer.task
+
+    @property
     def channel_names(self) -> tuple[str, ...]:
-        """Names of the probability channels the network outputs."""
-        return ("TC", "WT", "ET") if self.inferer.output_mode == "regions" else ("background", "NEC", "ED", "ET")
+        """Names of the probability channels the network outputs: the task's regions, or background and its classes."""
+        return self.task.regions if self.inferer.output_mode == "regions" else ("background", *self.task.classes)
 
     def predict_case(
         self,
@@ -208,6 +215,7 @@ class SegmentationModel:
 
         record = case_record(case)
         prepared = prepare_case(record, allow_resection_cavity=self.allow_resection_cavity)
+        prepared = replace(prepared, image=_task_channels(prepared.image, self.task))
         pass_entropy = None
         if uncertainty:
             scores, pass_entropy = self.inferer.with_pass_entropy(self.network, prepared.image, self.device)
@@ -270,7 +278,7 @@ class SegmentationModel:
         from pipeline.writers import segmentation_image, uncertainty_image
 
         prediction = self.predict_case(case, uncertainty=uncertainty)
-        convention = get_convention(output_convention(prediction.record, label_convention))
+        convention = written_convention(self.task, output_convention(prediction.record, label_convention, self.task))
         image = segmentation_image(convention.from_internal(prediction.labels), prediction.reference)
         if prediction.uncertainty is None:
             return image
@@ -283,16 +291,30 @@ class SegmentationModel:
         )
 
 
-def check_output_convention(label_convention: str) -> str:
-    """``label_convention`` if it is one of :data:`OUTPUT_CONVENTIONS`, else a :class:`ConfigError`."""
-    if label_convention not in OUTPUT_CONVENTIONS:
-        raise ConfigError("label_convention", f"unknown label convention {label_convention!r}; choose one of {', '.join(OUTPUT_CONVENTIONS)}")
+def _task_channels(image: np.ndarray, task: Task) -> np.ndarray:
+    """The task's channels of a prepared image ``(Z, C, X, Y)``.
+
+    TEMPORARY: until ``prepare_case`` prepares the task's channels itself, it prepares the four
+    BraTS modalities, and a task on a subset of them takes its channels here.
+    """
+    from pipeline.modalities import MODALITIES
+
+    if image.shape[1] == task.num_channels or image.shape[1] != len(MODALITIES) or not set(task.channels) <= set(MODALITIES):
+        return image
+    return np.ascontiguousarray(image[:, [MODALITIES.index(channel) for channel in task.channels]])
+
+
+def check_output_convention(label_convention: str, task: Task = DEFAULT_TASK) -> str:
+    """``label_convention`` if it is ``auto`` or one of the task's conventions (BraTS glioma: :data:`OUTPUT_CONVENTIONS`), else a :class:`ConfigError`."""
+    choices = ("auto", *task.conventions)
+    if label_convention not in choices:
+        raise ConfigError("label_convention", f"unknown label convention {label_convention!r}; choose one of {', '.join(choices)}")
     return label_convention
 
 
-def output_convention(record: CaseRecord, label_convention: str = "auto") -> str:
+def output_convention(record: CaseRecord, label_convention: str = "auto", task: Task = DEFAULT_TASK) -> str:
     """The convention a case's prediction is written in (``auto``: the case's own)."""
-    check_output_convention(label_convention)
+    check_output_convention(label_convention, task)
     return record.label_convention if label_convention == "auto" else label_convention
 
 

@@ -1,24 +1,26 @@
 """Training datasets and samplers over the preprocessed cache: 2D slices, 2.5D slice stacks, 3D patches.
 
 The cache (see :mod:`pipeline.cache`) holds one folder per case with ``image.npy`` float16
-``(Z, C, X, Y)``, ``label.npy`` uint8 ``(Z, X, Y)`` and ``meta.json``. The datasets here never read
+``(Z, C, X, Y)`` (``C``: the task's channels, 4 for BraTS), ``label.npy`` uint8 ``(Z, X, Y)`` and ``meta.json``. The datasets here never read
 NIfTI and never hold a case in memory: arrays are memory-mapped lazily, in each DataLoader worker,
 through a small LRU of open maps (:class:`CachedCaseStore`), and only the bytes a sample needs are
 read. Data stay float16 until the sample is cropped, then MONAI dictionary transforms augment it.
 
 Samples are dicts:
 
-- ``"2d"``: ``image`` float32 ``(4, SX, SY)``, ``label`` uint8 ``(1, SX, SY)``, ``case_id``, ``slice_index``.
-- ``"2.5d"``: ``image`` float32 ``(4*(2k+1), SX, SY)`` ordered slice ``z-k`` (4 channels), ..., ``z+k``;
+- ``"2d"``: ``image`` float32 ``(C, SX, SY)``, ``label`` uint8 ``(1, SX, SY)``, ``case_id``, ``slice_index``.
+- ``"2.5d"``: ``image`` float32 ``(C*(2k+1), SX, SY)`` ordered slice ``z-k`` (C channels), ..., ``z+k``;
   ``label`` of the centre slice; ``case_id``, ``slice_index``.
-- ``"3d"``: ``image`` float32 ``(4, px, py, pz)`` in (X, Y, Z) order, ``label`` uint8 ``(1, px, py, pz)``,
+- ``"3d"``: ``image`` float32 ``(C, px, py, pz)`` in (X, Y, Z) order, ``label`` uint8 ``(1, px, py, pz)``,
   ``case_id``, ``patch_centre_zxy``.
 
 ``(SX, SY)`` is ``slice_size``. With ``image_dtype="float16"`` the image stays in the cache's half
 precision, halving what DataLoader workers send; the training step then casts it on the device.
 
 Slices are addressed across the whole cohort by an index of (case, z);
-:class:`ForegroundWeightedSampler` draws them so that a chosen fraction are tumour slices. Under
+:class:`ForegroundWeightedSampler` draws them so that a chosen fraction are tumour slices (any
+non-background class of the task; 3D patches centre on such voxels). Intensity augmentations
+act on every channel alike, whatever their number. Under
 DDP the same sampler splits each epoch's draws between ranks (``build_train_sampler(...,
 distributed=True)``), so no ``DistributedSampler`` is stacked on top. Every sample's augmentation
 is seeded from ``(seed, epoch, index)``, so the same seed gives the same samples whatever the

@@ -30,7 +30,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.writers import colour_table_filename, write_colour_table
 from pipeline.geometry import to_cache_grid
 from pipeline.io import load_nifti, load_volume
-from pipeline.labels import get_convention
+from pipeline.tasks import DEFAULT_TASK, Task, written_convention
 from pipeline.metrics import case_metrics
 from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty
 from pipeline.report import OVERLAYS_DIR, metrics_frame, summary_table, write_overlay, write_report
@@ -57,14 +57,19 @@ class EvaluationResult:
     table: str
 
 
-def read_internal_labels(path: str | os.PathLike[str], convention_name: str, allow_resection_cavity: bool = False):
-    """A segmentation file's voxels, checked (:mod:`pipeline.datasets.validation`) and mapped to internal labels (uint8), and its image (header)."""
+def read_internal_labels(path: str | os.PathLike[str], convention_name: str, allow_resection_cavity: bool = False, task: Task = DEFAULT_TASK):
+    """A segmentation file's voxels, checked (:mod:`pipeline.datasets.validation`) and mapped to the task's internal labels (uint8), and its image (header)."""
     image, voxels = load_volume(path)
     if voxels.ndim != 3:
         raise InputError(path, f"expected a 3D segmentation, got shape {voxels.shape}")
     check_finite(path, voxels, "segmentation")
-    check_labels(path, pd.unique(voxels.ravel()), convention_name, allow_resection_cavity)
-    return get_convention(convention_name).to_internal(voxels, allow_optional=allow_resection_cavity), image
+    convention = written_convention(task, convention_name)
+    if task.classes == DEFAULT_TASK.classes:
+        check_labels(path, pd.unique(voxels.ravel()), convention_name, allow_resection_cavity)
+    try:
+        return convention.to_internal(voxels, allow_optional=allow_resection_cavity), image
+    except ValueError as err:
+        raise InputError(path, str(err)) from None
 
 
 def predict_labelled_case(
@@ -80,7 +85,7 @@ def predict_labelled_case(
     """
     if record.label is None:
         raise ConfigError(record.images[0], f"case {record.case_id} has no ground truth")
-    truth, truth_image = read_internal_labels(record.label, record.label_convention, model.allow_resection_cavity)
+    truth, truth_image = read_internal_labels(record.label, record.label_convention, model.allow_resection_cavity, model.task)
     images = load_nifti(record.images[0])
     check_same_grid(record.label, truth.shape, truth_image.affine, record.images[0], images.shape[:3], images.affine)
     return model.predict_case(replace(record, label=None), uncertainty=uncertainty), truth, truth_image
@@ -108,7 +113,7 @@ def evaluate(
         split: ``test``, ``validation``, ``training`` or ``all`` (every labelled case).
         device: where the network runs (when ``model`` is a folder).
         tta: override the model's test-time augmentation (when ``model`` is a folder).
-        lesion_wise: add the BraTS 2023 lesion-wise Dice and HD95 of TC, WT and ET.
+        lesion_wise: add the BraTS 2023 lesion-wise Dice and HD95 of the task's lesion structures (BraTS: TC, WT, ET).
         overlays: write an overlay PNG per case.
         progress: show a progress bar.
         echo: print the summary table at the end.
@@ -137,14 +142,14 @@ def evaluate(
     conventions: set[str] = set()
     for record in tqdm(records, desc=f"evaluate {split}", unit="case", disable=not progress):
         prediction, truth, truth_image = predict_labelled_case(model, record, uncertainty=uncertainty)
-        seg_path, _, convention = write_case_prediction(prediction, predictions)
+        seg_path, _, convention = write_case_prediction(prediction, predictions, task=model.task)
         write_case_uncertainty(prediction, predictions)
         conventions.add(convention)
         # Score what was written: the exported file, read back, against the ground-truth file.
-        predicted, _ = read_internal_labels(seg_path, convention)
+        predicted, _ = read_internal_labels(seg_path, convention, task=model.task)
         spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
         scores = prediction.uncertainty.scores if prediction.uncertainty is not None else {}
-        rows.append({"case_id": record.case_id, **case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise), **scores})
+        rows.append({"case_id": record.case_id, **case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise, task=model.task), **scores})
         if overlays:
             write_overlay(
                 out / OVERLAYS_DIR / f"{record.case_id}.png",
@@ -153,9 +158,11 @@ def evaluate(
                 to_cache_grid(truth, prediction.meta),
                 prediction.meta["spacing"],
                 title=record.case_id,
+                task=model.task,
             )
     for name in sorted(conventions):
-        write_colour_table(predictions / colour_table_filename(get_convention(name)), get_convention(name))
+        convention = written_convention(model.task, name)
+        write_colour_table(predictions / colour_table_filename(convention, model.task), convention, model.task)
 
     extra = {
         "datalist": str(Path(datalist).resolve()),
@@ -167,8 +174,8 @@ def evaluate(
         "uncertainty": uncertainty,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    summary = write_report(rows, out, run_dir=model.source, extra_summary=extra)
-    table = summary_table(metrics_frame(rows))
+    summary = write_report(rows, out, run_dir=model.source, extra_summary=extra, task=model.task)
+    table = summary_table(metrics_frame(rows), tuple(model.task.structures))
     if echo:
         print(table)
         print(f"reports -> {out}")

@@ -36,8 +36,7 @@ import torch
 
 from pipeline.checkpoints import load_weights
 from pipeline.errors import ConfigError
-from pipeline.labels import REGIONS
-from pipeline.modalities import MODALITIES, MODALITY_NAMES
+from pipeline.tasks import DEFAULT_TASK, Task, TaskSpec, model_task
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -62,12 +61,23 @@ METADATA = Path("configs") / "metadata.json"
 #: Largest absolute difference of logits accepted between an export and the PyTorch network.
 DEFAULT_TOLERANCE = 1e-3
 
+#: Output channel descriptions of the BraTS glioma classes and regions; another task's name its classes and structures.
 CLASS_NAMES: tuple[str, ...] = ("background", "necrotic and non-enhancing tumour core (NEC)", "peritumoral edema (ED)", "enhancing tumour (ET)")
 REGION_NAMES: dict[str, str] = {
     "TC": "tumour core (TC = NEC + ET)",
     "WT": "whole tumour (WT = NEC + ED + ET)",
     "ET": "enhancing tumour (ET)",
 }
+
+
+def _output_names(task: Task) -> list[str]:
+    """What each output channel of ``task``'s network is: background and the classes, or the regions."""
+    glioma = (task.classes, dict(task.structures)) == (DEFAULT_TASK.classes, dict(DEFAULT_TASK.structures))
+    if task.target == "regions":
+        if glioma:
+            return [REGION_NAMES[name] for name in task.regions]
+        return [name if len(task.structures[name]) == 1 else f"{name} ({' + '.join(task.structures[name])})" for name in task.regions]
+    return list(CLASS_NAMES) if glioma else ["background", *task.classes]
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,7 @@ class LoadedNetwork:
     context: int
     output_mode: str
     divisor: int
+    task: Task = DEFAULT_TASK
 
     @property
     def spatial_dims(self) -> int:
@@ -101,7 +112,7 @@ class LoadedNetwork:
     def in_channels(self) -> int:
         from pipeline.networks import input_channels
 
-        return input_channels(self.mode, self.context)
+        return input_channels(self.mode, self.context, self.task)
 
     def example_input(self, batch: int = 2, multiple: int = 3, seed: int = 0) -> torch.Tensor:
         """A random input of a valid shape: ``multiple`` (at least 2) times the divisor along the first spatial axis, one more along the next."""
@@ -118,47 +129,48 @@ def load_network(model_dir: str | os.PathLike[str]) -> LoadedNetwork:
     parser, config_path = model_parser(model_dir)
     network = parsed(parser, "network_def", config_path)
     settings = {key: parsed(parser, key, config_path) for key in ("mode", "context", "output_mode", "checkpoint")}
+    task = model_task(parsed(parser, "task", config_path) if "task" in parser else None, settings["output_mode"])
     load_weights(network, settings["checkpoint"])
     return LoadedNetwork(
         network=network.eval(),
         config=parser.get(),
         mode=str(settings["mode"]),
         context=int(settings["context"]),
-        output_mode=str(settings["output_mode"]),
+        output_mode=task.target,
         divisor=spatial_divisor(network),
+        task=task,
     )
 
 
-def network_data_format(mode: str = "2.5d", context: int = 2, output_mode: str = "softmax", divisor: int = 8) -> dict[str, Any]:
+def network_data_format(mode: str = "2.5d", context: int = 2, output_mode: str | None = None, divisor: int = 8, task: TaskSpec = None) -> dict[str, Any]:
     """The bundle metadata's ``network_data_format`` for a network built by :func:`pipeline.networks.build_network`.
 
-    Input channels are ordered slice-major: in 2.5D, slices ``z-k .. z+k``, each as T1, T1ce, T2,
-    FLAIR (:func:`pipeline.data.stack_context`). Spatial sizes must be multiples of ``divisor``
+    Input channels are the task's (BraTS: T1, T1ce, T2, FLAIR), ordered slice-major: in 2.5D,
+    slices ``z-k .. z+k``, each with every channel (:func:`pipeline.data.stack_context`). Output
+    channels are background and the task's classes (softmax) or its regions (``output_mode``
+    ``regions``; ``None``: the task's target). Spatial sizes must be multiples of ``divisor``
     (the product of the strides) and leave more than one voxel per axis at the lowest level
     (instance normalisation needs it): ``2 * divisor * n`` satisfies both.
     """
     from pipeline.networks import input_channels, output_channels
 
+    task = model_task(task, output_mode)
+    names = [task.channel_name(channel) for channel in task.channels]
     if mode == "2.5d":
         offsets = [f"z{offset:+d}" if offset else "z" for offset in range(-context, context + 1)]
-        channel_def = {
-            str(index): f"{MODALITY_NAMES[modality]}, slice {offset}"
-            for index, (offset, modality) in enumerate((o, m) for o in offsets for m in MODALITIES)
-        }
+        channel_def = {str(index): f"{name}, slice {offset}" for index, (offset, name) in enumerate((o, n) for o in offsets for n in names)}
     else:
-        channel_def = {str(index): MODALITY_NAMES[modality] for index, modality in enumerate(MODALITIES)}
+        channel_def = {str(index): name for index, name in enumerate(names)}
     spatial = [f"{2 * divisor}*n"] * (3 if mode == "3d" else 2)
-    if output_mode == "regions":
-        out_def = {str(index): REGION_NAMES[name] for index, name in enumerate(REGIONS)}
-    else:
-        out_def = {str(index): name for index, name in enumerate(CLASS_NAMES)}
+    out_def = {str(index): name for index, name in enumerate(_output_names(task))}
+    output_mode = task.target
     return {
         "inputs": {
             "image": {
                 "type": "image",
                 "format": "magnitude",
                 "modality": "MR",
-                "num_channels": input_channels(mode, context),
+                "num_channels": input_channels(mode, context, task),
                 "spatial_shape": spatial,
                 "dtype": "float32",
                 "value_range": [],
@@ -170,7 +182,7 @@ def network_data_format(mode: str = "2.5d", context: int = 2, output_mode: str =
             "pred": {
                 "type": "image",
                 "format": "segmentation" if output_mode == "softmax" else "multilabel",
-                "num_channels": output_channels(output_mode),
+                "num_channels": output_channels(output_mode, task),
                 "spatial_shape": spatial,
                 "dtype": "float32",
                 "value_range": [0, 1],
@@ -221,14 +233,14 @@ def export_torchscript(loaded: LoadedNetwork, root: Path, out: Path) -> None:
             meta_file=str(_metadata_file(root)),
             config_file=str(config),
             bundle_root=str(root),
-            **{"_meta_#network_data_format": network_data_format(loaded.mode, loaded.context, loaded.output_mode, loaded.divisor)},
+            **{"_meta_#network_data_format": network_data_format(loaded.mode, loaded.context, loaded.output_mode, loaded.divisor, loaded.task)},
         )
 
 
 def bundle_metadata(loaded: LoadedNetwork, root: Path) -> dict[str, Any]:
     """The bundle's ``metadata.json`` with ``network_data_format`` describing ``loaded``'s network."""
     metadata = json.loads(_metadata_file(root).read_text())
-    metadata["network_data_format"] = network_data_format(loaded.mode, loaded.context, loaded.output_mode, loaded.divisor)
+    metadata["network_data_format"] = network_data_format(loaded.mode, loaded.context, loaded.output_mode, loaded.divisor, loaded.task)
     return metadata
 
 

@@ -21,6 +21,7 @@ from monai.engines.utils import IterationEvents
 from tqdm.auto import tqdm
 
 from pipeline.checkpoints import BEST, LATEST, check_kept_weights, load_training_state, rng_state, save_checkpoint, set_rng_state, unwrap
+from pipeline.tasks import DEFAULT_TASK, Task, TaskSpec, resolve_task
 from pipeline.training import is_rank_zero
 
 __all__ = ["GradientClipping", "PredictionOverlay", "SamplerEpoch", "TrainingCheckpoint", "TrainingProgress"]
@@ -233,7 +234,7 @@ class PredictionOverlay:
     """After each validation, write the overlay of the first validation case to TensorBoard.
 
     The image is the report's compact overlay (:func:`pipeline.report.overlay_figure`): the
-    prediction filled in the label colours over FLAIR, and below it the error map (true
+    prediction filled in the task's label colours over FLAIR (or its first channel), and below it the error map (true
     positives, false positives, false negatives, wrong class), on each plane's slice with the
     most tumour.
 
@@ -241,12 +242,14 @@ class PredictionOverlay:
         summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.
         tag: the image tag.
         global_step_engine: the engine whose epoch is the step (the trainer); default the evaluator's.
+        task: the image's channels and the labels' classes and colours (``None``: BraTS glioma).
     """
 
-    def __init__(self, summary_writer: Any, tag: str = "val/overlay", global_step_engine: Engine | None = None) -> None:
+    def __init__(self, summary_writer: Any, tag: str = "val/overlay", global_step_engine: Engine | None = None, task: TaskSpec = None) -> None:
         self.writer = summary_writer
         self.tag = tag
         self.global_step_engine = global_step_engine
+        self.task = resolve_task(task)
         self._image: np.ndarray | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -254,13 +257,18 @@ class PredictionOverlay:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
     @staticmethod
-    def internal_labels(masks: np.ndarray) -> np.ndarray:
-        """Internal labels ``(Z, X, Y)`` of structure masks ``(5, Z, X, Y)`` (NEC, ED, ET, WT, TC: what the evaluator scores)."""
-        from pipeline.labels import SCORED_STRUCTURES, SUBREGIONS
+    def internal_labels(masks: np.ndarray, task: Task = DEFAULT_TASK) -> np.ndarray:
+        """Internal labels ``(Z, X, Y)`` of structure masks ``(S, Z, X, Y)`` in the task's order (what the evaluator scores; BraTS: NEC, ED, ET, WT, TC).
 
-        labels = np.zeros(masks.shape[1:], dtype=np.uint8)
-        for name, value in SUBREGIONS.items():
-            labels[masks[SCORED_STRUCTURES.index(name)] > 0] = value
+        A voxel is of class ``c`` when it lies in every structure holding ``c`` and in no other.
+        """
+        inside = np.asarray(masks) > 0
+        labels = np.zeros(inside.shape[1:], dtype=np.uint8)
+        for name in task.classes:
+            member = np.ones(inside.shape[1:], dtype=bool)
+            for index, classes in enumerate(task.structures.values()):
+                member &= inside[index] if name in classes else ~inside[index]
+            labels[member] = task.class_value(name)
         return labels
 
     def capture(self, engine: Engine) -> None:
@@ -269,9 +277,9 @@ class PredictionOverlay:
         output = engine.state.output
         item = output[0] if isinstance(output, list) else output
         image = torch.as_tensor(item["image"]).float().cpu().numpy()  # (Z, C, X, Y)
-        pred, label = (self.internal_labels(torch.as_tensor(item[k]).cpu().numpy()) for k in ("pred", "label"))
+        pred, label = (self.internal_labels(torch.as_tensor(item[k]).cpu().numpy(), self.task) for k in ("pred", "label"))
         # Square voxels, as the cache grid keeps the source spacing (1 mm for BraTS).
-        self._image = figure_rgb(overlay_figure(image, pred, label, spacing_xyz=(1.0, 1.0, 1.0), title=str(item.get("case_id", ""))))
+        self._image = figure_rgb(overlay_figure(image, pred, label, spacing_xyz=(1.0, 1.0, 1.0), title=str(item.get("case_id", "")), task=self.task))
 
     def write(self, engine: Engine) -> None:
         if self._image is None or self.writer is None:

@@ -26,8 +26,8 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import DivisiblePad
 
 from pipeline.errors import ConfigError
-from pipeline.labels import decode_probabilities
 from pipeline.networks import check_mode, spatial_divisor
+from pipeline.tasks import Task, TaskSpec, model_task
 from pipeline.uncertainty import normalised_entropy
 
 __all__ = ["EngineInferer", "EnsembleInferer", "VolumeInferer"]
@@ -50,8 +50,9 @@ class VolumeInferer:
     Args:
         mode: ``2d``, ``2.5d`` or ``3d``.
         context: slices on each side of the centre slice (2.5D).
-        output_mode: ``softmax`` (probabilities of background, NEC, ED, ET) or ``regions``
-            (sigmoid probabilities of TC, WT, ET).
+        output_mode: ``softmax`` (probabilities of background and the task's classes; BraTS:
+            NEC, ED, ET) or ``regions`` (sigmoid probabilities of its regions; BraTS: TC, WT, ET);
+            ``None``: the task's target.
         roi_size: 3D: sliding-window size in (X, Y, Z) (``None``: the whole padded volume in one
             window). 2D/2.5D: an in-plane window (X, Y) for slices larger than the network
             should see at once (``None``: whole slices).
@@ -61,21 +62,23 @@ class VolumeInferer:
         divisor: the multiple the spatial size must have (``None``: read from the network,
             see :func:`pipeline.networks.spatial_divisor`).
         padding: 2.5D border handling, ``replicate`` or ``reflect`` (as in training).
+        task: what the network predicts (:func:`pipeline.tasks.resolve_task`; ``None``: BraTS glioma).
     """
 
     def __init__(
         self,
         mode: str,
         context: int = 2,
-        output_mode: str = "softmax",
+        output_mode: str | None = None,
         roi_size: Sequence[int] | None = None,
         sw_batch_size: int = 16,
         overlap: float = 0.5,
         tta: bool = False,
         divisor: int | None = None,
         padding: str = "replicate",
+        task: TaskSpec = None,
     ) -> None:
-        check_mode(mode, output_mode)
+        check_mode(mode, output_mode or "softmax")
         expected = 3 if mode == "3d" else 2
         if roi_size is not None and len(roi_size) != expected:
             raise ConfigError("roi_size", f"mode {mode} needs {expected} roi sizes, got {list(roi_size)}")
@@ -83,7 +86,8 @@ class VolumeInferer:
             raise ConfigError("sw_batch_size", f"must be >= 1, got {sw_batch_size}")
         self.mode = mode
         self.context = int(context)
-        self.output_mode = output_mode
+        self.task = model_task(task, output_mode)
+        self.output_mode = self.task.target
         self.roi_size = tuple(int(r) for r in roi_size) if roi_size is not None else None
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
@@ -207,8 +211,13 @@ class VolumeInferer:
         return probabilities.permute(0, 3, 1, 2).float().cpu().contiguous()
 
     def to_labels(self, probabilities: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Internal labels ``(Z, X, Y)`` uint8: argmax of softmax outputs, or regions thresholded at 0.5 and decoded."""
-        return decode_probabilities(np.asarray(probabilities), self.output_mode)
+        """Internal labels ``(Z, X, Y)`` uint8: argmax of softmax outputs, or regions thresholded at 0.5 and decoded (:meth:`pipeline.tasks.Task.decode`)."""
+        return self.task.decode(np.asarray(probabilities))
+
+
+def _outputs(task: Task) -> tuple[str, tuple[str, ...]]:
+    """What a network's output channels are: its target and their names."""
+    return task.target, task.regions if task.target == "regions" else task.classes
 
 
 class EnsembleInferer:
@@ -235,10 +244,11 @@ class EnsembleInferer:
             raise ConfigError("ensemble", f"{len(members)} members but {len(names)} names")
         first = members[0]
         for member, name in zip(members[1:], names[1:]):
-            if member.output_mode != first.output_mode:
+            if _outputs(member.task) != _outputs(first.task):
                 raise ConfigError(
                     name,
-                    f"outputs {member.output_mode} probabilities but {names[0]} outputs {first.output_mode}; "
+                    f"outputs {member.output_mode} probabilities but {names[0]} outputs {first.output_mode} "
+                    f"({', '.join(_outputs(member.task)[1])} against {', '.join(_outputs(first.task)[1])}); "
                     "the models of an ensemble must predict the same classes",
                 )
         self.members = list(members)
@@ -248,6 +258,11 @@ class EnsembleInferer:
     def output_mode(self) -> str:
         """The members' common output mode."""
         return self.members[0].output_mode
+
+    @property
+    def task(self) -> Task:
+        """The members' common task."""
+        return self.members[0].task
 
     @property
     def passes(self) -> int:

@@ -14,6 +14,11 @@ to the weights (``model``, a :class:`pipeline.api.SegmentationModel`). Every con
                                     (pipeline.postprocess_selection, write_run_postprocessing)
     RUN_DIR/config.json             a run folder trained before runs carried inference.json: the same
                                     inference config is derived from its training config on load
+
+A run's ``task`` (:mod:`pipeline.tasks`) is one of its trained keys: training sets it to the task
+mapping (the data list's, :func:`pipeline.training.set_run_task`) before writing ``config.json``
+and ``inference.json``; a run folder whose training config holds no task predicts the BraTS
+glioma task (a null task is the default task).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ BUNDLE_CONFIG = Path("configs") / "inference.yaml"
 
 #: The keys of ``inference.yaml`` a training run decides: its network and whole-volume inference.
 TRAINED_KEYS: tuple[str, ...] = (
-    "mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "init_filters",
+    "task", "mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "init_filters",
     "roi_size", "sw_batch_size", "overlap", "tta", "network_def",
 )  # fmt: skip
 
@@ -69,7 +74,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``inference.yaml`` with a training run's :data:`TRAINED_KEYS` and the run folder as ``bundle_root``.
+    """``inference.yaml`` with a training run's :data:`TRAINED_KEYS` (its task mapping included) and the run folder as ``bundle_root``.
 
     Args:
         training: the run's training config (a ``ConfigParser`` or a raw config mapping).
@@ -92,7 +97,17 @@ def run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -> dict
             config[key] = json.loads(json.dumps(value))
         except Exception as err:  # MONAI wraps every parse failure in its own error types
             raise ConfigError(Path(run_dir) / RUN_CONFIG, f"cannot read {key!r} of the training config: {err}") from err
+    config["postprocessing"] = _task_postprocessing(config.get("postprocessing"), config.get("task"))
     return config
+
+
+def _task_postprocessing(component: Any, task: Any) -> Any:
+    """The bundle's default post-processing, or none for a task without the structures it edits (e.g. no WT)."""
+    from pipeline.postprocess import PostProcessing
+
+    if not isinstance(component, dict) or PostProcessing.from_config(component).fits(task):
+        return component
+    return {"_target_": component["_target_"]}
 
 
 def write_run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -> Path:

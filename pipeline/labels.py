@@ -5,6 +5,10 @@ non-enhancing tumour core), ``2`` ED (edema, SNFH) and ``3`` ET (enhancing tumou
 BraTS evaluation regions WT = NEC+ED+ET, TC = NEC+ET, ET = ET. Each release's labels map into
 this on read (:meth:`LabelConvention.to_internal`) and back out on write
 (:meth:`LabelConvention.from_internal`).
+
+These are the BraTS glioma task's (:data:`pipeline.tasks.DEFAULT_TASK`): the constants and
+functions here are its values and methods under their historical names; another task's labels
+are its own (:meth:`pipeline.tasks.Task.convention`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from pipeline.tasks import DEFAULT_TASK as _GLIOMA
 
 __all__ = [
     "BACKGROUND",
@@ -31,16 +37,17 @@ __all__ = [
 ]
 
 
-BACKGROUND, NEC, ED, ET = 0, 1, 2, 3
+BACKGROUND = 0
+NEC, ED, ET = (_GLIOMA.class_value(name) for name in ("NEC", "ED", "ET"))
 
 #: Internal sub-region names by label value (background excluded).
-SUBREGIONS: dict[str, int] = {"NEC": NEC, "ED": ED, "ET": ET}
+SUBREGIONS: dict[str, int] = {name: _GLIOMA.class_value(name) for name in _GLIOMA.classes}
 
 #: BraTS evaluation regions as sets of internal labels, in MONAI's channel order (TC, WT, ET).
-REGIONS: dict[str, tuple[int, ...]] = {"TC": (NEC, ET), "WT": (NEC, ED, ET), "ET": (ET,)}
+REGIONS: dict[str, tuple[int, ...]] = {name: _GLIOMA.structure_values(name) for name in _GLIOMA.regions}
 
 #: Everything that is scored: the three sub-regions and the regions WT and TC (ET is both).
-SCORED_STRUCTURES: tuple[str, ...] = ("NEC", "ED", "ET", "WT", "TC")
+SCORED_STRUCTURES: tuple[str, ...] = tuple(_GLIOMA.structures)
 
 
 @dataclass(frozen=True)
@@ -165,18 +172,12 @@ def region_masks(seg: np.ndarray) -> dict[str, np.ndarray]:
 
     ``seg`` may be any array with NumPy's comparison operators (a torch tensor gives tensors).
     """
-    if not hasattr(seg, "shape"):
-        seg = np.asarray(seg)
-    masks = {name: seg == value for name, value in SUBREGIONS.items()}
-    masks["WT"] = seg > BACKGROUND
-    masks["TC"] = masks["NEC"] | masks["ET"]
-    return masks
+    return _GLIOMA.structure_masks(seg)
 
 
 def labels_to_regions(seg: np.ndarray) -> np.ndarray:
     """Stack the TC, WT and ET masks of an internal segmentation as channels (MONAI's order)."""
-    seg = np.asarray(seg)
-    return np.stack([np.isin(seg, REGIONS[name]) for name in ("TC", "WT", "ET")]).astype(np.uint8)
+    return _GLIOMA.labels_to_regions(seg)
 
 
 def regions_to_labels(regions: np.ndarray) -> np.ndarray:
@@ -185,12 +186,7 @@ def regions_to_labels(regions: np.ndarray) -> np.ndarray:
     ET wins over TC and TC over WT, so nested regions decode exactly:
     ``regions_to_labels(labels_to_regions(seg)) == seg``.
     """
-    tc, wt, et = (np.asarray(channel, dtype=bool) for channel in regions)
-    seg = np.zeros(tc.shape, dtype=np.uint8)
-    seg[wt] = ED
-    seg[tc] = NEC
-    seg[et] = ET
-    return seg
+    return _GLIOMA.regions_to_labels(regions)
 
 
 def decode_probabilities(probabilities: np.ndarray, output_mode: str = "softmax") -> np.ndarray:
@@ -201,7 +197,4 @@ def decode_probabilities(probabilities: np.ndarray, output_mode: str = "softmax"
         output_mode: ``softmax``: argmax over the classes; ``regions``: thresholded at 0.5 and
             decoded by :func:`regions_to_labels`.
     """
-    probabilities = np.asarray(probabilities)
-    if output_mode == "regions":
-        return regions_to_labels(probabilities > 0.5)
-    return probabilities.argmax(axis=0).astype(np.uint8)
+    return (_GLIOMA.with_target("regions") if output_mode == "regions" else _GLIOMA).decode(probabilities)

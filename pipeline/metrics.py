@@ -1,7 +1,7 @@
 """BraTS per-patient metrics on internal label maps in the original voxel grid.
 
-For every scored structure (sub-regions NEC, ED, ET and regions WT, TC; see
-:mod:`pipeline.labels`) :func:`case_metrics` returns Dice, HD95 (mm), sensitivity, specificity,
+For every scored structure of the task (BraTS glioma: sub-regions NEC, ED, ET and regions WT, TC;
+see :mod:`pipeline.tasks`) :func:`case_metrics` returns Dice, HD95 (mm), sensitivity, specificity,
 precision, IoU and the predicted and true volumes (ml), keyed ``<metric>_<structure>``
 (``dice_WT``, ``hd95_ET``, ``sensitivity_NEC``, ``pred_volume_ml_TC``, ...).
 
@@ -23,7 +23,9 @@ Empty structures follow the BraTS conventions:
 Specificity is TN / (TN + FP) and always defined (the background is never empty).
 
 Optional BraTS 2023 lesion-wise scores (:func:`lesion_wise_scores`, ``lesion_wise=True``) add
-``lesion_dice_<region>`` and ``lesion_hd95_<region>`` for TC, WT and ET.
+``lesion_dice_<region>`` and ``lesion_hd95_<region>`` for the task's lesion structures
+(:func:`lesion_structures`: its regions, BraTS TC, WT and ET; every structure of a task without
+regions).
 """
 
 from __future__ import annotations
@@ -39,9 +41,18 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
 from monai.metrics.confusion_matrix import compute_confusion_matrix_metric, get_confusion_matrix
 from scipy import ndimage
 
-from pipeline.labels import REGIONS, SCORED_STRUCTURES, region_masks
+from pipeline.tasks import DEFAULT_TASK, Task
 
-__all__ = ["EMPTY_HD95_MM", "LESION_MISS_HD95_MM", "case_metrics", "hd95", "lesion_wise_scores", "metric_columns", "structure_metrics"]
+__all__ = [
+    "EMPTY_HD95_MM",
+    "LESION_MISS_HD95_MM",
+    "case_metrics",
+    "hd95",
+    "lesion_structures",
+    "lesion_wise_scores",
+    "metric_columns",
+    "structure_metrics",
+]
 
 
 #: HD95 (mm) when exactly one of prediction and ground truth is empty: the diagonal of a 240x240x155 volume.
@@ -65,15 +76,21 @@ METRIC_NAMES: tuple[str, ...] = (
 #: Lesion-wise metrics (BraTS 2023), reported for the regions only.
 LESION_METRIC_NAMES: tuple[str, ...] = ("lesion_dice", "lesion_hd95")
 
+
+def lesion_structures(task: Task = DEFAULT_TASK) -> tuple[str, ...]:
+    """Structures the lesion-wise scores cover: the task's regions (BraTS 2023 ranking regions TC, WT, ET), else every structure."""
+    return task.regions or tuple(task.structures)
+
+
 #: Regions that the lesion-wise scores cover (the BraTS 2023 ranking regions).
-LESION_REGIONS: tuple[str, ...] = tuple(REGIONS)
+LESION_REGIONS: tuple[str, ...] = lesion_structures()
 
 
-def metric_columns(lesion_wise: bool = False) -> list[str]:
+def metric_columns(lesion_wise: bool = False, task: Task = DEFAULT_TASK) -> list[str]:
     """Column names of :func:`case_metrics`, grouped by metric then structure."""
-    columns = [f"{metric}_{structure}" for metric in METRIC_NAMES for structure in SCORED_STRUCTURES]
+    columns = [f"{metric}_{structure}" for metric in METRIC_NAMES for structure in task.structures]
     if lesion_wise:
-        columns += [f"{metric}_{region}" for metric in LESION_METRIC_NAMES for region in LESION_REGIONS]
+        columns += [f"{metric}_{region}" for metric in LESION_METRIC_NAMES for region in lesion_structures(task)]
     return columns
 
 
@@ -201,16 +218,18 @@ def case_metrics(
     lesion_wise: bool = False,
     lesion_dilation_iterations: int = 3,
     min_lesion_volume_mm3: float = 50.0,
+    task: Task = DEFAULT_TASK,
 ) -> dict[str, float]:
-    """Per-patient BraTS metrics of a predicted against a ground-truth internal label map (0-3).
+    """Per-patient BraTS metrics of a predicted against a ground-truth internal label map (the task's labels).
 
     Args:
         pred_internal: predicted internal labels, in the original voxel grid.
         gt_internal: ground-truth internal labels, same shape.
         spacing: voxel size in mm along each array axis (the NIfTI zooms).
-        lesion_wise: also compute the BraTS 2023 lesion-wise Dice and HD95 of TC, WT and ET.
+        lesion_wise: also compute the BraTS 2023 lesion-wise Dice and HD95 of :func:`lesion_structures`.
         lesion_dilation_iterations: dilation used to merge and match lesions (3 for GLI).
         min_lesion_volume_mm3: lesions of at most this volume are dropped from lesion-wise scores.
+        task: whose structures are scored (default BraTS glioma).
 
     Returns:
         ``{"<metric>_<structure>": value}`` in the order of :func:`metric_columns`.
@@ -221,16 +240,16 @@ def case_metrics(
         >>> round(case_metrics(gt, gt, (1.0, 1.0, 1.0))["dice_ET"], 3), case_metrics(gt, gt, (1, 1, 1))["hd95_NEC"]
         (1.0, 0.0)
     """
-    pred_masks, true_masks = region_masks(pred_internal), region_masks(gt_internal)
-    per_structure = {name: structure_metrics(pred_masks[name], true_masks[name], spacing) for name in SCORED_STRUCTURES}
-    result = {f"{metric}_{name}": per_structure[name][metric] for metric in METRIC_NAMES for name in SCORED_STRUCTURES}
+    pred_masks, true_masks = task.structure_masks(np.asarray(pred_internal)), task.structure_masks(np.asarray(gt_internal))
+    per_structure = {name: structure_metrics(pred_masks[name], true_masks[name], spacing) for name in task.structures}
+    result = {f"{metric}_{name}": per_structure[name][metric] for metric in METRIC_NAMES for name in task.structures}
     if lesion_wise:
         lesion = {
             name: lesion_wise_scores(
                 pred_masks[name], true_masks[name], spacing, lesion_dilation_iterations, min_lesion_volume_mm3
             )
-            for name in LESION_REGIONS
+            for name in lesion_structures(task)
         }
-        result.update({f"lesion_dice_{name}": lesion[name][0] for name in LESION_REGIONS})
-        result.update({f"lesion_hd95_{name}": lesion[name][1] for name in LESION_REGIONS})
+        result.update({f"lesion_dice_{name}": lesion[name][0] for name in lesion})
+        result.update({f"lesion_hd95_{name}": lesion[name][1] for name in lesion})
     return result

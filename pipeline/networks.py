@@ -1,9 +1,9 @@
 """Network builders: MONAI ``UNet``, ``AttentionUnet`` and ``SegResNet`` sized from the sampling mode.
 
-The bundle configs build their network with :func:`build_network`, so the input channels
-(4 modalities, times ``2k+1`` slices in 2.5D), the spatial dimensions (2D for 2d/2.5d, 3D for
-3d) and the output channels (4 classes, or TC/WT/ET regions) always follow ``mode``,
-``context`` and ``output_mode``.
+The bundle configs build their network with :func:`build_network`, so the input channels (the
+task's channels, times ``2k+1`` slices in 2.5D), the spatial dimensions (2D for 2d/2.5d, 3D for
+3d) and the output channels (background + the task's classes, or its regions) always follow
+``mode``, ``context``, ``task`` and ``output_mode`` (:mod:`pipeline.tasks`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import torch
 from monai.networks.nets import AttentionUnet, SegResNet, UNet
 
 from pipeline.errors import ConfigError
-from pipeline.labels import REGIONS, SUBREGIONS
-from pipeline.modalities import MODALITIES
+from pipeline.tasks import TARGETS, TaskSpec, model_task
 
 __all__ = [
     "MODES",
@@ -34,8 +33,8 @@ __all__ = [
 #: Sampling modes: one axial slice, a stack of neighbouring slices, or a 3D patch.
 MODES: tuple[str, ...] = ("2d", "2.5d", "3d")
 
-#: Output modes: softmax over background + the sub-regions, or sigmoid per BraTS region.
-OUTPUT_MODES: tuple[str, ...] = ("softmax", "regions")
+#: Output modes: softmax over background + the task's classes, or sigmoid per region of the task.
+OUTPUT_MODES: tuple[str, ...] = TARGETS
 
 #: Selectable architectures (``network`` key of the configs).
 NETWORKS: tuple[str, ...] = ("unet", "attention_unet", "segresnet")
@@ -55,26 +54,28 @@ def spatial_dims(mode: str) -> int:
     return 3 if mode == "3d" else 2
 
 
-def input_channels(mode: str, context: int = 2) -> int:
-    """Input channels: the 4 modalities, for each of the ``2*context+1`` slices in 2.5D."""
+def input_channels(mode: str, context: int = 2, task: TaskSpec = None) -> int:
+    """Input channels: the task's channels (BraTS: 4 modalities), for each of the ``2*context+1`` slices in 2.5D."""
     check_mode(mode)
+    channels = model_task(task).num_channels
     if mode == "2.5d":
         if context < 0:
             raise ConfigError("context", f"context must be >= 0, got {context}")
-        return len(MODALITIES) * (2 * context + 1)
-    return len(MODALITIES)
+        return channels * (2 * context + 1)
+    return channels
 
 
-def output_channels(output_mode: str) -> int:
-    """4 (background, NEC, ED, ET) for softmax, 3 (TC, WT, ET) for regions."""
-    check_mode("2d", output_mode)
-    return len(REGIONS) if output_mode == "regions" else len(SUBREGIONS) + 1
+def output_channels(output_mode: str | None = None, task: TaskSpec = None) -> int:
+    """Background + the task's classes for softmax (BraTS: 4), one per region for regions (BraTS: TC, WT, ET); ``None``: the task's target."""
+    if output_mode is not None:
+        check_mode("2d", output_mode)
+    return model_task(task, output_mode).out_channels
 
 
 def build_network(
     mode: str = "2.5d",
     context: int = 2,
-    output_mode: str = "softmax",
+    output_mode: str | None = None,
     network: str = "unet",
     channels: Sequence[int] = (16, 32, 64, 128),
     strides: Sequence[int] = (2, 2, 2),
@@ -83,13 +84,15 @@ def build_network(
     dropout: float = 0.0,
     init_filters: int = 16,
     blocks_down: Sequence[int] = (1, 2, 2, 4),
+    task: TaskSpec = None,
 ) -> torch.nn.Module:
     """Build the segmentation network for a sampling mode.
 
     Args:
         mode: ``2d``, ``2.5d`` or ``3d``.
         context: slices on each side of the centre slice in 2.5D.
-        output_mode: ``softmax`` (4 classes) or ``regions`` (TC, WT, ET).
+        output_mode: ``softmax`` (background + the classes) or ``regions`` (the task's regions);
+            ``None``: the task's target.
         network: ``unet``, ``attention_unet`` or ``segresnet``.
         channels: feature channels per level (UNet, AttentionUnet).
         strides: downsampling per level, one fewer than ``channels`` (UNet, AttentionUnet).
@@ -98,13 +101,15 @@ def build_network(
         dropout: dropout probability.
         init_filters: first-level filters (SegResNet).
         blocks_down: residual blocks per level (SegResNet).
+        task: a task name, task file, stored task mapping or :class:`~pipeline.tasks.Task`
+            (``None``: BraTS glioma).
 
     Returns:
         The network; its ``spatial_divisor`` attribute is the multiple the input's spatial
         size must have.
     """
-    check_mode(mode, output_mode)
-    dims, in_ch, out_ch = spatial_dims(mode), input_channels(mode, context), output_channels(output_mode)
+    check_mode(mode, output_mode or "softmax")
+    dims, in_ch, out_ch = spatial_dims(mode), input_channels(mode, context, task), output_channels(output_mode, task)
     channels, strides = tuple(int(c) for c in channels), tuple(int(s) for s in strides)
     if network in ("unet", "attention_unet") and len(strides) != len(channels) - 1:
         raise ConfigError("network_def", f"{network} needs one stride fewer than channels, got channels {channels} and strides {strides}")

@@ -1,17 +1,20 @@
 """Post-processing of predicted internal label maps: small components, largest component, tiny ET.
 
-The BraTS regions are nested (ET inside TC inside WT), so every step works on the region masks
-(:func:`pipeline.labels.labels_to_regions`) and decodes them back with
-:func:`pipeline.labels.regions_to_labels`:
+The structures edited are the task's (:mod:`pipeline.tasks`). A task with nested regions (BraTS
+glioma: ET inside TC inside WT) edits its region masks (:meth:`pipeline.tasks.Task.labels_to_regions`)
+and decodes them back with :meth:`pipeline.tasks.Task.regions_to_labels`, so for BraTS glioma:
 
 * removing a WT component removes everything inside it;
 * removing a TC component leaves its voxels as edema (they are still in WT);
 * removing an ET component leaves its voxels as necrosis (they are still in TC).
 
+A task without regions edits its scored structures, and a voxel removed from one becomes
+background (for a one-class task, such as the whole tumour, that is the only choice).
+
 Finally, as the BraTS winners do (nnU-Net, BraTS 2020), a prediction whose whole ET volume is
 below a threshold is relabelled as NEC: a few enhancing voxels are far more often a false
 positive than a real tiny enhancing tumour, and an empty ET scores Dice 1 when the ground truth
-has none.
+has none. This step needs a task with an ``ET`` class and a necrotic class (``NEC`` or ``NETC``).
 
 A trained model's post-processing is the ``postprocessing`` component of its inference config
 (``configs/inference.yaml``: ``_target_: pipeline.postprocess.PostProcessing``; there it drops
@@ -33,11 +36,32 @@ import cc3d
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.labels import ET, NEC, REGIONS, labels_to_regions, regions_to_labels
+from pipeline.labels import ET, NEC
+from pipeline.tasks import Task, TaskSpec, resolve_task
 
-__all__ = ["PostProcessing", "keep_largest_component", "relabel_small_enhancing_tumour", "remove_small_components"]
+__all__ = [
+    "PostProcessing",
+    "edited_structures",
+    "keep_largest_component",
+    "necrosis_class",
+    "relabel_small_enhancing_tumour",
+    "remove_small_components",
+]
 
-_REGION_ORDER: tuple[str, ...] = ("TC", "WT", "ET")  # channel order of labels_to_regions
+#: Classes a tiny ET is relabelled as, by name (BraTS glioma NEC; BraTS 2024 NETC).
+_NECROSIS_CLASSES: tuple[str, ...] = ("NEC", "NETC")
+
+
+def edited_structures(task: Task) -> tuple[str, ...]:
+    """The structures post-processing edits: the task's regions (BraTS TC, WT, ET), else its scored structures."""
+    return task.regions or tuple(task.structures)
+
+
+def necrosis_class(task: Task) -> str | None:
+    """The class a tiny ET becomes: the task's NEC or NETC when it also has ET, else ``None``."""
+    if "ET" not in task.classes:
+        return None
+    return next((name for name in _NECROSIS_CLASSES if name in task.classes), None)
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int, connectivity: int = 26) -> np.ndarray:
@@ -57,12 +81,12 @@ def keep_largest_component(mask: np.ndarray, connectivity: int = 26) -> np.ndarr
     return cc3d.largest_k(mask, k=1, connectivity=connectivity).astype(bool)
 
 
-def relabel_small_enhancing_tumour(seg: np.ndarray, min_voxels: int) -> np.ndarray:
-    """Turn all ET into NEC when the prediction holds fewer than ``min_voxels`` ET voxels."""
+def relabel_small_enhancing_tumour(seg: np.ndarray, min_voxels: int, et: int = ET, necrosis: int = NEC) -> np.ndarray:
+    """Turn all ET (label ``et``) into necrosis (label ``necrosis``) when the prediction holds fewer than ``min_voxels`` ET voxels."""
     seg = np.array(seg, dtype=np.uint8, copy=True)
-    enhancing = seg == ET
+    enhancing = seg == et
     if 0 < np.count_nonzero(enhancing) < min_voxels:
-        seg[enhancing] = NEC
+        seg[enhancing] = necrosis
     return seg
 
 
@@ -71,11 +95,14 @@ class PostProcessing:
     """Configurable post-processing of internal labels (applied in the order of the fields).
 
     Args:
-        min_component_voxels: per region (``TC``, ``WT``, ``ET``), components smaller than this
-            are removed; a single int applies to every region; 0 disables.
-        keep_largest: regions reduced to their largest connected component.
-        min_et_voxels: a predicted ET smaller than this (in total) is relabelled as NEC; 0 disables.
+        min_component_voxels: per structure of :func:`edited_structures` (BraTS: ``TC``, ``WT``,
+            ``ET``), components smaller than this are removed; a single int applies to every
+            structure; 0 disables.
+        keep_largest: structures reduced to their largest connected component.
+        min_et_voxels: a predicted ET smaller than this (in total) is relabelled as NEC (NETC);
+            0 disables; only for a task with those classes (:func:`necrosis_class`).
         connectivity: cc3d connectivity (6, 18 or 26).
+        task: whose labels are edited (:func:`pipeline.tasks.resolve_task`; ``None``: BraTS glioma).
 
     Example:
         >>> post = PostProcessing(min_component_voxels={"WT": 50}, min_et_voxels=200)
@@ -86,18 +113,42 @@ class PostProcessing:
     keep_largest: Sequence[str] = ()
     min_et_voxels: int = 0
     connectivity: int = 26
+    task: TaskSpec = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        task = resolve_task(self.task)
+        object.__setattr__(self, "task", task)
+        structures = edited_structures(task)
         thresholds = self.min_component_voxels
         if isinstance(thresholds, int):
-            thresholds = {name: thresholds for name in _REGION_ORDER}
-        unknown = sorted((set(thresholds) | set(self.keep_largest)) - set(REGIONS))
+            thresholds = {name: thresholds for name in structures}
+        unknown = sorted((set(thresholds) | set(self.keep_largest)) - set(structures))
         if unknown:
-            raise ConfigError("postprocessing", f"unknown region(s) {unknown}; choose from {list(REGIONS)}")
+            raise ConfigError("postprocessing", f"unknown region(s) {unknown}; choose from {list(structures)}")
         if self.connectivity not in (6, 18, 26):
             raise ConfigError("postprocessing", f"connectivity must be 6, 18 or 26, got {self.connectivity}")
-        object.__setattr__(self, "min_component_voxels", {name: int(thresholds.get(name, 0)) for name in _REGION_ORDER})
+        if self.min_et_voxels > 0 and necrosis_class(task) is None:
+            raise ConfigError("postprocessing", f"min_et_voxels relabels ET as NEC/NETC; task {task.name} has no such classes ({', '.join(task.classes)})")
+        object.__setattr__(self, "min_component_voxels", {name: int(thresholds.get(name, 0)) for name in structures})
         object.__setattr__(self, "keep_largest", tuple(self.keep_largest))
+
+    @property
+    def named_structures(self) -> tuple[str, ...]:
+        """The structures these settings edit (a non-zero size or keep_largest)."""
+        return tuple(name for name, voxels in self.min_component_voxels.items() if voxels or name in self.keep_largest)
+
+    def fits(self, task: TaskSpec) -> bool:
+        """Whether these settings apply to ``task``: it has the structures they edit (and NEC/NETC and ET for ``min_et_voxels``)."""
+        task = resolve_task(task)
+        return set(self.named_structures) <= set(edited_structures(task)) and (self.min_et_voxels <= 0 or necrosis_class(task) is not None)
+
+    def for_task(self, task: TaskSpec) -> PostProcessing:
+        """These settings on ``task``'s labels (a :class:`ConfigError` when it lacks a structure they edit)."""
+        task = resolve_task(task)
+        if task == self.task:
+            return self
+        thresholds = {name: voxels for name, voxels in self.min_component_voxels.items() if voxels}
+        return PostProcessing(thresholds, self.keep_largest, self.min_et_voxels, self.connectivity, task)
 
     @property
     def is_identity(self) -> bool:
@@ -109,18 +160,35 @@ class PostProcessing:
         seg = np.asarray(seg, dtype=np.uint8)
         if self.is_identity:
             return seg.copy()
-        regions = labels_to_regions(seg).astype(bool)
-        for index, name in enumerate(_REGION_ORDER):
-            mask = remove_small_components(regions[index], self.min_component_voxels[name], self.connectivity)
-            if name in self.keep_largest:
-                mask = keep_largest_component(mask, self.connectivity)
-            regions[index] = mask
-        tc, wt, et = regions
-        # Keep the regions nested after independent edits: ET inside TC, TC inside WT.
-        tc &= wt
-        et &= tc
-        labels = regions_to_labels(np.stack([tc, wt, et]))
-        return relabel_small_enhancing_tumour(labels, self.min_et_voxels)
+        task: Task = self.task
+        labels = self._edit_regions(seg) if task.regions else self._edit_structures(seg)
+        necrosis = necrosis_class(task)
+        if necrosis is None:
+            return labels
+        return relabel_small_enhancing_tumour(labels, self.min_et_voxels, task.class_value("ET"), task.class_value(necrosis))
+
+    def _edit(self, name: str, mask: np.ndarray) -> np.ndarray:
+        mask = remove_small_components(mask, self.min_component_voxels[name], self.connectivity)
+        return keep_largest_component(mask, self.connectivity) if name in self.keep_largest else mask
+
+    def _edit_regions(self, seg: np.ndarray) -> np.ndarray:
+        task: Task = self.task
+        regions = task.labels_to_regions(seg).astype(bool)
+        for index, name in enumerate(task.regions):
+            regions[index] = self._edit(name, regions[index])
+        # Keep the regions nested after independent edits (BraTS: ET inside TC, TC inside WT), outermost first.
+        classes = [set(task.structures[name]) for name in task.regions]
+        for index in sorted(range(len(classes)), key=lambda i: -len(classes[i])):
+            for outer in range(len(classes)):
+                if classes[index] < classes[outer]:
+                    regions[index] &= regions[outer]
+        return task.regions_to_labels(regions)
+
+    def _edit_structures(self, seg: np.ndarray) -> np.ndarray:
+        labels = seg.copy()
+        for name, mask in self.task.structure_masks(seg).items():
+            labels[mask & ~self._edit(name, mask)] = 0
+        return labels
 
     @classmethod
     def from_config(cls, settings: Mapping | PostProcessing | None) -> PostProcessing:
@@ -131,7 +199,7 @@ class PostProcessing:
             return cls()
         if not isinstance(settings, Mapping):
             raise ConfigError("postprocessing", f"expected a mapping, got {type(settings).__name__}")
-        known = {"min_component_voxels", "keep_largest", "min_et_voxels", "connectivity"}
+        known = {"min_component_voxels", "keep_largest", "min_et_voxels", "connectivity", "task"}
         unknown = sorted(set(settings) - known - {"_target_"})
         if unknown:
             raise ConfigError("postprocessing", f"unknown key(s) {unknown}; known: {sorted(known)}")

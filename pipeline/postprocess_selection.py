@@ -17,6 +17,8 @@ A tie keeps the simpler setting. Dice follows the BraTS rule (both empty: 1), as
 :mod:`pipeline.metrics` scores. :func:`tune_postprocessing` writes the choice into every run
 folder's ``inference.json`` (:func:`pipeline.inference_config.write_run_postprocessing`), so that
 ``predict``, ``evaluate`` and :func:`pipeline.api.load_model` of those runs use it.
+
+The steps are those of the BraTS glioma labels (WT, TC, ET, NEC): runs of another task are refused.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError
 from pipeline.labels import labels_to_regions
 from pipeline.postprocess import PostProcessing
+from pipeline.tasks import DEFAULT_TASK
 
 __all__ = [
     "COMPONENT_SIZES",
@@ -322,7 +325,8 @@ def tune_postprocessing(
 
     Raises:
         ConfigError: a folder that is not a run folder, a run without validation cases, or a case
-            that two runs both predict; all checked before anything is predicted.
+            that two runs both predict; all checked before anything is predicted. A run of a
+            task other than BraTS glioma's labels.
     """
     from tqdm.auto import tqdm
 
@@ -349,6 +353,8 @@ def tune_postprocessing(
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     for run_dir, _, records in plan:
         model = load_model(run_dir, device=device, tta=tta, postprocessing=PostProcessing())
+        if (model.task.classes, model.task.regions) != (DEFAULT_TASK.classes, DEFAULT_TASK.regions):
+            raise ConfigError(run_dir, f"tune-postprocessing chooses among BraTS glioma steps (WT, TC, ET, NEC); task {model.task.name} is not supported")
         for record in tqdm(records, desc=f"predict {run_dir.name}", unit="case", disable=not progress):
             prediction, truth, _ = predict_labelled_case(model, record)
             pairs.append(foreground_crop(prediction.labels, truth))

@@ -44,7 +44,7 @@ from pipeline.writers import (
     write_uncertainty,
 )
 from pipeline.io import write_json
-from pipeline.labels import get_convention
+from pipeline.tasks import DEFAULT_TASK, Task, written_convention
 
 __all__ = [
     "PredictionSummary",
@@ -126,18 +126,19 @@ def write_case_prediction(
     out_dir: Path,
     label_convention: str = "auto",
     submission_names: bool = False,
+    task: Task = DEFAULT_TASK,
 ) -> tuple[Path, Path | None, str]:
     """Write one :class:`pipeline.api.CasePrediction`: the segmentation and, if present, the probabilities.
 
     Returns:
         The segmentation path, the probability path (or None) and the convention written.
     """
-    convention = output_convention(prediction.record, label_convention)
+    convention = output_convention(prediction.record, label_convention, task)
     seg_path = write_segmentation(
         prediction.labels,
         prediction.reference,
         out_dir / segmentation_filename(prediction.case_id, submission_names),
-        get_convention(convention),
+        written_convention(task, convention),
     )
     prob_path = None
     if prediction.probabilities is not None:
@@ -177,7 +178,8 @@ def predict(
         out_dir: where the predictions go (created).
         device: where the network runs (when ``model`` is a folder).
         tta: override the model's test-time augmentation (when ``model`` is a folder).
-        label_convention: ``auto`` (each case's own) or ``brats2017``, ``brats2023``, ``msd``, ``internal``.
+        label_convention: ``auto`` (each case's own) or one of the model's task's conventions
+            (BraTS glioma: ``brats2017``, ``brats2023``, ``msd``, ``internal``).
         probabilities: also write probability maps (8-bit, scaled to [0, 1]).
         submission_names: name files ``<case_id>.nii.gz`` (BraTS portals) instead of ``<case_id>_seg.nii.gz``.
         progress: show a progress bar.
@@ -185,11 +187,11 @@ def predict(
     """
     started = time.perf_counter()
     out = Path(out_dir)
-    check_output_convention(label_convention)
     if not isinstance(model, SegmentationModel):
         model = load_model(model, device=device, tta=tta)
     elif tta is not None:
         model.inferer.tta = bool(tta)
+    check_output_convention(label_convention, model.task)
     records = resolve_cases(input_path)
     check_outputs_spare_inputs(records, out, submission_names, probabilities, uncertainty)
     summary = PredictionSummary(out_dir=out)
@@ -199,7 +201,7 @@ def predict(
         case_started = time.perf_counter()
         # The ground truth plays no part in a prediction: it is not read (nor checked) here.
         prediction = model.predict_case(replace(record, label=None), probabilities=probabilities, uncertainty=uncertainty)
-        seg_path, prob_path, convention = write_case_prediction(prediction, out, label_convention, submission_names)
+        seg_path, prob_path, convention = write_case_prediction(prediction, out, label_convention, submission_names, model.task)
         uncertainty_paths = write_case_uncertainty(prediction, out)
         conventions.add(convention)
         summary.segmentations[record.case_id] = seg_path
@@ -208,7 +210,7 @@ def predict(
             "segmentation": seg_path.name,
             "label_convention": convention,
             "source": [str(p) for p in record.images],
-            "voxels": {name: int(np.count_nonzero(prediction.labels == value)) for value, name in ((1, "NEC"), (2, "ED"), (3, "ET"))},
+            "voxels": {name: int(np.count_nonzero(prediction.labels == model.task.class_value(name))) for name in model.task.classes},
             "seconds": round(time.perf_counter() - case_started, 3),
         }
         if prob_path is not None:
@@ -222,7 +224,8 @@ def predict(
             entry["uncertainty_scores"] = prediction.uncertainty.scores
         entries.append(entry)
     for name in sorted(conventions):
-        summary.colour_tables.append(write_colour_table(out / colour_table_filename(get_convention(name)), get_convention(name)))
+        convention = written_convention(model.task, name)
+        summary.colour_tables.append(write_colour_table(out / colour_table_filename(convention, model.task), convention, model.task))
     summary.seconds = time.perf_counter() - started
     write_json(out / MANIFEST, {"model": model_settings(model), "input": str(input_path), "cases": entries})
     return summary
@@ -247,6 +250,7 @@ def _inferer_settings(inferer: Any) -> dict[str, Any]:
     if members is not None:
         return {**_inferer_settings(members[0]), "ensemble": [{"source": name, **_inferer_settings(member)} for name, member in zip(inferer.names, members)]}
     return {
+        "task": inferer.task.name,
         "mode": inferer.mode,
         "context": inferer.context,
         "output_mode": inferer.output_mode,

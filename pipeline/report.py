@@ -49,9 +49,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from pipeline.io import atomic_path, write_json, write_text
-from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES, SUBREGIONS
-from pipeline.writers import LABEL_COLOURS
-from pipeline.modalities import MODALITIES, MODALITY_NAMES
+from pipeline.tasks import DEFAULT_TASK, Task
+from pipeline.writers import label_colours
 
 __all__ = [
     "ERROR_ALPHA",
@@ -75,6 +74,7 @@ __all__ = [
     "paint",
     "plot_training_curves",
     "radiological_slice",
+    "region_colours",
     "read_training_logs",
     "summarise",
     "summary_table",
@@ -87,12 +87,15 @@ METRICS_FILE, SUMMARY_FILE = "metrics.csv", "summary.json"
 PLOTS_DIR, OVERLAYS_DIR = "plots", "overlays"
 STATISTICS: tuple[str, ...] = ("mean", "median", "std", "min", "max")
 
-#: Contour colour of each region in overlays (the colour of its defining sub-region).
-REGION_COLOURS: dict[str, tuple[float, float, float]] = {
-    "WT": tuple(c / 255 for c in LABEL_COLOURS[ED]),
-    "TC": tuple(c / 255 for c in LABEL_COLOURS[NEC]),
-    "ET": tuple(c / 255 for c in LABEL_COLOURS[ET]),
-}
+
+
+def region_colours(task: Task = DEFAULT_TASK) -> dict[str, tuple[float, float, float]]:
+    """Plot colour (0-1) of each scored structure: the colour of its defining class (:meth:`pipeline.tasks.Task.structure_colour`)."""
+    return {name: tuple(c / 255 for c in task.structure_colour(name)) for name in task.structures}
+
+
+#: Plot colour of each BraTS glioma region (WT: ED's, TC: NEC's, ET: ET's).
+REGION_COLOURS: dict[str, tuple[float, float, float]] = {name: region_colours()[name] for name in ("WT", "TC", "ET")}
 #: Error-map categories (:func:`error_map`): codes and names.
 TRUE_POSITIVE, FALSE_POSITIVE, FALSE_NEGATIVE, WRONG_CLASS = 1, 2, 3, 4
 ERROR_NAMES: dict[int, str] = {
@@ -110,11 +113,13 @@ ERROR_COLOURS: dict[int, tuple[int, int, int]] = {
 }
 #: Opacity of the label fills (the anatomy shows through) and of the error map.
 LABEL_ALPHA, ERROR_ALPHA = 0.45, 0.8
-_LABEL_NAMES: dict[int, str] = {value: name for name, value in SUBREGIONS.items()}
 #: Resolution of the overlay images (dots per inch of the figure).
 OVERLAY_DPI = 72
 _PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
+#: The channels overlays show, in order of preference (a task without them shows its first channels).
 _SHOWN_MODALITIES: tuple[str, ...] = ("flair", "t1ce")
+#: The structures of the per-case Dice bars when the task scores them all (BraTS), else every structure.
+_PER_CASE_STRUCTURES: tuple[str, ...] = ("WT", "TC", "ET")
 
 
 # ----------------------------------------------------------------------------- tables
@@ -155,7 +160,7 @@ def summarise(frame: pd.DataFrame) -> dict[str, Any]:
     return {"cases": int(len(frame)), "metrics": metrics}
 
 
-def summary_table(frame: pd.DataFrame, structures: Sequence[str] = SCORED_STRUCTURES) -> str:
+def summary_table(frame: pd.DataFrame, structures: Sequence[str] = tuple(DEFAULT_TASK.structures)) -> str:
     """A short text table: mean and std of Dice and HD95 per structure, and the number of cases."""
     lines = [f"{'structure':<10}{'Dice mean':>10}{'Dice std':>10}{'HD95 mean':>11}{'HD95 std':>10}"]
     for name in structures:
@@ -181,9 +186,9 @@ def _save(figure: Figure, path: str | os.PathLike[str], dpi: int = 100) -> Path:
     return Path(path)
 
 
-def plot_dice_distribution(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Violin plot with a box plot inside of the Dice of every structure."""
-    names = [s for s in SCORED_STRUCTURES if f"dice_{s}" in frame]
+def plot_dice_distribution(frame: pd.DataFrame, path: str | os.PathLike[str], task: Task = DEFAULT_TASK) -> Path:
+    """Violin plot with a box plot inside of the Dice of every structure of the task."""
+    names = [s for s in task.structures if f"dice_{s}" in frame]
     data = [pd.to_numeric(frame[f"dice_{s}"], errors="coerce").dropna().to_numpy() for s in names]
     figure = Figure(figsize=(1.4 * len(names) + 2, 4))
     axes = figure.add_subplot()
@@ -202,8 +207,11 @@ def plot_dice_distribution(frame: pd.DataFrame, path: str | os.PathLike[str]) ->
     return _save(figure, path)
 
 
-def plot_dice_per_case(frame: pd.DataFrame, path: str | os.PathLike[str], regions: Sequence[str] = ("WT", "TC", "ET")) -> Path:
-    """Grouped bars: the Dice of each region for every case."""
+def plot_dice_per_case(frame: pd.DataFrame, path: str | os.PathLike[str], regions: Sequence[str] | None = None, task: Task = DEFAULT_TASK) -> Path:
+    """Grouped bars: the Dice of each region (default: WT, TC, ET when the task scores them, else its structures) for every case."""
+    if regions is None:
+        regions = _PER_CASE_STRUCTURES if set(_PER_CASE_STRUCTURES) <= set(task.structures) else tuple(task.structures)
+    colours = region_colours(task)
     cases = frame["case_id"].astype(str).tolist()
     figure = Figure(figsize=(max(6, 0.5 * len(cases) + 2), 4))
     axes = figure.add_subplot()
@@ -211,7 +219,7 @@ def plot_dice_per_case(frame: pd.DataFrame, path: str | os.PathLike[str], region
     x = np.arange(len(cases))
     for index, region in enumerate(regions):
         values = pd.to_numeric(frame.get(f"dice_{region}", pd.Series([np.nan] * len(cases))), errors="coerce")
-        axes.bar(x + (index - (len(regions) - 1) / 2) * width, values, width, label=region, color=REGION_COLOURS.get(region))
+        axes.bar(x + (index - (len(regions) - 1) / 2) * width, values, width, label=region, color=colours.get(region))
     axes.set_xticks(x, cases, rotation=60, ha="right", fontsize=7)
     axes.set_ylim(0, 1.05)
     axes.set_ylabel("Dice")
@@ -403,11 +411,28 @@ def _draw_panel(axes: Any, rgb: np.ndarray, aspect: float, plane: str, title: st
     axes.text(0.95, 0.02, right, color="white", transform=axes.transAxes, fontsize=9)
 
 
-class _Case:
-    """One case's volumes prepared for drawing: the FLAIR and T1ce channels with their windows, the labels, the error map."""
+def _shown_channels(task: Task) -> tuple[str, str]:
+    """The channel overlays show first (FLAIR) and second (T1ce), or the task's own first channels."""
+    shown = [c for c in _SHOWN_MODALITIES if c in task.channels] + [c for c in task.channels if c not in _SHOWN_MODALITIES]
+    return shown[0], shown[min(1, len(shown) - 1)]
 
-    def __init__(self, image_zcxy: np.ndarray, prediction_zxy: np.ndarray, ground_truth_zxy: np.ndarray | None, spacing_xyz: Sequence[float]) -> None:
-        self.channels = {m: np.asarray(image_zcxy[:, MODALITIES.index(m)], dtype=np.float32) for m in _SHOWN_MODALITIES}
+
+class _Case:
+    """One case's volumes prepared for drawing: the shown channels (FLAIR, T1ce) with their windows, the labels, the error map."""
+
+    def __init__(
+        self,
+        image_zcxy: np.ndarray,
+        prediction_zxy: np.ndarray,
+        ground_truth_zxy: np.ndarray | None,
+        spacing_xyz: Sequence[float],
+        task: Task = DEFAULT_TASK,
+    ) -> None:
+        self.task = task
+        self.shown = _shown_channels(task)
+        self.channels = {m: np.asarray(image_zcxy[:, task.channels.index(m)], dtype=np.float32) for m in dict.fromkeys(self.shown)}
+        self.colours = label_colours(task)
+        self.legend = _colour_legend(self.colours, {task.class_value(name): name for name in task.classes})
         self.windows = {m: intensity_window(channel) for m, channel in self.channels.items()}
         self.labels = {"prediction": np.asarray(prediction_zxy)}
         if ground_truth_zxy is not None:
@@ -419,7 +444,7 @@ class _Case:
         """Draw ``layer`` (a label volume or the error map) filled over ``modality``; return the layer's slice."""
         picture, aspect = radiological_slice(self.channels[modality], plane, index, self.spacing)
         categories, _ = radiological_slice(self.labels[layer], plane, index, self.spacing)
-        colours, alpha = (ERROR_COLOURS, ERROR_ALPHA) if layer == "errors" else (LABEL_COLOURS, LABEL_ALPHA)
+        colours, alpha = (ERROR_COLOURS, ERROR_ALPHA) if layer == "errors" else (self.colours, LABEL_ALPHA)
         _draw_panel(axes, paint(picture, categories, colours, self.windows[modality], alpha), aspect, plane, title)
         return categories
 
@@ -430,6 +455,7 @@ def overlay_figure(
     ground_truth_zxy: np.ndarray | None,
     spacing_xyz: Sequence[float],
     title: str = "",
+    task: Task = DEFAULT_TASK,
 ) -> Figure:
     """The compact overlay (TensorBoard, cases without ground truth): two rows of three planes.
 
@@ -440,21 +466,23 @@ def overlay_figure(
 
     Args:
         image_zcxy: the case's preprocessed image ``(Z, C, X, Y)``, RAS voxel order, channels in
-            :data:`pipeline.modalities.MODALITIES` order.
+            the task's order.
         prediction_zxy: predicted internal labels on the same grid.
         ground_truth_zxy: ground-truth internal labels on the same grid, or None.
         spacing_xyz: voxel size (mm) along X, Y, Z.
         title: figure title (the case id).
+        task: the image's channels and the labels' classes and colours.
     """
-    case = _Case(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz)
+    case = _Case(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz, task)
     slices = most_tumour_slices(_tumour(prediction_zxy, ground_truth_zxy))
-    rows = [("flair", "prediction"), ("flair", "errors")] if ground_truth_zxy is not None else [("flair", "prediction"), ("t1ce", "prediction")]
+    first, second = case.shown
+    rows = [(first, "prediction"), (first, "errors")] if ground_truth_zxy is not None else [(first, "prediction"), (second, "prediction")]
     figure = Figure(figsize=(4 * len(_PLANES), 4 * len(rows)))
     for row, (modality, layer) in enumerate(rows):
         for column, plane in enumerate(_PLANES):
             axes = figure.add_subplot(len(rows), len(_PLANES), row * len(_PLANES) + column + 1)
-            case.panel(axes, modality, layer, plane, slices[plane], f"{layer}: {MODALITY_NAMES[modality]} {plane} {slices[plane]}")
-    handles = _colour_legend(LABEL_COLOURS, _LABEL_NAMES)
+            case.panel(axes, modality, layer, plane, slices[plane], f"{layer}: {task.channel_name(modality)} {plane} {slices[plane]}")
+    handles = list(case.legend)
     if ground_truth_zxy is not None:
         handles += _colour_legend(ERROR_COLOURS, ERROR_NAMES)
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
@@ -468,6 +496,7 @@ def error_overlay_figure(
     ground_truth_zxy: np.ndarray,
     spacing_xyz: Sequence[float],
     title: str = "",
+    task: Task = DEFAULT_TASK,
 ) -> Figure:
     """The evaluation overlay: where the prediction is wrong, on the slices of largest tumour and of largest error.
 
@@ -485,8 +514,9 @@ def error_overlay_figure(
         ground_truth_zxy: ground-truth internal labels on the same grid.
         spacing_xyz: voxel size (mm) along X, Y, Z.
         title: figure title (the case id).
+        task: the image's channels and the labels' classes and colours.
     """
-    case = _Case(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz)
+    case = _Case(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz, task)
     blocks = {
         "slices of largest tumour": most_tumour_slices(_tumour(prediction_zxy, ground_truth_zxy)),
         "slices of largest error (false positives + false negatives)": most_error_slices(prediction_zxy, ground_truth_zxy),
@@ -499,13 +529,13 @@ def error_overlay_figure(
         for row, plane in enumerate(_PLANES):
             for column, layer in enumerate(layers):
                 axes = grid[row, column]
-                shown = case.panel(axes, "flair", layer, plane, slices[plane], f"{layer}: {plane} {slices[plane]}")
+                shown = case.panel(axes, case.shown[0], layer, plane, slices[plane], f"{layer}: {plane} {slices[plane]}")
                 if layer == "errors":
                     fp, fn = (int(np.count_nonzero(shown == code)) for code in (FALSE_POSITIVE, FALSE_NEGATIVE))
                     axes.set_title(f"errors: {plane} {slices[plane]} (FP {fp}, FN {fn} voxels)", fontsize=9)
-    handles = _colour_legend(LABEL_COLOURS, _LABEL_NAMES) + _colour_legend(ERROR_COLOURS, ERROR_NAMES)
+    handles = case.legend + _colour_legend(ERROR_COLOURS, ERROR_NAMES)
     figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=10)
-    figure.suptitle(f"{title}: ground truth, prediction and errors over FLAIR (radiological convention: patient right on the left)", fontsize=12)
+    figure.suptitle(f"{title}: ground truth, prediction and errors over {task.channel_name(case.shown[0])} (radiological convention: patient right on the left)", fontsize=12)
     return figure
 
 
@@ -516,10 +546,11 @@ def write_overlay(
     ground_truth_zxy: np.ndarray | None,
     spacing_xyz: Sequence[float],
     title: str = "",
+    task: Task = DEFAULT_TASK,
 ) -> Path:
     """Write a case's overlay as a PNG at ``path``: :func:`error_overlay_figure` with ground truth, else :func:`overlay_figure`."""
     draw = overlay_figure if ground_truth_zxy is None else error_overlay_figure
-    return _save(draw(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz, title=title), path, dpi=OVERLAY_DPI)
+    return _save(draw(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz, title=title, task=task), path, dpi=OVERLAY_DPI)
 
 
 def figure_rgb(figure: Figure, dpi: int = OVERLAY_DPI) -> np.ndarray:
@@ -538,6 +569,7 @@ def write_report(
     out_dir: str | os.PathLike[str],
     run_dir: str | os.PathLike[str] | None = None,
     extra_summary: Mapping[str, Any] | None = None,
+    task: Task = DEFAULT_TASK,
 ) -> dict[str, Any]:
     """Write ``metrics.csv``, ``summary.json`` and the plots; return the summary.
 
@@ -546,6 +578,7 @@ def write_report(
         out_dir: the evaluation output folder.
         run_dir: the model's run folder; its logs give the training curves when present.
         extra_summary: more keys for ``summary.json`` (model, data list, settings).
+        task: whose structures the plots and the table show.
     """
     out = Path(out_dir)
     frame = metrics_frame(rows)
@@ -553,13 +586,13 @@ def write_report(
     summary = {**summarise(frame), **dict(extra_summary or {})}
     plots = {}
     if len(frame):
-        plots["dice_distribution"] = str(plot_dice_distribution(frame, out / PLOTS_DIR / "dice_distribution.png").relative_to(out))
-        plots["dice_per_case"] = str(plot_dice_per_case(frame, out / PLOTS_DIR / "dice_per_case.png").relative_to(out))
+        plots["dice_distribution"] = str(plot_dice_distribution(frame, out / PLOTS_DIR / "dice_distribution.png", task).relative_to(out))
+        plots["dice_per_case"] = str(plot_dice_per_case(frame, out / PLOTS_DIR / "dice_per_case.png", task=task).relative_to(out))
     if run_dir is not None:
         curves = plot_training_curves(run_dir, out / PLOTS_DIR / "training_curves.png")
         if curves is not None:
             plots["training_curves"] = str(curves.relative_to(out))
     summary["plots"] = plots
     write_json(out / SUMMARY_FILE, summary)
-    write_text(out / "summary.txt", summary_table(frame) + "\n")
+    write_text(out / "summary.txt", summary_table(frame, tuple(task.structures)) + "\n")
     return summary

@@ -27,23 +27,28 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.labels import BACKGROUND, LabelConvention
 from pipeline.modalities import MODALITIES, MODALITY_NAMES
+
+if TYPE_CHECKING:  # pipeline.labels takes its BraTS glioma constants from this module
+    from pipeline.labels import LabelConvention
 
 __all__ = [
     "DEFAULT_TASK",
     "TARGETS",
     "TASKS",
     "Task",
+    "TaskSpec",
     "get_task",
     "load_task",
+    "model_task",
     "resolve_task",
     "task_from_dict",
+    "written_convention",
 ]
 
 #: Training targets: softmax over the classes, or sigmoid over (nested) regions.
@@ -174,6 +179,8 @@ class Task:
 
     def convention(self, name: str) -> LabelConvention:
         """The file <-> internal label map of one convention under this task."""
+        from pipeline.labels import BACKGROUND, LabelConvention
+
         if name not in self.labels:
             raise ConfigError(f"task {self.name}", f"has no label convention {name!r}; it reads {', '.join(self.labels)}")
         to_internal = {BACKGROUND: BACKGROUND}
@@ -419,7 +426,11 @@ def load_task(path: str | os.PathLike[str]) -> Task:
     return task_from_dict(payload, path)
 
 
-def resolve_task(spec: str | os.PathLike[str] | Mapping[str, Any] | Task | None, channels: Sequence[str] | None = None) -> Task:
+#: What a component accepts as its task: a built-in name, a task file, a stored mapping, a task, or ``None`` (the default).
+TaskSpec = str | os.PathLike[str] | Mapping[str, Any] | Task | None
+
+
+def resolve_task(spec: TaskSpec, channels: Sequence[str] | None = None) -> Task:
     """A task from a built-in name, a task file, a stored mapping or a task (``None``: :data:`DEFAULT_TASK`), on ``channels`` when given."""
     if isinstance(spec, Task):
         task = spec
@@ -434,3 +445,20 @@ def resolve_task(spec: str | os.PathLike[str] | Mapping[str, Any] | Task | None,
     else:
         task = get_task(str(spec))
     return task.with_channels(channels) if channels else task
+
+
+def model_task(spec: TaskSpec, output_mode: str | None = None) -> Task:
+    """The task a network is trained on: :func:`resolve_task` of ``spec`` with ``output_mode`` as its target (``None``: the task's own)."""
+    task = resolve_task(spec)
+    return task if output_mode is None or output_mode == task.target else task.with_target(output_mode)
+
+
+def written_convention(task: Task, name: str) -> LabelConvention:
+    """The convention ``task``'s labels are written in: the release's own (:data:`pipeline.labels.CONVENTIONS`, with its label names) for the BraTS glioma classes mapped as the release maps them, else :meth:`Task.convention`."""
+    from pipeline.labels import CONVENTIONS
+
+    convention = task.convention(name)
+    release = CONVENTIONS.get(name)
+    if release is not None and task.classes == DEFAULT_TASK.classes and dict(release.to_internal_map) == dict(convention.to_internal_map):
+        return release
+    return convention

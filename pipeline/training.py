@@ -27,6 +27,7 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import platform
 import random
 import socket
@@ -47,6 +48,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.errors import unwrap_pipeline_errors as _pipeline_errors_unwrapped
 from pipeline.inference_config import write_run_inference_config
 from pipeline.io import write_json
+from pipeline.tasks import TaskSpec, model_task
 
 __all__ = [
     "BUNDLE_DIR",
@@ -59,6 +61,7 @@ __all__ = [
     "apply_output_mode",
     "build_lr_scheduler",
     "build_optimizer",
+    "datalist_task",
     "ensemble_command",
     "fold_case_ids",
     "fold_run_dir",
@@ -66,7 +69,9 @@ __all__ = [
     "lr_step_transform",
     "parse_overrides",
     "provenance",
+    "run_task",
     "seed_everything",
+    "set_run_task",
     "start_run",
     "train",
     "train_folds",
@@ -112,15 +117,48 @@ def fold_case_ids(datalist: str | Path, fold: int, cache_dir: str | Path) -> tup
     return [r.case_id for r in training], [r.case_id for r in validation]
 
 
-def apply_output_mode(dataset: Any, output_mode: str) -> Any:
-    """Append the TC/WT/ET label conversion to a training dataset's transforms in ``regions`` mode."""
-    if output_mode == "regions":
+def apply_output_mode(dataset: Any, output_mode: str | None = None, task: TaskSpec = None) -> Any:
+    """Append the label-to-regions conversion (the task's regions; BraTS: TC, WT, ET) to a training dataset's transforms in ``regions`` mode (``None``: the task's target)."""
+    task = model_task(task, output_mode)
+    if task.target == "regions":
         from monai.transforms import Compose
 
         from pipeline.transforms.regions import LabelsToRegionsd
 
-        dataset.transform = Compose([dataset.transform, LabelsToRegionsd(keys="label")])
+        dataset.transform = Compose([dataset.transform, LabelsToRegionsd(keys="label", task=task)])
     return dataset
+
+
+def run_task(parser: Any) -> dict[str, Any]:
+    """A training config's task mapping: the data list's when ``task`` is null, else the named task's."""
+    from pipeline.tasks import resolve_task
+
+    if parser.get("task") is None:
+        return datalist_task(parser.get_parsed_content("datalist"))
+    return resolve_task(parser.get_parsed_content("task", instantiate=False)).to_dict()
+
+
+def set_run_task(parser: Any) -> dict[str, Any]:
+    """Set a training config's ``task`` to its :func:`run_task` mapping: every component reads ``@task``, and the run's ``config.json`` and ``inference.json`` store it."""
+    mapping = run_task(parser)
+    parser["task"] = mapping
+    return mapping
+
+
+def datalist_task(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The task mapping a data list stores (:data:`pipeline.tasks.DEFAULT_TASK`'s for a list that stores none).
+
+    TEMPORARY: stands in for ``pipeline.datalist.datalist_task`` until data lists store their
+    task; then :func:`set_run_task` calls that and this function goes.
+    """
+    from pipeline.tasks import DEFAULT_TASK
+
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(path, f"cannot read data list: {err}") from None
+    stored = payload.get("task") if isinstance(payload, dict) else None
+    return dict(stored) if stored is not None else DEFAULT_TASK.to_dict()
 
 
 def build_optimizer(name: str, parameters: Any, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -200,6 +238,8 @@ def _training_workflow_class() -> type:
     class TrainingWorkflow(ConfigWorkflow):
         """MONAI's ``ConfigWorkflow`` that lends its parser to :func:`start_run` while it initialises.
 
+        First it sets the run's task (:func:`set_run_task`): the data list's, unless the config names one.
+
         ``monai.bundle`` gives a config's expressions no handle on the parser that runs them, and
         :func:`start_run` needs it: to check the run before writing, and to write the merged raw
         config (``config.json``) and the run's inference config. ``brats-pipeline train`` runs this
@@ -208,6 +248,7 @@ def _training_workflow_class() -> type:
         """
 
         def initialize(self) -> Any:
+            set_run_task(self.parser)
             token = _INITIALISING.set(self.parser)
             try:
                 return super().initialize()
@@ -510,6 +551,8 @@ def is_interrupted_run(parser: Any) -> bool:
     except (OSError, ValueError):
         return False
     current = json.loads(json.dumps(parser.get(), default=str))
+    if isinstance(current, dict):
+        current["task"] = run_task(parser)  # the saved config holds the task the run started with
     for config in (previous, current):
         if isinstance(config, dict):
             config.pop("resume", None)

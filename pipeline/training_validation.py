@@ -1,9 +1,9 @@
-"""Validation during training: whole cached volumes in, per-patient Dice of every BraTS structure out.
+"""Validation during training: whole cached volumes in, per-patient Dice of every scored structure out.
 
 The evaluator reads each validation patient's whole volume from the cache
 (:class:`ValidationVolumes`), predicts it with :class:`pipeline.inference.EngineInferer`, and
-turns prediction and ground truth into one binary mask per scored structure (NEC, ED, ET, WT,
-TC; :class:`StructureMasks`). Dice uses MONAI's ``DiceMetric(ignore_empty=False)``: a structure
+turns prediction and ground truth into one binary mask per scored structure of the task (BraTS
+glioma: NEC, ED, ET, WT, TC; :class:`StructureMasks`). Dice uses MONAI's ``DiceMetric(ignore_empty=False)``: a structure
 absent from both prediction and ground truth scores 1, as BraTS scores it.
 """
 
@@ -20,12 +20,12 @@ from monai.metrics import DiceMetric
 from torch.utils.data import Dataset
 
 from pipeline.cache import load_case, read_meta
-from pipeline.labels import SCORED_STRUCTURES, decode_probabilities, region_masks
+from pipeline.tasks import DEFAULT_TASK, Task, TaskSpec, model_task, resolve_task
 
 __all__ = ["StructureMasks", "ValidationVolumes", "key_metric", "structure_metrics"]
 
 
-#: Name of the key validation metric (mean Dice over patients and structures); it selects the best checkpoint.
+#: Name of the key validation metric (mean Dice over patients and the task's structures); it selects the best checkpoint.
 KEY_METRIC = "val_mean_dice"
 
 
@@ -54,35 +54,38 @@ class ValidationVolumes(Dataset):
         return {"image": image, "label": label, "case_id": self.case_ids[index]}
 
 
-def _structure_masks(labels: torch.Tensor) -> torch.Tensor:
-    """One binary channel per scored structure (NEC, ED, ET, WT, TC) of internal labels (:func:`pipeline.labels.region_masks`)."""
-    masks = region_masks(labels)
-    return torch.stack([masks[name] for name in SCORED_STRUCTURES]).to(torch.uint8)
+def _structure_masks(labels: torch.Tensor, task: Task = DEFAULT_TASK) -> torch.Tensor:
+    """One binary channel per scored structure of internal labels, in the task's order (:meth:`pipeline.tasks.Task.structure_masks`)."""
+    masks = task.structure_masks(labels)
+    return torch.stack([masks[name] for name in task.structures]).to(torch.uint8)
 
 
 class StructureMasks:
     """Evaluator post-processing: decode ``pred`` probabilities to labels, then both ``pred`` and ``label`` to structure masks.
 
     Args:
-        output_mode: ``softmax`` (argmax over 4 classes) or ``regions`` (TC/WT/ET thresholded at 0.5),
-            decoded by :func:`pipeline.labels.decode_probabilities` as at inference.
+        output_mode: ``softmax`` (argmax over background and the classes) or ``regions`` (the
+            task's regions thresholded at 0.5), decoded by :meth:`pipeline.tasks.Task.decode` as
+            at inference; ``None``: the task's target.
+        task: the task (``None``: BraTS glioma).
     """
 
-    def __init__(self, output_mode: str = "softmax") -> None:
-        self.output_mode = output_mode
+    def __init__(self, output_mode: str | None = None, task: TaskSpec = None) -> None:
+        self.task = model_task(task, output_mode)
+        self.output_mode = self.task.target
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         probabilities = data["pred"]
-        decoded = decode_probabilities(probabilities.detach().cpu().numpy(), self.output_mode)
+        decoded = self.task.decode(probabilities.detach().cpu().numpy())
         predicted = torch.as_tensor(decoded, device=probabilities.device)
         label = torch.as_tensor(data["label"]).to(probabilities.device)
         if label.ndim == predicted.ndim + 1:
             label = label[0]
-        return {**data, "pred": _structure_masks(predicted), "label": _structure_masks(label)}
+        return {**data, "pred": _structure_masks(predicted, self.task), "label": _structure_masks(label, self.task)}
 
 
-def _select(structure: str | None) -> Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    channel = None if structure is None else SCORED_STRUCTURES.index(structure)
+def _select(structure: str | None, task: Task) -> Callable[[Any], tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    channel = None if structure is None else list(task.structures).index(structure)
 
     def transform(output: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         items = output if isinstance(output, list) else [output]
@@ -93,19 +96,19 @@ def _select(structure: str | None) -> Callable[[Any], tuple[list[torch.Tensor], 
     return transform
 
 
-def dice_metric(structure: str | None = None) -> IgniteMetricHandler:
-    """Per-patient Dice with the BraTS empty-case convention, of one structure or (``None``) all five averaged."""
+def dice_metric(structure: str | None = None, task: TaskSpec = None) -> IgniteMetricHandler:
+    """Per-patient Dice with the BraTS empty-case convention, of one structure or (``None``) all the task's structures averaged (BraTS: all five)."""
     return IgniteMetricHandler(
         metric_fn=DiceMetric(include_background=True, reduction="mean", ignore_empty=False),
-        output_transform=_select(structure),
+        output_transform=_select(structure, resolve_task(task)),
     )
 
 
-def key_metric() -> dict[str, IgniteMetricHandler]:
-    """The evaluator's key metric: ``val_mean_dice``."""
-    return {KEY_METRIC: dice_metric()}
+def key_metric(task: TaskSpec = None) -> dict[str, IgniteMetricHandler]:
+    """The evaluator's key metric: ``val_mean_dice``, over the task's structures."""
+    return {KEY_METRIC: dice_metric(task=task)}
 
 
-def structure_metrics() -> dict[str, IgniteMetricHandler]:
-    """``val_dice_<structure>`` for NEC, ED, ET, WT and TC."""
-    return {f"val_dice_{name}": dice_metric(name) for name in SCORED_STRUCTURES}
+def structure_metrics(task: TaskSpec = None) -> dict[str, IgniteMetricHandler]:
+    """``val_dice_<structure>`` for every structure of the task (BraTS: NEC, ED, ET, WT and TC)."""
+    return {f"val_dice_{name}": dice_metric(name, task) for name in resolve_task(task).structures}

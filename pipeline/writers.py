@@ -29,10 +29,12 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.io import save_nifti, write_text
-from pipeline.labels import BACKGROUND, ED, ET, NEC, LabelConvention
+from pipeline.labels import BACKGROUND, LabelConvention
+from pipeline.tasks import DEFAULT_TASK, Task
 
 __all__ = [
     "LABEL_COLOURS",
+    "label_colours",
     "NIFTI_INTENT_LABEL",
     "colour_table_filename",
     "colour_table_text",
@@ -53,13 +55,14 @@ __all__ = [
 #: NIfTI intent code for a label volume (NIFTI_INTENT_LABEL).
 NIFTI_INTENT_LABEL = 1002
 
-#: Display colours (R, G, B) by internal label, as in most BraTS figures: NEC red, ED green, ET yellow.
-LABEL_COLOURS: dict[int, tuple[int, int, int]] = {
-    BACKGROUND: (0, 0, 0),
-    NEC: (255, 0, 0),
-    ED: (0, 200, 0),
-    ET: (255, 220, 0),
-}
+
+def label_colours(task: Task = DEFAULT_TASK) -> dict[int, tuple[int, int, int]]:
+    """Display colours (R, G, B) by internal label: background black, each class in the task's colour."""
+    return {BACKGROUND: (0, 0, 0), **{task.class_value(name): task.colour(name) for name in task.classes}}
+
+
+#: The BraTS glioma task's colours, as in most BraTS figures: NEC red, ED green, ET yellow.
+LABEL_COLOURS: dict[int, tuple[int, int, int]] = label_colours()
 
 SEGMENTATION_SUFFIX = "_seg"
 PROBABILITY_SUFFIX = "_probabilities"
@@ -174,7 +177,7 @@ def write_segmentation(
     out_path: str | os.PathLike[str],
     convention: LabelConvention,
 ) -> Path:
-    """Write internal labels (0-3, in the reference's voxel grid) in ``convention`` as uint8 NIfTI, atomically."""
+    """Write internal labels (the task's, in the reference's voxel grid) in ``convention`` as uint8 NIfTI, atomically."""
     if not isinstance(reference, nib.Nifti1Image | nib.Nifti2Image):
         reference = load_reference(reference)
     image = segmentation_image(convention.from_internal(labels_internal), reference)
@@ -209,34 +212,36 @@ def _write_image(
     return Path(out_path)
 
 
-def colour_table_text(convention: LabelConvention) -> str:
+def colour_table_text(convention: LabelConvention, task: Task = DEFAULT_TASK) -> str:
     """3D Slicer colour-table text for ``convention``: one ``index name R G B A`` line per label.
 
     Names are the release's own (``labels.names``), with spaces replaced by underscores because
-    Slicer splits each line on white space.
+    Slicer splits each line on white space; colours are those of the task's classes.
     """
     internal_of = dict(convention.to_internal_map)
+    colours = label_colours(task)
     lines = [
         f"# 3D Slicer colour table for the {convention.name} label convention ({convention.description})",
         f"# {len(internal_of)} values",
     ]
     for value in sorted(internal_of):
-        red, green, blue = LABEL_COLOURS[internal_of[value]]
+        red, green, blue = colours[internal_of[value]]
         alpha = 0 if internal_of[value] == BACKGROUND else 255
         name = str(convention.names.get(value, f"label_{value}")).replace(" ", "_")
         lines.append(f"{value} {name} {red} {green} {blue} {alpha}")
     return "\n".join(lines) + "\n"
 
 
-def write_colour_table(path: str | os.PathLike[str], convention: LabelConvention) -> Path:
+def write_colour_table(path: str | os.PathLike[str], convention: LabelConvention, task: Task = DEFAULT_TASK) -> Path:
     """Write :func:`colour_table_text` to ``path`` (conventionally ``<folder>/<convention>.ctbl``), atomically."""
-    write_text(path, colour_table_text(convention))
+    write_text(path, colour_table_text(convention, task))
     return Path(path)
 
 
-def colour_table_filename(convention: LabelConvention) -> str:
-    """``brats_<convention>.ctbl``."""
-    return f"brats_{convention.name}.ctbl"
+def colour_table_filename(convention: LabelConvention, task: Task = DEFAULT_TASK) -> str:
+    """``brats_<convention>.ctbl`` for BraTS glioma labels, ``<task>_<convention>.ctbl`` for another task's."""
+    prefix = "brats" if task.classes == DEFAULT_TASK.classes else task.name.split("[")[0]
+    return f"{prefix}_{convention.name}.ctbl"
 
 
 def parse_colour_table(text: str) -> dict[int, tuple[str, tuple[int, int, int, int]]]:

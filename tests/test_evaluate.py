@@ -231,3 +231,32 @@ def test_bad_ground_truth_stops_evaluation_but_not_prediction(run_dir, tmp_path)
     assert result.exit_code == 1
     assert result.output.startswith(f"error: {seg_path}: labels [3] are not in the brats2017 convention")
     assert not (tmp_path / "eval" / "predictions").exists()  # stopped before any prediction
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+def test_a_binary_task_is_scored_on_its_one_structure(data, tmp_path):
+    """Whole tumour: an oracle scores Dice 1 on WT, the only column; files hold 0/1, with the task's colour table."""
+    import torch
+
+    from pipeline.tasks import resolve_task
+
+    class WholeTumourOracle(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            start = (x.shape[1] - 4) // 2
+            tumour = x[:, start : start + 3].amax(dim=1)  # the NEC, ET and ED markers (see OracleNetwork)
+            return torch.stack([torch.full_like(tumour, 0.5), tumour], dim=1)
+
+    _, datalist = data
+    task = resolve_task("whole-tumour")
+    model = SegmentationModel(WholeTumourOracle(), VolumeInferer("2.5d", context=1, task=task), postprocessing=PostProcessing(task=task))
+    result = evaluate(model, datalist, tmp_path, split="test", progress=False, echo=False, lesion_wise=True)
+    frame = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(frame.columns) == ["case_id", *metric_columns(lesion_wise=True, task=task)]
+    assert (frame["dice_WT"] == 1.0).all() and (frame["hd95_WT"] == 0.0).all() and (frame["lesion_dice_WT"] == 1.0).all()
+    assert result.table.splitlines()[1].startswith("WT") and len(result.table.splitlines()) == 3
+    for case_id in TEST_CASES:
+        written = np.asarray(nib.load(tmp_path / "predictions" / f"{case_id}_seg.nii.gz").dataobj)
+        assert set(np.unique(written).tolist()) == {0, 1}
+        assert (tmp_path / "overlays" / f"{case_id}.png").is_file()
+    assert (tmp_path / "predictions" / "whole-tumour_brats2017.ctbl").is_file()
+    assert (tmp_path / "plots" / "dice_per_case.png").is_file()

@@ -174,3 +174,35 @@ def test_model_zoo_ckpt_export_command_on_a_bundle_folder(run_dir, tmp_path):
         zoo = torch.jit.load(str(bundle / "models" / "model.ts"))(inputs)
         np.testing.assert_allclose(zoo.numpy(), torch.jit.load(str(ours.path))(inputs).numpy(), atol=1e-6)
         np.testing.assert_allclose(zoo.numpy(), _pytorch_logits(run_dir, inputs), atol=1e-5)
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("task", "channels", "output_mode", "inputs", "outputs"),
+    [
+        ("whole-tumour", ["flair"], None, ["FLAIR"], ["background", "WT"]),
+        ("brats2024-post-treatment", None, None, ["T1", "T1ce", "T2", "FLAIR"], ["background", "NETC", "SNFH", "ET", "RC"]),
+        ("brats-glioma", ["t1ce", "flair"], "regions", ["T1ce", "FLAIR"], ["tumour core (TC = NEC + ET)", "whole tumour (WT = NEC + ED + ET)", "enhancing tumour (ET)"]),
+        ("meningioma-rt", None, None, ["T1ce"], ["background", "GTV"]),
+    ],
+)
+@pytest.mark.parametrize("mode", ["2.5d", "3d"])
+def test_metadata_of_a_task_describes_its_network_and_passes_the_schema(task, channels, output_mode, inputs, outputs, mode):
+    import jsonschema
+
+    from pipeline.tasks import resolve_task
+
+    spec = resolve_task(task, channels).to_dict()
+    network = build_network(mode, context=1, output_mode=output_mode, task=spec, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    described = network_data_format(mode, 1, output_mode, spatial_divisor(network), task=spec)
+    image, pred = described["inputs"]["image"], described["outputs"]["pred"]
+    offsets = ["z-1", "z", "z+1"] if mode == "2.5d" else [None]
+    assert list(image["channel_def"].values()) == [f"{name}, slice {o}" if o else name for o in offsets for name in inputs]
+    assert list(pred["channel_def"].values()) == outputs and pred["num_channels"] == len(outputs)
+    assert pred["format"] == ("multilabel" if output_mode == "regions" else "segmentation")
+    smallest = [int(size.split("*")[0]) for size in image["spatial_shape"]]
+    with torch.no_grad():  # what monai.bundle verify_net_in_out checks
+        assert network(torch.rand(1, image["num_channels"], *smallest)).shape == (1, pred["num_channels"], *smallest)
+    metadata = json.loads((REPO / "bundles" / "brats_segmentation" / "configs" / "metadata.json").read_text())
+    metadata["network_data_format"] = described
+    jsonschema.validate(metadata, json.loads((REPO.parent / "shared" / "reference" / "meta_schema_20240725.json").read_text()))

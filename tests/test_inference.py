@@ -159,3 +159,26 @@ def test_ensemble_members_must_predict_the_same_classes() -> None:
     assert message.startswith("runs/regions: outputs regions probabilities but runs/softmax outputs softmax") and "\n" not in message
     with pytest.raises(ConfigError, match="2 inferers but 1 networks"):
         EnsembleInferer([VolumeInferer("2d"), VolumeInferer("2d")])([_member("2d", 0)], VOLUME, "cpu")
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("task", "channels", "output_mode"), [("whole-tumour", ["flair"], None), ("brats2024-post-treatment", None, None), ("brats-glioma", ["flair"], "regions")])
+def test_inference_decodes_the_task(task, channels, output_mode) -> None:
+    from pipeline.tasks import model_task, resolve_task
+
+    spec = resolve_task(task, channels).to_dict()
+    network = build_network("2.5d", context=1, output_mode=output_mode, task=spec, channels=(4, 8), strides=(2,), num_res_units=0).eval()
+    inferer = VolumeInferer("2.5d", context=1, output_mode=output_mode, task=spec, sw_batch_size=4)
+    effective = model_task(spec, output_mode)
+    probabilities = inferer(network, np.random.default_rng(0).normal(size=(5, effective.num_channels, 8, 12)).astype(np.float16))
+    assert tuple(probabilities.shape) == (effective.out_channels, 5, 8, 12) and inferer.output_mode == effective.target
+    np.testing.assert_array_equal(inferer.to_labels(probabilities), effective.decode(probabilities.numpy()))
+    truth = np.random.default_rng(1).integers(0, len(effective.classes) + 1, size=(5, 8, 12)).astype(np.uint8)
+    exact = effective.labels_to_regions(truth) if effective.target == "regions" else np.stack([truth == v for v in range(effective.num_classes)])
+    np.testing.assert_array_equal(inferer.to_labels(exact.astype(np.float32)), truth)
+
+
+def test_an_ensemble_refuses_members_of_other_classes() -> None:
+    members = [VolumeInferer("2d", task="whole-tumour"), VolumeInferer("2d", task="meningioma-rt")]
+    with pytest.raises(ConfigError, match="^b: outputs softmax probabilities but a outputs softmax \\(GTV against WT\\)"):
+        EnsembleInferer(members, names=["a", "b"])

@@ -141,3 +141,39 @@ def test_docs_merge_evaluate_yaml_after_inference_yaml_and_offer_tracking():
         assert "--config_file bundles/brats_segmentation/configs/evaluate.yaml" not in text, doc
     assert "--tracking mlflow|FILE" in CliRunner().invoke(main, ["train", "--help"]).output
     assert "--tracking $(TRACKING)" in (REPO / "Makefile").read_text()
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+def test_a_run_stores_its_task_and_an_old_run_is_glioma(tmp_path):
+    from prediction_cases import write_run_dir
+
+    from pipeline.tasks import DEFAULT_TASK, resolve_task
+
+    old = write_run_dir(tmp_path / "old")
+    config = json.loads((old / "config.json").read_text())
+    config.pop("task")  # trained before runs had tasks
+    (old / "config.json").write_text(json.dumps(config))
+    assert load_model(old).task == DEFAULT_TASK and run_inference_config(config, old)["task"] == "brats-glioma"
+
+    whole = resolve_task("whole-tumour", ["flair"]).to_dict()
+    run = write_run_dir(tmp_path / "whole", task=whole)
+    stored = run_inference_config(json.loads((run / "config.json").read_text()), run)
+    assert stored["task"] == whole and stored["postprocessing"]["keep_largest"] == ["WT"]
+    model = load_model(run)
+    assert model.task.channels == ("flair",) and model.postprocessing.keep_largest == ("WT",) and model.postprocessing.task == model.task
+
+    gtv = resolve_task("meningioma-rt").to_dict()
+    run = write_run_dir(tmp_path / "gtv", task=gtv)
+    stored = run_inference_config(json.loads((run / "config.json").read_text()), run)
+    assert stored["postprocessing"] == {"_target_": "pipeline.postprocess.PostProcessing"}  # no WT to edit
+    assert load_model(run).postprocessing.is_identity
+
+
+@pytest.mark.parametrize("overrides", [[], ["evaluate.yaml"], ["gpu_inference.yaml"], ["gpu_inference_3d.yaml"]])
+def test_override_files_compose_with_a_task(overrides, tmp_path):
+    files = [str(INFERENCE_CONFIG), *(str(INFERENCE_CONFIG.parent / name) for name in overrides)]
+    parser = ConfigParser(ConfigParser.load_config_files(files))
+    parser["task"] = "brats2024-post-treatment"
+    assert parser.get_parsed_content("inferer").task.name == "brats2024-post-treatment"
+    network = parser.get_parsed_content("network_def")
+    assert [m for m in network.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d | torch.nn.ConvTranspose2d | torch.nn.ConvTranspose3d)][-1].out_channels == 5

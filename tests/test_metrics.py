@@ -159,3 +159,42 @@ def test_lesion_wise_empty_and_case_metrics_flag():
     result = case_metrics(seg, seg, (1, 1, 1), lesion_wise=True)
     assert result["lesion_dice_ET"] == 1.0 and result["lesion_hd95_WT"] == 0.0
     assert "lesion_dice_ET" not in case_metrics(seg, seg, (1, 1, 1))
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+def test_columns_are_the_task_structures():
+    from pipeline.tasks import resolve_task
+
+    assert metric_columns() == [f"{m}_{s}" for m in ("dice", "hd95", "sensitivity", "specificity", "precision", "iou", "pred_volume_ml", "true_volume_ml") for s in SCORED_STRUCTURES]
+    whole = resolve_task("whole-tumour", ["flair"])
+    assert metric_columns(task=whole)[:2] == ["dice_WT", "hd95_WT"] and len(metric_columns(task=whole)) == 8
+    assert metric_columns(lesion_wise=True, task=whole)[-2:] == ["lesion_dice_WT", "lesion_hd95_WT"]
+    post = resolve_task("brats2024-post-treatment")
+    assert [c[5:] for c in metric_columns(task=post) if c.startswith("dice_")] == ["ET", "NETC", "SNFH", "RC", "TC", "WT"]
+
+
+def test_empty_rules_per_structure_of_a_task():
+    from pipeline.tasks import resolve_task
+
+    task = resolve_task("brats2024-post-treatment")  # NETC 1, SNFH 2, ET 3, RC 4
+    truth = np.zeros((8, 8, 8), np.uint8)
+    truth[1:4, 1:4, 1:4] = 2
+    truth[5:7, 5:7, 5:7] = 4  # a resection cavity, outside WT
+    pred = truth.copy()
+    pred[5:7, 5:7, 5:7] = 0  # the cavity missed
+    pred[2, 2, 2] = 3  # one ET voxel that the truth lacks
+    result = case_metrics(pred, truth, (1.0, 1.0, 1.0), lesion_wise=True, task=task)
+    assert list(result) == metric_columns(lesion_wise=True, task=task)  # lesion-wise: every structure (no regions)
+    assert result["dice_NETC"] == 1.0 and result["hd95_NETC"] == 0.0  # both empty
+    assert result["dice_RC"] == 0.0 and result["hd95_RC"] == EMPTY_HD95_MM  # missed
+    assert result["dice_ET"] == 0.0 and result["hd95_ET"] == EMPTY_HD95_MM  # false positive
+    assert result["dice_WT"] == 1.0  # RC is not in WT; the ET voxel replaced SNFH inside it
+    assert 0.0 < result["dice_SNFH"] < 1.0 and result["lesion_hd95_RC"] == 0.0  # 8 mm3: below the lesion volume
+
+
+def test_glioma_metrics_are_the_default_task_metrics():
+    from pipeline.tasks import DEFAULT_TASK
+
+    rng = np.random.default_rng(0)
+    truth, pred = rng.integers(0, 4, (10, 10, 10)).astype(np.uint8), rng.integers(0, 4, (10, 10, 10)).astype(np.uint8)
+    assert case_metrics(pred, truth, (1.0, 1.0, 2.0)) == case_metrics(pred, truth, (1.0, 1.0, 2.0), task=DEFAULT_TASK)

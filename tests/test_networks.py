@@ -46,3 +46,31 @@ def test_divisor_seen_through_wrappers() -> None:
 def test_bad_settings_are_config_errors(kwargs: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         build_network(**kwargs)
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "channels", "output_mode", "in_2d", "in_25d", "out"),
+    [
+        ("whole-tumour", ("flair",), None, 1, 5, 2),
+        ("brats2024-post-treatment", None, None, 4, 20, 5),
+        ("brats2024-ped", None, None, 4, 20, 5),
+        ("meningioma-rt", None, None, 1, 5, 2),
+        ("brats-glioma", ("t1ce", "flair"), "regions", 2, 10, 3),
+    ],
+)
+def test_channels_follow_the_task(task: str, channels, output_mode, in_2d: int, in_25d: int, out: int) -> None:
+    from pipeline.tasks import resolve_task
+
+    spec = resolve_task(task, channels)
+    assert input_channels("2d", 2, spec) == input_channels("3d", 2, spec) == in_2d
+    assert input_channels("2.5d", 2, spec) == in_25d and output_channels(output_mode, spec) == out
+    net = build_network("2.5d", context=2, output_mode=output_mode, task=spec.to_dict(), channels=(4, 8), strides=(2,), num_res_units=0)
+    assert net(torch.zeros(1, in_25d, 16, 16)).shape == (1, out, 16, 16)
+
+
+def test_regions_need_a_task_with_regions() -> None:
+    with pytest.raises(ConfigError, match="declares no regions"):
+        output_channels("regions", "brats2024-post-treatment")

@@ -97,3 +97,49 @@ def test_the_inference_config_builds_the_postprocessing_component():
     parser["postprocessing#min_et_voxels"] = 500
     assert parser.get_parsed_content("postprocessing").min_et_voxels == 500
     assert "postprocessing" not in yaml.safe_load((CONFIGS / "evaluate.yaml").read_text())
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+def test_a_task_without_regions_edits_its_structures():
+    from pipeline.tasks import resolve_task
+
+    task = resolve_task("brats2024-post-treatment")  # NETC 1, SNFH 2, ET 3, RC 4; no regions
+    seg = np.zeros((20, 20, 20), np.uint8)
+    seg[2:10, 2:10, 2:10] = 2
+    seg[4:6, 4:6, 4:6] = 3
+    seg[15, 15, 15] = 2  # a speck of SNFH
+    seg[12:14, 12:14, 12:14] = 4  # a small resection cavity
+    seg[17, 2, 2] = 4  # and a speck of it
+    post = PostProcessing(min_component_voxels={"WT": 5}, keep_largest=["RC"], task=task)
+    out = post(seg)
+    assert out[15, 15, 15] == 0 and out[17, 2, 2] == 0  # removed structure voxels become background
+    assert (out[12:14, 12:14, 12:14] == 4).all() and (out[4:6, 4:6, 4:6] == 3).all()
+    assert np.count_nonzero(out) == np.count_nonzero(seg) - 2
+    with pytest.raises(ConfigError, match="unknown region"):
+        PostProcessing(keep_largest=["NEC"], task=task)
+
+
+def test_small_et_becomes_netc_only_where_the_task_has_both():
+    from pipeline.tasks import resolve_task
+
+    seg = np.zeros((6, 6, 6), np.uint8)
+    seg[1:5, 1:5, 1:5] = 2
+    seg[2, 2, 2] = 1  # ET in the paediatric task (ET 1, NETC 2, CC 3, ED 4)
+    ped = PostProcessing(min_et_voxels=5, task="brats2024-ped")
+    assert ped(seg)[2, 2, 2] == resolve_task("brats2024-ped").class_value("NETC")
+    with pytest.raises(ConfigError, match="min_et_voxels relabels ET as NEC/NETC; task whole-tumour has no such classes"):
+        PostProcessing(min_et_voxels=5, task="whole-tumour")
+
+
+def test_whole_tumour_keeps_its_largest_component_and_glioma_settings_move_to_a_task():
+    seg = np.zeros((12, 12, 12), np.uint8)
+    seg[1:5, 1:5, 1:5] = 1
+    seg[9, 9, 9] = 1
+    glioma = PostProcessing(min_component_voxels={"WT": 20}, keep_largest=["WT"])  # the bundle's default
+    assert glioma.fits("whole-tumour") and not glioma.fits("meningioma-rt")
+    whole = glioma.for_task("whole-tumour")
+    assert whole.min_component_voxels == {"WT": 20} and whole(seg).sum() == 64
+    with pytest.raises(ConfigError, match="unknown region"):
+        glioma.for_task("meningioma-rt")
+    regions = PostProcessing(min_component_voxels=2, task="brats-glioma")
+    assert regions(_tumour())[15, 15, 15] == 0  # glioma: the regions are edited and nested, as before

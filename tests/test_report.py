@@ -242,3 +242,22 @@ def test_overlays_without_ground_truth_show_the_prediction_alone(tmp_path):
     assert not _has_colour(rgb, np.array(ERROR_COLOURS[FALSE_POSITIVE]))  # no error map, no error legend
     out = write_overlay(tmp_path / "overlays" / "unlabelled.png", image, prediction, None, (1.0, 1.0, 2.5), title="case")
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size < 1_000_000
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+def test_overlays_and_plots_of_a_one_channel_task(tmp_path):
+    from pipeline.report import figure_rgb, overlay_figure, region_colours, write_report
+    from pipeline.tasks import resolve_task
+
+    task = resolve_task("brats2024-post-treatment").with_channels(["flair"])
+    image = np.random.default_rng(0).normal(size=(6, 1, 12, 12)).astype(np.float32)
+    truth = np.zeros((6, 12, 12), np.uint8)
+    truth[2:4, 3:8, 3:8] = task.class_value("SNFH")
+    truth[2:4, 9:11, 9:11] = task.class_value("RC")
+    rgb = figure_rgb(overlay_figure(image, truth, None, (1.0, 1.0, 1.0), title="case", task=task))
+    assert _has_colour(rgb, np.array(task.colour("RC")))  # the legend shows every class in its colour
+    assert region_colours(task)["WT"] == tuple(c / 255 for c in task.colour("SNFH"))
+    rows = [{"case_id": f"c{i}", **case_metrics(truth, truth, (1.0, 1.0, 1.0), task=task)} for i in range(2)]
+    summary = write_report(rows, tmp_path, task=task)
+    assert set(summary["plots"]) == {"dice_distribution", "dice_per_case"} and summary["metrics"]["dice_RC"]["mean"] == 1.0
+    assert [line.split()[0] for line in (tmp_path / "summary.txt").read_text().splitlines()[1:-1]] == list(task.structures)

@@ -408,3 +408,108 @@ def test_keep_weights_last_holds_the_final_weights(tiny_run_data: tuple[Path, Pa
     result = _cli_train(datalist, cache, tmp_path / "bad", "2d", 1, settings=[*TINY, "keep_weights=worst"])
     assert result.exit_code == 1 and "keep_weights: choose one of best, last" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+def _task_labels(label, task) -> "np.ndarray":
+    """A glioma cache label (NEC 1, ED 2, ET 3) in ``task``'s internal labels; the post-treatment task gets a resection cavity."""
+    import numpy as np
+
+    from pipeline.tasks import DEFAULT_TASK
+
+    label = np.asarray(label)
+    out = np.zeros_like(label)
+    for name in DEFAULT_TASK.classes:
+        target = {"NEC": "NETC", "ED": "SNFH"}.get(name, name) if "WT" not in task.classes else "WT"
+        if target in task.classes:
+            out[label == DEFAULT_TASK.class_value(name)] = task.class_value(target)
+    if "RC" in task.classes:
+        z = label.shape[0] // 2
+        out[z - 1 : z + 2, 1:4, 1:4] = task.class_value("RC")
+    return out
+
+
+def _task_run_data(datalist: Path, cache: Path, out: Path, task) -> tuple[Path, Path]:
+    """The tiny data list storing ``task`` and its cache: each case's channels of the task and labels in its classes (cache.write_case)."""
+    import numpy as np
+
+    from pipeline.cache import complete_case_ids, load_case, read_meta, write_case
+    from pipeline.modalities import MODALITIES
+
+    listing = json.loads(datalist.read_text())
+    listing["task"] = task.to_dict()
+    task_datalist = out / "lists" / datalist.name
+    task_datalist.parent.mkdir(parents=True)
+    task_datalist.write_text(json.dumps({**listing, "data_root": str((datalist.parent / listing["data_root"]).resolve())}))
+    channels = [MODALITIES.index(channel) for channel in task.channels]
+    for case_id in complete_case_ids(cache):
+        case, meta = load_case(cache, case_id), read_meta(cache, case_id)
+        image = np.ascontiguousarray(np.asarray(case.image)[:, channels])
+        label = _task_labels(case.label, task) if case.label is not None else None
+        foreground = np.count_nonzero(label, axis=(1, 2)).tolist() if label is not None else None
+        meta = {**meta, "shape": list(image.shape), "modalities": list(task.channels), "foreground_per_slice": foreground}
+        write_case(out / "cache" / case_id, image, label, meta)
+    return task_datalist, out / "cache"
+
+
+@pytest.mark.parametrize(
+    ("task_name", "channels", "settings", "conventions"),
+    [
+        ("whole-tumour", ["flair"], [], {"brats2017": {0, 1}, "internal": {0, 1}}),
+        ("brats2024-post-treatment", None, [], {"brats2023": {0, 1, 2, 3, 4}}),
+        ("brats-glioma", ["t1ce", "flair"], ["output_mode=regions"], {"brats2017": {0, 1, 2, 4}, "msd": {0, 1, 2, 3}}),
+    ],
+)
+def test_a_task_trains_and_predicts_its_classes(tiny_run_data, tiny_cohort, tmp_path, task_name, channels, settings, conventions) -> None:
+    """A tiny run on a task's cache: the network's channels, the stored task, validation Dice per structure, labels written per convention."""
+    import numpy as np
+
+    from pipeline.api import load_model
+    from pipeline.tasks import model_task, resolve_task
+
+    task = resolve_task(task_name, channels)
+    datalist, cache = _task_run_data(*tiny_run_data, tmp_path / "data", task)
+    result = _cli_train(datalist, cache, tmp_path / "run", "2.5d", 1, settings=[*TINY, *settings])
+    assert result.exit_code == 0, result.output
+    effective = model_task(task, "regions" if settings else None)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    inference = json.loads((tmp_path / "run" / "inference.json").read_text())
+    assert config["task"] == inference["task"] == task.to_dict()
+    latest = torch.load(tmp_path / "run" / "models" / "latest.pt", weights_only=True)
+    first, last = next(iter(latest["network"].values())), list(latest["network"].values())[-1]
+    assert first.shape[1] == task.num_channels * 5 and last.shape[0] == effective.out_channels  # 2.5D, context 2
+    from pipeline.report import read_training_logs
+
+    logged = read_training_logs(tmp_path / "run")
+    assert {f"val_dice_{name}" for name in task.structures} | {"val_mean_dice"} <= set(logged), sorted(logged)
+
+    model = load_model(tmp_path / "run")
+    assert model.task.classes == task.classes and model.channel_names == ((*task.regions,) if settings else ("background", *task.classes))
+    case = tiny_cohort / json.loads(datalist.read_text())["test"][0]["case_id"]
+    prediction = model.predict_case(case, probabilities=True)
+    assert prediction.probabilities.shape[0] == effective.out_channels and prediction.labels.max() <= len(task.classes)
+    for convention, allowed in conventions.items():
+        written = np.asarray(model.segment(case, label_convention=convention).dataobj)
+        assert set(np.unique(written).tolist()) <= allowed
+        np.testing.assert_array_equal(model.task.convention(convention).to_internal(written), prediction.labels)
+
+
+@pytest.mark.parametrize("mode", ["2.5d", "3d"])
+@pytest.mark.parametrize("extra", [[], [GPU_CONFIG], [MULTI_GPU_CONFIG]])
+def test_training_configs_compose_with_a_task(mode: str, extra: list, tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    from pipeline.tasks import resolve_task
+    from pipeline.training import set_run_task
+
+    datalist, _ = tiny_run_data
+    listing = json.loads(datalist.read_text())
+    listing["task"] = resolve_task("whole-tumour", ["flair"]).to_dict()
+    stored = tmp_path / "list.json"
+    stored.write_text(json.dumps(listing))
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in training_config_files(mode, extra)])
+    parser.update({"mode": mode, "datalist": str(stored), "channels": [4, 8], "strides": [2]})
+    assert set_run_task(parser) == listing["task"] and parser.get_parsed_content("target") == "softmax"
+    network = parser.get_parsed_content("network_def")
+    weights = [p for p in network.parameters() if p.ndim > 1]
+    assert weights[0].shape[1] == (5 if mode == "2.5d" else 1) and network(torch.zeros(1, weights[0].shape[1], *[8] * (3 if mode == "3d" else 2))).shape[1] == 2
+    assert parser.get_parsed_content("loss").dice.softmax is True

@@ -37,3 +37,29 @@ def test_validation_volumes_read_whole_cached_cases(tiny_cache) -> None:
     assert item["case_id"] == case_ids[1] and item["image"].dtype == torch.float16 and item["label"].dtype == torch.uint8
     np.testing.assert_array_equal(item["image"].numpy(), cached.image)
     np.testing.assert_array_equal(item["label"].numpy(), cached.label)
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("task", "channels", "output_mode"),
+    [("whole-tumour", ["flair"], None), ("brats2024-post-treatment", None, None), ("brats-glioma", ["t1ce", "flair"], "regions"), ("brats2024-ped", None, None)],
+)
+def test_structure_masks_and_dice_follow_the_task(task, channels, output_mode) -> None:
+    from pipeline.handlers import PredictionOverlay
+    from pipeline.tasks import model_task, resolve_task
+    from pipeline.training_validation import key_metric, structure_metrics
+
+    spec = model_task(resolve_task(task, channels), output_mode)
+    rng = np.random.default_rng(1)
+    predicted, truth = (rng.integers(0, len(spec.classes) + 1, size=(3, 5, 4)).astype(np.uint8) for _ in range(2))
+    if spec.target == "regions":
+        probabilities = 0.2 + 0.6 * spec.labels_to_regions(predicted).astype(np.float32)
+    else:
+        probabilities = 0.1 + 0.8 * np.stack([predicted == value for value in range(spec.num_classes)]).astype(np.float32)
+    out = StructureMasks(output_mode, spec.to_dict())({"pred": torch.from_numpy(probabilities), "label": torch.from_numpy(truth)[None]})
+    assert tuple(out["pred"].shape) == (len(spec.structures), 3, 5, 4)
+    for channel, name in enumerate(spec.structures):
+        np.testing.assert_array_equal(out["pred"][channel].numpy(), spec.structure_masks(predicted)[name])
+        np.testing.assert_array_equal(out["label"][channel].numpy(), spec.structure_masks(truth)[name])
+    np.testing.assert_array_equal(PredictionOverlay.internal_labels(out["label"].numpy(), spec), truth)
+    assert set(structure_metrics(spec)) == {f"val_dice_{name}" for name in spec.structures} and set(key_metric(spec)) == {"val_mean_dice"}

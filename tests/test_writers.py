@@ -121,3 +121,47 @@ def test_colour_table_uses_the_release_names():
 def test_file_names():
     assert segmentation_filename("BraTS2021_00006") == "BraTS2021_00006_seg.nii.gz"
     assert segmentation_filename("BraTS-GLI-00001-000", submission_names=True) == "BraTS-GLI-00001-000.nii.gz"
+
+
+# ---- tasks ------------------------------------------------------------------------------------
+def test_colour_table_of_a_task_names_its_classes_in_its_colours():
+    from pipeline.tasks import resolve_task, written_convention
+    from pipeline.writers import colour_table_filename
+
+    task = resolve_task("brats2024-post-treatment")
+    convention = written_convention(task, "brats2023")
+    table = parse_colour_table(colour_table_text(convention, task))
+    assert {value: name for value, (name, _) in table.items()} == {0: "background", 1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"}
+    assert table[4][1] == (*task.colour("RC"), 255) and table[0][1][3] == 0
+    assert colour_table_filename(convention, task) == "brats2024-post-treatment_brats2023.ctbl"
+    whole = resolve_task("whole-tumour", ["flair"])
+    table = parse_colour_table(colour_table_text(written_convention(whole, "brats2017"), whole))
+    assert {value: name for value, (name, _) in table.items()} == {0: "background", 1: "WT", 2: "WT", 4: "WT"}
+    assert colour_table_filename(written_convention(whole, "brats2017"), whole) == "whole-tumour_brats2017.ctbl"
+
+
+def test_the_glioma_task_writes_the_release_conventions():
+    from pipeline.tasks import DEFAULT_TASK, written_convention
+
+    for name in CONVENTIONS:
+        assert written_convention(DEFAULT_TASK, name) is get_convention(name)
+        assert colour_table_text(written_convention(DEFAULT_TASK, name), DEFAULT_TASK) == colour_table_text(get_convention(name))
+
+
+@pytest.mark.parametrize(
+    ("task", "convention", "written"),
+    [
+        ("whole-tumour", "brats2017", {0: 0, 1: 1}),
+        ("whole-tumour", "brats2023", {0: 0, 1: 1}),
+        ("brats2024-post-treatment", "brats2023", {0: 0, 1: 1, 2: 2, 3: 3, 4: 4}),
+        ("brats2024-ped", "brats2024-ped", {0: 0, 1: 1, 2: 2, 3: 3, 4: 4}),
+        ("meningioma-rt", "brats2024-men-rt", {0: 0, 1: 1}),
+    ],
+)
+def test_labels_are_written_back_in_each_convention(tmp_path, task, convention, written):
+    from pipeline.tasks import resolve_task, written_convention
+
+    labels_convention = written_convention(resolve_task(task), convention)
+    internal = np.array(sorted(written), np.uint8)
+    assert labels_convention.from_internal(internal).tolist() == [written[v] for v in internal]
+    assert labels_convention.to_internal(labels_convention.from_internal(internal)).tolist() == internal.tolist()
