@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -213,9 +213,8 @@ class SegmentationModel:
         from pipeline.io import load_nifti
         from pipeline.preprocess import prepare_case
 
-        record = case_record(case)
-        prepared = prepare_case(record, allow_resection_cavity=self.allow_resection_cavity)
-        prepared = replace(prepared, image=_task_channels(prepared.image, self.task))
+        record = case_record(case, self.task)
+        prepared = prepare_case(record, allow_resection_cavity=self.allow_resection_cavity, task=self.task)
         pass_entropy = None
         if uncertainty:
             scores, pass_entropy = self.inferer.with_pass_entropy(self.network, prepared.image, self.device)
@@ -291,19 +290,6 @@ class SegmentationModel:
         )
 
 
-def _task_channels(image: np.ndarray, task: Task) -> np.ndarray:
-    """The task's channels of a prepared image ``(Z, C, X, Y)``.
-
-    TEMPORARY: until ``prepare_case`` prepares the task's channels itself, it prepares the four
-    BraTS modalities, and a task on a subset of them takes its channels here.
-    """
-    from pipeline.modalities import MODALITIES
-
-    if image.shape[1] == task.num_channels or image.shape[1] != len(MODALITIES) or not set(task.channels) <= set(MODALITIES):
-        return image
-    return np.ascontiguousarray(image[:, [MODALITIES.index(channel) for channel in task.channels]])
-
-
 def check_output_convention(label_convention: str, task: Task = DEFAULT_TASK) -> str:
     """``label_convention`` if it is ``auto`` or one of the task's conventions (BraTS glioma: :data:`OUTPUT_CONVENTIONS`), else a :class:`ConfigError`."""
     choices = ("auto", *task.conventions)
@@ -328,15 +314,23 @@ def _device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-def case_record(case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> CaseRecord:
-    """A :class:`CaseRecord` from a record, a case folder, an MSD 4D file, or four modality files (:mod:`pipeline.datasets`)."""
+def case_record(case: CaseRecord | str | os.PathLike[str] | Sequence[str | os.PathLike[str]], task: Task | None = None) -> CaseRecord:
+    """A :class:`CaseRecord` of ``task``'s channels from a record, a case folder, an MSD 4D file, or four modality files (:mod:`pipeline.datasets`).
+
+    A record listed with more channels than the task reads (a four-modality data list and a
+    FLAIR-only model) holds only the task's channels, in its order.
+    """
+    from pipeline.datasets.records import for_channels
+    from pipeline.tasks import resolve_task
+
+    task = resolve_task(task)
     if isinstance(case, CaseRecord):
-        return case
+        return for_channels(case, task.channels)
     from pipeline.datasets import case_from_files, discover_case
 
     if isinstance(case, (str, os.PathLike)):
-        return discover_case(case)
-    return case_from_files(case)
+        return discover_case(case, task=task)
+    return for_channels(case_from_files(case), task.channels)
 
 
 def ensemble(models: Sequence[SegmentationModel], names: Sequence[str | os.PathLike[str]] | None = None) -> SegmentationModel:

@@ -44,7 +44,7 @@ from pipeline.writers import (
     write_uncertainty,
 )
 from pipeline.io import write_json
-from pipeline.tasks import DEFAULT_TASK, Task, written_convention
+from pipeline.tasks import DEFAULT_TASK, Task, resolve_task, written_convention
 
 __all__ = [
     "PredictionSummary",
@@ -81,19 +81,21 @@ def _has_nifti_files(folder: Path) -> bool:
     return any(p.is_file() and (p.name.endswith(".nii") or p.name.endswith(".nii.gz")) for p in folder.iterdir())
 
 
-def resolve_cases(input_path: str | os.PathLike[str]) -> list[CaseRecord]:
-    """Every case an ``--input`` names: a case folder, an MSD 4D file, a data list JSON or a data root."""
+def resolve_cases(input_path: str | os.PathLike[str], task: Task | None = None) -> list[CaseRecord]:
+    """Every case an ``--input`` names: a case folder, an MSD 4D file, a data list JSON or a data root, with the files of ``task``'s channels (default: the BraTS glioma task)."""
     from pipeline.datasets import discover, discover_case
+    from pipeline.datasets.records import for_channels
 
     source = Path(input_path)
     if not source.exists():
         raise InputError(source, "input not found")
     if source.is_file() and source.suffix == ".json":
         datalist = load_datalist(source)
-        return [record for split in SPLITS for record in datalist.records[split]]
+        channels = resolve_task(task).channels
+        return [for_channels(record, channels) for split in SPLITS for record in datalist.records[split]]
     if source.is_file() or _has_nifti_files(source):
-        return [discover_case(source)]
-    found = discover(source)
+        return [discover_case(source, task=task)]
+    found = discover(source, task=task)
     for line in found.warnings:
         logger.warning("warning: %s", line)
     problems = [line for lines in found.problems.values() for line in lines]
@@ -192,7 +194,7 @@ def predict(
     elif tta is not None:
         model.inferer.tta = bool(tta)
     check_output_convention(label_convention, model.task)
-    records = resolve_cases(input_path)
+    records = resolve_cases(input_path, model.task)
     check_outputs_spare_inputs(records, out, submission_names, probabilities, uncertainty)
     summary = PredictionSummary(out_dir=out)
     entries: list[dict[str, Any]] = []

@@ -61,7 +61,6 @@ __all__ = [
     "apply_output_mode",
     "build_lr_scheduler",
     "build_optimizer",
-    "datalist_task",
     "ensemble_command",
     "fold_case_ids",
     "fold_run_dir",
@@ -134,6 +133,8 @@ def run_task(parser: Any) -> dict[str, Any]:
     from pipeline.tasks import resolve_task
 
     if parser.get("task") is None:
+        from pipeline.datalist import datalist_task
+
         return datalist_task(parser.get_parsed_content("datalist"))
     return resolve_task(parser.get_parsed_content("task", instantiate=False)).to_dict()
 
@@ -143,22 +144,6 @@ def set_run_task(parser: Any) -> dict[str, Any]:
     mapping = run_task(parser)
     parser["task"] = mapping
     return mapping
-
-
-def datalist_task(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The task mapping a data list stores (:data:`pipeline.tasks.DEFAULT_TASK`'s for a list that stores none).
-
-    TEMPORARY: stands in for ``pipeline.datalist.datalist_task`` until data lists store their
-    task; then :func:`set_run_task` calls that and this function goes.
-    """
-    from pipeline.tasks import DEFAULT_TASK
-
-    try:
-        payload = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(path, f"cannot read data list: {err}") from None
-    stored = payload.get("task") if isinstance(payload, dict) else None
-    return dict(stored) if stored is not None else DEFAULT_TASK.to_dict()
 
 
 def build_optimizer(name: str, parameters: Any, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

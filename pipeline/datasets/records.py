@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from pipeline.errors import InputError
 
 from pipeline.modalities import MODALITIES
 
-__all__ = ["CaseRecord"]
+__all__ = ["CaseRecord", "for_channels"]
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,21 @@ class CaseRecord:
         if default_convention is not None and self.label_convention != default_convention:
             entry["label_convention"] = self.label_convention
         return entry
+
+
+def for_channels(record: CaseRecord, channels: Sequence[str]) -> CaseRecord:
+    """``record`` holding only ``channels``, in that order (a model's task on a case listed with more channels).
+
+    Raises:
+        InputError: naming the case's first file when it has no file (or 4D channel) for one of ``channels``.
+    """
+    channels = tuple(channels)
+    if tuple(record.channels) == channels:
+        return record
+    missing = [channel for channel in channels if channel not in record.channels]
+    if missing:
+        raise InputError(record.images[0], f"case {record.case_id} has no {missing[0]} image, which the model's task needs ({', '.join(channels)})")
+    index = [record.channels.index(channel) for channel in channels]
+    if record.channel_indices is not None:
+        return replace(record, channel_indices=tuple(record.channel_indices[i] for i in index), channels=channels)
+    return replace(record, images=tuple(record.images[i] for i in index), channels=channels)
