@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.modalities import MODALITIES
 
-__all__ = ["CaseRecord"]
+__all__ = ["IMAGE_2D", "KAGGLE_LGG", "LAYOUTS", "NIFTI", "PLANAR_LAYOUTS", "CaseRecord", "planar_record"]
+
+#: How a record's files are laid out: NIfTI volumes (BraTS, MSD), a Kaggle LGG patient folder of
+#: TIFF slices (``images`` and ``label`` are the folder), or one 2D image and its mask.
+NIFTI, KAGGLE_LGG, IMAGE_2D = "nifti", "kaggle-lgg", "image-2d"
+
+#: Every layout a record may have.
+LAYOUTS: tuple[str, ...] = (NIFTI, KAGGLE_LGG, IMAGE_2D)
+
+#: The layouts read from 2D image files (no spacing or orientation: unit spacing, identity affine).
+PLANAR_LAYOUTS: tuple[str, ...] = (KAGGLE_LGG, IMAGE_2D)
 
 
 @dataclass(frozen=True)
@@ -15,7 +26,10 @@ class CaseRecord:
     """One patient: absolute paths of its images and of its label, if any.
 
     ``images`` holds one file per entry of ``channels`` (the task's input channels, in its
-    order), or one 4D file whose ``channel_indices`` give each channel's position in it.
+    order), or one 4D file whose ``channel_indices`` give each channel's position in it. A
+    ``kaggle-lgg`` record's image and label are its patient folder (the slices are listed from
+    it) and an ``image-2d`` record's are one image file and its mask; ``channel_indices`` then
+    give each channel's position among the file's colour components (None: grayscale).
     """
 
     case_id: str
@@ -26,6 +40,7 @@ class CaseRecord:
     channel_indices: tuple[int, ...] | None = None
     label_convention: str = "brats2017"
     channels: tuple[str, ...] = MODALITIES
+    layout: str = NIFTI
 
     def to_entry(self, data_root: Path, default_convention: str | None = None) -> dict:
         """The JSON entry for this case, paths relative to ``data_root``.
@@ -42,4 +57,22 @@ class CaseRecord:
             entry["channel_indices"] = list(self.channel_indices)
         if default_convention is not None and self.label_convention != default_convention:
             entry["label_convention"] = self.label_convention
+        if self.layout != NIFTI:
+            entry["layout"] = self.layout
         return entry
+
+
+def planar_record(
+    case_id: str, image: Path, label: Path, layout: str, channels: Sequence[str], channel_indices: tuple[int, ...] | None, label_convention: str
+) -> CaseRecord:
+    """The record of a 2D-layout case (a Kaggle patient folder, or an image and its mask), before its split is known."""
+    return CaseRecord(
+        case_id=case_id,
+        images=(image,),
+        label=label,
+        split="training",
+        channel_indices=channel_indices,
+        label_convention=label_convention,
+        channels=tuple(channels),
+        layout=layout,
+    )
