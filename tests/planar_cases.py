@@ -10,6 +10,20 @@ import SimpleITK as sitk
 
 KAGGLE_PATIENT = "TCGA_AB_0001_20000101"
 
+#: Slices per patient of the ten real patients (their README's table).
+REAL_SLICES = {
+    "TCGA_CS_4943_20000902": 20,
+    "TCGA_CS_5393_19990606": 20,
+    "TCGA_DU_5849_19950405": 38,
+    "TCGA_DU_7008_19830723": 52,
+    "TCGA_DU_A5TP_19970614": 38,
+    "TCGA_FG_5962_20000626": 51,
+    "TCGA_FG_6688_20020215": 36,
+    "TCGA_HT_7473_19970826": 32,
+    "TCGA_HT_7680_19970202": 21,
+    "TCGA_HT_8105_19980826": 32,
+}
+
 
 def write_image(path: Path, voxels: np.ndarray) -> Path:
     """Write a 2D array ``(rows, columns)`` or ``(rows, columns, components)`` as PNG, JPG or TIFF (after the suffix)."""

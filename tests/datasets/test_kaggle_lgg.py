@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from planar_cases import KAGGLE_PATIENT, kaggle_patient, kaggle_root, mask_voxels, write_image
+from planar_cases import KAGGLE_PATIENT, REAL_SLICES, kaggle_patient, kaggle_root, mask_voxels, write_image
 
 from pipeline.datasets import discover, layout_task, validate_case
 from pipeline.datasets.kaggle_lgg import list_slices
@@ -15,20 +15,6 @@ from pipeline.datasets.reading import read_case, source_manifest
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import read_image_2d
 from pipeline.tasks import KAGGLE_LGG, get_task
-
-#: Slices per patient of the ten real patients (their README's table).
-REAL_SLICES = {
-    "TCGA_CS_4943_20000902": 20,
-    "TCGA_CS_5393_19990606": 20,
-    "TCGA_DU_5849_19950405": 38,
-    "TCGA_DU_7008_19830723": 52,
-    "TCGA_DU_A5TP_19970614": 38,
-    "TCGA_FG_5962_20000626": 51,
-    "TCGA_FG_6688_20020215": 36,
-    "TCGA_HT_7473_19970826": 32,
-    "TCGA_HT_7680_19970202": 21,
-    "TCGA_HT_8105_19980826": 32,
-}
 
 
 def test_discovery_recognises_the_layout_and_picks_its_task(tmp_path: Path) -> None:
