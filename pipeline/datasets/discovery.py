@@ -23,6 +23,7 @@ from pipeline.datasets.records import NIFTI, CaseRecord
 from pipeline.datasets import image_folders, kaggle_lgg, msd
 from pipeline.datasets.brats import find_case_prefix, identify_files, identify_release, read_case_folder
 from pipeline.errors import InputError
+from pipeline.io import IMAGE_2D_SUFFIXES
 from pipeline.tasks import KAGGLE_LGG, Task, resolve_task
 
 __all__ = ["MIXED_RELEASE", "DiscoveredDataset", "discover", "discover_case", "layout_task"]
@@ -189,7 +190,8 @@ def _case_location(record: CaseRecord) -> Path:
 
 
 def discover_case(path: str | Path, task: Task | None = None) -> CaseRecord:
-    """Read one case for inference: a case folder (any BraTS naming) or one MSD Task01 4D file.
+    """Read one case for inference: a case folder (any BraTS naming), one MSD Task01 4D file, a
+    Kaggle LGG patient folder (its slices; its masks if any) or one 2D image (PNG, JPG, TIFF; no mask).
 
     A folder not named after its case (``new_case/``) is recognised from its file names.
     Warnings are logged; problems found while listing raise. The record holds the files of
@@ -198,8 +200,12 @@ def discover_case(path: str | Path, task: Task | None = None) -> CaseRecord:
     Raises:
         InputError: if the path is missing, not recognisable, or the case is ambiguous.
     """
-    task = resolve_task(task)
     source = Path(path).resolve()
+    if kaggle_lgg.is_patient_folder(source):
+        return kaggle_lgg.patient_record(source, resolve_task(task if task is not None else KAGGLE_LGG))
+    if source.is_file() and source.suffix.lower() in IMAGE_2D_SUFFIXES:
+        return image_folders.image_record(source, task)
+    task = resolve_task(task)
     if source.is_file():
         return msd.read_msd_file(source, task.channels)
     if not source.is_dir():

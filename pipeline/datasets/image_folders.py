@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.datasets.records import IMAGE_2D, CaseRecord, planar_record
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError
 from pipeline.io import IMAGE_2D_SUFFIXES, read_image_2d
 from pipeline.tasks import IMAGE_MASK_2D, IMAGE_MASK_2D_RGB, Task
 
@@ -30,6 +30,7 @@ __all__ = [
     "ImageCases",
     "channel_indices",
     "discover_image_folders",
+    "image_record",
     "image_task",
     "is_image_folder_root",
 ]
@@ -110,6 +111,20 @@ def image_task(root: Path) -> Task:
     except Exception:  # an unreadable first image is reported by validation
         return IMAGE_MASK_2D
     return IMAGE_MASK_2D_RGB if voxels.ndim == 3 else IMAGE_MASK_2D
+
+
+def image_record(path: Path, task: Task | None = None) -> CaseRecord:
+    """An unlabelled one-image case (for inference), read with ``task`` (default: grayscale or RGB after the image).
+
+    Raises:
+        InputError: if the image cannot be read, or its name cannot be a case id.
+        ConfigError: if ``task`` does not read 2D images.
+    """
+    if task is None:
+        task = IMAGE_MASK_2D_RGB if read_image_2d(path).ndim == 3 else IMAGE_MASK_2D
+    if not _SAFE_ID.match(path.stem):
+        raise InputError(path, f"file name {path.stem!r} cannot be a case id (letters, digits, _ . - only)")
+    return planar_record(path.stem, path, None, IMAGE_2D, task.channels, channel_indices(task, path), LABEL_CONVENTION)
 
 
 def discover_image_folders(root: Path, task: Task) -> ImageCases:

@@ -18,7 +18,7 @@ from pipeline.datasets.records import KAGGLE_LGG, CaseRecord, planar_record
 from pipeline.errors import ConfigError
 from pipeline.tasks import Task
 
-__all__ = ["CHANNELS", "LABEL_CONVENTION", "RELEASE", "KaggleCases", "SliceFiles", "channel_indices", "discover_kaggle", "is_kaggle_root", "is_patient_folder", "list_slices"]
+__all__ = ["CHANNELS", "LABEL_CONVENTION", "RELEASE", "KaggleCases", "SliceFiles", "channel_indices", "discover_kaggle", "has_masks", "is_kaggle_root", "is_patient_folder", "list_slices", "patient_record"]
 
 RELEASE = "kaggle-lgg"
 LABEL_CONVENTION = "mask255"
@@ -35,7 +35,7 @@ class SliceFiles:
 
     number: int
     image: Path
-    mask: Path
+    mask: Path | None
 
 
 @dataclass
@@ -70,7 +70,8 @@ def list_slices(folder: Path) -> tuple[list[SliceFiles], list[str]]:
     """The slices of a patient folder in numeric order (slice 10 after slice 9), and ``<file>: <reason>`` problems.
 
     Problems: no slice, a slice without its mask or a mask without its slice, a number used
-    twice (``_5.tif`` and ``_5.tiff``), a gap in the numbers or numbers not starting at 1.
+    twice (``_5.tif`` and ``_5.tiff``), a gap in the numbers or numbers not starting at 1. A
+    folder without any mask is an unlabelled patient: its slices have ``mask`` None.
     """
     images: dict[int, Path] = {}
     masks: dict[int, Path] = {}
@@ -83,6 +84,8 @@ def list_slices(folder: Path) -> tuple[list[SliceFiles], list[str]]:
         files[number] = path
     if not images and not masks:
         return [], [f"{folder}: no slice found (expected {folder.name}_<n>.tif and {folder.name}_<n>_mask.tif)"]
+    if images and not masks:  # unlabelled: slices only
+        masks = dict.fromkeys(images)
     for number in sorted(set(images) - set(masks)):
         problems.append(f"{images[number]}: slice {number} has no mask ({folder.name}_{number}_mask.tif)")
     for number in sorted(set(masks) - set(images)):
@@ -108,6 +111,18 @@ def channel_indices(task: Task, where: str | Path) -> tuple[int, ...]:
     return tuple(CHANNELS.index(c) for c in task.channels)
 
 
+def has_masks(folder: Path) -> bool:
+    """Whether a patient folder holds any mask (a folder of slices only is an unlabelled patient)."""
+    return any(is_mask for _, is_mask, _ in _slice_files(folder))
+
+
+def patient_record(folder: Path, task: Task, indices: tuple[int, ...] | None = None) -> CaseRecord:
+    """The record of one patient folder under ``task`` (its label is the folder, or None without any mask)."""
+    indices = channel_indices(task, folder) if indices is None else indices
+    label = folder if has_masks(folder) else None
+    return planar_record(folder.name, folder, label, KAGGLE_LGG, task.channels, indices, LABEL_CONVENTION)
+
+
 def discover_kaggle(root: Path, task: Task, folders: Sequence[Path] | None = None) -> KaggleCases:
     """One record per patient folder under ``root`` (or of ``folders``); validation lists and judges its slices.
 
@@ -122,7 +137,7 @@ def discover_kaggle(root: Path, task: Task, folders: Sequence[Path] | None = Non
         if not is_patient_folder(entry):
             found.warnings.append(f"{entry}: not a Kaggle LGG patient folder; ignored")
             continue
-        found.records.append(planar_record(entry.name, entry, entry, KAGGLE_LGG, task.channels, indices, LABEL_CONVENTION))
+        found.records.append(patient_record(entry, task, indices))
         stray = {p for p in entry.iterdir() if not p.name.startswith(".")} - {p for _, _, p in _slice_files(entry)}
         found.warnings += [f"{path}: not a slice of {entry.name}; ignored" for path in sorted(stray)]
     return found

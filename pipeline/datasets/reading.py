@@ -65,7 +65,8 @@ def source_manifest(record: CaseRecord) -> dict[str, Any]:
         slices, problems = kaggle_lgg.list_slices(record.images[0])
         if problems:
             raise InputError(*problems[0].split(": ", 1))
-        files = [path for s in slices for path in (s.image, s.mask)]
+        masks = [s.mask for s in slices] if record.label is not None else [None] * len(slices)
+        files = [path for s, mask in zip(slices, masks) for path in (s.image, mask) if path is not None]
     return {
         "images": [str(path) for path in record.images],
         "channel_indices": list(record.channel_indices) if record.channel_indices is not None else None,

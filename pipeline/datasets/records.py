@@ -63,14 +63,14 @@ class CaseRecord:
 
 
 def planar_record(
-    case_id: str, image: Path, label: Path, layout: str, channels: Sequence[str], channel_indices: tuple[int, ...] | None, label_convention: str
+    case_id: str, image: Path, label: Path | None, layout: str, channels: Sequence[str], channel_indices: tuple[int, ...] | None, label_convention: str
 ) -> CaseRecord:
     """The record of a 2D-layout case (a Kaggle patient folder, or an image and its mask), before its split is known."""
     return CaseRecord(
         case_id=case_id,
         images=(image,),
         label=label,
-        split="training",
+        split="training" if label is not None else "unlabelled",
         channel_indices=channel_indices,
         label_convention=label_convention,
         channels=tuple(channels),

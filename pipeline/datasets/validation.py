@@ -182,7 +182,9 @@ def _size(array: np.ndarray) -> str:
 def _planar_slices(record: CaseRecord) -> tuple[list[tuple[int, Path, Path | None]], list[str]]:
     if record.layout == KAGGLE_LGG:
         listed, problems = kaggle_lgg.list_slices(record.images[0])
-        return [(s.number, s.image, s.mask) for s in listed], problems
+        if record.label is not None and listed and listed[0].mask is None:
+            problems = [f"{record.images[0]}: no mask found; the data list expects this patient's masks"]
+        return [(s.number, s.image, s.mask if record.label is not None else None) for s in listed], problems
     return [(1, record.images[0], record.label)], []
 
 

@@ -110,3 +110,36 @@ def test_validation_names_the_bad_file(tmp_path: Path, damage: str, named: str, 
 def test_the_real_patients_are_ten_cases_with_their_slice_counts(kaggle_lgg_dir: Path) -> None:
     dataset = discover(kaggle_lgg_dir)
     assert {r.case_id: len(list_slices(r.images[0])[0]) for r in dataset.records} == REAL_SLICES
+
+
+def test_a_patient_without_masks_is_unlabelled_and_one_folder_or_image_reads_for_inference(tmp_path: Path) -> None:
+    from planar_cases import image_pairs
+
+    from pipeline.datasets import discover_case
+
+    kaggle_patient(tmp_path / "lgg", slices=3)
+    unlabelled = kaggle_patient(tmp_path / "lgg", "TCGA_AB_0009_20000109", slices=4)
+    for mask in unlabelled.glob("*_mask.tif"):
+        mask.unlink()
+    by_id = {r.case_id: r for r in discover(tmp_path / "lgg").records}
+    record = by_id["TCGA_AB_0009_20000109"]
+    assert record.label is None and record.split == "unlabelled" and validate_case(record, task=KAGGLE_LGG) == []
+    volumes = read_case(record, KAGGLE_LGG)
+    assert volumes.label is None and volumes.channels[0].shape == (16, 16, 4) and len(volumes.source["files"]) == 4
+    assert discover_case(unlabelled) == record
+    image = image_pairs(tmp_path / "pairs", rgb=True) / "images" / "b.png"
+    single = discover_case(image)
+    assert single.case_id == "b" and single.label is None and single.channel_indices == (0, 1, 2) and single.layout == "image-2d"
+
+
+def test_a_listed_patient_whose_masks_are_gone_is_refused_and_an_unlabelled_one_preprocesses(tmp_path: Path) -> None:
+    from pipeline.preprocess import prepare_case
+
+    folder = kaggle_patient(tmp_path, slices=3)
+    (record,) = discover(tmp_path).records
+    for mask in folder.glob("*_mask.tif"):
+        mask.unlink()
+    assert validate_case(record, task=KAGGLE_LGG) == [f"{folder}: no mask found; the data list expects this patient's masks"]
+    (unlabelled,) = discover(tmp_path).records
+    prepared = prepare_case(unlabelled, task=KAGGLE_LGG)
+    assert prepared.label is None and prepared.image.shape[1] == 3 and prepared.meta["original"]["slices"][0]["mask"] is None
