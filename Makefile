@@ -15,7 +15,7 @@ SYNTH_CASES ?= 24
 SYNTH_SIZE  ?= small
 SYNTH_SEED  ?= 0
 DATA        ?=
-# TASK=NAME|FILE and CHANNELS=flair[,t2...] choose what the data list reads (default: the BraTS glioma task).
+# TASK=NAME|FILE and CHANNELS=flair[,t2...] choose what the data list reads (default: the layout's task: kaggle-lgg, image-mask-2d, else the BraTS glioma task).
 TASK        ?=
 CHANNELS    ?=
 TASK_ARGS    = $(if $(TASK),--task $(TASK)) $(if $(CHANNELS),--channels $(CHANNELS))

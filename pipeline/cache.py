@@ -15,6 +15,14 @@ One folder per case (``cache_dir/<case_id>/``):
     it follows; ``"task"`` the task it was built for (name, channels, classes: :func:`task_meta`;
     an entry written before tasks existed holds the BraTS glioma task). Everything needed to map a prediction back onto the source file
     (:func:`pipeline.geometry.restore_to_original`) and to write it with the source header.
+    A case of a 2D layout (Kaggle LGG patient, 2D image/mask pair) has axes (row, column,
+    slice) with unit spacing and an identity affine; its ``"original"`` holds ``"format"``
+    (``kaggle-lgg`` or ``image-2d``), ``"shape"`` (rows, columns, slices), ``"components"`` and
+    ``"slices"`` (number, image and mask file of every slice, in order): slice ``z`` of a
+    prediction restored to ``original.shape`` is the mask of ``slices[z]``, at its image's own
+    size. A task with ``pad_to`` adds ``"padding"``: ``size`` (the padded rows and columns),
+    ``offset`` (where the cropped grid starts inside it) and ``cropped_shape``; undo it with
+    ``[offset[0]:offset[0] + rows, offset[1]:offset[1] + columns]`` before restoring the crop.
 
 ``cache_dir/cache.json`` lists the data list (path, sha256) and the complete cases.
 
@@ -79,8 +87,11 @@ class CachedCase:
 
 
 def task_meta(task: Task) -> dict[str, Any]:
-    """What a cache entry records of its task: name, input channels and classes (they fix the arrays' meaning)."""
-    return {"name": task.name, "channels": list(task.channels), "classes": list(task.classes)}
+    """What a cache entry records of its task: name, input channels, classes and (2D tasks) ``pad_to``: they fix the arrays' meaning."""
+    meta = {"name": task.name, "channels": list(task.channels), "classes": list(task.classes)}
+    if task.pad_to:
+        meta["pad_to"] = list(task.pad_to)
+    return meta
 
 
 def _with_task(meta: dict) -> dict:

@@ -233,11 +233,11 @@ def preprocess(
 @click.option(
     "--task",
     cls=_TaskOption,
-    default="brats-glioma",
-    show_default=True,
+    default=None,
     metavar="NAME|FILE",
     help="What goes in and comes out: a built-in task or a task file (.json/.yaml); stored in the data list. "
-    "BraTS-PED labels are read only with --task brats2024-ped.",
+    "Default: kaggle-lgg for Kaggle LGG patient folders, image-mask-2d (or image-mask-2d-rgb for RGB images) for 2D "
+    "image/mask folders, else brats-glioma. BraTS-PED labels are read only with --task brats2024-ped.",
 )
 @click.option(
     "--channels",
@@ -256,7 +256,7 @@ def datalist(
     seed: int,
     skip_bad: bool,
     map_resection_cavity: bool,
-    task: str,
+    task: str | None,
     channels: tuple[str, ...] | None,
     workers: int,
     no_progress: bool,
@@ -265,7 +265,10 @@ def datalist(
 
     Every file is read and checked first; without --skip-bad any bad case stops the command
     and nothing is written. Each case needs the files of the task's channels, and its labels
-    must be the task's classes. Paths in the JSON are relative to the data root.
+    must be the task's classes. Paths in the JSON are relative to the data root. Besides the
+    BraTS and MSD layouts, a folder of Kaggle LGG patients (TIFF slices, one case per patient)
+    and a folder of 2D images with masks (images/ + masks/, or NAME.png + NAME_mask.png; one
+    case per image) are recognised.
     """
     from pipeline.datalist import SPLITS, build_datalist
 

@@ -15,7 +15,10 @@ A data list is a JSON file::
     }
 
 Image and label paths are relative to ``data_root``. An MSD entry has one 4D image path and
-``"channel_indices"``: the channel of each of the task's channels inside that file. An entry may
+``"channel_indices"``: the channel of each of the task's channels inside that file. An entry of a
+2D layout carries ``"layout"``: ``kaggle-lgg`` (image and label are the patient folder of TIFF
+slices) or ``image-2d`` (one image file and its mask; ``channel_indices`` pick colour components
+of an RGB image). An entry may
 carry its own ``"label_convention"`` (a data root that mixes releases); it overrides the
 top-level one for that case. Every label convention is one the task reads.
 
@@ -46,8 +49,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline.datasets import discover, validate_cases
-from pipeline.datasets.records import CaseRecord
+from pipeline.datasets import discover, layout_task, validate_cases
+from pipeline.datasets.records import LAYOUTS, NIFTI, CaseRecord
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import write_json
 from pipeline.tasks import DEFAULT_TASK, Task, resolve_task, task_from_dict
@@ -130,6 +133,12 @@ def _check_convention(name: object, source: Path, where: str, task: Task) -> str
     if name not in task.labels:
         raise ConfigError(source, f"{where}unknown label convention {name!r}; task {task.name} reads {', '.join(task.conventions)}")
     return name
+
+
+def _check_layout(name: object, source: Path, where: str) -> str:
+    if name not in LAYOUTS:
+        raise ConfigError(source, f"{where}unknown layout {name!r}; choose one of {', '.join(LAYOUTS)}")
+    return str(name)
 
 
 def _stored_task(payload: dict, source: Path) -> Task:
@@ -230,6 +239,7 @@ def load_datalist(path: str | Path) -> Datalist:
                     if "label_convention" in entry
                     else convention,
                     channels=task.channels,
+                    layout=_check_layout(entry.get("layout", NIFTI), source, f"{where} ({case_id}): "),
                 )
             )
         records[split] = tuple(parsed)
@@ -303,8 +313,9 @@ def build_datalist(
         allow_resection_cavity: accept the BraTS 2024 resection cavity label (mapped to background on read).
         progress: show a progress bar while validating.
         workers: processes validating cases in parallel.
-        task: the task (a :class:`~pipeline.tasks.Task`, a built-in name or a task file; default
-            the BraTS glioma task): each case needs the files of its channels and labels its
+        task: the task (a :class:`~pipeline.tasks.Task`, a built-in name or a task file; default:
+            the 2D layout's own task, ``kaggle-lgg`` or ``image-mask-2d[-rgb]``
+            (:func:`pipeline.datasets.layout_task`), else the BraTS glioma task): each case needs the files of its channels and labels its
             conventions give its classes; the list stores it.
         channels: a subset of the task's channels to read (``["flair"]``), in this order.
 
@@ -323,7 +334,7 @@ def build_datalist(
         raise ConfigError("--test-fraction", f"must be in [0, 1), got {test_fraction}")
     if workers < 1:
         raise ConfigError("--workers", f"needs at least 1 worker, got {workers}")
-    task = resolve_task(task, channels)
+    task = resolve_task(task if task is not None else layout_task(data_root), channels)
     out = Path(out)
     dataset = discover(data_root, task)
     root = Path(data_root).resolve()

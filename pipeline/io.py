@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.errors import InputError, PipelineError
 
-__all__ = ["atomic_path", "file_sha256", "load_nifti", "read_voxels", "save_nifti", "save_npy", "write_json", "write_text"]
+__all__ = ["IMAGE_2D_SUFFIXES", "atomic_path", "file_sha256", "load_nifti", "read_image_2d", "read_voxels", "save_nifti", "save_npy", "write_json", "write_text"]
 
 
 def _temporary_name_pattern(target: Path) -> re.Pattern[str]:
@@ -137,6 +137,37 @@ def load_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(source, f"not a NIfTI file (read as {type(image).__name__})")
     return image
+
+
+#: File endings of the 2D images and masks the pipeline reads (case-insensitive).
+IMAGE_2D_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def read_image_2d(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a 2D PNG, JPG or TIFF with SimpleITK: ``(rows, columns)`` for one component, ``(rows, columns, components)`` otherwise.
+
+    Raises:
+        InputError: naming the file if it is missing, empty, unreadable or not 2D.
+    """
+    import SimpleITK as sitk
+
+    source = Path(path)
+    try:
+        if source.stat().st_size == 0:
+            raise InputError(source, "file is empty")
+    except FileNotFoundError:
+        raise InputError(source, "file not found") from None
+    except OSError as err:
+        raise InputError(source, f"cannot read: {err.strerror or err}") from err
+    try:
+        image = sitk.ReadImage(str(source))
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise InputError(source, f"cannot read image ({reason.strip()[:200]})") from None
+    if image.GetDimension() != 2 and not (image.GetDimension() == 3 and image.GetSize()[2] == 1):
+        raise InputError(source, f"expected a 2D image, got size {list(image.GetSize())}")
+    voxels = sitk.GetArrayFromImage(image)
+    return voxels.reshape(voxels.shape[-3:] if image.GetNumberOfComponentsPerPixel() > 1 else voxels.shape[-2:])
 
 
 def read_voxels(image: nib.Nifti1Image, path: str | os.PathLike[str], dtype: type = np.float32) -> np.ndarray:

@@ -100,13 +100,14 @@ class LabelConvention:
 
     @property
     def from_internal_map(self) -> dict[int, int]:
-        """Internal label -> the file label written for it: the smallest file label that maps to it.
+        """Internal label -> the file label written for it: the first file label listed for it.
 
         One-to-one for the BraTS sub-region conventions; a task that merges labels (whole tumour
-        from 1, 2 and 4) writes each class as its first file label.
+        from 1, 2 and 4) writes each class as its first listed file label (a 0/255 mask that also
+        accepts 1 lists 255 first, so it is written as 255).
         """
         inverse: dict[int, int] = {}
-        for source, target in sorted(self.to_internal_map.items()):
+        for source, target in self.to_internal_map.items():
             inverse.setdefault(target, source)
         return inverse
 

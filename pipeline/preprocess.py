@@ -5,7 +5,14 @@ files), brings it onto the cache grid (:func:`pipeline.geometry.to_cache_grid`: 
 order by axis permutation and flips, never resampled, cropped to the brain box plus ``margin``
 voxels), z-scores each channel over its non-zero voxels (zeros stay exactly 0) and maps the
 label to the task's internal labels (:meth:`pipeline.tasks.Task.convention` of the case's label
-convention); the image holds the task's channels, in its order. ``predict`` and ``evaluate`` call it on raw input;
+convention); the image holds the task's channels, in its order.
+
+A case of a 2D layout (Kaggle LGG patient, 2D image/mask pair) is a volume of its slices with
+axes (row, column, slice), unit spacing and an identity affine (its files store no geometry), so
+the same crop and z-score apply (over each channel's non-zero pixels of the whole volume); a task
+with ``pad_to`` then zero-pads every slice, centred, to that in-plane size. ``meta["original"]``
+records the files slice by slice and their size, ``meta["padding"]`` the offset of the cropped
+grid inside the padded one. ``predict`` and ``evaluate`` call it on raw input;
 :func:`preprocess_datalist` (the ``preprocess`` command) writes its result for every case of a
 data list into the cache (:mod:`pipeline.cache`), where training reads it.
 """
@@ -27,7 +34,7 @@ from tqdm.auto import tqdm
 
 from pipeline.cache import discard, is_current, task_meta, write_case, write_index
 from pipeline.datalist import SPLITS, load_datalist
-from pipeline.datasets.reading import read_case, source_manifest
+from pipeline.datasets.reading import CaseVolumes, read_case, source_manifest
 from pipeline.datasets.records import CaseRecord
 from pipeline.datasets.validation import check_labels
 from pipeline.errors import ConfigError, InputError, PipelineError
@@ -154,14 +161,68 @@ def _file_header_b64(path: Path, image: nib.Nifti1Image) -> str:
     return base64.b64encode(header.binaryblock).decode("ascii")
 
 
+def _nifti_original(record: CaseRecord, reference: nib.Nifti1Image, shape: tuple[int, ...], raw_label: np.ndarray | None) -> dict:
+    """What ``meta["original"]`` records of a NIfTI case: the grid and the first image's header, exactly."""
+    header = reference.header
+    _, qform_code = header.get_qform(coded=True)
+    _, sform_code = header.get_sform(coded=True)
+    return {
+        "shape": list(shape),
+        "image_shape": [int(n) for n in reference.shape],
+        "affine": np.asarray(reference.affine, dtype=np.float64).tolist(),
+        "qform": header.get_qform().tolist(),
+        "qform_code": int(qform_code),
+        "sform": header.get_sform().tolist(),
+        "sform_code": int(sform_code),
+        "zooms": [float(z) for z in header.get_zooms()[:3]],
+        "dtype": header.get_data_dtype().name,
+        "label_dtype": raw_label.dtype.name if raw_label is not None else None,
+        "header": _file_header_b64(record.images[0], reference),
+        "header_source": str(record.images[0]),
+    }
+
+
+def _planar_original(record: CaseRecord, volumes: CaseVolumes, shape: tuple[int, ...], raw_label: np.ndarray | None) -> dict:
+    """What ``meta["original"]`` records of a 2D-layout case: its files in slice order and their size (no geometry is stored in them)."""
+    planar = volumes.planar
+    assert planar is not None
+    return {
+        "format": record.layout,
+        "shape": list(shape),
+        "axes": ["row", "column", "slice"],
+        "affine": np.eye(4).tolist(),
+        "zooms": [1.0, 1.0, 1.0],
+        "spacing_stored": False,
+        "components": planar.components,
+        "slices": [{"number": number, "image": str(image), "mask": str(mask) if mask is not None else None} for number, image, mask in planar.slices],
+        "dtype": volumes.channels[0].dtype.name,
+        "label_dtype": raw_label.dtype.name if raw_label is not None else None,
+        "label_values": sorted(int(v) for v in np.unique(raw_label)) if raw_label is not None else None,
+    }
+
+
+def _pad_planar(image: np.ndarray, label: np.ndarray | None, size: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Zero-pad the in-plane axes of ``(Z, C, X, Y)`` / ``(Z, X, Y)`` arrays, centred, to ``size``; the offset undoes it."""
+    rows, columns = image.shape[2:]
+    offset = [(int(size[0]) - rows) // 2, (int(size[1]) - columns) // 2]
+    window = (slice(offset[0], offset[0] + rows), slice(offset[1], offset[1] + columns))
+    padded = np.zeros((*image.shape[:2], int(size[0]), int(size[1])), dtype=image.dtype)
+    padded[(..., *window)] = image
+    padded_label = None
+    if label is not None:
+        padded_label = np.zeros((label.shape[0], int(size[0]), int(size[1])), dtype=label.dtype)
+        padded_label[(..., *window)] = label
+    return padded, padded_label, {"size": [int(n) for n in size], "offset": offset, "cropped_shape": [rows, columns]}
+
+
 def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool, task: Task) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Preprocess one case in memory: float16 image (Z, C, X, Y), uint8 label (Z, X, Y) or None, manifest."""
     if tuple(record.channels) != task.channels:
         raise ConfigError(record.case_id, f"the case's channels {', '.join(record.channels)} are not task {task.name}'s ({', '.join(task.channels)})")
-    volumes = read_case(record)
+    volumes = read_case(record, task)
     channels, raw_label, reference = volumes.channels, volumes.label, volumes.reference
     shape = tuple(int(n) for n in channels[0].shape)
-    affine = reference.affine
+    affine = reference.affine if reference is not None else np.eye(4)  # 2D files store no geometry: unit spacing
     try:
         ornt = voxel_orientation(affine)
     except ValueError as err:
@@ -201,30 +262,24 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool, task
     spacing = [0.0] * 3
     for axis, (target, _flip) in enumerate(ornt):
         spacing[target] = float(zooms[axis])
-    header = reference.header
-    _, qform_code = header.get_qform(coded=True)
-    _, sform_code = header.get_sform(coded=True)
+    grid_affine = cache_affine(affine, ornt, shape, crop_box)
+    padding = None
+    if task.pad_to and volumes.planar is not None:
+        image, label, padding = _pad_planar(image, label, task.pad_to)
+        grid_affine = grid_affine @ nib.affines.from_matvec(np.eye(3), [-padding["offset"][0], -padding["offset"][1], 0])
+    if volumes.planar is not None:
+        original = _planar_original(record, volumes, shape, raw_label)
+    else:
+        original = _nifti_original(record, reference, shape, raw_label)
     meta = {
         "case_id": record.case_id,
         "source": volumes.source,
         "label_convention": record.label_convention,
-        "original": {
-            "shape": list(shape),
-            "image_shape": [int(n) for n in reference.shape],
-            "affine": np.asarray(affine, dtype=np.float64).tolist(),
-            "qform": header.get_qform().tolist(),
-            "qform_code": int(qform_code),
-            "sform": header.get_sform().tolist(),
-            "sform_code": int(sform_code),
-            "zooms": [float(z) for z in header.get_zooms()[:3]],
-            "dtype": header.get_data_dtype().name,
-            "label_dtype": raw_label.dtype.name if raw_label is not None else None,
-            "header": _file_header_b64(record.images[0], reference),
-            "header_source": str(record.images[0]),
-        },
+        "original": original,
         **grid,
         "margin": margin,
-        "affine": cache_affine(affine, ornt, shape, crop_box).tolist(),
+        **({"padding": padding} if padding else {}),
+        "affine": grid_affine.tolist(),
         "spacing": spacing,
         "shape": list(image.shape),
         "modalities": list(record.channels),

@@ -12,7 +12,13 @@ A task is one small declarative description, in the spirit of nnU-Net's ``datase
 - ``structures``: what is scored, each a set of classes (BraTS: NEC, ED, ET, WT, TC);
 - ``target``: ``softmax`` over the classes, or sigmoid ``regions`` (``regions`` names the scored
   structures that are the network's output channels, in order, nnU-Net's ``regions_class_order``);
-- ``colours``: RGB of each class, for overlays and the 3D Slicer colour table.
+- ``colours``: RGB of each class, for overlays and the 3D Slicer colour table;
+- ``postprocessing``: the post-processing the task wants by default, by step (``keep_largest``:
+  the classes reduced to their largest connected component, as the Kaggle LGG system did);
+- ``pad_to``: for 2D image tasks, the in-plane size ``(rows, columns)`` every image is
+  zero-padded to (centred) in the cache, so images of different sizes train together; the cache
+  records each image's own size and offset, so a prediction is cropped back exactly. Empty: each
+  image keeps its own size.
 
 Built-in tasks are listed in :data:`TASKS`; a task file (JSON or YAML with the same keys, read by
 :func:`load_task`) declares a new label scheme without code. A data list stores its task
@@ -39,6 +45,10 @@ if TYPE_CHECKING:  # pipeline.labels takes its BraTS glioma constants from this 
 
 __all__ = [
     "DEFAULT_TASK",
+    "IMAGE_MASK_2D",
+    "IMAGE_MASK_2D_RGB",
+    "KAGGLE_LGG",
+    "POSTPROCESSING_STEPS",
     "TARGETS",
     "TASKS",
     "Task",
@@ -53,6 +63,9 @@ __all__ = [
 
 #: Training targets: softmax over the classes, or sigmoid over (nested) regions.
 TARGETS: tuple[str, ...] = ("softmax", "regions")
+
+#: Post-processing steps a task may ask for by default (each names the classes it applies to).
+POSTPROCESSING_STEPS: tuple[str, ...] = ("keep_largest",)
 
 RGB = tuple[int, int, int]
 
@@ -75,6 +88,8 @@ class Task:
     colours: Mapping[str, RGB] = field(default_factory=dict)
     background_values: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     channel_names: Mapping[str, str] = field(default_factory=dict)
+    postprocessing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    pad_to: tuple[int, ...] = ()
 
     # ---- inputs -------------------------------------------------------------------------------
     @property
@@ -214,6 +229,10 @@ class Task:
             payload["background_values"] = {conv: list(v) for conv, v in self.background_values.items()}
         if self.channel_names:
             payload["channel_names"] = dict(self.channel_names)
+        if self.postprocessing:
+            payload["postprocessing"] = {step: list(classes) for step, classes in self.postprocessing.items()}
+        if self.pad_to:
+            payload["pad_to"] = list(self.pad_to)
         return payload
 
     def with_target(self, target: str) -> Task:
@@ -303,6 +322,15 @@ def _task_from_dict(payload: Mapping[str, Any]) -> Task:
         if class_name not in classes or len(rgb) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in rgb):
             raise ValueError(f"colours.{class_name} must be a class's [r, g, b] (0-255), got {rgb!r}")
         colours[class_name] = tuple(int(c) for c in rgb)
+    postprocessing = {str(step): tuple(members if isinstance(members, list | tuple) else [members]) for step, members in dict(payload.get("postprocessing", {})).items()}
+    for step, members in postprocessing.items():
+        if step not in POSTPROCESSING_STEPS:
+            raise ValueError(f"postprocessing step {step!r} is not one of {list(POSTPROCESSING_STEPS)}")
+        if not members or any(m not in classes for m in members):
+            raise ValueError(f"postprocessing.{step} must name classes of {classes}, got {list(members)}")
+    pad_to = tuple(payload.get("pad_to", ()))
+    if pad_to and (len(pad_to) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in pad_to)):
+        raise ValueError(f"pad_to must be [rows, columns] (positive integers), got {list(pad_to)}")
     task = Task(
         name=name,
         description=str(payload.get("description", "")),
@@ -315,6 +343,8 @@ def _task_from_dict(payload: Mapping[str, Any]) -> Task:
         colours=colours,
         background_values=background,
         channel_names={str(k): str(v) for k, v in dict(payload.get("channel_names", {})).items()},
+        postprocessing=postprocessing,
+        pad_to=pad_to,
     )
     if regions:
         covered = {c for r in regions for c in structures[r]}
@@ -398,8 +428,49 @@ MENINGIOMA_RT = Task(
     colours={"GTV": (255, 0, 0)},
 )
 
+#: A binary mask's file values: 255 (written) or 1 (also read); 0 is background.
+_MASK_LABELS = {"mask255": {"tumour": (255, 1)}, "internal": {"tumour": (1,)}}
+
+#: Kaggle LGG (``kaggle_3m``): 256x256 RGB TIFF slices whose channels are three sequences; binary FLAIR abnormality masks.
+KAGGLE_LGG = Task(
+    name="kaggle-lgg",
+    description="Kaggle LGG (TCGA lower-grade glioma): pre-contrast, FLAIR, post-contrast slices; tumour (FLAIR abnormality), masks 0/255",
+    channels=("pre", "flair", "post"),
+    classes=("tumour",),
+    labels=_MASK_LABELS,
+    structures={"tumour": ("tumour",)},
+    colours={"tumour": (255, 0, 0)},
+    channel_names={"pre": "pre-contrast", "flair": "FLAIR", "post": "post-contrast"},
+    postprocessing={"keep_largest": ("tumour",)},
+)
+
+#: 2D image/mask folders (PNG, JPG, TIFF), grayscale: one channel, one class, masks 0/255 or 0/1, padded to 512x512.
+IMAGE_MASK_2D = Task(
+    name="image-mask-2d",
+    description="2D image/mask pairs (PNG, JPG, TIFF), grayscale; tumour, masks 0/255 or 0/1; images zero-padded to 512x512",
+    channels=("image",),
+    classes=("tumour",),
+    labels=_MASK_LABELS,
+    structures={"tumour": ("tumour",)},
+    colours={"tumour": (255, 0, 0)},
+    channel_names={"image": "image"},
+    pad_to=(512, 512),
+)
+
+#: The same for RGB images: three channels.
+IMAGE_MASK_2D_RGB = replace(
+    IMAGE_MASK_2D,
+    name="image-mask-2d-rgb",
+    description="2D image/mask pairs (PNG, JPG, TIFF), RGB; tumour, masks 0/255 or 0/1; images zero-padded to 512x512",
+    channels=("red", "green", "blue"),
+    channel_names={"red": "red", "green": "green", "blue": "blue"},
+)
+
 #: Every built-in task by name.
-TASKS: dict[str, Task] = {task.name: task for task in (BRATS_GLIOMA, WHOLE_TUMOUR, BRATS2024_POST_TREATMENT, BRATS2024_PED, MENINGIOMA_RT)}
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (BRATS_GLIOMA, WHOLE_TUMOUR, BRATS2024_POST_TREATMENT, BRATS2024_PED, MENINGIOMA_RT, KAGGLE_LGG, IMAGE_MASK_2D, IMAGE_MASK_2D_RGB)
+}
 
 #: The task of every data list, cache and run folder that names none.
 DEFAULT_TASK = BRATS_GLIOMA

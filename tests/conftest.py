@@ -9,6 +9,8 @@ import pytest
 from case_writers import CaseWriter
 
 REAL_BRATS_DIR = Path(os.environ.get("BRATS_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_brats"))
+KAGGLE_LGG_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_kaggle_3m"
+PNG_PAIRS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "png_pairs"
 
 
 @pytest.fixture(scope="session")
@@ -17,6 +19,22 @@ def real_brats_dir() -> Path:
     if not (REAL_BRATS_DIR / "BraTS2021_00006").is_dir():
         pytest.skip(f"real BraTS cases not found at {REAL_BRATS_DIR}")
     return REAL_BRATS_DIR
+
+
+@pytest.fixture(scope="session")
+def kaggle_lgg_dir() -> Path:
+    """The ten real Kaggle LGG patients next to the checkout; tests using it skip when they are absent."""
+    if not (KAGGLE_LGG_DIR / "TCGA_CS_4943_20000902").is_dir():
+        pytest.skip(f"real Kaggle LGG patients not found at {KAGGLE_LGG_DIR}")
+    return KAGGLE_LGG_DIR
+
+
+@pytest.fixture(scope="session")
+def png_pairs_dir() -> Path:
+    """The sixty real PNG image/mask pairs next to the checkout; tests using it skip when they are absent."""
+    if not (PNG_PAIRS_DIR / "images").is_dir():
+        pytest.skip(f"real PNG image/mask pairs not found at {PNG_PAIRS_DIR}")
+    return PNG_PAIRS_DIR
 
 
 @pytest.fixture

@@ -588,3 +588,64 @@ def test_bad_options_are_usage_errors(legacy_root, tmp_path):
         result = _run("--data-root", legacy_root, "--out", tmp_path / "l.json", option, value)
         assert result.exit_code == 2 and option in result.stderr
     assert not (tmp_path / "l.json").exists()
+
+
+# ----------------------------------------------------------------------------- 2D layouts
+
+
+def test_a_kaggle_root_is_listed_with_its_own_task_one_case_per_patient(tmp_path):
+    from planar_cases import kaggle_root
+
+    root = kaggle_root(tmp_path / "kaggle_3m", [(f"TCGA_AB_{n:04d}_20000101", 2 + n) for n in range(5)])
+    out = tmp_path / "lists" / "lgg.json"
+    result = _run("--data-root", root, "--out", out, "--folds", 2, "--test-fraction", 0.2)
+    assert result.exit_code == 0, result.output
+    assert "task kaggle-lgg" in result.output and "kaggle-lgg, 2 folds" in result.output
+    payload = json.loads(out.read_text())
+    assert payload["task"]["name"] == "kaggle-lgg" and payload["modalities"] == ["pre", "flair", "post"] and payload["label_convention"] == "mask255"
+    entry = payload["validation"][0]
+    assert entry["layout"] == "kaggle-lgg" and entry["image"] == [entry["case_id"]] and entry["label"] == entry["case_id"] and entry["channel_indices"] == [0, 1, 2]
+    loaded = load_datalist(out)
+    records = loaded.cases("all")
+    assert loaded.task == TASKS["kaggle-lgg"] and len(records) == 5 and {r.layout for r in records} == {"kaggle-lgg"}
+    assert {r.case_id: r.fold for r in records} == assign_folds([r.case_id for r in records], 2, 0.2, 0)  # folds by patient
+
+
+def test_image_folders_are_listed_one_case_per_image_and_flair_of_kaggle_on_request(tmp_path):
+    from planar_cases import image_pairs, kaggle_root
+
+    out = tmp_path / "pairs.json"
+    payload = build_datalist(image_pairs(tmp_path / "pairs", side_by_side=True, value=1), out, folds=1, test_fraction=0.0, progress=False)
+    assert payload["task"]["name"] == "image-mask-2d" and [e["case_id"] for e in payload["validation"]] == ["a", "b", "c"]
+    assert payload["validation"][0] == {"case_id": "a", "image": ["a.png"], "label": "a_mask.png", "fold": 0, "layout": "image-2d"}
+    assert [r.images[0].name for r in load_datalist(out).cases("all")] == ["a.png", "b.png", "c.png"]
+    flair = build_datalist(kaggle_root(tmp_path / "lgg"), tmp_path / "flair.json", folds=1, test_fraction=0.0, progress=False, channels=["flair"])
+    assert flair["task"]["name"] == "kaggle-lgg[flair]" and flair["validation"][0]["channel_indices"] == [1]
+
+
+def test_a_data_list_entry_of_an_unknown_layout_is_refused(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(_payload(training=[_entry("a1", 1, layout="dicom")])))
+    with pytest.raises(ConfigError, match="unknown layout 'dicom'"):
+        load_datalist(path)
+
+
+def test_a_brats_task_on_a_kaggle_root_is_one_clear_line(tmp_path):
+    from planar_cases import kaggle_root
+
+    result = _run("--data-root", kaggle_root(tmp_path / "lgg"), "--out", tmp_path / "l.json", "--task", "brats-glioma")
+    assert result.exit_code == 1 and "use --task kaggle-lgg" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "l.json").exists()
+
+
+@pytest.mark.real_data
+def test_the_real_kaggle_patients_and_png_pairs(kaggle_lgg_dir, png_pairs_dir, tmp_path):
+    from planar_cases import REAL_SLICES
+
+    from pipeline.datasets.kaggle_lgg import list_slices
+
+    lgg = build_datalist(kaggle_lgg_dir, tmp_path / "lgg.json", progress=False)
+    records = load_datalist(tmp_path / "lgg.json").cases("all")
+    assert lgg["task"]["name"] == "kaggle-lgg" and {r.case_id: len(list_slices(r.images[0])[0]) for r in records} == REAL_SLICES
+    pairs = build_datalist(png_pairs_dir, tmp_path / "png.json", progress=False)
+    assert pairs["task"]["name"] == "image-mask-2d" and sum(len(pairs[s]) for s in ("training", "validation", "test")) == 60

@@ -23,6 +23,7 @@ from pipeline.io import file_sha256, load_volume
 from pipeline.labels import get_convention
 from pipeline.modalities import MODALITIES, MSD_CHANNELS
 from pipeline.preprocess import prepare_case, preprocess_datalist
+from pipeline.synth.layouts import LAYOUTS
 from pipeline.tasks import DEFAULT_TASK, TASKS, resolve_task
 
 SHAPE = (16, 18, 12)
@@ -446,9 +447,9 @@ def test_cli_preprocess(cohort: tuple[Path, list[CaseRecord]], tmp_path: Path) -
 # ----------------------------------------------------------------------------- tasks
 
 
-@pytest.mark.parametrize("task_name", list(TASKS))
+@pytest.mark.parametrize("task_name", list(LAYOUTS))
 def test_every_built_in_task_from_its_synthetic_cohort(task_name: str, tmp_path: Path) -> None:
-    """synth --task -> datalist --task -> preprocess: the task's channels, its labels, a label round trip through its convention."""
+    """synth --task -> datalist --task -> preprocess (every task with a synthetic layout): the task's channels, its labels, a label round trip through its convention."""
     from pipeline.datalist import build_datalist, load_datalist
     from pipeline.synth import generate_cohort
 
@@ -593,3 +594,82 @@ def test_synthetic_cohort_cache(tiny_cache: Path) -> None:
         convention = get_convention(meta["label_convention"])
         assert np.array_equal(convention.from_internal(restore_to_original(cached.label, meta)), seg)
         assert sum(meta["foreground_per_slice"]) == np.count_nonzero(seg)
+
+
+# ----------------------------------------------------------------------------- 2D layouts
+
+
+def _planar_cache(root: Path, tmp_path: Path, task=None) -> tuple[Path, list[CaseRecord]]:
+    from pipeline.datalist import build_datalist, load_datalist
+
+    build_datalist(root, tmp_path / "list.json", folds=1, test_fraction=0.0, progress=False, task=task)
+    preprocess_datalist(tmp_path / "list.json", tmp_path / "cache", progress=False)
+    return tmp_path / "cache", load_datalist(tmp_path / "list.json").cases("all")
+
+
+def test_kaggle_patients_preprocess_into_three_channel_volumes(tmp_path: Path) -> None:
+    from planar_cases import kaggle_root
+
+    from pipeline.io import read_image_2d
+
+    cache, records = _planar_cache(kaggle_root(tmp_path / "kaggle_3m"), tmp_path)
+    for record in records:
+        cached = load_case(cache, record.case_id, task=TASKS["kaggle-lgg"])
+        meta = cached.meta
+        slices = meta["original"]["slices"]
+        assert cached.image.dtype == np.float16 and cached.image.shape[:2] == (len(slices), 3)
+        assert meta["original"]["format"] == "kaggle-lgg" and meta["original"]["shape"] == [16, 16, len(slices)]
+        assert meta["spacing"] == [1.0, 1.0, 1.0] and meta["normalization"]["method"] == "zscore_nonzero"
+        assert [s["number"] for s in slices] == list(range(1, len(slices) + 1))
+        masks = np.stack([read_image_2d(s["mask"]) for s in slices], axis=2)
+        restored = restore_to_original(cached.label, meta)  # (row, column, slice): slice z is the mask of slices[z]
+        assert np.array_equal(restored, (masks > 0).astype(np.uint8))
+        assert np.array_equal(TASKS["kaggle-lgg"].convention("mask255").from_internal(restored), masks)
+        brain = np.stack([read_image_2d(s["image"]) for s in slices], axis=2)[..., 1] != 0  # FLAIR's non-zero pixels
+        flair = restore_to_original(cached.image[:, 1].astype(np.float32), meta)
+        assert abs(float(flair[brain].mean())) < 1e-2 and np.all(flair[~brain] == 0)
+
+
+def test_images_of_different_sizes_are_padded_to_the_tasks_size_and_cropped_back(tmp_path: Path) -> None:
+    from planar_cases import image_pairs
+
+    from pipeline.io import read_image_2d
+    from pipeline.tasks import task_from_dict
+
+    task = task_from_dict({**TASKS["image-mask-2d"].to_dict(), "pad_to": [24, 24]})
+    cache, records = _planar_cache(image_pairs(tmp_path / "pairs", value=1), tmp_path, task=task)
+    for record in records:
+        cached = load_case(cache, record.case_id, task=task)
+        meta = cached.meta
+        assert cached.image.shape == (1, 1, 24, 24) and cached.label.shape == (1, 24, 24)
+        assert meta["task"]["pad_to"] == [24, 24] and meta["original"]["format"] == "image-2d"
+        (top, left), (rows, columns) = meta["padding"]["offset"], meta["padding"]["cropped_shape"]
+        label = cached.label[:, top : top + rows, left : left + columns]
+        mask = read_image_2d(record.label)
+        assert meta["original"]["shape"][:2] == list(mask.shape)
+        assert np.array_equal(restore_to_original(label, meta)[:, :, 0], mask)
+
+
+def test_rgb_image_pairs_give_three_channels(tmp_path: Path) -> None:
+    from planar_cases import image_pairs
+
+    cache, records = _planar_cache(image_pairs(tmp_path / "rgb", rgb=True), tmp_path)
+    cached = load_case(cache, records[0].case_id, task=TASKS["image-mask-2d-rgb"])
+    assert cached.image.shape == (1, 3, 512, 512) and cached.meta["modalities"] == ["red", "green", "blue"]
+
+
+@pytest.mark.real_data
+def test_two_real_kaggle_patients_keep_every_mask_pixel(kaggle_lgg_dir: Path, tmp_path: Path) -> None:
+    from pipeline.datalist import build_datalist, load_datalist
+    from pipeline.io import read_image_2d
+
+    build_datalist(kaggle_lgg_dir, tmp_path / "lgg.json", progress=False)
+    records = load_datalist(tmp_path / "lgg.json").cases("all")[:2]
+    summary = preprocess_datalist(tmp_path / "lgg.json", tmp_path / "cache", splits=sorted({r.split for r in records}), progress=False)
+    for record in records:
+        assert record.case_id in summary.cases
+        cached = load_case(tmp_path / "cache", record.case_id)
+        masks = [read_image_2d(s["mask"]) for s in cached.meta["original"]["slices"]]
+        assert cached.image.shape[1] == 3 and cached.image.shape[0] == len(masks)
+        assert int(np.count_nonzero(cached.label)) == sum(int(np.count_nonzero(m)) for m in masks)
+        assert cached.meta["foreground_per_slice"] == [int(np.count_nonzero(m)) for m in masks]

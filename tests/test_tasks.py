@@ -127,3 +127,23 @@ def test_a_task_file_missing_a_key_or_unreadable(tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot read task file"):
         load_task(tmp_path / "b.json")
+
+
+def test_the_2d_tasks_declare_their_masks_postprocessing_and_padding() -> None:
+    kaggle, gray, rgb = get_task("kaggle-lgg"), get_task("image-mask-2d"), get_task("image-mask-2d-rgb")
+    assert kaggle.channels == ("pre", "flair", "post") and [kaggle.channel_name(c) for c in kaggle.channels] == ["pre-contrast", "FLAIR", "post-contrast"]
+    mask = kaggle.convention("mask255")
+    assert mask.to_internal(np.array([0, 1, 255])).tolist() == [0, 1, 1]  # 0/255 and 0/1 masks both read
+    assert mask.from_internal(np.array([0, 1])).tolist() == [0, 255]  # written as 0/255
+    assert kaggle.postprocessing == {"keep_largest": ("tumour",)} and kaggle.to_dict()["postprocessing"] == {"keep_largest": ["tumour"]}
+    assert gray.channels == ("image",) and rgb.num_channels == 3 and gray.pad_to == rgb.pad_to == (512, 512)
+    assert task_from_dict(gray.to_dict()).pad_to == (512, 512)
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [({"postprocessing": {"smooth": ["WT"]}}, "postprocessing step 'smooth'"), ({"postprocessing": {"keep_largest": ["ET"]}}, "must name classes"), ({"pad_to": [0, 5]}, "pad_to")],
+)
+def test_malformed_postprocessing_or_padding_is_refused(extra: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        task_from_dict({**get_task("whole-tumour").to_dict(), **extra})

@@ -1,12 +1,12 @@
 """Release layouts -> validated case records.
 
 :func:`discover` lists the cases of a data root (BraTS 2017-2021, 2023+ sub-challenges, MSD
-Task01, or a mix), :func:`discover_case` and :func:`case_from_files` read one case for inference, and
+Task01, or a mix; Kaggle LGG TIFF patient folders; 2D image/mask folders), :func:`discover_case` and :func:`case_from_files` read one case for inference, and
 :func:`validate_case` checks every file of a case.
 """
 
 from pipeline.datasets.brats import RELEASES, Release, identify_release
-from pipeline.datasets.discovery import MIXED_RELEASE, DiscoveredDataset, case_from_files, discover, discover_case
+from pipeline.datasets.discovery import MIXED_RELEASE, DiscoveredDataset, case_from_files, discover, discover_case, layout_task
 from pipeline.datasets.validation import AFFINE_TOLERANCE_MM, validate_case, validate_cases
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "discover",
     "discover_case",
     "identify_release",
+    "layout_task",
     "validate_case",
     "validate_cases",
 ]

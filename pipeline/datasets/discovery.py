@@ -5,6 +5,10 @@ task layout it sits in, and carries its own release's label convention. A folder
 releases (say a BraTS 2021 case, a BraTS 2018 case and a BraTS 2023 case) is therefore read
 case by case; its data list records the most common convention at the top level and the
 others on their entries.
+
+A root of Kaggle LGG patient folders (:mod:`pipeline.datasets.kaggle_lgg`) or of 2D image/mask
+pairs (:mod:`pipeline.datasets.image_folders`) is recognised as a whole; :func:`layout_task`
+gives the task such a root is read with when none is asked for.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datasets.records import CaseRecord
-from pipeline.datasets import msd
+from pipeline.datasets.records import NIFTI, CaseRecord
+from pipeline.datasets import image_folders, kaggle_lgg, msd
 from pipeline.datasets.brats import find_case_prefix, identify_files, identify_release, read_case_folder
 from pipeline.errors import InputError
-from pipeline.tasks import Task, resolve_task
+from pipeline.io import IMAGE_2D_SUFFIXES
+from pipeline.tasks import KAGGLE_LGG, Task, resolve_task
 
-__all__ = ["MIXED_RELEASE", "DiscoveredDataset", "discover", "discover_case"]
+__all__ = ["MIXED_RELEASE", "DiscoveredDataset", "discover", "discover_case", "layout_task"]
 
 
 logger = logging.getLogger(__name__)
@@ -32,7 +37,11 @@ MAX_GROUPING_DEPTH = 2
 #: The release recorded when a data root holds cases of several releases.
 MIXED_RELEASE = "mixed"
 
-_EXPECTED = "case folders such as BraTS2021_00000, BraTS20_Training_001, Brats18_2013_2_1 or BraTS-GLI-00000-000 or BraTS-MEN-RT-0000-1, or an MSD Task01 folder (dataset.json, imagesTr/)"
+_EXPECTED = (
+    "case folders such as BraTS2021_00000, BraTS20_Training_001, Brats18_2013_2_1 or BraTS-GLI-00000-000 or BraTS-MEN-RT-0000-1, "
+    "an MSD Task01 folder (dataset.json, imagesTr/), Kaggle LGG patient folders (<folder>_<n>.tif + <folder>_<n>_mask.tif) "
+    "or 2D images with masks (images/ + masks/, or <name>.png + <name>_mask.png)"
+)
 
 
 @dataclass
@@ -119,8 +128,24 @@ def discover(data_root: str | Path, task: Task | None = None) -> DiscoveredDatas
         raise InputError(data_root, "data root not found" if not root.exists() else "data root is not a folder")
     if not any(root.iterdir()):
         raise InputError(data_root, "data root is empty")
+    if kaggle_lgg.is_patient_folder(root):
+        raise InputError(data_root, "this looks like one Kaggle LGG patient folder: pass the folder that holds the patients")
+    task = resolve_task(task if task is not None else layout_task(root))
     found = _Found()
-    _scan(root, 0, found, resolve_task(task))
+    if kaggle_lgg.is_kaggle_root(root):
+        planar = kaggle_lgg.discover_kaggle(root, task)
+        found.records += [(record, kaggle_lgg.RELEASE) for record in planar.records]
+        found.warnings += planar.warnings
+    elif image_folders.is_image_folder_root(root):
+        pairs = image_folders.discover_image_folders(root, task)
+        found.records += [(record, image_folders.RELEASE) for record in pairs.records]
+        found.warnings += pairs.warnings
+        found.problems.update(pairs.problems)
+    else:
+        _scan(root, 0, found, task)
+    if not found.records and found.problems:
+        first = next(iter(found.problems.values()))[0]
+        raise InputError(first.split(": ", 1)[0], f"{first.split(': ', 1)[1]}; no usable case found")
     if not found.records:
         hint = "; this looks like one case folder: pass the folder that holds the cases" if identify_release(root.name) else ""
         raise InputError(data_root, f"no recognisable case found; expected {_EXPECTED}{hint}")
@@ -150,12 +175,23 @@ def discover(data_root: str | Path, task: Task | None = None) -> DiscoveredDatas
     )
 
 
+def layout_task(data_root: str | Path) -> Task | None:
+    """The task a 2D layout is read with (``kaggle-lgg``, ``image-mask-2d`` or its RGB variant), or None for NIfTI layouts."""
+    root = Path(data_root)
+    if kaggle_lgg.is_kaggle_root(root):
+        return KAGGLE_LGG
+    if image_folders.is_image_folder_root(root) and not (root / "dataset.json").is_file():
+        return image_folders.image_task(root)
+    return None
+
+
 def _case_location(record: CaseRecord) -> Path:
-    return record.images[0] if record.channel_indices is not None else record.images[0].parent
+    return record.images[0] if record.channel_indices is not None or record.layout != NIFTI else record.images[0].parent
 
 
 def discover_case(path: str | Path, task: Task | None = None) -> CaseRecord:
-    """Read one case for inference: a case folder (any BraTS naming) or one MSD Task01 4D file.
+    """Read one case for inference: a case folder (any BraTS naming), one MSD Task01 4D file, a
+    Kaggle LGG patient folder (its slices; its masks if any) or one 2D image (PNG, JPG, TIFF; no mask).
 
     A folder not named after its case (``new_case/``) is recognised from its file names.
     Warnings are logged; problems found while listing raise. The record holds the files of
@@ -164,8 +200,12 @@ def discover_case(path: str | Path, task: Task | None = None) -> CaseRecord:
     Raises:
         InputError: if the path is missing, not recognisable, or the case is ambiguous.
     """
-    task = resolve_task(task)
     source = Path(path).resolve()
+    if kaggle_lgg.is_patient_folder(source):
+        return kaggle_lgg.patient_record(source, resolve_task(task if task is not None else KAGGLE_LGG))
+    if source.is_file() and source.suffix.lower() in IMAGE_2D_SUFFIXES:
+        return image_folders.image_record(source, task)
+    task = resolve_task(task)
     if source.is_file():
         return msd.read_msd_file(source, task.channels)
     if not source.is_dir():

@@ -2,6 +2,7 @@
 
 Every file is read once (:func:`pipeline.io.load_volume`) and judged by
 :mod:`pipeline.datasets.validation` (one grid, finite voxels) before anything is built from it.
+A case of a 2D layout is read and judged by :func:`pipeline.datasets.validation.read_planar`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from pipeline.datasets.records import CaseRecord
-from pipeline.datasets.validation import check_finite, check_same_grid
+from pipeline.datasets import kaggle_lgg
+from pipeline.datasets.records import KAGGLE_LGG, PLANAR_LAYOUTS, CaseRecord
+from pipeline.datasets.validation import PlanarCase, check_finite, check_same_grid, read_planar
 from pipeline.errors import ConfigError, InputError
 from pipeline.io import load_volume
+from pipeline.tasks import Task
 
 __all__ = ["CaseVolumes", "read_case", "source_manifest"]
 
@@ -29,14 +32,16 @@ class CaseVolumes:
     Attributes:
         channels: one 3D volume per input channel, in the record's ``channels`` order (the task's).
         label: the raw segmentation (the release's own labels), or None.
-        reference: the first image file (its header and affine describe the grid).
+        reference: the first image file (its header and affine describe the grid); None for a 2D layout.
         source: the files read and their fingerprints (:func:`source_manifest`).
+        planar: a 2D layout's slices and colour components (:class:`PlanarCase`), else None.
     """
 
     channels: list[np.ndarray]
     label: np.ndarray | None
-    reference: nib.Nifti1Image
+    reference: nib.Nifti1Image | None
     source: dict[str, Any]
+    planar: PlanarCase | None = None
 
 
 def _fingerprint(path: Path) -> dict[str, int]:
@@ -56,6 +61,12 @@ def source_manifest(record: CaseRecord) -> dict[str, Any]:
         InputError: if a file is missing or cannot be read.
     """
     files = list(record.images) + ([record.label] if record.label is not None else [])
+    if record.layout == KAGGLE_LGG:  # the patient folder's slice files
+        slices, problems = kaggle_lgg.list_slices(record.images[0])
+        if problems:
+            raise InputError(*problems[0].split(": ", 1))
+        masks = [s.mask for s in slices] if record.label is not None else [None] * len(slices)
+        files = [path for s, mask in zip(slices, masks) for path in (s.image, mask) if path is not None]
     return {
         "images": [str(path) for path in record.images],
         "channel_indices": list(record.channel_indices) if record.channel_indices is not None else None,
@@ -81,14 +92,21 @@ def _spatial_voxels(voxels: np.ndarray, path: Path, channels: Sequence[int] | No
     return [voxels[..., index] for index in channels]
 
 
-def read_case(record: CaseRecord) -> CaseVolumes:
+def read_case(record: CaseRecord, task: Task | None = None) -> CaseVolumes:
     """Read every file of a case: the modality volumes, the raw label and the reference image.
+
+    ``task`` judges a 2D layout's masks and colour components (default: the layout's own task).
 
     Raises:
         InputError: a missing, damaged, non-finite or mis-registered file, named in the message.
         ConfigError: a record with the wrong number of image paths.
     """
     source = source_manifest(record)
+    if record.layout in PLANAR_LAYOUTS:
+        planar, problems = read_planar(record, task)
+        if planar is None:
+            raise InputError(*problems[0].split(": ", 1))
+        return CaseVolumes(channels=planar.channels, label=planar.label, reference=None, source=source, planar=planar)
     expected = 1 if record.channel_indices is not None else len(record.channels)
     if len(record.images) != expected:
         raise ConfigError(record.case_id, f"expected {expected} image path(s), got {len(record.images)}")

@@ -7,6 +7,12 @@ convention gives the task's classes (:meth:`pipeline.tasks.Task.convention`; def
 glioma task, whose conventions are :data:`pipeline.labels.CONVENTIONS`).
 Each problem is one line, ``<file>: <reason>``.
 
+Cases of the 2D layouts (:data:`pipeline.datasets.records.PLANAR_LAYOUTS`: Kaggle LGG patient
+folders, 2D image/mask pairs) are judged by :func:`read_planar`, which also reads them for
+preprocessing: every slice and mask readable and non-empty, the colour components the task
+reads, slices of one size, each mask of its image's size and holding only the values of the
+task's mask convention (0/255 or 0/1), slice numbers without gaps, every slice with its mask.
+
 This module is the one place that judges a case: :func:`check_same_grid`, :func:`check_finite`
 and :func:`check_labels` are the same checks, raising at the first problem, for the stages that
 read a case's voxels themselves (preprocess, predict, evaluate).
@@ -17,6 +23,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from concurrent.futures import ProcessPoolExecutor
 from os import PathLike
 from pathlib import Path
@@ -26,20 +33,23 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.datasets.records import CaseRecord
+from pipeline.datasets import kaggle_lgg
+from pipeline.datasets.records import IMAGE_2D, KAGGLE_LGG, PLANAR_LAYOUTS, CaseRecord
 from pipeline.errors import InputError
-from pipeline.io import load_nifti, read_voxels
+from pipeline.io import load_nifti, read_image_2d, read_voxels
 from pipeline.modalities import MSD_CHANNELS
-from pipeline.tasks import DEFAULT_TASK, TASKS, Task, resolve_task
+from pipeline.tasks import DEFAULT_TASK, IMAGE_MASK_2D, TASKS, Task, get_task, resolve_task
 
 __all__ = [
     "AFFINE_TOLERANCE_MM",
+    "PlanarCase",
     "check_finite",
     "check_labels",
     "check_same_grid",
     "grid_difference",
     "label_problem",
     "non_finite_problem",
+    "read_planar",
     "validate_case",
     "validate_cases",
 ]
@@ -148,6 +158,104 @@ def _label_problems(path: Path, seg: np.ndarray, convention_name: str, allow_res
     return [f"{path}: {problem}"] if problem else []
 
 
+@dataclass(frozen=True)
+class PlanarCase:
+    """A 2D-layout case read from its image files.
+
+    Attributes:
+        channels: one ``(rows, columns, slices)`` array per channel of the record, as stored (uint8 for 8-bit files).
+        label: the raw masks ``(rows, columns, slices)`` (0/255 or 0/1), or None.
+        slices: ``(number, image, mask)`` of every slice in order (a 2D pair: number 1).
+        components: the colour components of each image file (1: grayscale).
+    """
+
+    channels: list[np.ndarray]
+    label: np.ndarray | None
+    slices: list[tuple[int, Path, Path | None]]
+    components: int
+
+
+def _size(array: np.ndarray) -> str:
+    return "x".join(map(str, array.shape[:2]))
+
+
+def _planar_slices(record: CaseRecord) -> tuple[list[tuple[int, Path, Path | None]], list[str]]:
+    if record.layout == KAGGLE_LGG:
+        listed, problems = kaggle_lgg.list_slices(record.images[0])
+        if record.label is not None and listed and listed[0].mask is None:
+            problems = [f"{record.images[0]}: no mask found; the data list expects this patient's masks"]
+        return [(s.number, s.image, s.mask if record.label is not None else None) for s in listed], problems
+    return [(1, record.images[0], record.label)], []
+
+
+def _planar_image_problem(path: Path, voxels: np.ndarray, record: CaseRecord, task: Task) -> str | None:
+    components = voxels.shape[2] if voxels.ndim == 3 else 1
+    if record.channel_indices is None and components != 1:
+        return f"{path}: image has {components} colour components; task {task.name} reads grayscale images (--task image-mask-2d-rgb reads RGB)"
+    if record.channel_indices is not None and (components < 3 or max(record.channel_indices) >= components):
+        return f"{path}: image has {components} colour component(s); task {task.name} reads {', '.join(task.channels)} (--task image-mask-2d reads grayscale)"
+    if voxels.ndim == 3 and components == 4 and np.any(voxels[..., 3] != voxels[..., 3].flat[0]):
+        return f"{path}: image has a transparency channel that is not constant; save it without one"
+    if task.pad_to and (voxels.shape[0] > task.pad_to[0] or voxels.shape[1] > task.pad_to[1]):
+        return f"{path}: image {_size(voxels)} is larger than task {task.name}'s pad_to {'x'.join(map(str, task.pad_to))}"
+    return None
+
+
+def _planar_mask(path: Path, voxels: np.ndarray, image: Path, image_voxels: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """The one-component mask of a mask file (RGB masks whose components agree are accepted), or a problem."""
+    if voxels.ndim == 3:
+        if np.any(voxels[..., 1:3] != voxels[..., :1]):
+            return None, f"{path}: mask has {voxels.shape[2]} colour components that differ; save it as one channel"
+        voxels = voxels[..., 0]
+    if voxels.shape != image_voxels.shape[:2]:
+        return None, f"{path}: mask {_size(voxels)} differs from image {image.name}'s {_size(image_voxels)}"
+    return voxels, None
+
+
+def read_planar(record: CaseRecord, task: Task | None = None) -> tuple[PlanarCase | None, list[str]]:
+    """Read and judge a 2D-layout case (:data:`PLANAR_LAYOUTS`) under ``task``: the case, or None and its problem lines.
+
+    ``task`` defaults to the layout's own (``kaggle-lgg``, ``image-mask-2d``).
+
+    Reading stops at the first unreadable or inconsistent file; listing problems (a slice
+    without its mask, a gap in the numbers) are all reported.
+    """
+    task = resolve_task(task) if task is not None else get_task(KAGGLE_LGG) if record.layout == KAGGLE_LGG else IMAGE_MASK_2D
+    slices, problems = _planar_slices(record)
+    if problems or not slices:
+        return None, problems
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    first: tuple[Path, np.ndarray] | None = None
+    for _number, image_path, mask_path in slices:
+        try:
+            voxels = read_image_2d(image_path)
+            problem = _planar_image_problem(image_path, voxels, record, task)
+            if problem is None and first is not None and voxels.shape != first[1].shape:
+                problem = f"{image_path}: slice {_size(voxels)} differs from {first[0].name}'s {_size(first[1])}"
+            if problem:
+                return None, [problem]
+            first = first or (image_path, voxels)
+            images.append(voxels)
+            if mask_path is not None:
+                mask, problem = _planar_mask(mask_path, read_image_2d(mask_path), image_path, voxels)
+                problem = problem or next(iter(_label_problems(mask_path, mask, record.label_convention, False, task)), None)
+                if problem:
+                    return None, [problem]
+                masks.append(mask)
+        except InputError as err:
+            return None, [_one_line(err)]
+    stack = np.stack(images, axis=2)  # (rows, columns, slices[, components])
+    components = stack.shape[3] if stack.ndim == 4 else 1
+    channels = [stack] if record.channel_indices is None else [stack[..., index] for index in record.channel_indices]
+    for channel, name in zip(channels, record.channels):
+        if not np.any(channel):
+            where = record.images[0]
+            return None, [f"{where}: {'image' if record.layout == IMAGE_2D else f'channel {name}'} is entirely zero"]
+    label = np.stack(masks, axis=2) if masks else None
+    return PlanarCase(channels=[np.ascontiguousarray(c) for c in channels], label=label, slices=slices, components=components), []
+
+
 def validate_case(record: CaseRecord, allow_resection_cavity: bool = False, task: Task | None = None) -> list[str]:
     """Check every file of one case; reads every voxel.
 
@@ -161,6 +269,8 @@ def validate_case(record: CaseRecord, allow_resection_cavity: bool = False, task
     Returns:
         One ``<file>: <reason>`` line per problem; empty when the case is usable.
     """
+    if record.layout in PLANAR_LAYOUTS:
+        return read_planar(record, task)[1]
     is_4d = record.channel_indices is not None
     problems: list[str] = []
     if record.label is None and record.label_convention not in resolve_task(task).labels:

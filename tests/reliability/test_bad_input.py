@@ -611,3 +611,103 @@ def test_bundle_run_refuses_to_overwrite_a_run(trained_run: Path, pristine_datal
     assert completed.returncode != 0
     assert "already holds a checkpoint; resume it (--resume)" in completed.stdout + completed.stderr
     assert {k: v for k, v in checksums(run).items() if not k.startswith(("tensorboard/", "logs/"))} == before
+
+
+# ----------------------------------------------------------------------------- 2D layouts
+
+KAGGLE_BAD = "TCGA_AB_0001_20000101"
+
+
+def _kaggle_damage(root: Path, damage: str) -> tuple[Path, str]:
+    """Damage the first of two Kaggle patients; returns the file the error must name and a pattern of the reason."""
+    from planar_cases import write_image
+
+    prefix = root / KAGGLE_BAD / KAGGLE_BAD
+    if damage == "slice_without_mask":
+        Path(f"{prefix}_3_mask.tif").unlink()
+        return Path(f"{prefix}_3.tif"), "slice 3 has no mask"
+    if damage == "mask_without_slice":
+        Path(f"{prefix}_3.tif").unlink()
+        return Path(f"{prefix}_3_mask.tif"), "mask of slice 3 has no image"
+    if damage == "gap":
+        Path(f"{prefix}_3.tif").unlink()
+        Path(f"{prefix}_3_mask.tif").unlink()
+        return root / KAGGLE_BAD, r"slice number\(s\) 3 missing"
+    if damage == "slice_size":
+        write_image(Path(f"{prefix}_5.tif"), np.ones((20, 16, 3), np.uint8))
+        return Path(f"{prefix}_5.tif"), "slice 20x16 differs"
+    if damage == "mask_values":
+        write_image(Path(f"{prefix}_4_mask.tif"), np.full((16, 16), 3, np.uint8))
+        return Path(f"{prefix}_4_mask.tif"), r"labels \[3\] are not in the mask255 convention"
+    Path(f"{prefix}_2.tif").write_bytes(b"II*\x00 truncated")
+    return Path(f"{prefix}_2.tif"), "cannot read image"
+
+
+def _pairs_damage(root: Path, damage: str) -> tuple[Path, str]:
+    from planar_cases import write_image
+
+    image, mask = root / "images" / "b.png", root / "masks" / "b.png"
+    if damage == "image_without_mask":
+        mask.unlink()
+        return image, "image without a mask"
+    if damage == "mask_without_image":
+        image.unlink()
+        return mask, "mask without an image"
+    if damage == "mask_size":
+        write_image(mask, np.zeros((12, 20), np.uint8))
+        return mask, "mask 12x20 differs from image b.png's 20x12"
+    if damage == "unreadable":
+        image.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        return image, "cannot read image"
+    if damage == "empty":
+        mask.write_bytes(b"")
+        return mask, "file is empty"
+    write_image(mask, np.arange(240, dtype=np.uint8).reshape(20, 12))
+    return mask, r"labels \[2, 3, 4, 5, 6"
+
+
+def _assert_refused_then_skipped(root: Path, path: Path, pattern: str, kept: list[str], out: Path) -> None:
+    """datalist: one line naming ``path``, exit 1, nothing written, source untouched; with --skip-bad only ``kept`` are listed."""
+    before = checksums(root)
+    result = cli("datalist", "--data-root", root, "--out", out, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, path, pattern)
+    assert not out.exists() and not leftover_temporaries(out.parent) and checksums(root) == before
+    skipped = cli("datalist", "--data-root", root, "--out", out, "--no-progress", "--skip-bad", "--test-fraction", "0")
+    assert skipped.exit_code == 0, skipped.output
+    listed = json.loads(out.read_text())
+    assert sorted(e["case_id"] for s in ("training", "validation", "test") for e in listed[s]) == kept
+    assert checksums(root) == before
+
+
+@pytest.mark.parametrize("damage", ["slice_without_mask", "mask_without_slice", "gap", "slice_size", "mask_values", "unreadable_tiff"])
+def test_datalist_refuses_a_bad_kaggle_patient_and_skip_bad_leaves_it_out(damage: str, tmp_path: Path) -> None:
+    from planar_cases import kaggle_root
+
+    root = kaggle_root(tmp_path / "kaggle_3m", [(KAGGLE_BAD, 6), ("TCGA_AB_0002_20000102", 3)])
+    path, pattern = _kaggle_damage(root, damage)
+    _assert_refused_then_skipped(root, path, pattern, ["TCGA_AB_0002_20000102"], tmp_path / "lists" / "lgg.json")
+
+
+@pytest.mark.parametrize("damage", ["image_without_mask", "mask_without_image", "mask_size", "unreadable", "empty", "not_binary"])
+def test_datalist_refuses_a_bad_image_pair_and_skip_bad_leaves_it_out(damage: str, tmp_path: Path) -> None:
+    from planar_cases import image_pairs
+
+    root = image_pairs(tmp_path / "pairs")
+    path, pattern = _pairs_damage(root, damage)
+    _assert_refused_then_skipped(root, path, pattern, ["a", "c"], tmp_path / "lists" / "pairs.json")
+
+
+def test_preprocess_refuses_a_kaggle_slice_damaged_after_listing(tmp_path: Path) -> None:
+    from planar_cases import kaggle_root
+
+    root = kaggle_root(tmp_path / "kaggle_3m", [(KAGGLE_BAD, 4)])
+    datalist = tmp_path / "lgg.json"
+    assert cli("datalist", "--data-root", root, "--out", datalist, "--no-progress", "--test-fraction", "0").exit_code == 0
+    path, pattern = _kaggle_damage(root, "mask_values")
+    before = checksums(root)
+    cache = tmp_path / "cache"
+    result = cli("preprocess", "--datalist", datalist, "--cache", cache, "--no-progress")
+    assert result.exit_code == 1
+    assert_one_line_error(result.output, path, pattern)
+    assert not (cache / KAGGLE_BAD / "meta.json").exists() and checksums(root) == before
