@@ -177,3 +177,33 @@ def test_bundle_commands_train_evaluate_and_infer(tiny_datalist: Path, tiny_cach
     inferred = np.asarray(nib.load(tmp_path / "pred" / f"{test_cases[0]}_seg.nii.gz").dataobj)
     evaluated = np.asarray(nib.load(tmp_path / "eval" / "predictions" / f"{test_cases[0]}_seg.nii.gz").dataobj)
     np.testing.assert_array_equal(inferred, evaluated)  # one inference path, whichever command runs it
+
+
+@pytest.mark.slow
+def test_bundle_commands_run_another_task(tmp_path: Path):
+    """The bundle commands on a FLAIR-only whole-tumour data list: training takes the list's task, the run's inference.json carries it."""
+    import nibabel as nib
+    import numpy as np
+
+    from pipeline.datalist import build_datalist, load_datalist
+    from pipeline.preprocess import preprocess_datalist
+    from pipeline.synth import generate_cohort
+
+    generate_cohort(tmp_path / "cohort", cases=4, seed=1, size="tiny", progress=False)
+    datalist = tmp_path / "wt.json"
+    build_datalist(tmp_path / "cohort", datalist, folds=2, test_fraction=0.25, progress=False, task="whole-tumour", channels=["flair"])
+    preprocess_datalist(datalist, tmp_path / "cache", progress=False)
+    run_dir = tmp_path / "run"
+    _bundle_command(
+        "run", "training", "--workflow_name", WORKFLOW_NAME, "--config_file", str(CONFIGS / "train.yaml"),
+        "--dataset_dir", str(tmp_path / "cache"), "--datalist", str(datalist), "--output_dir", str(run_dir), *_overrides(TINY_TRAINING),
+    )  # fmt: skip
+    inference = json.loads((run_dir / "inference.json").read_text())
+    assert inference["task"]["channels"] == ["flair"] and inference["task"]["classes"] == ["WT"]
+    record = load_datalist(datalist).cases("test")[0]
+    _bundle_command(
+        "run", "inference", "--config_file", str(run_dir / "inference.json"), "--input", str(record.images[0].parent),
+        "--output_dir", str(tmp_path / "pred"), "--progress", "False",
+    )  # fmt: skip
+    seg = nib.load(tmp_path / "pred" / f"{record.case_id}_seg.nii.gz")
+    assert seg.shape == nib.load(record.images[0]).shape and set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}

@@ -411,45 +411,17 @@ def test_keep_weights_last_holds_the_final_weights(tiny_run_data: tuple[Path, Pa
 
 
 # ---- tasks ------------------------------------------------------------------------------------
-def _task_labels(label, task) -> "np.ndarray":
-    """A glioma cache label (NEC 1, ED 2, ET 3) in ``task``'s internal labels; the post-treatment task gets a resection cavity."""
-    import numpy as np
+def _task_run_data(out: Path, task_name: str, channels: list[str] | None) -> tuple[Path, Path, Path]:
+    """A tiny synthetic cohort in ``task_name``'s layout, its data list on ``channels`` and its cache: (cohort, data list, cache)."""
+    from pipeline.datalist import build_datalist
+    from pipeline.preprocess import preprocess_datalist
+    from pipeline.synth import generate_cohort
 
-    from pipeline.tasks import DEFAULT_TASK
-
-    label = np.asarray(label)
-    out = np.zeros_like(label)
-    for name in DEFAULT_TASK.classes:
-        target = {"NEC": "NETC", "ED": "SNFH"}.get(name, name) if "WT" not in task.classes else "WT"
-        if target in task.classes:
-            out[label == DEFAULT_TASK.class_value(name)] = task.class_value(target)
-    if "RC" in task.classes:
-        z = label.shape[0] // 2
-        out[z - 1 : z + 2, 1:4, 1:4] = task.class_value("RC")
-    return out
-
-
-def _task_run_data(datalist: Path, cache: Path, out: Path, task) -> tuple[Path, Path]:
-    """The tiny data list storing ``task`` and its cache: each case's channels of the task and labels in its classes (cache.write_case)."""
-    import numpy as np
-
-    from pipeline.cache import complete_case_ids, load_case, read_meta, write_case
-    from pipeline.modalities import MODALITIES
-
-    listing = json.loads(datalist.read_text())
-    listing["task"] = task.to_dict()
-    task_datalist = out / "lists" / datalist.name
-    task_datalist.parent.mkdir(parents=True)
-    task_datalist.write_text(json.dumps({**listing, "data_root": str((datalist.parent / listing["data_root"]).resolve())}))
-    channels = [MODALITIES.index(channel) for channel in task.channels]
-    for case_id in complete_case_ids(cache):
-        case, meta = load_case(cache, case_id), read_meta(cache, case_id)
-        image = np.ascontiguousarray(np.asarray(case.image)[:, channels])
-        label = _task_labels(case.label, task) if case.label is not None else None
-        foreground = np.count_nonzero(label, axis=(1, 2)).tolist() if label is not None else None
-        meta = {**meta, "shape": list(image.shape), "modalities": list(task.channels), "foreground_per_slice": foreground}
-        write_case(out / "cache" / case_id, image, label, meta)
-    return task_datalist, out / "cache"
+    cohort, datalist, cache = out / "cohort", out / "list.json", out / "cache"
+    generate_cohort(cohort, cases=6, seed=0, size="tiny", progress=False, task=task_name)
+    build_datalist(cohort, datalist, folds=2, test_fraction=0.2, progress=False, task=task_name, channels=channels)
+    preprocess_datalist(datalist, cache, progress=False)
+    return cohort, datalist, cache
 
 
 @pytest.mark.parametrize(
@@ -460,7 +432,7 @@ def _task_run_data(datalist: Path, cache: Path, out: Path, task) -> tuple[Path, 
         ("brats-glioma", ["t1ce", "flair"], ["output_mode=regions"], {"brats2017": {0, 1, 2, 4}, "msd": {0, 1, 2, 3}}),
     ],
 )
-def test_a_task_trains_and_predicts_its_classes(tiny_run_data, tiny_cohort, tmp_path, task_name, channels, settings, conventions) -> None:
+def test_a_task_trains_and_predicts_its_classes(tmp_path, task_name, channels, settings, conventions) -> None:
     """A tiny run on a task's cache: the network's channels, the stored task, validation Dice per structure, labels written per convention."""
     import numpy as np
 
@@ -468,7 +440,7 @@ def test_a_task_trains_and_predicts_its_classes(tiny_run_data, tiny_cohort, tmp_
     from pipeline.tasks import model_task, resolve_task
 
     task = resolve_task(task_name, channels)
-    datalist, cache = _task_run_data(*tiny_run_data, tmp_path / "data", task)
+    cohort, datalist, cache = _task_run_data(tmp_path / "data", task_name, channels)
     result = _cli_train(datalist, cache, tmp_path / "run", "2.5d", 1, settings=[*TINY, *settings])
     assert result.exit_code == 0, result.output
     effective = model_task(task, "regions" if settings else None)
@@ -485,7 +457,7 @@ def test_a_task_trains_and_predicts_its_classes(tiny_run_data, tiny_cohort, tmp_
 
     model = load_model(tmp_path / "run")
     assert model.task.classes == task.classes and model.channel_names == ((*task.regions,) if settings else ("background", *task.classes))
-    case = tiny_cohort / json.loads(datalist.read_text())["test"][0]["case_id"]
+    case = cohort / json.loads(datalist.read_text())["test"][0]["case_id"]
     prediction = model.predict_case(case, probabilities=True)
     assert prediction.probabilities.shape[0] == effective.out_channels and prediction.labels.max() <= len(task.classes)
     for convention, allowed in conventions.items():
@@ -496,15 +468,13 @@ def test_a_task_trains_and_predicts_its_classes(tiny_run_data, tiny_cohort, tmp_
 
 @pytest.mark.parametrize("mode", ["2.5d", "3d"])
 @pytest.mark.parametrize("extra", [[], [GPU_CONFIG], [MULTI_GPU_CONFIG]])
-def test_training_configs_compose_with_a_task(mode: str, extra: list, tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
-    from pipeline.tasks import resolve_task
+def test_training_configs_compose_with_a_task(mode: str, extra: list, tiny_cohort: Path, tmp_path: Path) -> None:
+    from pipeline.datalist import build_datalist
     from pipeline.training import set_run_task
 
-    datalist, _ = tiny_run_data
-    listing = json.loads(datalist.read_text())
-    listing["task"] = resolve_task("whole-tumour", ["flair"]).to_dict()
     stored = tmp_path / "list.json"
-    stored.write_text(json.dumps(listing))
+    build_datalist(tiny_cohort, stored, folds=2, test_fraction=0.25, progress=False, task="whole-tumour", channels=["flair"])
+    listing = json.loads(stored.read_text())
     parser = ConfigParser()
     parser.read_config([str(f) for f in training_config_files(mode, extra)])
     parser.update({"mode": mode, "datalist": str(stored), "channels": [4, 8], "strides": [2]})
