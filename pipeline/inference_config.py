@@ -102,12 +102,19 @@ def run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -> dict
 
 
 def _task_postprocessing(component: Any, task: Any) -> Any:
-    """The bundle's default post-processing, or none for a task without the structures it edits (e.g. no WT)."""
+    """The bundle's default post-processing, restricted to the structures the run's task has (none left for a task without them)."""
     from pipeline.postprocess import PostProcessing
 
     if not isinstance(component, dict) or PostProcessing.from_config(component).fits(task):
         return component
-    return {"_target_": component["_target_"]}
+    kept = PostProcessing.from_config(component).restricted_to(task)
+    settings = {
+        "min_component_voxels": {name: voxels for name, voxels in kept.min_component_voxels.items() if voxels},
+        "keep_largest": list(kept.keep_largest),
+        "min_et_voxels": kept.min_et_voxels,
+        "connectivity": component.get("connectivity"),
+    }
+    return {"_target_": component["_target_"], **{key: value for key, value in settings.items() if value}}
 
 
 def write_run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -> Path:

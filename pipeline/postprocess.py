@@ -142,6 +142,15 @@ class PostProcessing:
         task = resolve_task(task)
         return set(self.named_structures) <= set(edited_structures(task)) and (self.min_et_voxels <= 0 or necrosis_class(task) is not None)
 
+    def restricted_to(self, task: TaskSpec) -> PostProcessing:
+        """The part of these settings that ``task`` has structures for, on ``task``'s labels (the bundle's glioma defaults on a whole-tumour run keep their WT steps)."""
+        task = resolve_task(task)
+        edited = set(edited_structures(task))
+        thresholds = {name: voxels for name, voxels in self.min_component_voxels.items() if voxels and name in edited}
+        largest = [name for name in self.keep_largest if name in edited]
+        min_et = self.min_et_voxels if necrosis_class(task) is not None else 0
+        return PostProcessing(thresholds, largest, min_et, self.connectivity, task)
+
     def for_task(self, task: TaskSpec) -> PostProcessing:
         """These settings on ``task``'s labels (a :class:`ConfigError` when it lacks a structure they edit)."""
         task = resolve_task(task)

@@ -93,7 +93,7 @@ def test_the_inference_config_builds_the_postprocessing_component():
 
     parser = ConfigParser(ConfigParser.load_config_files([str(CONFIGS / "inference.yaml"), str(CONFIGS / "evaluate.yaml")]))
     post = parser.get_parsed_content("postprocessing")
-    assert post == PostProcessing(min_component_voxels={"WT": 20}, keep_largest=["WT"], min_et_voxels=0)
+    assert post == PostProcessing(min_component_voxels={"WT": 20, "TC": 200, "ET": 200}, keep_largest=["WT"], min_et_voxels=0)
     parser["postprocessing#min_et_voxels"] = 500
     assert parser.get_parsed_content("postprocessing").min_et_voxels == 500
     assert "postprocessing" not in yaml.safe_load((CONFIGS / "evaluate.yaml").read_text())
@@ -141,5 +141,8 @@ def test_whole_tumour_keeps_its_largest_component_and_glioma_settings_move_to_a_
     assert whole.min_component_voxels == {"WT": 20} and whole(seg).sum() == 64
     with pytest.raises(ConfigError, match="unknown region"):
         glioma.for_task("meningioma-rt")
+    default = PostProcessing(min_component_voxels={"WT": 20, "TC": 200, "ET": 200}, keep_largest=["WT"])  # inference.yaml's
+    assert not default.fits("whole-tumour") and default.restricted_to("whole-tumour") == whole
+    assert default.restricted_to("meningioma-rt").is_identity
     regions = PostProcessing(min_component_voxels=2, task="brats-glioma")
     assert regions(_tumour())[15, 15, 15] == 0  # glioma: the regions are edited and nested, as before
