@@ -45,7 +45,7 @@ from pipeline.datasets.records import CaseRecord
 from pipeline.errors import ConfigError
 from pipeline.labels import CONVENTIONS
 from pipeline.postprocess import PostProcessing
-from pipeline.tasks import DEFAULT_TASK, Task, written_convention
+from pipeline.tasks import DEFAULT_TASK, TASKS, Task, written_convention
 from pipeline.uncertainty import Uncertainty
 
 __all__ = [
@@ -66,7 +66,8 @@ WEIGHTS = Path("models") / BEST
 TORCHSCRIPT = Path("models") / "model.ts"
 
 #: Label conventions a prediction can be written in; ``auto`` is each case's own.
-OUTPUT_CONVENTIONS: tuple[str, ...] = ("auto", *CONVENTIONS)
+#: What ``--label-convention`` offers: ``auto`` (each case's own) and every built-in task's conventions (glioma's first); a model accepts its own task's.
+OUTPUT_CONVENTIONS: tuple[str, ...] = ("auto", *dict.fromkeys([*CONVENTIONS, *(name for task in TASKS.values() for name in task.conventions)]))
 
 
 @dataclass(frozen=True)
@@ -291,10 +292,10 @@ class SegmentationModel:
 
 
 def check_output_convention(label_convention: str, task: Task = DEFAULT_TASK) -> str:
-    """``label_convention`` if it is ``auto`` or one of the task's conventions (BraTS glioma: :data:`OUTPUT_CONVENTIONS`), else a :class:`ConfigError`."""
+    """``label_convention`` if it is ``auto`` or one of the task's conventions, else a :class:`ConfigError` naming the ones it writes."""
     choices = ("auto", *task.conventions)
     if label_convention not in choices:
-        raise ConfigError("label_convention", f"unknown label convention {label_convention!r}; choose one of {', '.join(choices)}")
+        raise ConfigError("label_convention", f"the model's task {task.name} does not write {label_convention!r}; choose one of {', '.join(choices)}")
     return label_convention
 
 

@@ -369,7 +369,8 @@ def train(
     default="auto",
     show_default=True,
     type=_ChoiceOf(_Constant("pipeline.api", "OUTPUT_CONVENTIONS")),
-    help="Labels written: auto = each case's own (0/1/2/4 for 2017-2021, 0/1/2/3 for 2023+, MSD's for MSD).",
+    help="Labels written: auto = each case's own (0/1/2/4 for 2017-2021, 0/1/2/3 for 2023+, MSD's for MSD); "
+    "or one of the model's task's conventions.",
 )
 @click.option("--probabilities", is_flag=True, help="Also write probability maps (<case>_probabilities.nii.gz, 8-bit scaled to [0, 1]).")
 @_UNCERTAINTY

@@ -165,3 +165,13 @@ def test_checkpoint_errors_name_the_file(run_dir, tmp_path):
 def test_bad_device_is_a_config_error(run_dir):
     with pytest.raises(ConfigError, match="device"):
         load_model(run_dir, device="tpu:7")
+
+
+def test_a_model_writes_only_its_own_tasks_conventions() -> None:
+    from pipeline.api import OUTPUT_CONVENTIONS, check_output_convention
+    from pipeline.errors import ConfigError
+    from pipeline.tasks import DEFAULT_TASK, get_task
+
+    assert "brats2024-ped" in OUTPUT_CONVENTIONS and check_output_convention("brats2024-ped", get_task("brats2024-ped")) == "brats2024-ped"
+    with pytest.raises(ConfigError, match="task brats-glioma does not write 'brats2024-ped'; choose one of auto, brats2017"):
+        check_output_convention("brats2024-ped", DEFAULT_TASK)

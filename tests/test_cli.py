@@ -47,7 +47,10 @@ def test_choices_are_the_constants_that_define_them(command: str, name: str, con
 
 
 def test_output_conventions_are_auto_and_every_label_convention() -> None:
-    assert OUTPUT_CONVENTIONS == ("auto", *CONVENTIONS)
+    from pipeline.tasks import TASKS
+
+    assert OUTPUT_CONVENTIONS[: len(CONVENTIONS) + 1] == ("auto", *CONVENTIONS)  # the glioma conventions first, as before
+    assert {name for task in TASKS.values() for name in task.conventions} <= set(OUTPUT_CONVENTIONS)
 
 
 @pytest.mark.parametrize(("command", "name", "value"), [("preprocess", "margin", DEFAULT_MARGIN), ("export", "tolerance", DEFAULT_TOLERANCE)])

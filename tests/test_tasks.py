@@ -198,6 +198,10 @@ def test_a_built_in_task_runs_end_to_end_from_the_cli(name: str, channels: str |
     assert seg.shape == source.shape and np.allclose(seg.affine, source.affine)
     written = set(np.unique(np.asarray(seg.dataobj)).tolist())
     assert written <= set(task.convention(record.label_convention).to_internal_map)  # the release's own label values
+    run("predict", "--model", str(out), "--input", str(record.images[0].parent), "--out", str(tmp_path / "internal"),
+        "--label-convention", "internal", "--no-progress")  # fmt: skip
+    internal = nib.load(next((tmp_path / "internal").glob(f"{record.case_id}*.nii.gz")))
+    assert set(np.unique(np.asarray(internal.dataobj)).tolist()) <= set(range(task.num_classes))
 
     run("evaluate", "--model", str(out), "--datalist", str(datalist), "--out", str(tmp_path / "eval"), "--no-overlays", "--no-progress")
     metrics = pd.read_csv(tmp_path / "eval" / "metrics.csv")
