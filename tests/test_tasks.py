@@ -147,3 +147,13 @@ def test_the_2d_tasks_declare_their_masks_postprocessing_and_padding() -> None:
 def test_malformed_postprocessing_or_padding_is_refused(extra: dict, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
         task_from_dict({**get_task("whole-tumour").to_dict(), **extra})
+
+
+def test_a_task_declares_its_metric_set():
+    from pipeline.tasks import METRIC_SETS, task_from_dict
+
+    assert (get_task("brats-glioma").metrics, get_task("kaggle-lgg").metrics, get_task("image-mask-2d-rgb").metrics) == ("volume", "volume-voxels", "image")
+    assert get_task("kaggle-lgg").to_dict()["metrics"] == "volume-voxels" and "metrics" not in get_task("brats-glioma").to_dict()
+    assert task_from_dict(get_task("image-mask-2d").to_dict()) == get_task("image-mask-2d") and set(METRIC_SETS) == {"volume", "volume-voxels", "image"}
+    with pytest.raises(ConfigError, match="metrics must be one of"):
+        task_from_dict({**get_task("kaggle-lgg").to_dict(), "metrics": "slices"})
