@@ -267,3 +267,34 @@ def test_a_written_mask_of_another_size_is_refused_on_reading_back(tmp_path):
     second = write_image(tmp_path / "2_mask.tif", np.zeros((4, 5), np.uint8))
     with pytest.raises(InputError, match="2_mask.tif"):
         read_planar_masks([first, second])
+
+
+# ----------------------------------------------------------------------------- bundle commands
+
+
+@pytest.mark.slow
+def test_bundle_commands_train_evaluate_and_infer_a_kaggle_task(kaggle, tmp_path):
+    """`python -m monai.bundle run training | evaluating | inference` on a Kaggle data list: the run's inference.json carries the task."""
+    import subprocess
+    import sys
+
+    root, datalist, _ = kaggle
+    repo = Path(__file__).resolve().parents[1]
+    configs = repo / "bundles" / "brats_segmentation" / "configs"
+
+    def bundle(*args: str) -> None:
+        completed = subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, cwd=repo, timeout=600)
+        assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+
+    tiny = [item for setting in (*TINY_NETWORK_AND_BUDGET, "progress=False", "epochs=1", "mode=2d") for item in (f"--{setting.split('=')[0]}", setting.split("=", 1)[1])]
+    run = tmp_path / "run"
+    bundle("run", "training", "--workflow_name", "pipeline.training.TrainingWorkflow", "--config_file", str(configs / "train.yaml"),
+           "--dataset_dir", str(datalist.parent / "cache"), "--datalist", str(datalist), "--output_dir", str(run), *tiny)  # fmt: skip
+    config = json.loads((run / "inference.json").read_text())
+    assert config["task"]["name"] == "kaggle-lgg" and config["postprocessing"]["keep_largest"] == ["tumour"]
+    bundle("run", "evaluating", "--config_file", f"['{run / 'inference.json'}','{configs / 'evaluate.yaml'}']",
+           "--datalist", str(datalist), "--split", "all", "--output_dir", str(tmp_path / "eval"), "--progress", "False")  # fmt: skip
+    assert len(pd.read_csv(tmp_path / "eval" / "metrics.csv")) == len(KAGGLE_PATIENTS)
+    name, slices = KAGGLE_PATIENTS[0]
+    bundle("run", "inference", "--config_file", str(run / "inference.json"), "--input", str(root / name), "--output_dir", str(tmp_path / "pred"), "--progress", "False")
+    assert len(list((tmp_path / "pred" / name).glob("*_mask.tif"))) == slices
