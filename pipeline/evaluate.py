@@ -33,8 +33,8 @@ from pipeline.datasets.records import PLANAR_LAYOUTS, CaseRecord
 from pipeline.datasets.validation import check_finite, check_labels, check_same_grid, read_planar
 from pipeline.errors import ConfigError, InputError
 from pipeline.writers import case_mask_names, colour_table_filename, planar_reference, read_planar_masks, write_colour_table
-from pipeline.geometry import restore_to_original, to_cache_grid
-from pipeline.io import load_nifti, load_volume
+from pipeline.geometry import to_cache_grid
+from pipeline.io import load_nifti, load_volume, read_image_2d
 from pipeline.tasks import DEFAULT_TASK, Task, written_convention
 from pipeline.metrics import case_metrics
 from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty
@@ -110,6 +110,14 @@ def predict_labelled_case(
     return model.predict_case(replace(record, label=None), uncertainty=uncertainty), truth, truth_image
 
 
+def _shown_planar_image(record: CaseRecord, meta: dict, task: Task) -> np.ndarray:
+    """The channel a 2D-layout case's overlay shows (FLAIR for Kaggle LGG), read from its files as stored: ``(rows, columns, slices)``."""
+    channel = task.channels.index(shown_channels(task)[0])
+    component = record.channel_indices[channel] if record.channel_indices is not None else None
+    slices = [read_image_2d(s["image"]) for s in meta["original"]["slices"]]
+    return np.stack([voxels[..., component] if component is not None else voxels for voxels in slices], axis=2)
+
+
 def evaluate(
     model: SegmentationModel | str | os.PathLike[str] | list[str | os.PathLike[str]],
     datalist: str | os.PathLike[str],
@@ -177,8 +185,7 @@ def evaluate(
         metrics = case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise, task=model.task)
         rows.append({"case_id": record.case_id, **metrics, **scores})
         if overlays and planar:
-            channel = model.task.channels.index(shown_channels(model.task)[0])
-            image = restore_to_original(prediction.cache_image[:, channel], prediction.meta)
+            image = _shown_planar_image(prediction.record, prediction.meta, model.task)
             dice = ", ".join(f"Dice {name} {metrics[f'dice_{name}']:.3f}" for name in model.task.structures)
             write_contour_overlay(out / OVERLAYS_DIR / f"{record.case_id}.png", image, predicted, truth, title=f"{record.case_id}: {dice}")
         elif overlays:

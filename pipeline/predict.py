@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from pipeline.api import SegmentationModel, check_output_convention, load_model, output_convention
 from pipeline.datalist import SPLITS, load_datalist
 from pipeline.datasets.records import IMAGE_2D, KAGGLE_LGG, PLANAR_LAYOUTS, CaseRecord
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 from pipeline.writers import (
     case_mask_names,
     colour_table_filename,
@@ -241,6 +241,8 @@ def predict(
         model.inferer.tta = bool(tta)
     check_output_convention(label_convention, model.task)
     records = resolve_cases(input_path, model.task)
+    if probabilities and any(record.layout == IMAGE_2D for record in records):
+        raise ConfigError("--probabilities", "2D images are predicted as masks only (masks/<name>.png); leave --probabilities out")
     check_outputs_spare_inputs(records, out, submission_names, probabilities, uncertainty)
     summary = PredictionSummary(out_dir=out)
     entries: list[dict[str, Any]] = []

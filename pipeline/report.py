@@ -600,10 +600,10 @@ CONTOUR_COLOURS: dict[str, tuple[float, float, float]] = {"ground truth": (0.0, 
 def contour_overlay_figure(
     image_rcs: np.ndarray, prediction_rcs: np.ndarray, ground_truth_rcs: np.ndarray | None, title: str = "", max_slices: int = 4
 ) -> Figure:
-    """Ground truth and prediction as contours on a 2D-layout case's image, as stored (rows down, columns across).
+    """Ground truth (wide, green) and prediction (thin, red) as contours on a 2D-layout case's image, as stored (rows down, columns across).
 
     Args:
-        image_rcs: the shown channel ``(rows, columns, slices)`` (FLAIR for Kaggle LGG).
+        image_rcs: the shown channel ``(rows, columns, slices)`` as read from the files (FLAIR for Kaggle LGG).
         prediction_rcs: predicted tumour (any non-zero label) on the same grid.
         ground_truth_rcs: ground-truth labels on the same grid, or None.
         title: figure title (case id and its scores).
@@ -619,9 +619,9 @@ def contour_overlay_figure(
     for index, z in enumerate(shown, start=1):
         axes = figure.add_subplot(1, len(shown), index)
         axes.imshow(image_rcs[:, :, z], cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
-        for name, mask in (("ground truth", truth), ("prediction", prediction)):
+        for name, mask, width in (("ground truth", truth, 2.4), ("prediction", prediction, 1.0)):  # the truth wider, under the prediction
             if mask[:, :, z].any() and (name == "prediction" or ground_truth_rcs is not None):
-                axes.contour(mask[:, :, z].astype(np.float32), levels=[0.5], colors=[CONTOUR_COLOURS[name]], linewidths=1.2)
+                axes.contour(mask[:, :, z].astype(np.float32), levels=[0.5], colors=[CONTOUR_COLOURS[name]], linewidths=width)
         axes.set_title(f"slice {z + 1}" if image_rcs.shape[2] > 1 else "image", fontsize=9)
         axes.set_xticks([])
         axes.set_yticks([])

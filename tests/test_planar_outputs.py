@@ -298,3 +298,13 @@ def test_bundle_commands_train_evaluate_and_infer_a_kaggle_task(kaggle, tmp_path
     name, slices = KAGGLE_PATIENTS[0]
     bundle("run", "inference", "--config_file", str(run / "inference.json"), "--input", str(root / name), "--output_dir", str(tmp_path / "pred"), "--progress", "False")
     assert len(list((tmp_path / "pred" / name).glob("*_mask.tif"))) == slices
+
+
+def test_probabilities_of_2d_images_are_refused_in_one_line(pairs, tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.predict import predict
+
+    root, _, run = pairs
+    with pytest.raises(ConfigError, match="masks only"):
+        predict(run, root, tmp_path / "out", probabilities=True, progress=False)
+    assert not (tmp_path / "out").exists()
