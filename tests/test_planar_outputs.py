@@ -308,3 +308,19 @@ def test_probabilities_of_2d_images_are_refused_in_one_line(pairs, tmp_path):
     with pytest.raises(ConfigError, match="masks only"):
         predict(run, root, tmp_path / "out", probabilities=True, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.real_data
+def test_real_png_pairs_train_and_a_held_out_image_is_predicted_at_its_size(png_pairs_dir, tmp_path):
+    from pipeline.predict import predict
+
+    names = sorted(p.stem for p in (png_pairs_dir / "images").iterdir())[:5]
+    root = tmp_path / "pairs"
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+        for name in names[:4]:
+            (root / folder / f"{name}.png").symlink_to(png_pairs_dir / folder / f"{name}.png")
+    _, run = _train(root, tmp_path / "work")
+    held_out = png_pairs_dir / "images" / f"{names[4]}.png"
+    predict(run, held_out, tmp_path / "out", progress=False)
+    _check_mask(tmp_path / "out" / "masks" / f"{names[4]}.png", read_image_2d(held_out).shape[:2])
