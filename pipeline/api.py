@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from pipeline.checkpoints import BEST, load_weights
-from pipeline.datasets.records import CaseRecord
+from pipeline.datasets.records import PLANAR_LAYOUTS, CaseRecord
 from pipeline.errors import ConfigError
 from pipeline.labels import CONVENTIONS
 from pipeline.postprocess import PostProcessing
@@ -76,8 +76,10 @@ class CasePrediction:
 
     Attributes:
         record: the case.
-        labels: internal labels (0-3) on the source grid ``(X0, Y0, Z0)``, post-processed.
-        reference: the image whose header the prediction copies (the first modality).
+        labels: internal labels (0-3) on the source grid ``(X0, Y0, Z0)``, post-processed; for a
+            2D layout ``(rows, columns, slices)``, slice ``z`` that of ``meta["original"]["slices"][z]``.
+        reference: the image whose header the prediction copies (the first modality; for a 2D
+            layout :func:`pipeline.writers.planar_reference`, unit spacing).
         cache_image: the preprocessed image ``(Z, C, X, Y)`` (RAS voxel order, cropped).
         cache_labels: the post-processed internal labels on the cache grid ``(Z, X, Y)``.
         cache_ground_truth: the ground truth on the cache grid, or None.
@@ -204,8 +206,9 @@ class SegmentationModel:
         """Segment one case: preprocess, infer, post-process, and map back onto the source grid.
 
         Args:
-            case: a :class:`CaseRecord`, a case folder, an MSD 4D file, or the four modality
-                files in canonical order (T1, T1ce, T2, FLAIR).
+            case: a :class:`CaseRecord`, a case folder, an MSD 4D file, the four modality
+                files in canonical order (T1, T1ce, T2, FLAIR), a Kaggle LGG patient folder or
+                one 2D image.
             probabilities: also return the probabilities on the source grid.
             uncertainty: also return the uncertainty maps on the source grid and their scores
                 (:mod:`pipeline.uncertainty`); without it nothing extra is computed.
@@ -213,6 +216,7 @@ class SegmentationModel:
         from pipeline.geometry import restore_to_original
         from pipeline.io import load_nifti
         from pipeline.preprocess import prepare_case
+        from pipeline.writers import planar_reference
 
         record = case_record(case, self.task)
         prepared = prepare_case(record, allow_resection_cavity=self.allow_resection_cavity, task=self.task)
@@ -236,7 +240,7 @@ class SegmentationModel:
         return CasePrediction(
             record=record,
             labels=labels,
-            reference=load_nifti(record.images[0]),
+            reference=planar_reference(prepared.meta) if record.layout in PLANAR_LAYOUTS else load_nifti(record.images[0]),
             cache_image=prepared.image,
             cache_labels=cache_labels,
             cache_ground_truth=prepared.label,

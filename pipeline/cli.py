@@ -360,8 +360,14 @@ def train(
 
 @main.command()
 @_MODELS
-@click.option("--input", "input_path", required=True, type=_EXISTING, help="Case folder, MSD 4D image, data list JSON or data root.")
-@click.option("--out", required=True, type=_PATH, help="Folder for the NIfTI predictions.")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=_EXISTING,
+    help="Case folder, MSD 4D image, data list JSON or data root; for a 2D task also a Kaggle LGG patient folder or one 2D image.",
+)
+@click.option("--out", required=True, type=_PATH, help="Folder for the predictions (NIfTI; a 2D task's masks in their own format).")
 @click.option("--device", default="cpu", show_default=True, help="Where the network runs: cpu, cuda, cuda:N.")
 @click.option("--tta/--no-tta", default=None, help="Mirrored test-time augmentation (default: the model config's setting).")
 @click.option(
@@ -392,7 +398,9 @@ def predict(
     """Segment cases (with or without ground truth) into NIfTI files for 3D Slicer.
 
     Each segmentation is uint8 on exactly the input's grid (shape, affine, qform/sform, voxel
-    order), with a Slicer colour table (brats_<convention>.ctbl) next to it.
+    order), with a Slicer colour table (brats_<convention>.ctbl) next to it. A Kaggle LGG
+    model writes OUT/<patient>/<patient>_<n>_mask.tif (0/255) and OUT/<patient>_seg.nii.gz; a 2D
+    image model OUT/masks/<name>.png (0/255, each image's size).
     """
     from pipeline.predict import predict as run_predict
 
@@ -438,7 +446,9 @@ def evaluate(
     """Score a model per patient (Dice, HD95, sensitivity, specificity, precision, IoU, volumes).
 
     Predictions are written as predict writes them and scored on the original grid; HD95 is
-    MONAI's (max of the two directed 95th percentiles, in mm).
+    MONAI's (max of the two directed 95th percentiles, in mm). The task decides the metric set:
+    Kaggle LGG scores each patient's volume in voxels, 2D image folders each image (Dice, IoU,
+    pixel accuracy, sensitivity, specificity, precision).
     """
     from pipeline.evaluate import evaluate as run_evaluate
 

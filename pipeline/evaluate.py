@@ -5,6 +5,11 @@ under ``OUT/predictions/``, read back, and scored against the ground truth file 
 :func:`pipeline.metrics.case_metrics` on the original voxel grid with the file's voxel spacing.
 :func:`pipeline.report.write_report` then writes ``metrics.csv``, ``summary.json`` and the
 plots; overlays go to ``OUT/overlays/``; the per-structure mean Dice/HD95 table is printed.
+A case of a 2D layout (a model of the ``kaggle-lgg`` or ``image-mask-2d`` task) is scored on the
+masks written under ``OUT/predictions/`` (read back, as the files are) against its own mask files,
+with the task's metric set (:data:`pipeline.metrics.METRIC_SETS`: per-patient volume scores in
+voxels for Kaggle LGG, per-image scores for 2D folders), and its overlay is
+:func:`pipeline.report.contour_overlay_figure` (contours of both on the image).
 With ``uncertainty`` the uncertainty maps go next to each prediction and the per-case
 uncertainty scores (:func:`pipeline.uncertainty.uncertainty_scores`) into ``metrics.csv``.
 """
@@ -24,16 +29,16 @@ from tqdm.auto import tqdm
 
 from pipeline.api import CasePrediction, SegmentationModel, load_model
 from pipeline.datalist import load_datalist
-from pipeline.datasets.records import CaseRecord
-from pipeline.datasets.validation import check_finite, check_labels, check_same_grid
+from pipeline.datasets.records import PLANAR_LAYOUTS, CaseRecord
+from pipeline.datasets.validation import check_finite, check_labels, check_same_grid, read_planar
 from pipeline.errors import ConfigError, InputError
-from pipeline.writers import colour_table_filename, write_colour_table
+from pipeline.writers import case_mask_names, colour_table_filename, planar_reference, read_planar_masks, write_colour_table
 from pipeline.geometry import to_cache_grid
-from pipeline.io import load_nifti, load_volume
+from pipeline.io import load_nifti, load_volume, read_image_2d
 from pipeline.tasks import DEFAULT_TASK, Task, written_convention
 from pipeline.metrics import case_metrics
 from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty
-from pipeline.report import OVERLAYS_DIR, metrics_frame, summary_table, write_overlay, write_report
+from pipeline.report import OVERLAYS_DIR, metrics_frame, shown_channels, summary_table, write_contour_overlay, write_overlay, write_report
 
 __all__ = ["EvaluationResult", "evaluate", "predict_labelled_case", "read_internal_labels"]
 
@@ -44,6 +49,13 @@ PREDICTIONS_DIR = "predictions"
 HD95_DEFINITION = (
     "MONAI compute_hausdorff_distance(percentile=95, spacing=voxel size in mm): the maximum of the two "
     "directed 95th percentiles of boundary distances; one structure empty -> 373.13, both empty -> 0"
+)
+
+
+#: HD95 of the ``volume-voxels`` metric set (Kaggle LGG: no spacing stored).
+HD95_VOXELS_DEFINITION = (
+    "MONAI compute_hausdorff_distance(percentile=95) with unit spacing, in voxels (the files store no spacing): "
+    "the maximum of the two directed 95th percentiles; one side empty -> the diagonal of the case's grid in voxels, both empty -> 0"
 )
 
 
@@ -85,10 +97,25 @@ def predict_labelled_case(
     """
     if record.label is None:
         raise ConfigError(record.images[0], f"case {record.case_id} has no ground truth")
+    if record.layout in PLANAR_LAYOUTS:
+        planar, problems = read_planar(record, model.task)
+        if planar is None or planar.label is None:
+            raise InputError(*(problems[0].split(": ", 1) if problems else (record.label, "no mask read")))
+        truth = written_convention(model.task, record.label_convention).to_internal(planar.label)
+        prediction = model.predict_case(replace(record, label=None), uncertainty=uncertainty)
+        return prediction, truth, planar_reference(prediction.meta)
     truth, truth_image = read_internal_labels(record.label, record.label_convention, model.allow_resection_cavity, model.task)
     images = load_nifti(record.images[0])
     check_same_grid(record.label, truth.shape, truth_image.affine, record.images[0], images.shape[:3], images.affine)
     return model.predict_case(replace(record, label=None), uncertainty=uncertainty), truth, truth_image
+
+
+def _shown_planar_image(record: CaseRecord, meta: dict, task: Task) -> np.ndarray:
+    """The channel a 2D-layout case's overlay shows (FLAIR for Kaggle LGG), read from its files as stored: ``(rows, columns, slices)``."""
+    channel = task.channels.index(shown_channels(task)[0])
+    component = record.channel_indices[channel] if record.channel_indices is not None else None
+    slices = [read_image_2d(s["image"]) for s in meta["original"]["slices"]]
+    return np.stack([voxels[..., component] if component is not None else voxels for voxels in slices], axis=2)
 
 
 def evaluate(
@@ -144,13 +171,24 @@ def evaluate(
         prediction, truth, truth_image = predict_labelled_case(model, record, uncertainty=uncertainty)
         seg_path, _, convention = write_case_prediction(prediction, predictions, task=model.task)
         write_case_uncertainty(prediction, predictions)
-        conventions.add(convention)
-        # Score what was written: the exported file, read back, against the ground-truth file.
-        predicted, _ = read_internal_labels(seg_path, convention, task=model.task)
+        planar = record.layout in PLANAR_LAYOUTS
+        if seg_path.name.endswith((".nii", ".nii.gz")):
+            conventions.add(convention)
+        # Score what was written: the exported files, read back, against the ground-truth files.
+        if planar:
+            masks = read_planar_masks([predictions / name for name in case_mask_names(prediction.meta)])
+            predicted = written_convention(model.task, convention).to_internal(masks)
+        else:
+            predicted, _ = read_internal_labels(seg_path, convention, task=model.task)
         spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
         scores = prediction.uncertainty.scores if prediction.uncertainty is not None else {}
-        rows.append({"case_id": record.case_id, **case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise, task=model.task), **scores})
-        if overlays:
+        metrics = case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise, task=model.task)
+        rows.append({"case_id": record.case_id, **metrics, **scores})
+        if overlays and planar:
+            image = _shown_planar_image(prediction.record, prediction.meta, model.task)
+            dice = ", ".join(f"Dice {name} {metrics[f'dice_{name}']:.3f}" for name in model.task.structures)
+            write_contour_overlay(out / OVERLAYS_DIR / f"{record.case_id}.png", image, predicted, truth, title=f"{record.case_id}: {dice}")
+        elif overlays:
             write_overlay(
                 out / OVERLAYS_DIR / f"{record.case_id}.png",
                 prediction.cache_image,
@@ -169,13 +207,14 @@ def evaluate(
         "datalist_sha256": loaded.sha256,
         "split": split,
         "model": model_settings(model),
-        "hd95_definition": HD95_DEFINITION,
+        "hd95_definition": HD95_DEFINITION if model.task.metrics == "volume" else HD95_VOXELS_DEFINITION if model.task.metrics == "volume-voxels" else None,
+        "metric_set": model.task.metrics,
         "lesion_wise": lesion_wise,
         "uncertainty": uncertainty,
         "seconds": round(time.perf_counter() - started, 2),
     }
     summary = write_report(rows, out, run_dir=model.source, extra_summary=extra, task=model.task)
-    table = summary_table(metrics_frame(rows), tuple(model.task.structures))
+    table = summary_table(metrics_frame(rows), tuple(model.task.structures), model.task.metrics)
     if echo:
         print(table)
         print(f"reports -> {out}")

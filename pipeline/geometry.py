@@ -32,6 +32,7 @@ __all__ = [
     "reoriented_shape",
     "restore_to_original",
     "to_cache_grid",
+    "unpad",
     "voxel_orientation",
 ]
 
@@ -141,14 +142,28 @@ def to_cache_grid(array: np.ndarray, meta: dict) -> np.ndarray:
     return np.moveaxis(canonical[box_slices(meta["crop_box"])], (0, 1, 2), (-2, -1, -3))
 
 
+def unpad(array: np.ndarray, meta: dict) -> np.ndarray:
+    """The cropped grid of a padded 2D-layout case: ``array[..., off0:off0 + rows, off1:off1 + columns]`` (``meta["padding"]``).
+
+    An array without padding (no ``padding`` in ``meta``, or already of the cropped in-plane size) is returned as is.
+    """
+    padding = meta.get("padding")
+    if not padding or tuple(np.shape(array)[-2:]) != tuple(padding["size"]):
+        return array
+    (top, left), (rows, columns) = padding["offset"], padding["cropped_shape"]
+    return np.asarray(array)[..., top : top + rows, left : left + columns]
+
+
 def restore_to_original(array: np.ndarray, meta: dict, fill: float = 0) -> np.ndarray:
     """Put an array on the cache grid back onto the source file's voxel grid, exactly.
 
-    The crop is padded with ``fill`` and the reorientation undone; no value is interpolated,
-    so labels come back bit for bit. The inverse of :func:`to_cache_grid`.
+    A 2D-layout case's padding is removed (:func:`unpad`), the crop is padded with ``fill`` and
+    the reorientation undone; no value is interpolated, so labels come back bit for bit. The
+    inverse of :func:`to_cache_grid`.
 
     Args:
-        array: shape ``(..., Z, X, Y)``, the cache grid of the case (``meta["shape"]`` without C).
+        array: shape ``(..., Z, X, Y)``, the cache grid of the case (``meta["shape"]`` without C),
+            padded or not.
         meta: the case manifest (``meta.json`` or ``PreparedCase.meta``).
         fill: value of the voxels outside the crop.
 
@@ -158,7 +173,7 @@ def restore_to_original(array: np.ndarray, meta: dict, fill: float = 0) -> np.nd
     Raises:
         ValueError: if ``array`` does not have the cache grid's spatial shape.
     """
-    array = np.asarray(array)
+    array = np.asarray(unpad(array, meta))
     crop_box = meta["crop_box"]
     expected = (crop_box[2][1] - crop_box[2][0], crop_box[0][1] - crop_box[0][0], crop_box[1][1] - crop_box[1][0])
     if array.ndim < 3 or tuple(array.shape[-3:]) != expected:

@@ -102,10 +102,15 @@ def run_inference_config(training: Any, run_dir: str | os.PathLike[str]) -> dict
 
 
 def _task_postprocessing(component: Any, task: Any) -> Any:
-    """The bundle's default post-processing, restricted to the structures the run's task has (none left for a task without them)."""
-    from pipeline.postprocess import PostProcessing
+    """The task's own default post-processing where it declares one (Kaggle LGG: the largest tumour component), else the bundle's restricted to the structures the run's task has (none left for a task without them)."""
+    from pipeline.postprocess import PostProcessing, task_postprocessing
 
-    if not isinstance(component, dict) or PostProcessing.from_config(component).fits(task):
+    if not isinstance(component, dict):
+        return component
+    declared = task_postprocessing(task)
+    if declared is not None:
+        return {"_target_": component["_target_"], **{key: value for key, value in declared.to_config().items() if value}, "task": "@task"}
+    if PostProcessing.from_config(component).fits(task):
         return component
     kept = PostProcessing.from_config(component).restricted_to(task)
     settings = {

@@ -25,12 +25,24 @@ import numpy as np
 
 from pipeline.errors import InputError, PipelineError
 
-__all__ = ["IMAGE_2D_SUFFIXES", "atomic_path", "file_sha256", "load_nifti", "read_image_2d", "read_voxels", "save_nifti", "save_npy", "write_json", "write_text"]
+__all__ = [
+    "IMAGE_2D_SUFFIXES",
+    "atomic_path",
+    "file_sha256",
+    "load_nifti",
+    "read_image_2d",
+    "read_voxels",
+    "save_image_2d",
+    "save_nifti",
+    "save_npy",
+    "write_json",
+    "write_text",
+]
 
 
 def _temporary_name_pattern(target: Path) -> re.Pattern[str]:
-    # mkstemp's random part is 8 characters of [a-z0-9_]; save_nifti adds the NIfTI suffix
-    return re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp(\.nii(\.gz)?)?")
+    # mkstemp's random part is 8 characters of [a-z0-9_]; save_nifti and save_image_2d add the file's suffix
+    return re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp(\.nii(\.gz)?|(?i:\.png|\.jpe?g|\.tiff?))?")
 
 
 def _remove_stale_temporaries(target: Path) -> None:
@@ -110,13 +122,31 @@ def save_nifti(path: str | os.PathLike[str], image: nib.Nifti1Image) -> None:
     """Save a NIfTI image atomically (the temporary name keeps the ``.nii``/``.nii.gz`` suffix)."""
     target = Path(path)
     suffix = ".nii.gz" if target.name.endswith(".nii.gz") else ".nii"
+    _save_with_suffix(target, suffix, lambda named: nib.save(image, named))
+
+
+def _save_with_suffix(target: Path, suffix: str, save: Any) -> None:
+    """Write ``target`` atomically with ``save(path)``, the temporary name keeping ``suffix`` (writers pick the format from it)."""
     with atomic_path(target) as tmp:
         named = tmp.with_name(tmp.name + suffix)
         try:
-            nib.save(image, named)
+            save(named)
             os.replace(named, tmp)
         finally:
             named.unlink(missing_ok=True)
+
+
+def save_image_2d(path: str | os.PathLike[str], voxels: np.ndarray) -> Path:
+    """Write a 2D uint8 array ``(rows, columns)`` as a one-component PNG, JPG or TIFF (after the suffix) with SimpleITK, atomically."""
+    import SimpleITK as sitk
+
+    target = Path(path)
+    voxels = np.ascontiguousarray(voxels)
+    if voxels.ndim != 2 or voxels.dtype != np.uint8:
+        raise ValueError(f"expected a 2D uint8 array, got {voxels.dtype} {voxels.shape}")
+    image = sitk.GetImageFromArray(voxels)
+    _save_with_suffix(target, target.suffix, lambda named: sitk.WriteImage(image, str(named)))
+    return target
 
 
 def load_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:

@@ -1,4 +1,7 @@
-"""BraTS per-patient metrics on internal label maps in the original voxel grid.
+"""Per-patient (or per-image) metrics on internal label maps in the original voxel grid.
+
+The task's ``metrics`` (:data:`pipeline.tasks.METRIC_SETS`) decides the set, :data:`METRIC_SETS`
+here; ``volume`` (BraTS) is described first, the two others at the end.
 
 For every scored structure of the task (BraTS glioma: sub-regions NEC, ED, ET and regions WT, TC;
 see :mod:`pipeline.tasks`) :func:`case_metrics` returns Dice, HD95 (mm), sensitivity, specificity,
@@ -26,6 +29,20 @@ Optional BraTS 2023 lesion-wise scores (:func:`lesion_wise_scores`, ``lesion_wis
 ``lesion_dice_<region>`` and ``lesion_hd95_<region>`` for the task's lesion structures
 (:func:`lesion_structures`: its regions, BraTS TC, WT and ET; every structure of a task without
 regions).
+
+``volume-voxels`` (Kaggle LGG, whose files store no spacing): the same per-patient scores on the
+whole volume of slices, the protocol of its publication (per-volume Dice, not per slice), with
+HD95 in voxels (``hd95_voxels``; exactly one side empty: the diagonal of the case's grid in
+voxels) and the volumes in voxels (``pred_voxels``, ``true_voxels``).
+
+``image`` (2D image/mask folders, one case per image): ``dice``, ``iou``, ``accuracy`` (pixel
+accuracy, (TP + TN) / pixels), ``sensitivity``, ``specificity``, ``precision`` and the pixel
+counts ``pred_pixels``, ``true_pixels``; no distance. Empty masks: both empty gives Dice 1, IoU 1,
+sensitivity 1 and precision 1 (nothing to find, nothing wrongly found); exactly one empty gives
+Dice 0, IoU 0, and sensitivity 0 (tumour missed) or precision 0 (tumour invented); a ratio whose
+denominator is 0 while the other mask is not empty is 0 (sensitivity with an empty ground truth,
+precision with an empty prediction). Specificity is 1 on an image without background (no
+negative to get wrong); pixel accuracy is always defined.
 """
 
 from __future__ import annotations
@@ -46,6 +63,7 @@ from pipeline.tasks import DEFAULT_TASK, Task
 __all__ = [
     "EMPTY_HD95_MM",
     "LESION_MISS_HD95_MM",
+    "METRIC_SETS",
     "case_metrics",
     "hd95",
     "lesion_structures",
@@ -61,17 +79,15 @@ EMPTY_HD95_MM = 373.13
 #: HD95 (mm) of a missed or a false-positive lesion in the BraTS 2023 lesion-wise scores.
 LESION_MISS_HD95_MM = 374.0
 
-#: Per-structure metrics, in column order.
-METRIC_NAMES: tuple[str, ...] = (
-    "dice",
-    "hd95",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "iou",
-    "pred_volume_ml",
-    "true_volume_ml",
-)
+#: Per-structure metrics of each metric set (:data:`pipeline.tasks.METRIC_SETS`), in column order.
+METRIC_SETS: dict[str, tuple[str, ...]] = {
+    "volume": ("dice", "hd95", "sensitivity", "specificity", "precision", "iou", "pred_volume_ml", "true_volume_ml"),
+    "volume-voxels": ("dice", "hd95_voxels", "sensitivity", "specificity", "precision", "iou", "pred_voxels", "true_voxels"),
+    "image": ("dice", "iou", "accuracy", "sensitivity", "specificity", "precision", "pred_pixels", "true_pixels"),
+}
+
+#: Per-structure metrics of the BraTS tasks (``volume``), in column order.
+METRIC_NAMES: tuple[str, ...] = METRIC_SETS["volume"]
 
 #: Lesion-wise metrics (BraTS 2023), reported for the regions only.
 LESION_METRIC_NAMES: tuple[str, ...] = ("lesion_dice", "lesion_hd95")
@@ -88,7 +104,7 @@ LESION_REGIONS: tuple[str, ...] = lesion_structures()
 
 def metric_columns(lesion_wise: bool = False, task: Task = DEFAULT_TASK) -> list[str]:
     """Column names of :func:`case_metrics`, grouped by metric then structure."""
-    columns = [f"{metric}_{structure}" for metric in METRIC_NAMES for structure in task.structures]
+    columns = [f"{metric}_{structure}" for metric in METRIC_SETS[task.metrics] for structure in task.structures]
     if lesion_wise:
         columns += [f"{metric}_{region}" for metric in LESION_METRIC_NAMES for region in lesion_structures(task)]
     return columns
@@ -99,13 +115,13 @@ def _as_batch(mask: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(mask, dtype=bool)).float()[None, None]
 
 
-def hd95(pred_mask: np.ndarray, true_mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """HD95 in mm between two boolean masks (max of the two directed 95th percentiles), BraTS empty rules."""
+def hd95(pred_mask: np.ndarray, true_mask: np.ndarray, spacing: Sequence[float], one_empty: float = EMPTY_HD95_MM) -> float:
+    """HD95 in the units of ``spacing`` between two boolean masks (max of the two directed 95th percentiles): both empty 0, exactly one empty ``one_empty`` (BraTS: 373.13 mm)."""
     pred_any, true_any = bool(np.any(pred_mask)), bool(np.any(true_mask))
     if not pred_any and not true_any:
         return 0.0
     if pred_any != true_any:
-        return EMPTY_HD95_MM
+        return float(one_empty)
     with warnings.catch_warnings():
         # MONAI 1.5-1.6 warn about an argument they pass to themselves (get_mask_edges).
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
@@ -115,8 +131,8 @@ def hd95(pred_mask: np.ndarray, true_mask: np.ndarray, spacing: Sequence[float])
     return float(distance.item())
 
 
-def structure_metrics(pred_mask: np.ndarray, true_mask: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
-    """All :data:`METRIC_NAMES` for one pair of boolean masks on a grid with voxel ``spacing`` (mm)."""
+def structure_metrics(pred_mask: np.ndarray, true_mask: np.ndarray, spacing: Sequence[float], metric_set: str = "volume") -> dict[str, float]:
+    """The metrics of ``metric_set`` (:data:`METRIC_SETS`; default the BraTS :data:`METRIC_NAMES`) for one pair of boolean masks on a grid with voxel ``spacing`` (mm; 1 for the voxel and image sets)."""
     if np.shape(pred_mask) != np.shape(true_mask):
         raise ValueError(f"prediction shape {np.shape(pred_mask)} differs from ground truth shape {np.shape(true_mask)}")
     if len(spacing) != np.ndim(true_mask):
@@ -128,20 +144,28 @@ def structure_metrics(pred_mask: np.ndarray, true_mask: np.ndarray, spacing: Seq
 
     def rate(name: str) -> float:
         value = float(compute_confusion_matrix_metric(name, confusion).item())
+        if math.isnan(value) and name == "specificity":  # no background at all: no negative to get wrong
+            return 1.0
         if math.isnan(value):  # 0/0: an empty structure; BraTS counts agreement as 1, a miss as 0
             return 1.0 if pred_voxels == true_voxels == 0 else 0.0
         return value
 
-    return {
+    values: dict[str, float] = {
         "dice": float(compute_dice(pred, true, include_background=True, ignore_empty=False).item()),
-        "hd95": hd95(pred_mask, true_mask, spacing),
         "sensitivity": rate("sensitivity"),
         "specificity": rate("specificity"),
         "precision": rate("precision"),
         "iou": float(compute_iou(pred, true, include_background=True, ignore_empty=False).item()),
-        "pred_volume_ml": pred_voxels * voxel_ml,
-        "true_volume_ml": true_voxels * voxel_ml,
     }
+    if metric_set == "image":
+        correct = int(np.count_nonzero(np.asarray(pred_mask, dtype=bool) == np.asarray(true_mask, dtype=bool)))
+        values.update(accuracy=correct / max(int(np.size(true_mask)), 1), pred_pixels=pred_voxels, true_pixels=true_voxels)
+    elif metric_set == "volume-voxels":
+        diagonal = math.sqrt(sum(n * n for n in np.shape(true_mask)))
+        values.update(hd95_voxels=hd95(pred_mask, true_mask, (1.0,) * np.ndim(true_mask), one_empty=diagonal), pred_voxels=pred_voxels, true_voxels=true_voxels)
+    else:
+        values.update(hd95=hd95(pred_mask, true_mask, spacing), pred_volume_ml=pred_voxels * voxel_ml, true_volume_ml=true_voxels * voxel_ml)
+    return {name: values[name] for name in METRIC_SETS[metric_set]}
 
 
 def lesion_wise_scores(
@@ -220,7 +244,7 @@ def case_metrics(
     min_lesion_volume_mm3: float = 50.0,
     task: Task = DEFAULT_TASK,
 ) -> dict[str, float]:
-    """Per-patient BraTS metrics of a predicted against a ground-truth internal label map (the task's labels).
+    """Per-patient (per-image) metrics of a predicted against a ground-truth internal label map: the task's labels and metric set (:data:`METRIC_SETS`).
 
     Args:
         pred_internal: predicted internal labels, in the original voxel grid.
@@ -241,8 +265,8 @@ def case_metrics(
         (1.0, 0.0)
     """
     pred_masks, true_masks = task.structure_masks(np.asarray(pred_internal)), task.structure_masks(np.asarray(gt_internal))
-    per_structure = {name: structure_metrics(pred_masks[name], true_masks[name], spacing) for name in task.structures}
-    result = {f"{metric}_{name}": per_structure[name][metric] for metric in METRIC_NAMES for name in task.structures}
+    per_structure = {name: structure_metrics(pred_masks[name], true_masks[name], spacing, task.metrics) for name in task.structures}
+    result = {f"{metric}_{name}": per_structure[name][metric] for metric in METRIC_SETS[task.metrics] for name in task.structures}
     if lesion_wise:
         lesion = {
             name: lesion_wise_scores(

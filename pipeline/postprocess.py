@@ -22,6 +22,11 @@ whole-tumour specks under 20 voxels, keeps only the largest whole-tumour compone
 cross-validation on the real cases) and leaves tiny-ET relabelling off, because its threshold
 depends on the voxel size: the BraTS winners used a few hundred voxels on 1 mm data).
 
+A task may declare its own default (:attr:`pipeline.tasks.Task.postprocessing`, e.g. Kaggle LGG
+keeps the largest tumour component, as its original system did): :func:`task_postprocessing`
+builds it, and a training run of that task writes it into its ``inference.json`` instead of the
+bundle's.
+
 Thresholds are in voxels of the grid the labels are in (the preprocessing never resamples, so the
 cache grid and the original grid have the same voxel size). Connected components use cc3d with
 26-connectivity.
@@ -46,6 +51,7 @@ __all__ = [
     "necrosis_class",
     "relabel_small_enhancing_tumour",
     "remove_small_components",
+    "task_postprocessing",
 ]
 
 #: Classes a tiny ET is relabelled as, by name (BraTS glioma NEC; BraTS 2024 NETC).
@@ -222,3 +228,22 @@ class PostProcessing:
             "min_et_voxels": int(self.min_et_voxels),
             "connectivity": int(self.connectivity),
         }
+
+
+def task_postprocessing(task: TaskSpec) -> PostProcessing | None:
+    """The post-processing ``task`` declares (:attr:`pipeline.tasks.Task.postprocessing`) on its structures, or None when it declares none.
+
+    ``keep_largest`` names classes; each becomes the scored structure made of that class alone.
+
+    Raises:
+        ConfigError: if a declared class is not a structure of its own.
+    """
+    task = resolve_task(task)
+    if not task.postprocessing:
+        return None
+    by_class = {members[0]: name for name, members in task.structures.items() if len(members) == 1}
+    classes = task.postprocessing.get("keep_largest", ())
+    missing = [c for c in classes if c not in by_class]
+    if missing:
+        raise ConfigError(f"task {task.name}", f"postprocessing.keep_largest names {missing}, which no structure scores on its own")
+    return PostProcessing(keep_largest=[by_class[c] for c in classes], task=task)

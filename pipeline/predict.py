@@ -5,6 +5,13 @@ case), one MSD Task01 4D image, a data list JSON (every case it lists, with or w
 truth), or a data root (every case :func:`pipeline.datasets.discover` finds: BraTS 2017-2021,
 2023+, MSD).
 
+``--input`` may also be a Kaggle LGG root, one patient folder, a 2D image/mask root or one 2D
+image (PNG, JPG, TIFF) for a model of a 2D task: each case's masks are written in its own format
+(:func:`pipeline.writers.write_planar_masks`), a Kaggle patient's as
+``OUT/<folder>/<folder>_<n>_mask.tif`` (0/255, a mirror of its input folder) plus
+``OUT/<folder>_seg.nii.gz`` (its volume, unit spacing, for viewers), a 2D image's as
+``OUT/masks/<name>.png`` (0/255, the image's own size); never beside the input files.
+
 The output folder receives, per case, ``<case_id>_seg.nii.gz`` (or ``<case_id>.nii.gz`` with
 BraTS submission naming) on exactly the input's grid, a 3D Slicer colour table per label
 convention used (``brats_<convention>.ctbl``), optional probability maps (8-bit, scaled to [0, 1])
@@ -30,15 +37,18 @@ from tqdm.auto import tqdm
 
 from pipeline.api import SegmentationModel, check_output_convention, load_model, output_convention
 from pipeline.datalist import SPLITS, load_datalist
-from pipeline.datasets.records import CaseRecord
-from pipeline.errors import InputError
+from pipeline.datasets.records import IMAGE_2D, KAGGLE_LGG, PLANAR_LAYOUTS, CaseRecord
+from pipeline.errors import ConfigError, InputError
 from pipeline.writers import (
+    case_mask_names,
     colour_table_filename,
     UNCERTAINTY_MAPS,
+    planar_mask_names,
     probability_filename,
     segmentation_filename,
     uncertainty_filename,
     write_colour_table,
+    write_planar_masks,
     write_probabilities,
     write_segmentation,
     write_uncertainty,
@@ -83,7 +93,7 @@ def _has_nifti_files(folder: Path) -> bool:
 
 def resolve_cases(input_path: str | os.PathLike[str], task: Task | None = None) -> list[CaseRecord]:
     """Every case an ``--input`` names: a case folder, an MSD 4D file, a data list JSON or a data root, with the files of ``task``'s channels (default: the BraTS glioma task)."""
-    from pipeline.datasets import discover, discover_case
+    from pipeline.datasets import discover, discover_case, kaggle_lgg
     from pipeline.datasets.records import for_channels
 
     source = Path(input_path)
@@ -93,7 +103,7 @@ def resolve_cases(input_path: str | os.PathLike[str], task: Task | None = None) 
         datalist = load_datalist(source)
         channels = resolve_task(task).channels
         return [for_channels(record, channels) for split in SPLITS for record in datalist.records[split]]
-    if source.is_file() or _has_nifti_files(source):
+    if source.is_file() or _has_nifti_files(source) or kaggle_lgg.is_patient_folder(source):
         return [discover_case(source, task=task)]
     found = discover(source, task=task)
     for line in found.warnings:
@@ -111,16 +121,44 @@ def check_outputs_spare_inputs(
 ) -> None:
     """Refuse, before anything is written, an output folder where a prediction would replace an input file.
 
-    ``--out`` set to a case folder would otherwise write ``<case>_seg.nii.gz`` over its ground truth.
+    ``--out`` set to a case folder would otherwise write ``<case>_seg.nii.gz`` over its ground
+    truth. A 2D-layout case's masks are also refused in a folder holding its input files (a
+    Kaggle patient folder, an ``images/`` or ``masks/`` folder): they go to a mirror of it.
     """
-    inputs = {path.resolve() for record in records for path in (*record.images, *((record.label,) if record.label is not None else ()))}
+    inputs = {path.resolve() for record in records for path in _input_files(record)}
+    planar_folders = {path.parent for record in records if record.layout in PLANAR_LAYOUTS for path in _input_files(record)}
+    # An image of an images/ + masks/ folder: its mask (unknown to an unlabelled record) is in masks/.
+    planar_folders |= {folder.parent / "masks" for folder in set(planar_folders) if folder.name == "images"}
     for record in records:
         names = [segmentation_filename(record.case_id, submission_names)] + ([probability_filename(record.case_id)] if probabilities else [])
         names += [uncertainty_filename(record.case_id, kind) for kind in UNCERTAINTY_MAPS] if uncertainty else []
+        if record.layout in PLANAR_LAYOUTS:
+            names += planar_mask_names(record.layout, record.case_id, _planar_images(record))
         for name in names:
             target = (Path(out_dir) / name).resolve()
             if target in inputs:
                 raise InputError(target, f"is an input file of case {record.case_id}; predictions never overwrite source data, choose another output folder")
+            if record.layout in PLANAR_LAYOUTS and target.parent in planar_folders:
+                raise InputError(target, f"would be written beside the input files of case {record.case_id}; choose an output folder outside the inputs")
+
+
+def _planar_images(record: CaseRecord) -> list[Path]:
+    """The image file of every slice of a 2D-layout case, in order."""
+    if record.layout == KAGGLE_LGG:
+        from pipeline.datasets.kaggle_lgg import list_slices
+
+        return [s.image for s in list_slices(record.images[0])[0]]
+    return [record.images[0]]
+
+
+def _input_files(record: CaseRecord) -> list[Path]:
+    """Every file a case is read from (a Kaggle patient: its slices and masks), resolved."""
+    files = [*record.images, *((record.label,) if record.label is not None else ())]
+    if record.layout == KAGGLE_LGG:
+        from pipeline.datasets.kaggle_lgg import list_slices
+
+        files = [path for s in list_slices(record.images[0])[0] for path in (s.image, s.mask) if path is not None]
+    return [path.resolve() for path in files]
 
 
 def write_case_prediction(
@@ -132,10 +170,18 @@ def write_case_prediction(
 ) -> tuple[Path, Path | None, str]:
     """Write one :class:`pipeline.api.CasePrediction`: the segmentation and, if present, the probabilities.
 
+    A 2D-layout case's masks are written first (:func:`pipeline.writers.write_planar_masks`); a 2D
+    image has no volume (nor probabilities), a Kaggle patient's volume follows.
+
     Returns:
-        The segmentation path, the probability path (or None) and the convention written.
+        The segmentation path (a 2D image's mask), the probability path (or None) and the convention written.
     """
     convention = output_convention(prediction.record, label_convention, task)
+    layout = prediction.record.layout
+    if layout in PLANAR_LAYOUTS:
+        masks = write_planar_masks(prediction.labels, prediction.meta, out_dir, written_convention(task, convention))
+        if layout == IMAGE_2D:
+            return masks[0], None, convention
     seg_path = write_segmentation(
         prediction.labels,
         prediction.reference,
@@ -195,6 +241,8 @@ def predict(
         model.inferer.tta = bool(tta)
     check_output_convention(label_convention, model.task)
     records = resolve_cases(input_path, model.task)
+    if probabilities and any(record.layout == IMAGE_2D for record in records):
+        raise ConfigError("--probabilities", "2D images are predicted as masks only (masks/<name>.png); leave --probabilities out")
     check_outputs_spare_inputs(records, out, submission_names, probabilities, uncertainty)
     summary = PredictionSummary(out_dir=out)
     entries: list[dict[str, Any]] = []
@@ -205,11 +253,13 @@ def predict(
         prediction = model.predict_case(replace(record, label=None), probabilities=probabilities, uncertainty=uncertainty)
         seg_path, prob_path, convention = write_case_prediction(prediction, out, label_convention, submission_names, model.task)
         uncertainty_paths = write_case_uncertainty(prediction, out)
-        conventions.add(convention)
+        if record.layout != IMAGE_2D:  # a colour table for the NIfTI volumes
+            conventions.add(convention)
         summary.segmentations[record.case_id] = seg_path
         entry: dict[str, Any] = {
             "case_id": record.case_id,
-            "segmentation": seg_path.name,
+            "segmentation": seg_path.relative_to(out).as_posix(),
+            **({"masks": case_mask_names(prediction.meta)} if record.layout in PLANAR_LAYOUTS else {}),
             "label_convention": convention,
             "source": [str(p) for p in record.images],
             "voxels": {name: int(np.count_nonzero(prediction.labels == model.task.class_value(name))) for name in model.task.classes},

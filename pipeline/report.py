@@ -10,6 +10,9 @@ Everything lands in the evaluation output folder:
     (model, data list, post-processing...).
 ``plots/dice_distribution.png``, ``plots/dice_per_case.png``
     Dice per structure as box and violin plots, and Dice of WT, TC and ET per case as bars.
+``plots/dice_histogram.png``
+    for the Kaggle LGG and 2D image tasks (metric sets ``volume-voxels`` and ``image``): the
+    distribution of the per-patient (per-image) Dice as a histogram, with its mean and median.
 ``plots/training_curves.png``
     when the model's run folder holds logs (TensorBoard event files or CSV).
 ``overlays/<case_id>.png``
@@ -19,6 +22,10 @@ Everything lands in the evaluation output folder:
     positives cyan, false positives magenta, false negatives orange, wrong class inside the
     tumour white), on the slice with the most tumour and on the slice with the most false
     positive + false negative voxels.
+
+A 2D-layout case (Kaggle LGG patient, 2D image) gets :func:`contour_overlay_figure` instead: the
+ground truth and the prediction drawn as contours on the image as stored (FLAIR for Kaggle), on
+the slices with the most tumour.
 
 A case without ground truth, and the TensorBoard image of training, get the compact
 :func:`overlay_figure`: the prediction filled over FLAIR and T1ce (or, with ground truth, over
@@ -63,6 +70,7 @@ __all__ = [
     "REGION_COLOURS",
     "TRUE_POSITIVE",
     "WRONG_CLASS",
+    "contour_overlay_figure",
     "error_map",
     "error_overlay_figure",
     "figure_rgb",
@@ -75,9 +83,11 @@ __all__ = [
     "plot_training_curves",
     "radiological_slice",
     "region_colours",
+    "shown_channels",
     "read_training_logs",
     "summarise",
     "summary_table",
+    "write_contour_overlay",
     "write_overlay",
     "write_report",
 ]
@@ -160,19 +170,28 @@ def summarise(frame: pd.DataFrame) -> dict[str, Any]:
     return {"cases": int(len(frame)), "metrics": metrics}
 
 
-def summary_table(frame: pd.DataFrame, structures: Sequence[str] = tuple(DEFAULT_TASK.structures)) -> str:
-    """A short text table: mean and std of Dice and HD95 per structure, and the number of cases."""
-    lines = [f"{'structure':<10}{'Dice mean':>10}{'Dice std':>10}{'HD95 mean':>11}{'HD95 std':>10}"]
+#: The two metrics :func:`summary_table` shows of each metric set, their short names, and its closing line.
+_HEADLINES: dict[str, tuple[tuple[str, str], tuple[str, str], str]] = {
+    "volume": (("dice", "Dice"), ("hd95", "HD95"), "case(s); HD95 in mm"),
+    "volume-voxels": (("dice", "Dice"), ("hd95_voxels", "HD95"), "patient(s); per-volume Dice; HD95 in voxels (no spacing stored)"),
+    "image": (("dice", "Dice"), ("iou", "IoU"), "image(s); per-image scores"),
+}
+
+
+def summary_table(frame: pd.DataFrame, structures: Sequence[str] = tuple(DEFAULT_TASK.structures), metric_set: str = "volume") -> str:
+    """A short text table: mean and std of two metrics per structure (Dice and HD95; Dice and IoU per image), and the number of cases."""
+    (first, first_name), (second, second_name), closing = _HEADLINES[metric_set]
+    lines = [f"{'structure':<10}{first_name + ' mean':>10}{first_name + ' std':>10}{second_name + ' mean':>11}{second_name + ' std':>10}"]
     for name in structures:
         cells = []
-        for metric in ("dice", "hd95"):
+        for metric in (first, second):
             values = pd.to_numeric(frame.get(f"{metric}_{name}", pd.Series(dtype=float)), errors="coerce").dropna()
             mean = values.mean() if len(values) else math.nan
             std = values.std(ddof=1) if len(values) > 1 else 0.0
             cells.append((mean, std))
         (dice_mean, dice_std), (hd_mean, hd_std) = cells
         lines.append(f"{name:<10}{dice_mean:>10.3f}{dice_std:>10.3f}{hd_mean:>11.2f}{hd_std:>10.2f}")
-    lines.append(f"{len(frame)} case(s); HD95 in mm")
+    lines.append(f"{len(frame)} {closing}")
     return "\n".join(lines)
 
 
@@ -204,6 +223,27 @@ def plot_dice_distribution(frame: pd.DataFrame, path: str | os.PathLike[str], ta
     axes.set_ylabel("Dice")
     axes.set_title(f"Dice per structure ({len(frame)} case(s))")
     axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_dice_histogram(frame: pd.DataFrame, path: str | os.PathLike[str], task: Task = DEFAULT_TASK) -> Path:
+    """Histogram of the per-patient (per-image) Dice of every structure, bins of 0.05, mean and median marked."""
+    names = [s for s in task.structures if f"dice_{s}" in frame]
+    figure = Figure(figsize=(6, 3.2 * len(names)))
+    unit = "image" if task.metrics == "image" else "patient"
+    for index, name in enumerate(names, start=1):
+        values = pd.to_numeric(frame[f"dice_{name}"], errors="coerce").dropna().to_numpy()
+        axes = figure.add_subplot(len(names), 1, index)
+        axes.hist(values, bins=np.linspace(0, 1, 21), color=region_colours(task)[name], edgecolor="black", alpha=0.8)
+        if len(values):
+            axes.axvline(float(values.mean()), color="black", linestyle="--", label=f"mean {values.mean():.3f}")
+            axes.axvline(float(np.median(values)), color="grey", linestyle=":", label=f"median {np.median(values):.3f}")
+            axes.legend(loc="upper left", fontsize=8)
+        axes.set_xlim(0, 1)
+        axes.set_xlabel(f"Dice per {unit} ({name})")
+        axes.set_ylabel(f"{unit}s")
+        axes.set_title(f"Dice distribution, {len(values)} {unit}(s)")
+    figure.tight_layout()
     return _save(figure, path)
 
 
@@ -411,7 +451,7 @@ def _draw_panel(axes: Any, rgb: np.ndarray, aspect: float, plane: str, title: st
     axes.text(0.95, 0.02, right, color="white", transform=axes.transAxes, fontsize=9)
 
 
-def _shown_channels(task: Task) -> tuple[str, str]:
+def shown_channels(task: Task) -> tuple[str, str]:
     """The channel overlays show first (FLAIR) and second (T1ce), or the task's own first channels."""
     shown = [c for c in _SHOWN_MODALITIES if c in task.channels] + [c for c in task.channels if c not in _SHOWN_MODALITIES]
     return shown[0], shown[min(1, len(shown) - 1)]
@@ -429,7 +469,7 @@ class _Case:
         task: Task = DEFAULT_TASK,
     ) -> None:
         self.task = task
-        self.shown = _shown_channels(task)
+        self.shown = shown_channels(task)
         self.channels = {m: np.asarray(image_zcxy[:, task.channels.index(m)], dtype=np.float32) for m in dict.fromkeys(self.shown)}
         self.colours = label_colours(task)
         self.legend = _colour_legend(self.colours, {task.class_value(name): name for name in task.classes})
@@ -553,6 +593,52 @@ def write_overlay(
     return _save(draw(image_zcxy, prediction_zxy, ground_truth_zxy, spacing_xyz, title=title, task=task), path, dpi=OVERLAY_DPI)
 
 
+#: Contour colours (0-1) of :func:`contour_overlay_figure`: ground truth green, prediction red.
+CONTOUR_COLOURS: dict[str, tuple[float, float, float]] = {"ground truth": (0.0, 0.85, 0.0), "prediction": (1.0, 0.1, 0.1)}
+
+
+def contour_overlay_figure(
+    image_rcs: np.ndarray, prediction_rcs: np.ndarray, ground_truth_rcs: np.ndarray | None, title: str = "", max_slices: int = 4
+) -> Figure:
+    """Ground truth (wide, green) and prediction (thin, red) as contours on a 2D-layout case's image, as stored (rows down, columns across).
+
+    Args:
+        image_rcs: the shown channel ``(rows, columns, slices)`` as read from the files (FLAIR for Kaggle LGG).
+        prediction_rcs: predicted tumour (any non-zero label) on the same grid.
+        ground_truth_rcs: ground-truth labels on the same grid, or None.
+        title: figure title (case id and its scores).
+        max_slices: at most this many slices, those with the most tumour (ground truth + prediction), in slice order.
+    """
+    prediction = np.asarray(prediction_rcs) > 0
+    truth = np.asarray(ground_truth_rcs) > 0 if ground_truth_rcs is not None else np.zeros_like(prediction)
+    tumour = (truth.sum(axis=(0, 1)) + prediction.sum(axis=(0, 1))).astype(np.int64)
+    order = np.argsort(-tumour, kind="stable")[:max_slices]
+    shown = sorted(int(z) for z in order)
+    figure = Figure(figsize=(3.2 * len(shown), 3.6))
+    window = intensity_window(np.asarray(image_rcs, dtype=np.float32))
+    for index, z in enumerate(shown, start=1):
+        axes = figure.add_subplot(1, len(shown), index)
+        axes.imshow(image_rcs[:, :, z], cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
+        for name, mask, width in (("ground truth", truth, 2.4), ("prediction", prediction, 1.0)):  # the truth wider, under the prediction
+            if mask[:, :, z].any() and (name == "prediction" or ground_truth_rcs is not None):
+                axes.contour(mask[:, :, z].astype(np.float32), levels=[0.5], colors=[CONTOUR_COLOURS[name]], linewidths=width)
+        axes.set_title(f"slice {z + 1}" if image_rcs.shape[2] > 1 else "image", fontsize=9)
+        axes.set_xticks([])
+        axes.set_yticks([])
+    names = ("ground truth", "prediction") if ground_truth_rcs is not None else ("prediction",)
+    handles = [Patch(facecolor="none", edgecolor=CONTOUR_COLOURS[name], label=name) for name in names]
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9)
+    figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def write_contour_overlay(
+    path: str | os.PathLike[str], image_rcs: np.ndarray, prediction_rcs: np.ndarray, ground_truth_rcs: np.ndarray | None, title: str = ""
+) -> Path:
+    """Write :func:`contour_overlay_figure` as a PNG at ``path``."""
+    return _save(contour_overlay_figure(image_rcs, prediction_rcs, ground_truth_rcs, title=title), path, dpi=OVERLAY_DPI)
+
+
 def figure_rgb(figure: Figure, dpi: int = OVERLAY_DPI) -> np.ndarray:
     """A figure (e.g. an :func:`overlay_figure`) rendered as an RGB image ``(H, W, 3)`` uint8, for TensorBoard."""
     figure.set_dpi(dpi)
@@ -588,11 +674,13 @@ def write_report(
     if len(frame):
         plots["dice_distribution"] = str(plot_dice_distribution(frame, out / PLOTS_DIR / "dice_distribution.png", task).relative_to(out))
         plots["dice_per_case"] = str(plot_dice_per_case(frame, out / PLOTS_DIR / "dice_per_case.png", task=task).relative_to(out))
+        if task.metrics != "volume":
+            plots["dice_histogram"] = str(plot_dice_histogram(frame, out / PLOTS_DIR / "dice_histogram.png", task).relative_to(out))
     if run_dir is not None:
         curves = plot_training_curves(run_dir, out / PLOTS_DIR / "training_curves.png")
         if curves is not None:
             plots["training_curves"] = str(curves.relative_to(out))
     summary["plots"] = plots
     write_json(out / SUMMARY_FILE, summary)
-    write_text(out / "summary.txt", summary_table(frame, tuple(task.structures)) + "\n")
+    write_text(out / "summary.txt", summary_table(frame, tuple(task.structures), task.metrics) + "\n")
     return summary

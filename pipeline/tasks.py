@@ -18,7 +18,12 @@ A task is one small declarative description, in the spirit of nnU-Net's ``datase
 - ``pad_to``: for 2D image tasks, the in-plane size ``(rows, columns)`` every image is
   zero-padded to (centred) in the cache, so images of different sizes train together; the cache
   records each image's own size and offset, so a prediction is cropped back exactly. Empty: each
-  image keeps its own size.
+  image keeps its own size;
+- ``metrics``: how a prediction is scored (:data:`METRIC_SETS`, :mod:`pipeline.metrics`): ``volume``
+  per patient on the whole volume in millimetres (HD95 in mm, volumes in ml: BraTS),
+  ``volume-voxels`` the same with no spacing stored (HD95 and volumes in voxels: Kaggle LGG,
+  per-patient volume Dice as its publication scores it), or ``image`` per 2D image (Dice, IoU,
+  pixel accuracy, sensitivity, specificity, precision: image/mask folders).
 
 Built-in tasks are listed in :data:`TASKS`; a task file (JSON or YAML with the same keys, read by
 :func:`load_task`) declares a new label scheme without code. A data list stores its task
@@ -48,6 +53,7 @@ __all__ = [
     "IMAGE_MASK_2D",
     "IMAGE_MASK_2D_RGB",
     "KAGGLE_LGG",
+    "METRIC_SETS",
     "POSTPROCESSING_STEPS",
     "TARGETS",
     "TASKS",
@@ -63,6 +69,9 @@ __all__ = [
 
 #: Training targets: softmax over the classes, or sigmoid over (nested) regions.
 TARGETS: tuple[str, ...] = ("softmax", "regions")
+
+#: How a task's predictions are scored (:mod:`pipeline.metrics`): per volume in mm, per volume in voxels, per 2D image.
+METRIC_SETS: tuple[str, ...] = ("volume", "volume-voxels", "image")
 
 #: Post-processing steps a task may ask for by default (each names the classes it applies to).
 POSTPROCESSING_STEPS: tuple[str, ...] = ("keep_largest",)
@@ -90,6 +99,7 @@ class Task:
     channel_names: Mapping[str, str] = field(default_factory=dict)
     postprocessing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     pad_to: tuple[int, ...] = ()
+    metrics: str = "volume"
 
     # ---- inputs -------------------------------------------------------------------------------
     @property
@@ -233,6 +243,8 @@ class Task:
             payload["postprocessing"] = {step: list(classes) for step, classes in self.postprocessing.items()}
         if self.pad_to:
             payload["pad_to"] = list(self.pad_to)
+        if self.metrics != "volume":
+            payload["metrics"] = self.metrics
         return payload
 
     def with_target(self, target: str) -> Task:
@@ -331,6 +343,9 @@ def _task_from_dict(payload: Mapping[str, Any]) -> Task:
     pad_to = tuple(payload.get("pad_to", ()))
     if pad_to and (len(pad_to) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in pad_to)):
         raise ValueError(f"pad_to must be [rows, columns] (positive integers), got {list(pad_to)}")
+    metrics = str(payload.get("metrics", "volume"))
+    if metrics not in METRIC_SETS:
+        raise ValueError(f"metrics must be one of {list(METRIC_SETS)}, got {metrics!r}")
     task = Task(
         name=name,
         description=str(payload.get("description", "")),
@@ -345,6 +360,7 @@ def _task_from_dict(payload: Mapping[str, Any]) -> Task:
         channel_names={str(k): str(v) for k, v in dict(payload.get("channel_names", {})).items()},
         postprocessing=postprocessing,
         pad_to=pad_to,
+        metrics=metrics,
     )
     if regions:
         covered = {c for r in regions for c in structures[r]}
@@ -442,6 +458,7 @@ KAGGLE_LGG = Task(
     colours={"tumour": (255, 0, 0)},
     channel_names={"pre": "pre-contrast", "flair": "FLAIR", "post": "post-contrast"},
     postprocessing={"keep_largest": ("tumour",)},
+    metrics="volume-voxels",
 )
 
 #: 2D image/mask folders (PNG, JPG, TIFF), grayscale: one channel, one class, masks 0/255 or 0/1, padded to 512x512.
@@ -455,6 +472,7 @@ IMAGE_MASK_2D = Task(
     colours={"tumour": (255, 0, 0)},
     channel_names={"image": "image"},
     pad_to=(512, 512),
+    metrics="image",
 )
 
 #: The same for RGB images: three channels.

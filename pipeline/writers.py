@@ -13,6 +13,13 @@ File names (:func:`segmentation_filename`):
 * ``submission_names=True``: ``<case_id>.nii.gz``, the name the BraTS challenge portals
   (Synapse 2021-2024) expect for each case of a submission archive.
 
+Cases of the 2D layouts (:data:`pipeline.datasets.records.PLANAR_LAYOUTS`) get masks in their
+own format, one per input slice at its image's size (:func:`planar_mask_names`,
+:func:`write_planar_masks`), uint8 in the output convention (``mask255``: 0/255): a Kaggle LGG
+patient ``<folder>/<folder>_<n>_mask.tif`` (a mirror of its input folder), a 2D image
+``masks/<name>.png``. A Kaggle patient's volume also goes to ``<case_id>_seg.nii.gz`` for viewers,
+with unit spacing and an identity affine (:func:`planar_reference`: the files store no geometry).
+
 The colour table ``<name>.ctbl`` is 3D Slicer's plain-text format (``index name R G B A`` per
 line): load it in Slicer with *Data > Add Data* and pick it as the segmentation's colour node,
 or load the segmentation with *Show options > LabelMap* and choose it in *Volumes > Display*.
@@ -27,8 +34,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from pipeline.datasets.records import KAGGLE_LGG
 from pipeline.errors import InputError
-from pipeline.io import save_nifti, write_text
+from pipeline.io import read_image_2d, save_image_2d, save_nifti, write_text
 from pipeline.labels import BACKGROUND, LabelConvention
 from pipeline.tasks import DEFAULT_TASK, Task
 
@@ -38,14 +46,19 @@ __all__ = [
     "NIFTI_INTENT_LABEL",
     "colour_table_filename",
     "colour_table_text",
+    "case_mask_names",
     "parse_colour_table",
+    "planar_mask_names",
+    "planar_reference",
     "probability_filename",
+    "read_planar_masks",
     "same_geometry",
     "segmentation_filename",
     "segmentation_image",
     "uncertainty_filename",
     "uncertainty_image",
     "write_colour_table",
+    "write_planar_masks",
     "write_probabilities",
     "write_segmentation",
     "write_uncertainty",
@@ -210,6 +223,58 @@ def _write_image(
         reference = load_reference(reference)
     save_nifti(out_path, image_of(values, reference))
     return Path(out_path)
+
+
+#: The folder of a 2D image's predicted mask under the output folder.
+PLANAR_MASKS_DIR = "masks"
+
+
+def planar_mask_names(layout: str, case_id: str, image_files: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Paths, relative to the output folder, of a 2D-layout case's predicted masks, one per slice in order.
+
+    A Kaggle LGG slice ``<folder>/<folder>_<n>.tif`` gives ``<folder>/<folder>_<n>_mask.tif`` (the
+    data set's own mask name, in a mirror of the input folder); a 2D image ``masks/<case_id>.png``.
+    """
+    if layout == KAGGLE_LGG:
+        return [f"{Path(f).parent.name}/{Path(f).stem}_mask{Path(f).suffix}" for f in image_files]
+    return [f"{PLANAR_MASKS_DIR}/{case_id}.png"]
+
+
+def case_mask_names(meta: dict) -> list[str]:
+    """:func:`planar_mask_names` of a preprocessed 2D-layout case (its ``meta.json``): one per slice of ``original.slices``."""
+    original = meta["original"]
+    return planar_mask_names(original["format"], meta["case_id"], [s["image"] for s in original["slices"]])
+
+
+def planar_reference(meta: dict) -> nib.Nifti1Image:
+    """The (header-only) image a 2D-layout case's volume is written on: ``original.shape`` (rows, columns, slices), unit spacing, identity affine."""
+    shape = tuple(int(n) for n in meta["original"]["shape"])
+    image = nib.Nifti1Image(np.broadcast_to(np.uint8(0), shape), np.eye(4))
+    image.header.set_xyzt_units("unknown")
+    return image
+
+
+def write_planar_masks(labels_internal: np.ndarray, meta: dict, out_dir: str | os.PathLike[str], convention: LabelConvention) -> list[Path]:
+    """Write a 2D-layout case's internal labels ``(rows, columns, slices)`` as one uint8 mask per slice (:func:`planar_mask_names`), atomically.
+
+    Slice ``z`` is the mask of ``meta["original"]["slices"][z]``, at its image's size, in ``convention`` (``mask255``: 0/255).
+    """
+    original = meta["original"]
+    names = case_mask_names(meta)
+    labels = np.asarray(labels_internal)
+    if labels.shape != tuple(original["shape"]) or labels.shape[2] != len(names):
+        raise ValueError(f"labels of shape {labels.shape} do not match the case's {tuple(original['shape'])}")
+    written = convention.from_internal(labels).astype(np.uint8)
+    return [save_image_2d(Path(out_dir) / name, written[:, :, z]) for z, name in enumerate(names)]
+
+
+def read_planar_masks(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """Masks written by :func:`write_planar_masks` (or a case's own), stacked as ``(rows, columns, slices)``."""
+    masks = [read_image_2d(path) for path in paths]
+    for path, mask in zip(paths, masks):
+        if mask.ndim != 2 or mask.shape != masks[0].shape:
+            raise InputError(path, f"expected a one-component mask of size {masks[0].shape}, got {mask.shape}")
+    return np.stack(masks, axis=2)
 
 
 def colour_table_text(convention: LabelConvention, task: Task = DEFAULT_TASK) -> str:

@@ -148,3 +148,21 @@ def test_to_cache_grid_refuses_an_array_of_another_grid() -> None:
     meta = _meta(np.array([[0, 1], [1, 1], [2, 1]]), (4, 4, 4), [[0, 2], [0, 3], [0, 4]])
     with pytest.raises(ValueError, match="X0, Y0, Z0"):
         to_cache_grid(np.zeros((4, 4, 5)), meta)
+
+
+def test_a_padded_2d_case_is_unpadded_before_its_crop_is_restored():
+    from pipeline.geometry import unpad
+
+    meta = {
+        "orientation": [[0, 1], [1, 1], [2, 1]],
+        "canonical_shape": [5, 6, 1],
+        "crop_box": [[1, 4], [0, 6], [0, 1]],
+        "padding": {"size": [8, 8], "offset": [2, 1], "cropped_shape": [3, 6]},
+    }
+    cropped = np.arange(18, dtype=np.uint8).reshape(1, 3, 6) + 1
+    padded = np.zeros((1, 8, 8), np.uint8)
+    padded[:, 2:5, 1:7] = cropped
+    assert np.array_equal(unpad(padded, meta), cropped) and unpad(cropped, meta) is cropped
+    restored = restore_to_original(padded, meta)
+    assert restored.shape == (5, 6, 1) and np.array_equal(restored, restore_to_original(cropped, meta))
+    assert np.array_equal(restored[1:4, :, 0], cropped[0]) and not restored[0].any() and not restored[4].any()

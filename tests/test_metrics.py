@@ -198,3 +198,41 @@ def test_glioma_metrics_are_the_default_task_metrics():
     rng = np.random.default_rng(0)
     truth, pred = rng.integers(0, 4, (10, 10, 10)).astype(np.uint8), rng.integers(0, 4, (10, 10, 10)).astype(np.uint8)
     assert case_metrics(pred, truth, (1.0, 1.0, 2.0)) == case_metrics(pred, truth, (1.0, 1.0, 2.0), task=DEFAULT_TASK)
+
+
+# ----------------------------------------------------------------------------- the 2D tasks' metric sets
+
+
+def test_image_metrics_hand_computed_and_their_empty_rules():
+    truth = np.zeros((4, 5, 1), bool)
+    truth[1:3, 1:3] = True  # 4 pixels
+    pred = np.zeros_like(truth)
+    pred[1:3, 2:4] = True  # 4 pixels, 2 inside the truth
+    result = structure_metrics(pred, truth, (1, 1, 1), "image")
+    assert list(result) == ["dice", "iou", "accuracy", "sensitivity", "specificity", "precision", "pred_pixels", "true_pixels"]
+    assert result["dice"] == pytest.approx(0.5) and result["iou"] == pytest.approx(2 / 6) and result["accuracy"] == pytest.approx(16 / 20)
+    assert result["sensitivity"] == pytest.approx(0.5) and result["precision"] == pytest.approx(0.5) and result["specificity"] == pytest.approx(14 / 16)
+    empty = np.zeros_like(truth)
+    both = structure_metrics(empty, empty, (1, 1, 1), "image")
+    assert both["dice"] == both["iou"] == both["sensitivity"] == both["precision"] == both["specificity"] == both["accuracy"] == 1.0
+    missed = structure_metrics(empty, truth, (1, 1, 1), "image")
+    assert missed["dice"] == missed["iou"] == missed["sensitivity"] == missed["precision"] == 0.0 and missed["specificity"] == 1.0
+    invented = structure_metrics(pred, empty, (1, 1, 1), "image")
+    assert invented["dice"] == invented["iou"] == invented["sensitivity"] == invented["precision"] == 0.0
+    full = np.ones_like(truth)
+    assert structure_metrics(full, full, (1, 1, 1), "image")["specificity"] == 1.0  # no background: nothing to get wrong
+
+
+def test_kaggle_scores_whole_volumes_in_voxels():
+    from pipeline.tasks import IMAGE_MASK_2D, KAGGLE_LGG
+
+    truth = np.zeros((8, 8, 3), np.uint8)
+    truth[2:4, 2:4, 0:2] = 1
+    pred = np.zeros_like(truth)
+    pred[2:4, 2:4, 1:3] = 1
+    result = case_metrics(pred, truth, (1, 1, 1), task=KAGGLE_LGG)
+    assert list(result) == metric_columns(task=KAGGLE_LGG) == [f"{m}_tumour" for m in ("dice", "hd95_voxels", "sensitivity", "specificity", "precision", "iou", "pred_voxels", "true_voxels")]
+    assert result["dice_tumour"] == pytest.approx(0.5) and result["pred_voxels_tumour"] == result["true_voxels_tumour"] == 8
+    missed = case_metrics(np.zeros_like(truth), truth, (1, 1, 1), task=KAGGLE_LGG)
+    assert missed["hd95_voxels_tumour"] == pytest.approx(math.sqrt(8 * 8 + 8 * 8 + 3 * 3))  # one side empty: the grid's diagonal
+    assert metric_columns(task=IMAGE_MASK_2D)[2] == "accuracy_tumour"

@@ -146,3 +146,16 @@ def test_whole_tumour_keeps_its_largest_component_and_glioma_settings_move_to_a_
     assert default.restricted_to("meningioma-rt").is_identity
     regions = PostProcessing(min_component_voxels=2, task="brats-glioma")
     assert regions(_tumour())[15, 15, 15] == 0  # glioma: the regions are edited and nested, as before
+
+
+def test_a_tasks_declared_postprocessing_keeps_the_largest_tumour():
+    from pipeline.postprocess import task_postprocessing
+    from pipeline.tasks import IMAGE_MASK_2D, KAGGLE_LGG
+
+    post = task_postprocessing(KAGGLE_LGG)
+    assert post.keep_largest == ("tumour",) and task_postprocessing(IMAGE_MASK_2D) is None and task_postprocessing(None) is None
+    seg = np.zeros((6, 6, 6), np.uint8)
+    seg[0:2, 0:2, 0:2] = 1
+    seg[4:6, 4:6, 3:6] = 1
+    kept = post(seg)
+    assert int(kept.sum()) == 12 and kept[5, 5, 5] == 1 and kept[0, 0, 0] == 0

@@ -208,3 +208,13 @@ def test_a_built_in_task_runs_end_to_end_from_the_cli(name: str, channels: str |
     assert {f"dice_{s}" for s in task.structures} <= set(metrics.columns)
     assert not {f"dice_{s}" for s in ("NEC", "TC") if s not in task.structures} & set(metrics.columns)
     assert metrics[[f"dice_{s}" for s in task.structures]].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_a_task_declares_its_metric_set():
+    from pipeline.tasks import METRIC_SETS, task_from_dict
+
+    assert (get_task("brats-glioma").metrics, get_task("kaggle-lgg").metrics, get_task("image-mask-2d-rgb").metrics) == ("volume", "volume-voxels", "image")
+    assert get_task("kaggle-lgg").to_dict()["metrics"] == "volume-voxels" and "metrics" not in get_task("brats-glioma").to_dict()
+    assert task_from_dict(get_task("image-mask-2d").to_dict()) == get_task("image-mask-2d") and set(METRIC_SETS) == {"volume", "volume-voxels", "image"}
+    with pytest.raises(ConfigError, match="metrics must be one of"):
+        task_from_dict({**get_task("kaggle-lgg").to_dict(), "metrics": "slices"})

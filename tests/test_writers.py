@@ -165,3 +165,20 @@ def test_labels_are_written_back_in_each_convention(tmp_path, task, convention, 
     internal = np.array(sorted(written), np.uint8)
     assert labels_convention.from_internal(internal).tolist() == [written[v] for v in internal]
     assert labels_convention.to_internal(labels_convention.from_internal(internal)).tolist() == internal.tolist()
+
+
+def test_planar_mask_names_mirror_kaggle_folders_and_put_2d_masks_in_masks():
+    from pipeline.writers import planar_mask_names
+
+    slices = [Path("/data/kaggle_3m/TCGA_CS_4943_20000902") / f"TCGA_CS_4943_20000902_{n}.tif" for n in (1, 2, 10)]
+    assert planar_mask_names("kaggle-lgg", "TCGA_CS_4943_20000902", slices) == [
+        f"TCGA_CS_4943_20000902/TCGA_CS_4943_20000902_{n}_mask.tif" for n in (1, 2, 10)
+    ]
+    assert planar_mask_names("image-2d", "1021", [Path("/data/png_pairs/images/1021.jpg")]) == ["masks/1021.png"]
+
+
+def test_planar_reference_has_unit_spacing_and_the_case_shape():
+    from pipeline.writers import planar_reference
+
+    reference = planar_reference({"original": {"shape": [256, 256, 20]}})
+    assert reference.shape == (256, 256, 20) and reference.header.get_zooms() == (1.0, 1.0, 1.0) and np.array_equal(reference.affine, np.eye(4))
