@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,22 @@ from case_writers import CaseWriter
 REAL_BRATS_DIR = Path(os.environ.get("BRATS_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_brats"))
 KAGGLE_LGG_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_kaggle_3m"
 PNG_PAIRS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "png_pairs"
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_of_closed_streams():
+    """Remove logging handlers left writing to a stream that is closed after the test.
+
+    A training run applies the bundle's logging.conf, binding a handler to ``sys.stdout``; under
+    click's ``CliRunner`` that is the runner's buffer, closed when ``invoke`` returns. A later run
+    in the same process would log through it and print "Logging error" into its own output. (One
+    command per process, as users run it, never meets this.)
+    """
+    yield
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in list(getattr(logger, "handlers", ())):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
