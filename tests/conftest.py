@@ -23,7 +23,12 @@ def _drop_log_handlers_of_closed_streams():
     in the same process would log through it and print "Logging error" into its own output. (One
     command per process, as users run it, never meets this.)
     """
+    _drop_closed_stream_handlers()  # left by fixtures set up for this test
     yield
+    _drop_closed_stream_handlers()
+
+
+def _drop_closed_stream_handlers() -> None:
     for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
         for handler in list(getattr(logger, "handlers", ())):
             if getattr(getattr(handler, "stream", None), "closed", False):
