@@ -17,7 +17,7 @@ from pipeline.datalist import assign_folds, load_datalist
 from pipeline.errors import ConfigError
 from pipeline.io import write_json
 
-__all__ = ["Fold", "make_folds", "write_fold_datalist"]
+__all__ = ["Fold", "make_folds", "result_run_folder", "write_fold_datalist"]
 
 #: Fold numbers written into a per-fold data list: test (held out), validation, training.
 TEST_FOLD, VALIDATION_FOLD, TRAINING_FOLD = -1, 0, 1
@@ -103,3 +103,9 @@ def write_fold_datalist(datalist: str | Path, fold: Fold, out: str | Path) -> Pa
     payload["test_fraction"] = round(len(fold.test) / len(entries), 4)
     write_json(out, payload)
     return Path(out)
+
+
+def result_run_folder(result: dict) -> Path:
+    """The folder of a ``benchmarks.real_cv`` result's fold runs (``WORK/runs/<start>-<label>``, as the run named it)."""
+    stamp = result["started"][:19].replace("-", "").replace(":", "")
+    return Path(result["data"]["work"]) / "runs" / f"{stamp}-{result['label']}"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.cv_folds import result_run_folder
 from benchmarks.cv_scoring import case_row
 from pipeline.errors import PipelineError
 from pipeline.io import write_json, write_text
@@ -42,8 +43,7 @@ MEAN_COLUMNS: tuple[str, ...] = tuple(f"{m}_{s}" for m in ("dice", "lesion_dice"
 
 def fold_runs(result: dict) -> list[tuple[int, Path, Path]]:
     """``(fold, run folder, fold data list)`` of every fold of a real_cv result's pipeline arm."""
-    stamp = result["started"][:19].replace("-", "").replace(":", "")  # as real_cv names its run folder
-    folder = Path(result["data"]["work"]) / "runs" / f"{stamp}-{result['label']}"
+    folder = result_run_folder(result)
     return [(int(f["fold"]), folder / f"fold{f['fold']}" / "pipeline", folder / f"fold{f['fold']}" / "datalist.json") for f in result["folds"]]
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.cv_folds import result_run_folder
 from pipeline.datalist import load_datalist
 from pipeline.errors import PipelineError
 from pipeline.evaluate import PREDICTIONS_DIR, read_internal_labels
@@ -47,8 +48,7 @@ LESION_SIZES: tuple[int, ...] = (0, 50, 100, 200, 500, 1000)
 
 def out_of_fold_pairs(result: dict) -> list[tuple]:
     """``(predicted, truth)`` internal labels of every held-out patient of the result's pipeline arm."""
-    stamp = result["started"][:19].replace("-", "").replace(":", "")  # as real_cv names its run folder
-    folder = Path(result["data"]["work"]) / "runs" / f"{stamp}-{result['label']}"
+    folder = result_run_folder(result)
     pairs = []
     for fold in result["folds"]:
         fold_dir = folder / f"fold{fold['fold']}"
