@@ -1,0 +1,51 @@
+"""Training losses per target (pipeline.losses)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.losses import DiceLoss
+
+from pipeline.errors import ConfigError
+from pipeline.losses import build_loss
+
+
+def _regions_target() -> torch.Tensor:
+    """Nested TC, WT, ET masks: WT a square, TC and ET inside it, everything else background."""
+    target = torch.zeros(2, 3, 32, 32)
+    target[:, 1, 8:24, 8:24] = 1  # WT
+    target[:, 0, 12:20, 12:20] = 1  # TC
+    target[:, 2, 14:18, 14:18] = 1  # ET
+    return target
+
+
+def test_regions_loss_is_dice_plus_binary_cross_entropy_per_channel() -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 32, 32), _regions_target()
+    expected = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    expected = expected + torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    assert torch.allclose(build_loss("regions")(logits, target), expected, atol=1e-6)
+
+
+def test_regions_loss_penalises_region_probabilities_on_background() -> None:
+    """A voxel outside every region with high region logits must cost more than with low ones."""
+    target = _regions_target()
+    exact = torch.where(target > 0, 8.0, -8.0)
+    background = target.sum(1, keepdim=True) == 0
+    spilled = torch.where(background.expand_as(exact), torch.full_like(exact, 8.0), exact)
+    loss = build_loss("regions")
+    assert loss(spilled, target) > loss(exact, target) + 1.0
+
+
+def test_softmax_loss_takes_class_index_labels() -> None:
+    labels = torch.zeros(2, 1, 32, 32)
+    labels[:, :, 8:24, 8:24] = 2
+    right = torch.nn.functional.one_hot(labels[:, 0].long(), 4).permute(0, 3, 1, 2).float() * 16 - 8
+    wrong = right.roll(1, dims=1)
+    loss = build_loss("softmax")
+    assert loss(right, labels) + 10.0 < loss(wrong, labels)
+
+
+def test_unknown_target_is_refused() -> None:
+    with pytest.raises(ConfigError, match="target"):
+        build_loss("sigmoid")
