@@ -205,3 +205,19 @@ def test_torchrun_evaluate_writes_what_one_process_writes(datalist: Path, run_di
     assert len(expected) == 5 and written.keys() == expected.keys()
     assert all(np.array_equal(written[name], expected[name]) for name in expected)
     assert not (tmp_path / "ranks" / "shards").exists()
+
+
+def test_bundle_evaluating_takes_a_shard(datalist: Path, run_dir: Path, whole: Path, tmp_path: Path) -> None:
+    """``evaluate.yaml``'s ``shard`` knob: the bundle workflow's shards merge into the same reports."""
+    from monai.bundle import ConfigParser
+    from prediction_cases import write_bundle_dir
+
+    bundle = write_bundle_dir(tmp_path / "bundle", weights=run_dir / "models" / "model.pt")
+    for k in (1, 2):
+        parser = ConfigParser()
+        parser.read_config([str(bundle / "configs" / "inference.yaml"), str(REPO / "bundles" / "brats_segmentation" / "configs" / "evaluate.yaml")])
+        parser.update({"bundle_root": str(bundle), "datalist": str(datalist), "output_dir": str(tmp_path / "eval"), "shard": f"{k}/2", "overlays": False, "progress": False})
+        parser.get_parsed_content("evaluating")
+    assert [len(json.loads(shard_file(tmp_path / "eval", Shard(k, 2)).read_text())["items"]) for k in (1, 2)] == [3, 2]
+    merge_shards(tmp_path / "eval", echo=False)
+    assert (tmp_path / "eval" / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()
