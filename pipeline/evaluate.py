@@ -38,7 +38,7 @@ from pipeline.io import load_nifti, load_volume, read_image_2d
 from pipeline.tasks import DEFAULT_TASK, Task, task_from_dict, written_convention
 from pipeline.metrics import case_metrics
 from pipeline.predict import write_colour_tables, check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty
-from pipeline.sharding import Shard, gather_to_all, is_rank_zero, local_device, process_group, rank_shard, shard_devices, shard_file, shard_positions, write_shard
+from pipeline.sharding import Shard, gather_to_all, is_rank_zero, local_device, process_group, rank_shard, shard_conventions, shard_devices, shard_file, shard_positions, write_shard
 from pipeline.report import OVERLAYS_DIR, metrics_frame, shown_channels, summary_table, write_contour_overlay, write_overlay, write_report
 
 __all__ = ["EvaluationResult", "evaluate", "merge_evaluation_shards", "predict_labelled_case", "read_internal_labels"]
@@ -219,12 +219,10 @@ def evaluate(
                     task=model.task,
                 )
         if mine is not None and rank_shard() is None:  # --shard: this part of the run; merge-shards writes the reports
-            write_colour_tables(predictions, conventions, model.task)
-            seconds = round(time.perf_counter() - started, 2)
             write_shard(
                 out, mine, "evaluate", len(records), items, **{**extra, "model": {**extra["model"], "device": None}},
                 task=model.task.to_dict(), run_dir=str(model.source) if model.source else None,
-                shard_device=extra["model"]["device"], shard_seconds=seconds,
+                shard_device=extra["model"]["device"], shard_conventions=sorted(conventions), shard_seconds=round(time.perf_counter() - started, 2),
             )
             rows = [row for _, row in items]
             table = summary_table(metrics_frame(rows), tuple(model.task.structures), model.task.metrics)
@@ -247,10 +245,11 @@ def evaluate(
 
 
 def merge_evaluation_shards(out_dir: str | os.PathLike[str], contexts: list[dict[str, Any]], rows: list[dict[str, Any]], echo: bool = True) -> EvaluationResult:
-    """The reports of a ``--shard`` evaluation from its shards' parts (:func:`pipeline.sharding.read_shards`), as one run writes them."""
+    """The reports (and the colour tables of ``predictions/``) of a ``--shard`` evaluation from its shards' parts (:func:`pipeline.sharding.read_shards`), as one run writes them."""
     out = Path(out_dir)
     first = contexts[0]
     task = task_from_dict(first["task"])
+    write_colour_tables(out / PREDICTIONS_DIR, shard_conventions(contexts), task)
     extra = {key: value for key, value in first.items() if key not in {"task", "run_dir"} and not key.startswith("shard_")}
     extra["model"] = {**extra["model"], "device": shard_devices(contexts)}
     extra["seconds"] = round(sum(context["shard_seconds"] for context in contexts), 2)

@@ -54,8 +54,8 @@ from pipeline.writers import (
     write_uncertainty,
 )
 from pipeline.io import write_json
-from pipeline.sharding import Shard, gather_to_all, is_rank_zero, local_device, process_group, rank_shard, shard_devices, shard_positions, write_shard
-from pipeline.tasks import DEFAULT_TASK, Task, resolve_task, written_convention
+from pipeline.sharding import Shard, gather_to_all, is_rank_zero, local_device, process_group, rank_shard, shard_conventions, shard_devices, shard_positions, write_shard
+from pipeline.tasks import DEFAULT_TASK, Task, resolve_task, task_from_dict, written_convention
 
 __all__ = [
     "PredictionSummary",
@@ -287,9 +287,11 @@ def predict(
                 entry["uncertainty_scores"] = prediction.uncertainty.scores
             items.append((position, entry))
         if mine is not None and rank_shard() is None:  # --shard: this part of the run; merge-shards writes the manifest
-            summary.colour_tables = write_colour_tables(out, conventions, model.task)
             settings = model_settings(model)
-            write_shard(out, mine, "predict", len(records), items, model={**settings, "device": None}, input=str(input_path), shard_device=settings["device"])
+            write_shard(
+                out, mine, "predict", len(records), items, model={**settings, "device": None}, input=str(input_path), task=model.task.to_dict(),
+                shard_device=settings["device"], shard_conventions=sorted(conventions),
+            )
         else:
             gathered = gather_to_all((items, sorted(conventions)))
             if is_rank_zero():
@@ -307,8 +309,9 @@ def write_colour_tables(out: Path, conventions: set[str], task: Task) -> list[Pa
 
 
 def merge_prediction_shards(out_dir: str | os.PathLike[str], contexts: list[dict[str, Any]], entries: list[dict[str, Any]]) -> Path:
-    """``predictions.json`` of a ``--shard`` run from its shards' parts (:func:`pipeline.sharding.read_shards`), as one run writes it."""
+    """``predictions.json`` and the colour tables of a ``--shard`` run from its shards' parts (:func:`pipeline.sharding.read_shards`), as one run writes them."""
     out = Path(out_dir)
+    write_colour_tables(out, shard_conventions(contexts), task_from_dict(contexts[0]["task"]))
     model = {**contexts[0]["model"], "device": shard_devices(contexts)}
     write_json(out / MANIFEST, {"model": model, "input": contexts[0]["input"], "cases": entries})
     return out / MANIFEST

@@ -39,6 +39,7 @@ __all__ = [
     "process_group",
     "rank_shard",
     "read_shards",
+    "shard_conventions",
     "shard_devices",
     "shard_file",
     "shard_positions",
@@ -260,6 +261,11 @@ def read_shards(out_dir: str | os.PathLike[str]) -> tuple[str, list[Any], list[d
 def shard_devices(contexts: Sequence[Mapping[str, Any]]) -> str:
     """The device(s) the shards ran on (their ``shard_device``), as a manifest records one: ``cpu`` or ``cuda:0, cpu``."""
     return ", ".join(dict.fromkeys(str(context["shard_device"]) for context in contexts))
+
+
+def shard_conventions(contexts: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The label conventions the shards wrote (their ``shard_conventions``): one colour table each, written by the merge."""
+    return {name for context in contexts for name in context["shard_conventions"]}
 
 
 def merge_shards(out_dir: str | os.PathLike[str], echo: bool = True) -> Path:

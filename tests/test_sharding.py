@@ -113,7 +113,7 @@ def test_evaluate_shards_merge_into_the_unsharded_reports(datalist: Path, run_di
     sharded = tmp_path / "sharded"
     parts = [evaluate(run_dir, datalist, sharded, overlays=False, progress=False, echo=False, shard=f"{k}/2") for k in (1, 2)]
     assert [sorted(part.metrics["case_id"]) for part in parts] == [["BraTS2021_00001", "BraTS2021_00003", "BraTS2021_00005"], ["BraTS2021_00002", "BraTS2021_00004"]]
-    assert not (sharded / "metrics.csv").exists()  # a shard writes its part only
+    assert not (sharded / "metrics.csv").exists() and not list(sharded.rglob("*.ctbl"))  # a shard writes its cases and its part only
     with pytest.raises(InputError, match="shard\\(s\\) 2 of 2 missing"):
         shard_file(sharded, Shard(2, 2)).rename(tmp_path / "aside.json")
         read_shards(sharded)
@@ -156,9 +156,10 @@ def test_predict_shards_merge_into_the_unsharded_manifest(datalist: Path, run_di
         result = CliRunner().invoke(main, ["predict", "--model", str(run_dir), "--input", str(datalist), "--out", str(tmp_path / "sharded"), "--shard", f"{k}/2", "--no-progress"])
         assert result.exit_code == 0, result.output
         assert f"{count} case(s) segmented" in result.output
-    assert not (tmp_path / "sharded" / "predictions.json").exists()
+    assert not (tmp_path / "sharded" / "predictions.json").exists() and not list((tmp_path / "sharded").glob("*.ctbl"))
     assert merge_shards(tmp_path / "sharded") == tmp_path / "sharded" / "predictions.json"
     assert _without_seconds(tmp_path / "sharded" / "predictions.json") == _without_seconds(tmp_path / "whole" / "predictions.json")
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("*.ctbl")) == sorted(p.name for p in (tmp_path / "whole").glob("*.ctbl")) == ["brats_brats2017.ctbl"]
     written, expected = _arrays(tmp_path / "sharded"), _arrays(tmp_path / "whole")
     assert len(expected) == 5 and written.keys() == expected.keys()
     assert all(np.array_equal(written[name], expected[name]) for name in expected)
@@ -221,3 +222,36 @@ def test_bundle_evaluating_takes_a_shard(datalist: Path, run_dir: Path, whole: P
     assert [len(json.loads(shard_file(tmp_path / "eval", Shard(k, 2)).read_text())["items"]) for k in (1, 2)] == [3, 2]
     merge_shards(tmp_path / "eval", echo=False)
     assert (tmp_path / "eval" / "metrics.csv").read_text() == (whole / "metrics.csv").read_text()
+
+
+def test_local_device_is_this_process_gpu_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    from monai.bundle import ConfigParser
+
+    from pipeline.sharding import local_device
+
+    assert local_device("cuda") == "cuda" and local_device("cpu") == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert local_device("cuda") == "cuda:3" and local_device("cuda:1") == "cuda:1" and local_device("cpu") == "cpu"
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "brats_segmentation" / "configs" / "inference.yaml"))
+    parser["device"] = "$pipeline.sharding.local_device('cuda')"  # what the README gives the bundle under torchrun
+    parser.get_parsed_content("imports")
+    assert parser.get_parsed_content("device") == "cuda:3"
+
+
+@pytest.mark.slow
+def test_torchrun_predict_writes_what_one_process_writes(datalist: Path, run_dir: Path, tmp_path: Path) -> None:
+    """2 gloo processes each segment their share; rank 0 writes predictions.json with every case in the input's order."""
+    predict(run_dir, datalist, tmp_path / "whole", progress=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               "-m", "pipeline", "predict", "--model", str(run_dir), "--input", str(datalist), "--out", str(tmp_path / "ranks"), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180, env=env)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert sorted(line.split(" case(s)")[0] for line in completed.stdout.splitlines() if "case(s) segmented" in line) == ["2", "3"]
+    manifest = _without_seconds(tmp_path / "ranks" / "predictions.json")
+    assert [entry["case_id"] for entry in manifest["cases"]] == list(CASES)
+    assert manifest == _without_seconds(tmp_path / "whole" / "predictions.json")
+    written, expected = _arrays(tmp_path / "ranks"), _arrays(tmp_path / "whole")
+    assert len(expected) == 5 and written.keys() == expected.keys()
+    assert all(np.array_equal(written[name], expected[name]) for name in expected)
