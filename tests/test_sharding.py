@@ -166,6 +166,7 @@ def test_predict_shards_merge_into_the_unsharded_manifest(datalist: Path, run_di
 
 
 # ---- preprocessing shards -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_preprocess_shards_fill_one_cache_and_a_final_run_writes_the_index(tiny_datalist: Path, tiny_cache: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
