@@ -12,6 +12,9 @@ voxels for Kaggle LGG, per-image scores for 2D folders), and its overlay is
 :func:`pipeline.report.contour_overlay_figure` (contours of both on the image).
 With ``uncertainty`` the uncertainty maps go next to each prediction and the per-case
 uncertainty scores (:func:`pipeline.uncertainty.uncertainty_scores`) into ``metrics.csv``.
+Under torchrun each process scores its share of the cases and rank 0 writes the reports; with
+``shard`` one shard's part goes to ``OUT/shards/K-of-N.json`` for :func:`merge_evaluation_shards`
+(:mod:`pipeline.sharding`).
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ from pipeline.datalist import load_datalist
 from pipeline.datasets.records import PLANAR_LAYOUTS, CaseRecord
 from pipeline.datasets.validation import check_finite, check_labels, check_same_grid, read_planar
 from pipeline.errors import ConfigError, InputError
-from pipeline.writers import case_mask_names, colour_table_filename, planar_reference, read_planar_masks, write_colour_table
+from pipeline.writers import case_mask_names, planar_reference, read_planar_masks
 from pipeline.geometry import to_cache_grid
 from pipeline.io import load_nifti, load_volume, read_image_2d
 from pipeline.tasks import DEFAULT_TASK, Task, task_from_dict, written_convention
 from pipeline.metrics import case_metrics
-from pipeline.predict import write_colour_tables, check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty
+from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty, write_colour_tables
 from pipeline.sharding import Shard, gather_to_all, is_rank_zero, local_device, process_group, rank_shard, shard_conventions, shard_devices, shard_file, shard_positions, write_shard
 from pipeline.report import OVERLAYS_DIR, metrics_frame, shown_channels, summary_table, write_contour_overlay, write_overlay, write_report
 

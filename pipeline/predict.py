@@ -21,6 +21,10 @@ convention used (``brats_<convention>.ctbl``), optional probability maps (8-bit,
 listing what was written with the settings used (and each case's uncertainty scores).
 
 ``model`` may be several folders (an ensemble): their probabilities are averaged before decoding.
+
+Under torchrun each process segments its share of the cases and rank 0 writes ``predictions.json``;
+with ``shard`` one shard's entries go to ``OUT/shards/K-of-N.json`` for
+:func:`merge_prediction_shards` (:mod:`pipeline.sharding`).
 """
 
 from __future__ import annotations
