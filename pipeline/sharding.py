@@ -149,7 +149,9 @@ def process_group(shard: Shard | None = None) -> Iterator[Shard | None]:
     import torch
 
     joined = False
-    if _launched_distributed() and torch.distributed.is_available() and not torch.distributed.is_initialized():
+    if _launched_distributed() and not torch.distributed.is_available():
+        raise ConfigError("torchrun", "this PyTorch build has no torch.distributed; run one process, or --shard K/N per process")
+    if _launched_distributed() and not torch.distributed.is_initialized():
         if shard is not None:
             raise ConfigError("--shard", "not under torchrun: its processes already split the cases (one shard per rank)")
         torch.distributed.init_process_group(backend="gloo")
