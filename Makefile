@@ -24,6 +24,10 @@ TASK_ARGS    = $(if $(TASK),--task $(TASK)) $(if $(CHANNELS),--channels $(CHANNE
 DATALIST    ?= data_lists/synthetic.json
 CACHE       ?= cache/synthetic
 WORKERS     ?= 2
+# SHARD=K/N (1-based): preprocess, evaluate or predict only shard K of N of the cases (cases sorted by id, every
+# N-th), for several machines sharing the folders; then `make preprocess` without SHARD, or `make merge-shards`.
+SHARD       ?=
+SHARD_ARGS   = $(if $(SHARD),--shard $(SHARD))
 
 .DEFAULT_GOAL := help
 .PHONY: help install test synth datalist preprocess clean
@@ -48,15 +52,15 @@ synth: $(VENV)/.installed  ## Generate the synthetic BraTS-like cohort (SYNTH_DI
 ifeq ($(strip $(DATA)),)
 datalist: synth  ## Write the data list (DATA=DIR for a real release; default: the synthetic cohort; TASK, CHANNELS)
 	$(CLI) datalist --data-root $(SYNTH_DIR) --out data_lists/synthetic.json --seed $(SYNTH_SEED) $(TASK_ARGS)
-preprocess: datalist  ## Build the training cache (DATA=DIR for a real release; default: the synthetic cohort; TASK, CHANNELS)
-	$(CLI) preprocess --datalist data_lists/synthetic.json --cache cache/synthetic --workers $(WORKERS)
+preprocess: datalist  ## Build the training cache (DATA=DIR for a real release; default: the synthetic cohort; TASK, CHANNELS, SHARD=K/N)
+	$(CLI) preprocess --datalist data_lists/synthetic.json --cache cache/synthetic --workers $(WORKERS) $(SHARD_ARGS)
 	@mkdir -p .make && printf 'DATALIST ?= data_lists/synthetic.json\nCACHE ?= cache/synthetic\n' > .make/dataset.mk
 else
 DATA_NAME := $(notdir $(patsubst %/,%,$(DATA)))
 datalist: $(VENV)/.installed
 	$(CLI) datalist --data-root $(DATA) --out data_lists/$(DATA_NAME).json $(TASK_ARGS)
 preprocess: datalist
-	$(CLI) preprocess --datalist data_lists/$(DATA_NAME).json --cache cache/$(DATA_NAME) --workers $(WORKERS)
+	$(CLI) preprocess --datalist data_lists/$(DATA_NAME).json --cache cache/$(DATA_NAME) --workers $(WORKERS) $(SHARD_ARGS)
 	@mkdir -p .make && printf 'DATALIST ?= data_lists/$(DATA_NAME).json\nCACHE ?= cache/$(DATA_NAME)\n' > .make/dataset.mk
 endif
 
@@ -90,11 +94,17 @@ INPUT        ?= $(DATALIST)
 PRED_DIR     ?= outputs/predictions/$(MODEL_NAME)
 EVAL_ARGS    ?=
 PREDICT_ARGS ?=
-.PHONY: evaluate predict
-evaluate: $(VENV)/.installed  ## Score MODEL per patient on SPLIT of DATALIST -> EVAL_DIR (metrics.csv, summary.json, plots, overlays; EVAL_ARGS="--lesion-wise --tta --uncertainty")
-	$(CLI) evaluate $(foreach model,$(MODEL),--model $(model)) --datalist $(DATALIST) --split $(SPLIT) --out $(EVAL_DIR) --device $(DEVICE) $(EVAL_ARGS)
-predict: $(VENV)/.installed  ## Segment INPUT (case folder, data list or data root) with MODEL -> PRED_DIR (NIfTI + Slicer colour table; PREDICT_ARGS="--probabilities --uncertainty --submission-names")
-	$(CLI) predict $(foreach model,$(MODEL),--model $(model)) --input $(INPUT) --out $(PRED_DIR) --device $(DEVICE) $(PREDICT_ARGS)
+# NPROC=N: N processes on this machine under torchrun (DEVICE=cuda: one GPU each), rank 0 writing the reports
+NPROC        ?=
+INFER_CLI     = $(if $(NPROC),$(BIN)/torchrun --standalone --nproc-per-node $(NPROC) -m pipeline,$(CLI))
+MERGE_DIR    ?= $(EVAL_DIR)
+.PHONY: evaluate predict merge-shards
+evaluate: $(VENV)/.installed  ## Score MODEL per patient on SPLIT of DATALIST -> EVAL_DIR (metrics.csv, summary.json, plots, overlays; NPROC, SHARD; EVAL_ARGS="--lesion-wise --tta --uncertainty")
+	$(INFER_CLI) evaluate $(foreach model,$(MODEL),--model $(model)) --datalist $(DATALIST) --split $(SPLIT) --out $(EVAL_DIR) --device $(DEVICE) $(SHARD_ARGS) $(EVAL_ARGS)
+predict: $(VENV)/.installed  ## Segment INPUT (case folder, data list or data root) with MODEL -> PRED_DIR (NIfTI + Slicer colour table; NPROC, SHARD; PREDICT_ARGS="--probabilities --uncertainty --submission-names")
+	$(INFER_CLI) predict $(foreach model,$(MODEL),--model $(model)) --input $(INPUT) --out $(PRED_DIR) --device $(DEVICE) $(SHARD_ARGS) $(PREDICT_ARGS)
+merge-shards: $(VENV)/.installed  ## Combine the SHARD=K/N runs of evaluate (MERGE_DIR, default EVAL_DIR) or predict (MERGE_DIR=PRED_DIR) into the full outputs
+	$(CLI) merge-shards --out $(MERGE_DIR)
 
 # Post-processing chosen on the out-of-fold predictions of the folds (MODEL: every fold's run folder), written
 # into each run's inference.json, as nnU-Net does. Run it after training the folds.

@@ -78,6 +78,31 @@ def _channel_list(ctx: click.Context, param: click.Parameter, value: str | None)
     """``flair,t2`` -> ``("flair", "t2")``."""
     return tuple(part.strip() for part in value.split(",") if part.strip()) if value else None
 
+class _ShardType(click.ParamType):
+    """``K/N`` -> :class:`pipeline.sharding.Shard` (a bad value: click's one-line usage error, exit status 2)."""
+
+    name = "K/N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from pipeline.sharding import Shard
+
+        if isinstance(value, Shard):
+            return value
+        try:
+            return Shard.parse(str(value))
+        except PipelineError as err:
+            self.fail(err.problem, param, ctx)
+
+
+def _shard_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--shard",
+        type=_ShardType(),
+        default=None,
+        help=f"Only shard K of N (1-based: 1/4 ... 4/4) of the cases: sorted by id, every N-th from the K-th; {what}",
+    )
+
+
 _MODELS = click.option(
     "--model",
     "model_dirs",
@@ -195,16 +220,25 @@ def synth(out: Path, cases: int, seed: int, size: str, task: str, no_progress: b
 )
 @click.option("--margin", default=_Constant("pipeline.preprocess", "DEFAULT_MARGIN"), show_default=True, type=click.IntRange(min=0), help="Voxels kept around the brain box.")
 @click.option("--allow-resection-cavity", is_flag=True, help="Map the BraTS 2024 resection-cavity label 4 to background instead of refusing it.")
+@_shard_option("several machines fill one cache, then a run without --shard writes cache.json (and builds any case left).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors
 def preprocess(
-    datalist: Path, cache_dir: Path, workers: int, splits: tuple[str, ...], margin: int, allow_resection_cavity: bool, no_progress: bool
+    datalist: Path,
+    cache_dir: Path,
+    workers: int,
+    splits: tuple[str, ...],
+    margin: int,
+    allow_resection_cavity: bool,
+    shard: Any,
+    no_progress: bool,
 ) -> None:
     """Build the memory-mappable training cache from a data list.
 
     Each case is reoriented to RAS (no resampling), cropped to the brain, z-scored per channel
     and stored as CACHE/<case>/{image.npy,label.npy,meta.json}, with the data list's task's
     channels and labels. Finished cases are skipped, so an interrupted run resumes.
+    With --shard K/N only that shard's cases are built and cache.json is left alone.
     """
     from pipeline.preprocess import preprocess_datalist
 
@@ -216,6 +250,7 @@ def preprocess(
         splits=splits or None,
         margin=margin,
         allow_resection_cavity=allow_resection_cavity,
+        shard=shard,
     )
     click.echo(str(summary))
 
@@ -381,6 +416,7 @@ def train(
 @click.option("--probabilities", is_flag=True, help="Also write probability maps (<case>_probabilities.nii.gz, 8-bit scaled to [0, 1]).")
 @_UNCERTAINTY
 @click.option("--submission-names", is_flag=True, help="Name files <case_id>.nii.gz as the BraTS portals expect (default <case_id>_seg.nii.gz).")
+@_shard_option("writes OUT/shards/K-of-N.json instead of predictions.json; then merge-shards.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors
 def predict(
@@ -393,6 +429,7 @@ def predict(
     probabilities: bool,
     uncertainty: bool,
     submission_names: bool,
+    shard: Any,
     no_progress: bool,
 ) -> None:
     """Segment cases (with or without ground truth) into NIfTI files for 3D Slicer.
@@ -401,6 +438,10 @@ def predict(
     order), with a Slicer colour table (brats_<convention>.ctbl) next to it. A Kaggle LGG
     model writes OUT/<patient>/<patient>_<n>_mask.tif (0/255) and OUT/<patient>_seg.nii.gz; a 2D
     image model OUT/masks/<name>.png (0/255, each image's size).
+
+    Under torchrun (torchrun --nproc-per-node N -m pipeline predict ... --device cuda) each process
+    segments its share of the cases on its own GPU (LOCAL_RANK; CPU when --device cpu) and rank 0
+    writes predictions.json.
     """
     from pipeline.predict import predict as run_predict
 
@@ -415,6 +456,7 @@ def predict(
         submission_names=submission_names,
         progress=not no_progress,
         uncertainty=uncertainty,
+        shard=shard,
     )
     click.echo(str(summary))
 
@@ -429,6 +471,7 @@ def predict(
 @click.option("--lesion-wise", is_flag=True, help="Add BraTS 2023 lesion-wise Dice and HD95 (TC, WT, ET).")
 @click.option("--no-overlays", is_flag=True, help="Skip the per-case overlay PNGs.")
 @_UNCERTAINTY
+@_shard_option("writes their predictions and OUT/shards/K-of-N.json (their metrics) instead of the reports; then merge-shards.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @_reports_errors
 def evaluate(
@@ -441,6 +484,7 @@ def evaluate(
     lesion_wise: bool,
     no_overlays: bool,
     uncertainty: bool,
+    shard: Any,
     no_progress: bool,
 ) -> None:
     """Score a model per patient (Dice, HD95, sensitivity, specificity, precision, IoU, volumes).
@@ -449,6 +493,9 @@ def evaluate(
     MONAI's (max of the two directed 95th percentiles, in mm). The task decides the metric set:
     Kaggle LGG scores each patient's volume in voxels, 2D image folders each image (Dice, IoU,
     pixel accuracy, sensitivity, specificity, precision).
+
+    Under torchrun each process scores its share of the cases (its own GPU with --device cuda) and
+    rank 0 gathers the per-case metrics and writes the reports, the same files as one process.
     """
     from pipeline.evaluate import evaluate as run_evaluate
 
@@ -463,7 +510,23 @@ def evaluate(
         overlays=not no_overlays,
         progress=not no_progress,
         uncertainty=uncertainty,
+        shard=shard,
     )
+
+
+@main.command(name="merge-shards")
+@click.option("--out", required=True, type=_EXISTING, help="The --out of the predict or evaluate shards (holding shards/K-of-N.json).")
+@_reports_errors
+def merge_shards(out: Path) -> None:
+    """Combine the shards of a predict or evaluate run made with --shard K/N.
+
+    Checks that shards 1..N of one run are all in OUT/shards/ (same model, input or data list
+    and split, every case once), then writes what one unsharded run writes: predictions.json
+    (predict) or metrics.csv, summary.json and plots/ (evaluate), cases in the run's order.
+    """
+    from pipeline.sharding import merge_shards as run_merge
+
+    click.echo(f"merged -> {run_merge(out)}")
 
 
 @main.command(name="tune-postprocessing")

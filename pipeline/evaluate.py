@@ -12,6 +12,9 @@ voxels for Kaggle LGG, per-image scores for 2D folders), and its overlay is
 :func:`pipeline.report.contour_overlay_figure` (contours of both on the image).
 With ``uncertainty`` the uncertainty maps go next to each prediction and the per-case
 uncertainty scores (:func:`pipeline.uncertainty.uncertainty_scores`) into ``metrics.csv``.
+Under torchrun each process scores its share of the cases and rank 0 writes the reports; with
+``shard`` one shard's part goes to ``OUT/shards/K-of-N.json`` for :func:`merge_evaluation_shards`
+(:mod:`pipeline.sharding`).
 """
 
 from __future__ import annotations
@@ -32,15 +35,16 @@ from pipeline.datalist import load_datalist
 from pipeline.datasets.records import PLANAR_LAYOUTS, CaseRecord
 from pipeline.datasets.validation import check_finite, check_labels, check_same_grid, read_planar
 from pipeline.errors import ConfigError, InputError
-from pipeline.writers import case_mask_names, colour_table_filename, planar_reference, read_planar_masks, write_colour_table
+from pipeline.writers import case_mask_names, planar_reference, read_planar_masks
 from pipeline.geometry import to_cache_grid
 from pipeline.io import load_nifti, load_volume, read_image_2d
-from pipeline.tasks import DEFAULT_TASK, Task, written_convention
+from pipeline.tasks import DEFAULT_TASK, Task, task_from_dict, written_convention
 from pipeline.metrics import case_metrics
-from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty
+from pipeline.predict import check_outputs_spare_inputs, model_settings, write_case_prediction, write_case_uncertainty, write_colour_tables
+from pipeline.sharding import Shard, gather_to_all, is_rank_zero, local_device, process_group, rank_shard, shard_conventions, shard_devices, shard_file, shard_positions, write_shard
 from pipeline.report import OVERLAYS_DIR, metrics_frame, shown_channels, summary_table, write_contour_overlay, write_overlay, write_report
 
-__all__ = ["EvaluationResult", "evaluate", "predict_labelled_case", "read_internal_labels"]
+__all__ = ["EvaluationResult", "evaluate", "merge_evaluation_shards", "predict_labelled_case", "read_internal_labels"]
 
 
 PREDICTIONS_DIR = "predictions"
@@ -130,6 +134,7 @@ def evaluate(
     progress: bool = True,
     echo: bool = True,
     uncertainty: bool = False,
+    shard: Shard | str | None = None,
 ) -> EvaluationResult:
     """Predict and score every case of one split of a data list.
 
@@ -146,12 +151,17 @@ def evaluate(
         echo: print the summary table at the end.
         uncertainty: write the uncertainty maps next to the predictions and add the per-case
             uncertainty scores to ``metrics.csv``.
+        shard: score only shard K of N of the split's cases (``"K/N"``, 1-based; :mod:`pipeline.sharding`):
+            their predictions and overlays, and ``shards/K-of-N.json`` (their metrics) instead of the
+            reports, which ``merge-shards`` writes from every shard's file. Under torchrun each rank
+            takes its own shard and rank 0 writes the reports.
 
     Raises:
         ConfigError: for an unknown or empty split.
     """
     started = time.perf_counter()
     out = Path(out_dir)
+    wanted = Shard.parse(shard) if isinstance(shard, str) else shard
     loaded = load_datalist(datalist)
     if split == "unlabelled":
         raise ConfigError(datalist, "the unlabelled cases have no ground truth to evaluate against; use predict")
@@ -159,49 +169,12 @@ def evaluate(
     if not records:
         raise ConfigError(datalist, f"split {split!r} has no cases")
     if not isinstance(model, SegmentationModel):
-        model = load_model(model, device=device, tta=tta)
+        model = load_model(model, device=local_device(device), tta=tta)
     elif tta is not None:
         model.inferer.tta = bool(tta)
 
     predictions = out / PREDICTIONS_DIR
     check_outputs_spare_inputs(records, predictions, uncertainty=uncertainty)
-    rows = []
-    conventions: set[str] = set()
-    for record in tqdm(records, desc=f"evaluate {split}", unit="case", disable=not progress):
-        prediction, truth, truth_image = predict_labelled_case(model, record, uncertainty=uncertainty)
-        seg_path, _, convention = write_case_prediction(prediction, predictions, task=model.task)
-        write_case_uncertainty(prediction, predictions)
-        planar = record.layout in PLANAR_LAYOUTS
-        if seg_path.name.endswith((".nii", ".nii.gz")):
-            conventions.add(convention)
-        # Score what was written: the exported files, read back, against the ground-truth files.
-        if planar:
-            masks = read_planar_masks([predictions / name for name in case_mask_names(prediction.meta)])
-            predicted = written_convention(model.task, convention).to_internal(masks)
-        else:
-            predicted, _ = read_internal_labels(seg_path, convention, task=model.task)
-        spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
-        scores = prediction.uncertainty.scores if prediction.uncertainty is not None else {}
-        metrics = case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise, task=model.task)
-        rows.append({"case_id": record.case_id, **metrics, **scores})
-        if overlays and planar:
-            image = _shown_planar_image(prediction.record, prediction.meta, model.task)
-            dice = ", ".join(f"Dice {name} {metrics[f'dice_{name}']:.3f}" for name in model.task.structures)
-            write_contour_overlay(out / OVERLAYS_DIR / f"{record.case_id}.png", image, predicted, truth, title=f"{record.case_id}: {dice}")
-        elif overlays:
-            write_overlay(
-                out / OVERLAYS_DIR / f"{record.case_id}.png",
-                prediction.cache_image,
-                prediction.cache_labels,
-                to_cache_grid(truth, prediction.meta),
-                prediction.meta["spacing"],
-                title=record.case_id,
-                task=model.task,
-            )
-    for name in sorted(conventions):
-        convention = written_convention(model.task, name)
-        write_colour_table(predictions / colour_table_filename(convention, model.task), convention, model.task)
-
     extra = {
         "datalist": str(Path(datalist).resolve()),
         "datalist_sha256": loaded.sha256,
@@ -211,11 +184,82 @@ def evaluate(
         "metric_set": model.task.metrics,
         "lesion_wise": lesion_wise,
         "uncertainty": uncertainty,
-        "seconds": round(time.perf_counter() - started, 2),
     }
-    summary = write_report(rows, out, run_dir=model.source, extra_summary=extra, task=model.task)
-    table = summary_table(metrics_frame(rows), tuple(model.task.structures), model.task.metrics)
+    with process_group(wanted) as mine:
+        items: list[tuple[int, dict[str, Any]]] = []
+        conventions: set[str] = set()
+        positions = shard_positions([record.case_id for record in records], mine)
+        for position in tqdm(positions, desc=f"evaluate {split}", unit="case", disable=not progress or not is_rank_zero()):
+            record = records[position]
+            prediction, truth, truth_image = predict_labelled_case(model, record, uncertainty=uncertainty)
+            seg_path, _, convention = write_case_prediction(prediction, predictions, task=model.task)
+            write_case_uncertainty(prediction, predictions)
+            planar = record.layout in PLANAR_LAYOUTS
+            if seg_path.name.endswith((".nii", ".nii.gz")):
+                conventions.add(convention)
+            # Score what was written: the exported files, read back, against the ground-truth files.
+            if planar:
+                masks = read_planar_masks([predictions / name for name in case_mask_names(prediction.meta)])
+                predicted = written_convention(model.task, convention).to_internal(masks)
+            else:
+                predicted, _ = read_internal_labels(seg_path, convention, task=model.task)
+            spacing = tuple(float(z) for z in truth_image.header.get_zooms()[:3])
+            scores = prediction.uncertainty.scores if prediction.uncertainty is not None else {}
+            metrics = case_metrics(predicted, truth, spacing, lesion_wise=lesion_wise, task=model.task)
+            items.append((position, {"case_id": record.case_id, **metrics, **scores}))
+            if overlays and planar:
+                image = _shown_planar_image(prediction.record, prediction.meta, model.task)
+                dice = ", ".join(f"Dice {name} {metrics[f'dice_{name}']:.3f}" for name in model.task.structures)
+                write_contour_overlay(out / OVERLAYS_DIR / f"{record.case_id}.png", image, predicted, truth, title=f"{record.case_id}: {dice}")
+            elif overlays:
+                write_overlay(
+                    out / OVERLAYS_DIR / f"{record.case_id}.png",
+                    prediction.cache_image,
+                    prediction.cache_labels,
+                    to_cache_grid(truth, prediction.meta),
+                    prediction.meta["spacing"],
+                    title=record.case_id,
+                    task=model.task,
+                )
+        if mine is not None and rank_shard() is None:  # --shard: this part of the run; merge-shards writes the reports
+            write_shard(
+                out, mine, "evaluate", len(records), items, **{**extra, "model": {**extra["model"], "device": None}},
+                task=model.task.to_dict(), run_dir=str(model.source) if model.source else None,
+                shard_device=extra["model"]["device"], shard_conventions=sorted(conventions), shard_seconds=round(time.perf_counter() - started, 2),
+            )
+            rows = [row for _, row in items]
+            table = summary_table(metrics_frame(rows), tuple(model.task.structures), model.task.metrics)
+            if echo:
+                print(table)
+                print(f"shard {mine} -> {shard_file(out, mine)}; when every shard is done: brats-pipeline merge-shards --out {out}")
+            return EvaluationResult(out_dir=out, metrics=metrics_frame(rows), summary={}, table=table)
+        gathered = gather_to_all((items, sorted(conventions)))
+        rows = [row for _, row in sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])]
+        table = summary_table(metrics_frame(rows), tuple(model.task.structures), model.task.metrics)
+        summary: dict[str, Any] = {}
+        if is_rank_zero():
+            write_colour_tables(predictions, {name for _, names in gathered for name in names}, model.task)
+            extra["seconds"] = round(time.perf_counter() - started, 2)
+            summary = write_report(rows, out, run_dir=model.source, extra_summary=extra, task=model.task)
+            if echo:
+                print(table)
+                print(f"reports -> {out}")
+    return EvaluationResult(out_dir=out, metrics=metrics_frame(rows), summary=summary, table=table)
+
+
+def merge_evaluation_shards(out_dir: str | os.PathLike[str], contexts: list[dict[str, Any]], rows: list[dict[str, Any]], echo: bool = True) -> EvaluationResult:
+    """The reports (and the colour tables of ``predictions/``) of a ``--shard`` evaluation from its shards' parts (:func:`pipeline.sharding.read_shards`), as one run writes them."""
+    out = Path(out_dir)
+    first = contexts[0]
+    task = task_from_dict(first["task"])
+    write_colour_tables(out / PREDICTIONS_DIR, shard_conventions(contexts), task)
+    extra = {key: value for key, value in first.items() if key not in {"task", "run_dir"} and not key.startswith("shard_")}
+    extra["model"] = {**extra["model"], "device": shard_devices(contexts)}
+    extra["seconds"] = round(sum(context["shard_seconds"] for context in contexts), 2)
+    extra["shards"] = len(contexts)
+    summary = write_report(rows, out, run_dir=first["run_dir"], extra_summary=extra, task=task)
+    table = summary_table(metrics_frame(rows), tuple(task.structures), task.metrics)
     if echo:
         print(table)
-        print(f"reports -> {out}")
+        print(f"reports of {len(contexts)} shards -> {out}")
     return EvaluationResult(out_dir=out, metrics=metrics_frame(rows), summary=summary, table=table)

@@ -21,6 +21,10 @@ convention used (``brats_<convention>.ctbl``), optional probability maps (8-bit,
 listing what was written with the settings used (and each case's uncertainty scores).
 
 ``model`` may be several folders (an ensemble): their probabilities are averaged before decoding.
+
+Under torchrun each process segments its share of the cases and rank 0 writes ``predictions.json``;
+with ``shard`` one shard's entries go to ``OUT/shards/K-of-N.json`` for
+:func:`merge_prediction_shards` (:mod:`pipeline.sharding`).
 """
 
 from __future__ import annotations
@@ -54,15 +58,18 @@ from pipeline.writers import (
     write_uncertainty,
 )
 from pipeline.io import write_json
-from pipeline.tasks import DEFAULT_TASK, Task, resolve_task, written_convention
+from pipeline.sharding import Shard, gather_to_all, is_rank_zero, local_device, process_group, rank_shard, shard_conventions, shard_devices, shard_positions, write_shard
+from pipeline.tasks import DEFAULT_TASK, Task, resolve_task, task_from_dict, written_convention
 
 __all__ = [
     "PredictionSummary",
     "check_outputs_spare_inputs",
+    "merge_prediction_shards",
     "model_settings",
     "predict",
     "resolve_cases",
     "write_case_prediction",
+    "write_colour_tables",
     "write_case_uncertainty",
 ]
 
@@ -217,6 +224,7 @@ def predict(
     submission_names: bool = False,
     progress: bool = True,
     uncertainty: bool = False,
+    shard: Shard | str | None = None,
 ) -> PredictionSummary:
     """Segment every case of ``input_path`` with ``model`` and write the NIfTI files into ``out_dir``.
 
@@ -232,11 +240,15 @@ def predict(
         submission_names: name files ``<case_id>.nii.gz`` (BraTS portals) instead of ``<case_id>_seg.nii.gz``.
         progress: show a progress bar.
         uncertainty: also write the uncertainty maps and record each case's uncertainty scores.
+        shard: segment only shard K of N of the cases (``"K/N"``, 1-based; :mod:`pipeline.sharding`)
+            and write ``shards/K-of-N.json`` instead of ``predictions.json`` (``merge-shards`` writes it).
+            Under torchrun each rank takes its own shard and rank 0 writes ``predictions.json``.
     """
     started = time.perf_counter()
     out = Path(out_dir)
+    wanted = Shard.parse(shard) if isinstance(shard, str) else shard
     if not isinstance(model, SegmentationModel):
-        model = load_model(model, device=device, tta=tta)
+        model = load_model(model, device=local_device(device), tta=tta)
     elif tta is not None:
         model.inferer.tta = bool(tta)
     check_output_convention(label_convention, model.task)
@@ -245,42 +257,68 @@ def predict(
         raise ConfigError("--probabilities", "2D images are predicted as masks only (masks/<name>.png); leave --probabilities out")
     check_outputs_spare_inputs(records, out, submission_names, probabilities, uncertainty)
     summary = PredictionSummary(out_dir=out)
-    entries: list[dict[str, Any]] = []
-    conventions: set[str] = set()
-    for record in tqdm(records, desc="predict", unit="case", disable=not progress):
-        case_started = time.perf_counter()
-        # The ground truth plays no part in a prediction: it is not read (nor checked) here.
-        prediction = model.predict_case(replace(record, label=None), probabilities=probabilities, uncertainty=uncertainty)
-        seg_path, prob_path, convention = write_case_prediction(prediction, out, label_convention, submission_names, model.task)
-        uncertainty_paths = write_case_uncertainty(prediction, out)
-        if record.layout != IMAGE_2D:  # a colour table for the NIfTI volumes
-            conventions.add(convention)
-        summary.segmentations[record.case_id] = seg_path
-        entry: dict[str, Any] = {
-            "case_id": record.case_id,
-            "segmentation": seg_path.relative_to(out).as_posix(),
-            **({"masks": case_mask_names(prediction.meta)} if record.layout in PLANAR_LAYOUTS else {}),
-            "label_convention": convention,
-            "source": [str(p) for p in record.images],
-            "voxels": {name: int(np.count_nonzero(prediction.labels == model.task.class_value(name))) for name in model.task.classes},
-            "seconds": round(time.perf_counter() - case_started, 3),
-        }
-        if prob_path is not None:
-            summary.probabilities[record.case_id] = prob_path
-            entry["probabilities"] = prob_path.name
-            entry["probability_channels"] = list(prediction.channel_names)
-        if prediction.uncertainty is not None:
-            summary.uncertainty[record.case_id] = uncertainty_paths
-            entry["uncertainty_maps"] = [path.name for path in uncertainty_paths]
-            entry["uncertainty_passes"] = prediction.uncertainty.passes
-            entry["uncertainty_scores"] = prediction.uncertainty.scores
-        entries.append(entry)
-    for name in sorted(conventions):
-        convention = written_convention(model.task, name)
-        summary.colour_tables.append(write_colour_table(out / colour_table_filename(convention, model.task), convention, model.task))
+    with process_group(wanted) as mine:
+        items: list[tuple[int, dict[str, Any]]] = []
+        conventions: set[str] = set()
+        positions = shard_positions([record.case_id for record in records], mine)
+        for position in tqdm(positions, desc="predict", unit="case", disable=not progress or not is_rank_zero()):
+            record = records[position]
+            case_started = time.perf_counter()
+            # The ground truth plays no part in a prediction: it is not read (nor checked) here.
+            prediction = model.predict_case(replace(record, label=None), probabilities=probabilities, uncertainty=uncertainty)
+            seg_path, prob_path, convention = write_case_prediction(prediction, out, label_convention, submission_names, model.task)
+            uncertainty_paths = write_case_uncertainty(prediction, out)
+            if record.layout != IMAGE_2D:  # a colour table for the NIfTI volumes
+                conventions.add(convention)
+            summary.segmentations[record.case_id] = seg_path
+            entry: dict[str, Any] = {
+                "case_id": record.case_id,
+                "segmentation": seg_path.relative_to(out).as_posix(),
+                **({"masks": case_mask_names(prediction.meta)} if record.layout in PLANAR_LAYOUTS else {}),
+                "label_convention": convention,
+                "source": [str(p) for p in record.images],
+                "voxels": {name: int(np.count_nonzero(prediction.labels == model.task.class_value(name))) for name in model.task.classes},
+                "seconds": round(time.perf_counter() - case_started, 3),
+            }
+            if prob_path is not None:
+                summary.probabilities[record.case_id] = prob_path
+                entry["probabilities"] = prob_path.name
+                entry["probability_channels"] = list(prediction.channel_names)
+            if prediction.uncertainty is not None:
+                summary.uncertainty[record.case_id] = uncertainty_paths
+                entry["uncertainty_maps"] = [path.name for path in uncertainty_paths]
+                entry["uncertainty_passes"] = prediction.uncertainty.passes
+                entry["uncertainty_scores"] = prediction.uncertainty.scores
+            items.append((position, entry))
+        if mine is not None and rank_shard() is None:  # --shard: this part of the run; merge-shards writes the manifest
+            settings = model_settings(model)
+            write_shard(
+                out, mine, "predict", len(records), items, model={**settings, "device": None}, input=str(input_path), task=model.task.to_dict(),
+                shard_device=settings["device"], shard_conventions=sorted(conventions),
+            )
+        else:
+            gathered = gather_to_all((items, sorted(conventions)))
+            if is_rank_zero():
+                entries = [entry for _, entry in sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])]
+                summary.colour_tables = write_colour_tables(out, {name for _, names in gathered for name in names}, model.task)
+                write_json(out / MANIFEST, {"model": model_settings(model), "input": str(input_path), "cases": entries})
     summary.seconds = time.perf_counter() - started
-    write_json(out / MANIFEST, {"model": model_settings(model), "input": str(input_path), "cases": entries})
     return summary
+
+
+def write_colour_tables(out: Path, conventions: set[str], task: Task) -> list[Path]:
+    """A 3D Slicer colour table per label convention written, in ``out``."""
+    written = [written_convention(task, name) for name in sorted(conventions)]
+    return [write_colour_table(out / colour_table_filename(convention, task), convention, task) for convention in written]
+
+
+def merge_prediction_shards(out_dir: str | os.PathLike[str], contexts: list[dict[str, Any]], entries: list[dict[str, Any]]) -> Path:
+    """``predictions.json`` and the colour tables of a ``--shard`` run from its shards' parts (:func:`pipeline.sharding.read_shards`), as one run writes them."""
+    out = Path(out_dir)
+    write_colour_tables(out, shard_conventions(contexts), task_from_dict(contexts[0]["task"]))
+    model = {**contexts[0]["model"], "device": shard_devices(contexts)}
+    write_json(out / MANIFEST, {"model": model, "input": contexts[0]["input"], "cases": entries})
+    return out / MANIFEST
 
 
 def model_settings(model: SegmentationModel) -> dict[str, Any]:

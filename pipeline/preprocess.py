@@ -38,6 +38,7 @@ from pipeline.datasets.reading import CaseVolumes, read_case, source_manifest
 from pipeline.datasets.records import CaseRecord
 from pipeline.datasets.validation import check_labels
 from pipeline.errors import ConfigError, InputError, PipelineError
+from pipeline.sharding import Shard, shard_positions
 from pipeline.geometry import bounding_box, cache_affine, reorient_box, reoriented_shape, to_cache_grid, voxel_orientation
 from pipeline.tasks import Task, resolve_task
 
@@ -76,6 +77,7 @@ class PreprocessSummary:
     processed: tuple[str, ...] = field(default_factory=tuple)
     skipped: tuple[str, ...] = field(default_factory=tuple)
     seconds: float = 0.0
+    shard: Shard | None = None
 
     @property
     def cases(self) -> tuple[str, ...]:
@@ -83,10 +85,13 @@ class PreprocessSummary:
         return self.processed + self.skipped
 
     def __str__(self) -> str:
-        return (
+        done = (
             f"{len(self.processed)} case(s) preprocessed, {len(self.skipped)} already cached "
             f"-> {self.cache_dir} ({self.seconds:.1f} s)"
         )
+        if self.shard is None:
+            return done
+        return f"shard {self.shard}: {done}; when every shard is done, preprocess without --shard writes the cache index"
 
 
 # ----------------------------------------------------------------------------- processing
@@ -361,6 +366,7 @@ def preprocess_datalist(
     splits: Sequence[str] | None = None,
     margin: int = DEFAULT_MARGIN,
     allow_resection_cavity: bool = False,
+    shard: Shard | str | None = None,
 ) -> PreprocessSummary:
     """Build (or complete) the cache of a data list's cases, for the data list's task (its channels and labels).
 
@@ -377,10 +383,15 @@ def preprocess_datalist(
         splits: the data-list splits to preprocess (default: all of them, unlabelled cases included).
         margin: voxels kept around the brain box.
         allow_resection_cavity: map the BraTS 2024 resection-cavity label to background instead of refusing it.
+        shard: build only shard K of N of the selected cases (``"K/N"``, 1-based; :mod:`pipeline.sharding`),
+            so that several machines fill one cache: each writes only its cases' folders and
+            leaves ``cache.json`` alone; a final run without a shard skips every finished case,
+            builds any left and writes ``cache.json``.
     """
     started = time.perf_counter()
     source = Path(datalist)
     cache = Path(cache_dir)
+    wanted = Shard.parse(shard) if isinstance(shard, str) else shard
     if workers < 1:
         raise ConfigError("--workers", f"must be at least 1, got {workers}")
     if margin < 0:
@@ -391,6 +402,7 @@ def preprocess_datalist(
     if unknown:
         raise ConfigError("--splits", f"unknown split(s) {', '.join(unknown)}; choose from {', '.join(SPLITS)}")
     records = [record for split in SPLITS if split in selected for record in loaded.records[split]]
+    records = [records[position] for position in shard_positions([record.case_id for record in records], wanted)]
     existing = next(folder for folder in (cache, *cache.absolute().parents) if folder.exists())
     if not existing.is_dir():
         raise ConfigError(cache, f"cannot create the cache folder: {existing} is a file")
@@ -423,10 +435,12 @@ def preprocess_datalist(
                         bar.update()
     finally:
         bar.close()
-        write_index(cache, loaded.path, loaded.sha256, {split: [r.case_id for r in loaded.records[split]] for split in SPLITS})
+        if wanted is None:  # the one writer of the shared index: shards running at once never race on it
+            write_index(cache, loaded.path, loaded.sha256, {split: [r.case_id for r in loaded.records[split]] for split in SPLITS})
     return PreprocessSummary(
         cache_dir=cache,
         processed=tuple(r.case_id for r in todo),
         skipped=tuple(skipped),
         seconds=time.perf_counter() - started,
+        shard=wanted,
     )

@@ -48,6 +48,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.errors import unwrap_pipeline_errors as _pipeline_errors_unwrapped
 from pipeline.inference_config import write_run_inference_config
 from pipeline.io import write_json
+from pipeline.sharding import is_rank_zero, world_size
 from pipeline.tasks import TaskSpec, model_task
 
 __all__ = [
@@ -187,18 +188,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
     np.random.seed(int(seed) % 2**32)
     torch.manual_seed(int(seed))
     torch.backends.cudnn.benchmark = torch.cuda.is_available()
-
-
-def is_rank_zero() -> bool:
-    """True outside distributed training and on rank 0 within it."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
-
-
-def world_size() -> int:
-    """Number of processes in the distributed group (1 without one)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
 
 
 #: The parser of the TrainingWorkflow being initialised: start_run reads the run's config from it.

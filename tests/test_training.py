@@ -384,6 +384,48 @@ def test_ddp_gloo_two_processes(tiny_run_data: tuple[Path, Path], tmp_path: Path
     assert json.loads((out / "provenance.json").read_text())["world_size"] == 2
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_train_the_same_weights_as_one_node(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """torchrun on 2 "nodes" of 1 process (c10d rendezvous on 127.0.0.1) = 1 node of 2 processes: same global batch, seed and weights."""
+    datalist, cache = tiny_run_data
+    overrides = _bundle_overrides([*(s for s in TINY if not s.startswith("deterministic")), "val_interval=2"])  # no validation: weights only
+    configs = f"['{TRAIN_CONFIG}','{MULTI_GPU_CONFIG}']"
+
+    def launch(layout: list[str], out: Path) -> subprocess.Popen:
+        command = [sys.executable, "-m", "torch.distributed.run", *layout, "--max-restarts=0", "-m", "monai.bundle", "run", "training", "--workflow_name", WORKFLOW_NAME,
+                   "--config_file", configs, "--datalist", str(datalist), "--dataset_dir", str(cache), "--output_dir", str(out), "--epochs", "1", *overrides]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def finish(processes: list[subprocess.Popen]) -> None:
+        try:
+            outputs = [process.communicate(timeout=120)[0] for process in processes]
+        finally:
+            for process in processes:
+                process.kill()
+        assert all(process.returncode == 0 for process in processes), "\n".join(output[-3000:] for output in outputs)
+
+    one_node = launch(["--nnodes=1", "--nproc-per-node=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}"], tmp_path / "one_node")
+    endpoint = f"--rdzv-endpoint=127.0.0.1:{_free_port()}"
+    nodes = [launch(["--nnodes=2", f"--node-rank={rank}", "--nproc-per-node=1", "--rdzv-backend=c10d", "--rdzv-id=two_nodes", endpoint], tmp_path / "two_nodes") for rank in (0, 1)]
+    finish([one_node, *nodes])
+
+    one = torch.load(tmp_path / "one_node" / "models" / "latest.pt", weights_only=True)
+    two = torch.load(tmp_path / "two_nodes" / "models" / "latest.pt", weights_only=True)
+    assert one["iteration"] == two["iteration"] == 1  # 8 samples over 2 ranks of batch 4: one step
+    assert one["network"].keys() == two["network"].keys()
+    assert all(torch.allclose(one["network"][key], two["network"][key]) for key in one["network"])
+    assert json.loads((tmp_path / "two_nodes" / "provenance.json").read_text())["world_size"] == 2
+
+
 @pytest.mark.parametrize(("mode", "batch_size", "top_channels"), [("2.5d", 64, 512), ("3d", 2, 320)])
 def test_gpu_config_merges_over_the_cpu_defaults(mode: str, batch_size: int, top_channels: int) -> None:
     parser = ConfigParser()
