@@ -218,10 +218,11 @@ def _affine_theta(matrices: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 def augment_batch(
     image: torch.Tensor, label: torch.Tensor, parameters: AugmentationParameters, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment a batch: image ``(B, C, *S)`` float32 and label ``(B, L, *S)`` (class indices or region channels).
+    """Augment a batch: image ``(B, C, *S)`` (float16 or float32) and label ``(B, L, *S)`` (class indices or region channels).
 
-    Returns the augmented image (float32) and label (the label's dtype); draws come from
-    ``generator`` (on the batch's device).
+    Returns the augmented image (float32: flips and turns move the image's own bytes, resampling
+    and intensity compute in float32, as the worker path does) and label (the label's dtype);
+    draws come from ``generator`` (on the batch's device).
     """
     batch, dims, shape, device = image.shape[0], image.ndim - 2, tuple(image.shape[2:]), image.device
     label_dtype = label.dtype
@@ -239,7 +240,7 @@ def augment_batch(
         (rot_draw < parameters.rot90_prob) & square, 1 + (k_draw * parameters.rot90_max_k).long().clamp(max=parameters.rot90_max_k - 1), 0
     )
     index = _flip_rot90_index(flips, turns % 4, shape, parameters.rot90_axes)
-    image, label = _gather(image, index), _gather(label, index)
+    image, label = _gather(image, index).float(), _gather(label, index)
 
     affine_draw, angle_draws, scale_draws = draw()[:, 0], draw(3)[:, : len(parameters.rotate_range)], draw(dims)
     rotate = torch.tensor(parameters.rotate_range, device=device)
@@ -347,8 +348,7 @@ class DeviceAugmentation(PrepareBatch):
         return self._parameters[key]
 
     def augment(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment a batch already on its device (image cast to float32)."""
-        image = image.float()
+        """Augment a batch already on its device; the image comes back float32."""
         parameters = self.parameters(image.ndim - 2, image.shape[2] == image.shape[3])
         return augment_batch(image, label, parameters, self.generator(image.device))
 
