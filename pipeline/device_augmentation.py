@@ -46,6 +46,7 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
+from pipeline.data import augmentations, metadata_tracking_off
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -279,8 +280,6 @@ def _adjust_contrast(image: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
 
 def _elastic(image: torch.Tensor, label: torch.Tensor, elastic: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """MONAI's elastic transform, sample by sample (it does not batch), seeded from ``generator``."""
-    from pipeline.data import metadata_tracking_off
-
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device).item())
     elastic.set_random_state(seed=seed)
     images, labels = [], []
@@ -340,8 +339,6 @@ class DeviceAugmentation(PrepareBatch):
 
     def parameters(self, spatial_dims: int, square: bool) -> AugmentationParameters:
         """The augmentation parameters of :func:`pipeline.data.augmentations` for these dimensions."""
-        from pipeline.data import augmentations
-
         key = (spatial_dims, square)
         if key not in self._parameters:
             self._parameters[key] = augmentation_parameters(augmentations(spatial_dims, square, self.elastic, self.keys), spatial_dims)

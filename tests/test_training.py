@@ -300,13 +300,15 @@ def test_plain_config_workflow_stops_before_writing_and_names_the_workflow(tiny_
 
 
 @pytest.mark.slow
-def test_resume_gives_the_same_weights(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
+def test_resume_gives_the_same_weights(tiny_run_data: tuple[Path, Path], tmp_path: Path, augment_on: str) -> None:
     datalist, cache = tiny_run_data
-    assert _cli_train(datalist, cache, tmp_path / "straight", "2.5d", 2).exit_code == 0
-    assert _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, settings=[*TINY, "stop_after_epoch=1"]).exit_code == 0
+    settings = [*TINY, f"augment_on={augment_on}"]
+    assert _cli_train(datalist, cache, tmp_path / "straight", "2.5d", 2, settings=settings).exit_code == 0
+    assert _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, settings=[*settings, "stop_after_epoch=1"]).exit_code == 0
     first = torch.load(tmp_path / "resumed" / "models" / "latest.pt", weights_only=True)
     assert first["epoch"] == 1
-    result = _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, "--resume")
+    result = _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, "--resume", settings=settings)
     assert result.exit_code == 0, result.output
     assert "resuming from" in result.output and "epoch 1 of 2" in result.output
     straight = torch.load(tmp_path / "straight" / "models" / "latest.pt", weights_only=True)
