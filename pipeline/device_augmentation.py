@@ -186,15 +186,15 @@ def _flip_rot90_index(flips: torch.Tensor, quarter_turns: torch.Tensor, shape: S
     index is built by broadcasting one axis at a time.
     """
     device, dims, batch = flips.device, len(shape), flips.shape[0]
-    turn = torch.eye(dims, dtype=torch.long, device=device)
+    turn = torch.eye(dims, dtype=torch.long)
     a, b = axes
     turn[a, a] = turn[b, b] = 0
     turn[a, b], turn[b, a] = 1, -1  # torch.rot90(k=1, dims=(a, b)): out[i, j] = in[j, n - 1 - i]
-    turns = [torch.eye(dims, dtype=torch.long, device=device)]
+    turns = [torch.eye(dims, dtype=torch.long)]
     for _ in range(3):
-        turns.append(turns[-1] @ turn)
+        turns.append(turns[-1] @ turn)  # on the CPU: CUDA has no integer matrix product
     signs = 1 - 2 * flips.long()
-    matrix = signs[:, :, None] * torch.stack(turns)[quarter_turns]  # (B, D, D): flips first, then the turn
+    matrix = signs[:, :, None] * torch.stack(turns).to(device)[quarter_turns]  # (B, D, D): flips first, then the turn
     centred = [(2 * torch.arange(n, device=device) - (n - 1)).view([1] * (d + 1) + [n] + [1] * (dims - d - 1)) for d, n in enumerate(shape)]
     index = torch.zeros((batch, *[1] * dims), dtype=torch.long, device=device)
     for row, n in enumerate(shape):
