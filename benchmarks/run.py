@@ -14,7 +14,10 @@ folder and reused between runs):
 
 1. preprocessing: seconds per case against reading its four files (``preprocess_speed.py``);
 2. loader: samples/s of the 2D, 2.5D and 3D cache loaders against the per-sample NIfTI way,
-   MONAI's 2D-from-3D recipe and a plain memory-mapped read (:mod:`benchmarks.loader`);
+   MONAI's 2D-from-3D recipe and a plain memory-mapped read (:mod:`benchmarks.loader`); the
+   loader with ``augment_on: device`` (workers read and crop only) against the plain read, and
+   the batched augmentation's cost per sample on ``--device`` against the per-sample worker
+   path (:mod:`benchmarks.device_augmentation`);
 3. training: samples/s of the bundle's step alone and end to end (:mod:`benchmarks.training_step`),
    and peak memory with a small and a large cohort (:mod:`benchmarks.memory`);
 4. inference: seconds per case for 2D, 2.5D, 3D with and without TTA (:mod:`benchmarks.case_inference`)
@@ -139,6 +142,7 @@ def measure_training_section(cohort: BenchmarkCohort, profile: Profile, device: 
 def run_benchmarks(profile: Profile, device: str = "cpu", work_dir: Path = DEFAULT_WORK_DIR, progress: bool = True) -> dict[str, Any]:
     """Every measurement of ``profile`` on ``device``; returns the report (see ``benchmarks/README.md``)."""
     from benchmarks.case_inference import measure_inference
+    from benchmarks.device_augmentation import measure_device_augmentation
     from benchmarks.loader import measure_loaders
     from benchmarks.memory import measure_memory
     from benchmarks.reference_bundle import REFERENCE_ROI, time_reference
@@ -167,6 +171,13 @@ def run_benchmarks(profile: Profile, device: str = "cpu", work_dir: Path = DEFAU
     finally:
         torch.set_num_threads(threads)
     seconds["loader"] = time.perf_counter() - start
+
+    start = _section("device augmentation", progress)
+    try:
+        device_augmentation = measure_device_augmentation(cohort, profile.loader_seconds, device, patch_size=profile.patch_size, rounds=1, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    seconds["device_augmentation"] = time.perf_counter() - start
 
     start = _section("training", progress)
     training = measure_training_section(cohort, profile, device)
@@ -223,6 +234,7 @@ def run_benchmarks(profile: Profile, device: str = "cpu", work_dir: Path = DEFAU
         },
         "preprocessing": preprocessing,
         "loader": loader,
+        "device_augmentation": device_augmentation,
         "training": training,
         "memory": memory,
         "inference": inference_section,
@@ -249,6 +261,9 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     targets.append(_target("2.5D loader (augmented) vs per-sample NIfTI", ">= 100x", ratios["x_nifti"], ratios["x_nifti"] >= 100))
     targets.append(_target("2.5D loader (augmented) vs MONAI 2D-from-3D recipe", ">= 4x", ratios["x_monai_recipe"], ratios["x_monai_recipe"] >= 4))
     targets.append(_target("plain memmap read / 2.5D loader (augmented)", "<= 1.5", ratios["plain_over_ours"], ratios["plain_over_ours"] <= 1.5))
+    for mode, device_ratios in report["device_augmentation"]["ratios"].items():
+        ratio = device_ratios["plain_over_read_crop"]
+        targets.append(_target(f"plain memmap read / {mode.upper()} loader with augment_on: device (read + crop)", "<= 1.5", ratio, ratio <= 1.5))
     training = report["training"]["training"]
     if report["device"] == "cuda":
         amp = max((t for t in training if t["amp"]), key=lambda t: t["end_to_end_samples_per_s"])
@@ -307,6 +322,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         ratio = ratios.get(r["mode"], {}).get(r["method"])
         cells = [_fmt(ratio["x_nifti"]), _fmt(ratio["x_monai_recipe"], 2), _fmt(ratio["plain_over_ours"], 2)] if ratio else ["", "", ""]
         lines.append(f"| {r['mode']} | {r['method']} | {_fmt(r['samples_per_s'])} | {_fmt(r.get('cpu_limited_samples_per_s'))} | " + " | ".join(cells) + " |")
+    from benchmarks.device_augmentation import markdown_section
+
+    lines += ["", "### Augmentation on the device (`augment_on: device`) against the loader workers (`worker`)", "", *markdown_section(report["device_augmentation"])]
     lines += ["", "### Training step (bundle configuration, 2.5D)", "", "| device | AMP | compile | batch | loader workers | torch threads | model step alone (samples/s) | end to end (samples/s) | end to end / alone |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for t in report["training"]["training"]:
         lines.append(

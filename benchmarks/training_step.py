@@ -6,7 +6,9 @@ driven by MONAI's ``SupervisedTrainer`` with the bundle's gradient clipping, as 
 
 - *model step alone*: the trainer iterates over one batch already on the device, repeated;
 - *end to end*: the trainer iterates over the bundle's DataLoader (memory-mapped cache, 2.5D
-  stacking, augmentation, foreground-weighted sampling, its worker count).
+  stacking, augmentation, foreground-weighted sampling, its worker count) with the bundle's
+  ``prepare_batch`` (with ``augment_on: device``, as ``configs/gpu_train.yaml`` sets, the
+  augmentation runs there, on the device).
 
 Samples/s are counted between iteration ends after a warm-up (DataLoader worker start,
 ``torch.compile``), so both figures are steady-state rates of the same step.
@@ -49,7 +51,8 @@ def bundle_training_parts(
         overrides: any other bundle keys.
 
     Returns:
-        ``network``, ``loss``, ``optimizer``, ``dataloader``, ``batch_size``, ``num_workers``,
+        ``network``, ``loss``, ``optimizer``, ``dataloader``, ``prepare_batch`` (the trainer's: with
+        ``augment_on: device`` it augments on the device), ``batch_size``, ``num_workers``,
         ``amp_dtype`` (a torch dtype), ``grad_clip_norm`` and ``cpu_threads`` (the torch threads
         the bundle's ``initialize`` sets, or ``None``).
     """
@@ -80,6 +83,7 @@ def bundle_training_parts(
         "loss": parser.get_parsed_content("loss"),
         "optimizer": parser.get_parsed_content("optimizer"),
         "dataloader": parser.get_parsed_content("train#dataloader"),
+        "prepare_batch": parser.get_parsed_content("train#trainer#prepare_batch"),
         "batch_size": int(value("batch_size")),
         "num_workers": int(value("num_workers")),
         "amp_dtype": getattr(torch, value("amp_dtype")),
@@ -103,7 +107,7 @@ def run_trainer(
         ``samples_per_s``, ``seconds`` (measured part) and ``iterations`` (measured).
     """
     from ignite.engine import Events
-    from monai.engines import SupervisedTrainer
+    from monai.engines import SupervisedTrainer, default_prepare_batch
     from monai.inferers import SimpleInferer
 
     from pipeline.handlers import GradientClipping
@@ -124,6 +128,7 @@ def run_trainer(
         compile=compile,
         decollate=False,
         train_handlers=[GradientClipping(parts["grad_clip_norm"])],
+        prepare_batch=parts["prepare_batch"] if data is parts["dataloader"] else default_prepare_batch,
     )
     stamps: list[float] = []
 
@@ -146,7 +151,9 @@ def resident_batch(parts: dict[str, Any], device: str) -> dict[str, Any]:
     iterator = iter(parts["dataloader"])
     batch = next(iterator)
     del iterator  # stops the DataLoader workers
-    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+    batch["image"] = batch["image"].float()  # augment_on: device sends float16; the model step alone takes it as training does
+    return batch
 
 
 def measure_training(

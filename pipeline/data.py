@@ -69,6 +69,7 @@ __all__ = [
     "build_train_dataset",
     "build_train_loader",
     "build_train_sampler",
+    "metadata_tracking_off",
     "patch_transforms",
     "slice_probabilities",
     "slice_transforms",
@@ -138,7 +139,7 @@ class CachedCaseStore:
 
 
 @contextlib.contextmanager
-def _metadata_tracking_off() -> Iterator[None]:
+def metadata_tracking_off() -> Iterator[None]:
     """Run MONAI transforms on plain tensors: MetaTensor bookkeeping triples the cost of a 2.5D sample.
 
     The samples carry no geometry (they are crops of the cache grid), so nothing is lost. MONAI's
@@ -198,7 +199,7 @@ class _CachedDataset(Dataset):
     def _transform(self, data: dict[str, Any], index: int) -> dict[str, Any]:
         # seeding per sample (not per worker) makes samples independent of worker count and resumable
         self._random_state.seed(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        with _metadata_tracking_off():
+        with metadata_tracking_off():
             return self._transform_chain(data)
 
 

@@ -137,17 +137,20 @@ class TrainingCheckpoint:
 
 
 class SamplerEpoch:
-    """Call ``set_epoch`` on the data loader's sampler at the start of each epoch.
+    """Call ``set_epoch`` on the data loader's sampler (and the device augmentation, if any) at the start of each epoch.
 
     MONAI's workflow does this only for ``DistributedSampler``; the foreground-weighted sampler
-    also needs it, since it seeds each epoch's draws (and augmentations) from the epoch.
+    also needs it, since it seeds each epoch's draws (and augmentations) from the epoch, and so
+    does :class:`pipeline.device_augmentation.DeviceAugmentation`.
 
     Args:
         data_loader: the training data loader.
+        augmentation: the trainer's device augmentation (``augment_on: device``), or ``None``.
     """
 
-    def __init__(self, data_loader: torch.utils.data.DataLoader) -> None:
+    def __init__(self, data_loader: torch.utils.data.DataLoader, augmentation: Any = None) -> None:
         self.data_loader = data_loader
+        self.augmentation = augmentation
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
@@ -156,6 +159,8 @@ class SamplerEpoch:
         sampler = getattr(self.data_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(engine.state.epoch)
+        if self.augmentation is not None:
+            self.augmentation.set_epoch(engine.state.epoch)
 
 
 class GradientClipping:

@@ -550,6 +550,7 @@ def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
     from pipeline.checkpoints import LATEST, check_kept_weights, decide_resume, load_training_state
 
     check_kept_weights(parser.get_parsed_content("keep_weights", default="best"))
+    parser.get_parsed_content("augment_on_device", default=False)  # an unknown augment_on stops here
     run_dir = Path(parser.get_parsed_content("output_dir"))
     existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.exists())
     if not existing.is_dir():

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.device_augmentation import READ_CROP, READ_CROP_AUGMENT_HERE, WORKER_AUGMENT
 from benchmarks.machine import machine_name, peak_bf16_flops
 from benchmarks.run import INFERENCE_VARIANTS, main
 
@@ -30,7 +31,7 @@ def test_smoke_report_has_every_section(smoke_report: tuple[dict, Path]) -> None
     report, path = smoke_report
     assert report["profile"]["name"] == "smoke" and report["device"] == "cpu"
     assert report["machine"]["cpu_cores"] >= 1 and report["machine_name"].endswith(f"-{report['machine']['cpu_cores']}c")
-    for section in ("preprocessing", "loader", "training", "memory", "inference", "targets", "seconds"):
+    for section in ("preprocessing", "loader", "device_augmentation", "training", "memory", "inference", "targets", "seconds"):
         assert section in report, section
 
     methods = {(r["method"], r["mode"]) for r in report["loader"]["results"]}
@@ -39,6 +40,15 @@ def test_smoke_report_has_every_section(smoke_report: tuple[dict, Path]) -> None
         assert ("plain memmap read", mode) in methods and ("pipeline.data", mode) in methods
         assert set(report["loader"]["ratios"][mode]["pipeline.data"]) == {"x_nifti", "x_monai_recipe", "plain_over_ours"}
     assert all(_positive(r["samples_per_s"]) for r in report["loader"]["results"])
+
+    device_augmentation = report["device_augmentation"]
+    assert {(r["method"], r["mode"]) for r in device_augmentation["results"]} == {
+        (method, mode) for method in ("plain memmap read", READ_CROP, READ_CROP_AUGMENT_HERE, WORKER_AUGMENT) for mode in ("2d", "2.5d", "3d")
+    }
+    assert all(_positive(r["samples_per_s"]) for r in device_augmentation["results"])
+    for mode in ("2d", "2.5d", "3d"):
+        assert all(_positive(v) for v in device_augmentation["ratios"][mode].values())
+        assert _positive(device_augmentation["cost"][mode]["batched_ms_per_sample"])
 
     (training,) = report["training"]["training"]
     assert training["mode"] == "2.5d" and training["batch_size"] == 4
@@ -61,7 +71,7 @@ def test_smoke_report_has_every_section(smoke_report: tuple[dict, Path]) -> None
     assert len(report["targets"]) >= 6
     assert all(isinstance(t["met"], bool) and _positive(t["value"]) for t in report["targets"])
     table = path.with_suffix(".md").read_text()
-    assert "### Targets" in table and "MONAI brats bundle" in table
+    assert "### Targets" in table and "MONAI brats bundle" in table and "augment_on: device" in table
 
 
 def test_cuda_without_a_gpu_fails_with_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -300,13 +300,15 @@ def test_plain_config_workflow_stops_before_writing_and_names_the_workflow(tiny_
 
 
 @pytest.mark.slow
-def test_resume_gives_the_same_weights(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment_on", ["worker", "device"])
+def test_resume_gives_the_same_weights(tiny_run_data: tuple[Path, Path], tmp_path: Path, augment_on: str) -> None:
     datalist, cache = tiny_run_data
-    assert _cli_train(datalist, cache, tmp_path / "straight", "2.5d", 2).exit_code == 0
-    assert _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, settings=[*TINY, "stop_after_epoch=1"]).exit_code == 0
+    settings = [*TINY, f"augment_on={augment_on}"]
+    assert _cli_train(datalist, cache, tmp_path / "straight", "2.5d", 2, settings=settings).exit_code == 0
+    assert _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, settings=[*settings, "stop_after_epoch=1"]).exit_code == 0
     first = torch.load(tmp_path / "resumed" / "models" / "latest.pt", weights_only=True)
     assert first["epoch"] == 1
-    result = _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, "--resume")
+    result = _cli_train(datalist, cache, tmp_path / "resumed", "2.5d", 2, "--resume", settings=settings)
     assert result.exit_code == 0, result.output
     assert "resuming from" in result.output and "epoch 1 of 2" in result.output
     straight = torch.load(tmp_path / "straight" / "models" / "latest.pt", weights_only=True)
@@ -525,3 +527,31 @@ def test_training_configs_compose_with_a_task(mode: str, extra: list, tiny_cohor
     weights = [p for p in network.parameters() if p.ndim > 1]
     assert weights[0].shape[1] == (5 if mode == "2.5d" else 1) and network(torch.zeros(1, weights[0].shape[1], *[8] * (3 if mode == "3d" else 2))).shape[1] == 2
     assert parser.get_parsed_content("loss").dice.softmax is True
+
+
+@pytest.mark.parametrize(("mode", "extra"), [("2.5d", []), ("3d", ["output_mode=regions"])])
+def test_augmentation_on_the_device_trains_and_repeats(tiny_run_data: tuple[Path, Path], tmp_path: Path, mode: str, extra: list[str]) -> None:
+    """`augment_on: device`: workers only read and crop (float16), the trainer augments whole batches; one seed, one result."""
+    datalist, cache = tiny_run_data
+    settings = [*TINY, "augment_on=device", *extra]
+    for name in ("first", "second"):
+        result = _cli_train(datalist, cache, tmp_path / name, mode, 1, settings=settings)
+        assert result.exit_code == 0, result.output
+    config = ConfigParser(json.loads((tmp_path / "first" / "config.json").read_text()))
+    assert config.get_parsed_content("augment_on_device") is True
+    dataset = config.get_parsed_content("train#dataset")
+    sample = dataset[0]
+    assert sample["image"].dtype == torch.float16  # read and crop only: the cache's half precision
+    assert not any(type(t).__name__.startswith("Rand") and t.__class__.__name__ != "RandPosNegPatchd" for t in dataset.transform.flatten().transforms)
+    first, second = (torch.load(tmp_path / name / "models" / "latest.pt", weights_only=True)["network"] for name in ("first", "second"))
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
+
+
+def test_augment_on_refuses_an_unknown_place(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    result = CliRunner().invoke(main, ["train", "--datalist", str(datalist), "--cache", str(cache), "--mode", "2d", "--epochs", "1",
+                                       "--out", str(tmp_path / "run"), "--set", "augment_on=gpu"])
+    assert result.exit_code != 0
+    assert "augment_on: unknown place 'gpu'; expected one of worker, device" in result.output
+    assert not (tmp_path / "run").exists()
