@@ -279,7 +279,8 @@ def inference_estimate(config: Configuration, cohort: BenchmarkCohort) -> dict[s
         roi = tuple(inferer.roi_size) if inferer.roi_size else volume
         batch = min(inferer.sw_batch_size, sliding_windows(volume, roi, inferer.overlap))
         sample_shape: tuple[int, ...] = (channels, *roi)
-        out_channels = network(torch.zeros(1, channels, *(divisor,) * 3)).shape[1]
+        with torch.no_grad():
+            out_channels = network.eval()(torch.zeros(1, channels, *(2 * divisor,) * 3)).shape[1]
         extra = (out_channels + 1) * x * y * z * 4  # the stitched probabilities and their weight map, float32 on the device
     else:
         planes = 1 if config.mode == "2d" else 2 * int(parser.get_parsed_content("context")) + 1
@@ -343,9 +344,10 @@ def measure_training_config(config: Configuration, cohort: BenchmarkCohort, prof
 
 
 _INFERENCE_PROBE = """
-import json, resource, sys, time
+import json, sys, time
 import torch
 from benchmarks.inference_speed import bundle_model
+from benchmarks.machine import peak_rss_mib
 from pipeline.api import ensemble
 from pipeline.predict import predict
 mode, files, members, device, case, out = json.loads(sys.argv[1])
@@ -361,7 +363,7 @@ if device == 'cuda':
 seconds = time.perf_counter() - start
 gpu = torch.cuda.max_memory_allocated() / 2**30 if device == 'cuda' else None
 print('PROBE', json.dumps({'seconds': seconds, 'cases': len(summary.segmentations),
-      'peak_rss_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'gpu_max_allocated_gib': gpu}))
+      'peak_rss_mib': peak_rss_mib(), 'gpu_max_allocated_gib': gpu}))
 """
 
 
