@@ -72,6 +72,8 @@ class Configuration:
             (training in 3D also merges each file's ``_3d`` variant, as the CLI does).
         device: where the configuration is meant to run (``cpu`` or ``cuda``).
         members: ensemble members (inference; the folds of ``train --folds all``).
+        size: the synthetic grid it is measured on: ``full`` (240x240x155), or ``small`` for the
+            demo, whose cohort is small cases.
     """
 
     name: str
@@ -80,6 +82,7 @@ class Configuration:
     files: tuple[str, ...]
     device: str
     members: int = 1
+    size: str = "full"
 
     def config_paths(self) -> tuple[Path, ...]:
         return tuple(CONFIGS_DIR / name for name in self.files)
@@ -87,7 +90,7 @@ class Configuration:
 
 CONFIGURATIONS: tuple[Configuration, ...] = (
     Configuration("train.yaml (2.5D, CPU default)", "training", "2.5d", (), "cpu"),
-    Configuration("demo.yaml (make demo)", "training", "2.5d", ("demo.yaml",), "cpu"),
+    Configuration("demo.yaml (make demo, small synthetic cases)", "training", "2.5d", ("demo.yaml",), "cpu", size="small"),
     Configuration("train.yaml --mode 2d", "training", "2d", (), "cpu"),
     Configuration("train_3d.yaml (--mode 3d)", "training", "3d", (), "cpu"),
     Configuration("gpu_train.yaml (2.5D)", "training", "2.5d", ("gpu_train.yaml",), "cuda"),
@@ -298,7 +301,7 @@ def _mib(value: float | None) -> float | None:
 
 
 def measure_training_config(config: Configuration, cohort: BenchmarkCohort, profile: Profile, device: str) -> dict[str, Any]:
-    """Step rate, time per epoch and peak RSS of ``config``'s training on ``device``, with the cohort's full-size cases."""
+    """Step rate, time per epoch and peak RSS of ``config``'s training on ``device``, on the cohort's cases."""
     from benchmarks.memory import linked_datalist
     from benchmarks.training_step import measure_training
     from benchmarks.training_throughput import peak_memory
@@ -403,22 +406,23 @@ def run_resources(profile: Profile, device: str = "cpu", work_dir: Path = DEFAUL
     _section(f"cohorts: {profile.cases} full-size and {profile.cases} small synthetic cases in {work_dir}", progress)
     cohort = prepare_cohort(work_dir, profile.cases, "full", workers=min(2, machine["cpu_cores"]), progress=progress)
     small = prepare_cohort(work_dir, profile.cases, "small", workers=min(2, machine["cpu_cores"]), progress=progress)
-    first_case = cohort.records[0].images[0].parent
     scratch = cohort.root / "resources-outputs"
 
+    cohorts = {"full": cohort, "small": small}
     rows = []
     for config in CONFIGURATIONS:
         _section(config.name, progress)
         row: dict[str, Any] = {"configuration": asdict(config)}
+        data = cohorts[config.size]
         if config.stage == "training":
-            row["estimate"] = training_estimate(config, cohort)
+            row["estimate"] = training_estimate(config, data)
             row["values"] = {k: v for k, v in training_values(config).items() if k != "patch_size" or config.mode == "3d"}
             if _runs_here(config, device):
-                row["measured"] = measure_training_config(config, cohort, profile, device)
+                row["measured"] = measure_training_config(config, data, profile, device)
         else:
-            row["estimate"] = inference_estimate(config, cohort)
+            row["estimate"] = inference_estimate(config, data)
             if _runs_here(config, device):
-                row["measured"] = measure_inference_config(config, first_case, scratch, device)
+                row["measured"] = measure_inference_config(config, data.records[0].images[0].parent, scratch, device)
         rows.append(row)
 
     _section(f"growth: training memory over {', '.join(map(str, profile.cohort_sizes))} case ids", progress)
@@ -499,7 +503,11 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, str]]:
         if config.stage == "training":
             values = row["values"]
             shape = "x".join(map(str, estimate["sample_shape"][1:]))
-            cells["batch"] = f"{values['batch_size']} x {shape}, {values['samples_per_epoch']:,}/epoch, {values['epochs']} epochs, {values['num_workers']} workers"
+            workers = int(values["num_workers"])
+            cells["batch"] = (
+                f"{values['batch_size']} x {shape}, {values['samples_per_epoch']:,}/epoch, {values['epochs']} epochs, "
+                f"{workers} worker{'' if workers == 1 else 's'}"
+            )
             if measured:
                 worker = measured["worker_peak_rss_mib"] or 0
                 cells["host RAM, training"] = f"{_ram(measured['main_peak_rss_mib'])} + {_ram(worker)} per worker"
@@ -537,9 +545,10 @@ def growth_lines(report: dict[str, Any]) -> list[str]:
     full_train = next(r for r in report["rows"] if r["configuration"]["name"] == CONFIGURATIONS[0].name).get("measured")
     full_infer = next(r for r in report["rows"] if r["configuration"]["stage"] == "inference").get("measured")
     small_grid, full_grid = "x".join(map(str, image["small_grid"])), "x".join(map(str, image["full_grid"]))
+    verdict = "constant: the cache is memory-mapped per case, nothing per case is held" if ratio <= 1.1 else "it grows with the cohort"
     lines = [
         f"- Cohort size (training, train.yaml 2.5D, one short epoch): peak RSS {sizes}; {last['cases']} over {first['cases']} cases: "
-        f"{ratio:.2f}x, so constant: the cache is memory-mapped per case, nothing per case is held.",
+        f"{ratio:.2f}x, so {verdict}.",
     ]
     if full_train:
         small = image["training_small"]
@@ -556,11 +565,20 @@ def growth_lines(report: dict[str, Any]) -> list[str]:
             f"{full_grid} case {_duration(full_infer['seconds_per_case'])}, {_ram(full_infer['peak_rss_mib'])}: both grow with the case's voxels."
         )
     per_call = growth["cases_per_call"]
+    one_case = f" against {_ram(full_infer['peak_rss_mib'])} for one case ({per_call['peak_rss_mib'] / full_infer['peak_rss_mib']:.2f}x)" if full_infer else ""
     lines.append(
         f"- Cases per call (inference.yaml 2.5D, `predict` over a folder of {per_call['cases']} cases): {_duration(per_call['seconds_per_case'])} per case, "
-        f"peak RSS {_ram(per_call['peak_rss_mib'])}" + (f" against {_ram(full_infer['peak_rss_mib'])} for one case" if full_infer else "")
-        + ": time grows linearly with the cases, memory stays that of one case (cases are read one at a time)."
+        f"peak RSS {_ram(per_call['peak_rss_mib'])}{one_case}: time grows linearly with the cases; `predict` takes them one at a time, "
+        "so memory follows the largest case, not their number."
     )
+    members = [r for r in report["rows"] if r["configuration"]["members"] > 1 and r.get("measured")]
+    if full_infer and members:
+        ensemble, k = members[0]["measured"], members[0]["configuration"]["members"]
+        lines.append(
+            f"- Ensemble members (inference.yaml 2.5D): {k} members {_duration(ensemble['seconds_per_case'])} per case, "
+            f"{ensemble['seconds_per_case'] / full_infer['seconds_per_case']:.1f}x one model; peak RSS {_ram(ensemble['peak_rss_mib'])} against "
+            f"{_ram(full_infer['peak_rss_mib'])}: time grows linearly with the members (each runs over the whole case), memory little."
+        )
     return lines
 
 

@@ -76,7 +76,7 @@ def test_every_shipped_config_file_is_a_row_and_training_values_come_from_it() -
     assert {c.mode for c in CONFIGURATIONS if c.stage == "training"} == {"2d", "2.5d", "3d"}
     assert any(c.members > 1 for c in CONFIGURATIONS)
     by_name = {c.name: training_values(c) for c in CONFIGURATIONS if c.stage == "training"}
-    assert by_name["demo.yaml (make demo)"]["epochs"] == 8
+    assert by_name["demo.yaml (make demo, small synthetic cases)"]["epochs"] == 8
     assert by_name["train_3d.yaml (--mode 3d)"]["batch_size"] == 2
     gpu_3d = by_name["gpu_train_3d.yaml (3D)"]
     assert gpu_3d["patch_size"] == [128, 128, 128] and gpu_3d["optimizer_name"] == "adamw" and gpu_3d["amp"] is True
@@ -97,7 +97,8 @@ def _report() -> dict:
                 row["measured"] = {"device": "cpu", "main_peak_rss_mib": 1400.0, "worker_peak_rss_mib": 700.0, "seconds_per_epoch": 90.0,
                                    "seconds_per_run": 1080.0, "samples_per_s": 17.8, "input_shape": [20, 160, 192], "gpu_max_allocated_gib": None}
         elif config.device == "cpu":
-            row["measured"] = {"device": "cpu", "peak_rss_mib": 2048.0, "seconds_per_case": 4.2, "cases": 1, "gpu_max_allocated_gib": None}
+            seconds = 80.0 if config.members > 1 else 4.2
+            row["measured"] = {"device": "cpu", "peak_rss_mib": 2048.0, "seconds_per_case": seconds, "cases": 1, "gpu_max_allocated_gib": None}
         rows.append(row)
     memory = [{"cases": n, "main_peak_rss_mib": 1400.0, "worker_peak_rss_mib": 700.0} for n in (10, 200)]
     small_train = {"samples_per_s": 60.0, "main_peak_rss_mib": 900.0, "input_shape": [20, 64, 64]}
@@ -131,7 +132,7 @@ def test_table_has_every_configuration_with_measured_and_estimated_cells_marked(
         assert gpu_cell == "~1.50 GiB (est.)"
         measured_cell = cells["time per epoch" if config.stage == "training" else "time per case"]
         if config.device == "cpu":
-            assert measured_cell == ("90 s (CPU; run 18 min)" if config.stage == "training" else "4.2 s (CPU)")
+            assert measured_cell == ("90 s (CPU; run 18 min)" if config.stage == "training" else "80 s (CPU)" if config.members > 1 else "4.2 s (CPU)")
         else:
             assert measured_cell == "measure with --device cuda"
     train = rows[0]
@@ -140,6 +141,7 @@ def test_table_has_every_configuration_with_measured_and_estimated_cells_marked(
     table = markdown_report(report)
     assert all(f"| {c.name} |" in table for c in CONFIGURATIONS)
     assert "200 over 10 cases: 1.00x, so constant" in table and "96x96x62" in table and "linearly" in table
+    assert "5 members 80 s per case, 19.0x one model" in table
 
 
 def test_cuda_without_a_gpu_fails_with_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
