@@ -577,7 +577,7 @@ def growth_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Ensemble members (inference.yaml 2.5D): {k} members {_duration(ensemble['seconds_per_case'])} per case, "
             f"{ensemble['seconds_per_case'] / full_infer['seconds_per_case']:.1f}x one model; peak RSS {_ram(ensemble['peak_rss_mib'])} against "
-            f"{_ram(full_infer['peak_rss_mib'])}: time grows linearly with the members (each runs over the whole case), memory little."
+            f"{_ram(full_infer['peak_rss_mib'])}: time grows about linearly with the members (each runs over the whole case), memory little."
         )
     return lines
 
