@@ -122,6 +122,12 @@ bench: $(VENV)/.installed  ## Full benchmarks (DEVICE; BENCH_ARGS="--json PATH")
 bench-quick: $(VENV)/.installed  ## Quick benchmarks: fewer cases and iterations (under ~10 min on 2 CPU cores)
 	$(BIN)/python -m benchmarks.run --quick --device $(DEVICE) $(BENCH_ARGS)
 
+# What each shipped configuration needs (host RAM, GPU memory, time per epoch and per case, growth)
+# -> benchmarks/results/resources-<machine>-<date>.json and .md. GPU figures: make bench-resources DEVICE=cuda
+.PHONY: bench-resources
+bench-resources: $(VENV)/.installed  ## Memory and time of every shipped configuration (DEVICE; BENCH_ARGS="--quick --json PATH")
+	$(BIN)/python -m benchmarks.resources --device $(DEVICE) $(BENCH_ARGS)
+
 # Real-data cross-validation: the pipeline against a plain 2.5D UNet trained for the same wall time, on the
 # labelled real BraTS cases in ../shared/data (skipped when absent) -> benchmarks/results/real_cv-<machine>-<date>-<label>.json and .md.
 # Work folder (links, data list, cache, runs): benchmarks/work. Several hours on 2 CPU cores with the defaults.

@@ -34,12 +34,15 @@ REAL_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_brat
 INFERENCE_CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation" / "configs" / "inference.yaml"
 
 
-def bundle_model(mode: str, tta: bool, device: str):
-    """The bundle's inference ``model`` component (network, inferer, post-processing) with seeded untrained weights."""
+def bundle_model(mode: str, tta: bool, device: str, config_files: tuple[str | Path, ...] = ()):
+    """The bundle's inference ``model`` component (network, inferer, post-processing) with seeded untrained weights.
+
+    ``config_files`` are override files merged after ``inference.yaml`` (e.g. ``gpu_inference.yaml``).
+    """
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(INFERENCE_CONFIG))
+    parser.read_config([str(INFERENCE_CONFIG), *map(str, config_files)])
     parser["mode"], parser["tta"], parser["device"], parser["checkpoint"] = mode, tta, device, None
     torch.manual_seed(0)
     return parser.get_parsed_content("model")  # the config's own components, untrained weights

@@ -1,4 +1,4 @@
-"""The hardware and software a benchmark ran on, a short name for its results file, and the device check."""
+"""The hardware and software a benchmark ran on, a short name for its results file, the device check and a process's peak memory."""
 
 from __future__ import annotations
 
@@ -65,6 +65,27 @@ def memory_gib() -> float | None:
         return round(int(match.group(1)) / 2**20, 1) if match else None
     except OSError:
         return None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size in MiB, since it started its program.
+
+    ``VmHWM`` of ``/proc/self/status`` (Linux): unlike ``getrusage``'s ``ru_maxrss``, which after an
+    ``exec`` still holds the launching process's peak, it counts only this program's memory.
+    Elsewhere ``ru_maxrss`` (KiB on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            match = re.search(r"^VmHWM:\s*(\d+) kB", status.read(), re.MULTILINE)
+        if match:
+            return int(match.group(1)) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _version(package: str) -> str | None:

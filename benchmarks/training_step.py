@@ -35,10 +35,12 @@ def bundle_training_parts(
     batch_size: int | None = None,
     num_workers: int | None = None,
     overrides: dict[str, Any] | None = None,
+    config_files: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """The bundle's network, loss, optimiser and training DataLoader over ``case_ids`` of ``cache_dir``.
 
-    On CUDA the bundle's ``configs/gpu_train.yaml`` is merged over ``configs/train.yaml`` when present.
+    On CUDA the bundle's ``configs/gpu_train.yaml`` is merged over ``configs/train.yaml`` when present,
+    unless ``config_files`` names the override files to merge (``()``: ``train.yaml`` alone).
 
     Args:
         cache_dir: the preprocessed cache.
@@ -49,6 +51,7 @@ def bundle_training_parts(
         batch_size: samples per batch (``None``: the bundle's).
         num_workers: DataLoader workers (``None``: the bundle's).
         overrides: any other bundle keys.
+        config_files: override files merged after ``train.yaml`` (``None``: by device, as above).
 
     Returns:
         ``network``, ``loss``, ``optimizer``, ``dataloader``, ``prepare_batch`` (the trainer's: with
@@ -59,7 +62,9 @@ def bundle_training_parts(
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    files = training_config_files(mode, [GPU_CONFIG] if device == "cuda" and GPU_CONFIG.is_file() else [])
+    if config_files is None:
+        config_files = [GPU_CONFIG] if device == "cuda" and GPU_CONFIG.is_file() else []
+    files = training_config_files(mode, config_files)
     parser.read_config([str(f) for f in files])
     settings: dict[str, Any] = {
         "dataset_dir": str(cache_dir),
@@ -167,12 +172,14 @@ def measure_training(
     num_workers: int | None = None,
     amp: bool = False,
     compile: bool = False,
+    config_files: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Samples/s of the bundle's training step alone and end to end with its loader, and their ratio.
 
     The torch thread count is the bundle's ``cpu_threads`` during the measurement, as in training.
+    ``config_files``: as :func:`bundle_training_parts` takes them.
     """
-    parts = bundle_training_parts(cache_dir, case_ids, device, iterations, mode, batch_size, num_workers)
+    parts = bundle_training_parts(cache_dir, case_ids, device, iterations, mode, batch_size, num_workers, config_files=config_files)
     previous_threads = torch.get_num_threads()
     if parts["cpu_threads"]:
         torch.set_num_threads(int(parts["cpu_threads"]))

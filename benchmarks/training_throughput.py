@@ -122,14 +122,20 @@ def loader_rate(parser: ConfigParser, cache: Path, case_ids: list[str], batches:
     return count / (time.perf_counter() - start), tuple(first["image"].shape[1:])
 
 
-def peak_memory(datalist: Path, cache: Path, mode: str, out: Path, samples: int) -> tuple[float, float]:
-    """Peak RSS (MiB) of the training process and of its largest loader worker, for one short epoch."""
+def peak_memory(
+    datalist: Path, cache: Path, mode: str, out: Path, samples: int, config_files: tuple[str, ...] = (), device: str = "cpu"
+) -> tuple[float, float]:
+    """Peak RSS (MiB) of the training process and of its largest loader worker, for one short epoch.
+
+    ``config_files`` are bundle override files merged after ``train.yaml``, as ``train(config_files=...)`` takes them.
+    """
     code = (
         "import resource, sys\n"
+        "from benchmarks.machine import peak_rss_mib\n"
         "from pipeline.training import train\n"
-        f"train({str(datalist)!r}, {str(cache)!r}, {str(out)!r}, {mode!r}, 1, overrides={{'samples_per_epoch': {samples}, "
-        "'val_interval': 1000, 'progress': False})\n"
-        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+        f"train({str(datalist)!r}, {str(cache)!r}, {str(out)!r}, {mode!r}, 1, device={device!r}, config_files={list(map(str, config_files))!r}, "
+        f"overrides={{'samples_per_epoch': {samples}, 'val_interval': 1000, 'progress': False}})\n"
+        "print('RSS', peak_rss_mib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
     )
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     line = next(line for line in completed.stdout.splitlines() if line.startswith("RSS"))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks.device_augmentation import READ_CROP, READ_CROP_AUGMENT_HERE, WORKER_AUGMENT
-from benchmarks.machine import machine_name, peak_bf16_flops
+from benchmarks.machine import machine_name, peak_bf16_flops, peak_rss_mib
 from benchmarks.run import INFERENCE_VARIANTS, main
 
 
@@ -96,3 +98,13 @@ def test_peak_table_matches_the_most_specific_gpu_name() -> None:
     assert peak_bf16_flops("NVIDIA H200") == 989e12
     assert peak_bf16_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_bf16_flops("Some Future GPU") is None
+
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="VmHWM is Linux's")
+def test_peak_rss_of_a_launched_program_leaves_out_the_launching_process() -> None:
+    held = b"\x01" * (600 * 2**20)  # written, so resident in this process while the child starts
+    code = "from benchmarks.machine import peak_rss_mib; print(peak_rss_mib())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1])
+    assert 0 < float(child.stdout) < 600 < peak_rss_mib()
+    del held
