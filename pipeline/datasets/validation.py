@@ -196,8 +196,9 @@ def _planar_image_problem(path: Path, voxels: np.ndarray, record: CaseRecord, ta
         return f"{path}: image has {components} colour component(s); task {task.name} reads {', '.join(task.channels)} (--task image-mask-2d reads grayscale)"
     if voxels.ndim == 3 and components == 4 and np.any(voxels[..., 3] != voxels[..., 3].flat[0]):
         return f"{path}: image has a transparency channel that is not constant; save it without one"
-    if task.pad_to and (voxels.shape[0] > task.pad_to[0] or voxels.shape[1] > task.pad_to[1]):
-        return f"{path}: image {_size(voxels)} is larger than task {task.name}'s pad_to {'x'.join(map(str, task.pad_to))}"
+    size = task.planar_size
+    if size and task.planar_fit == "pad" and (voxels.shape[0] > size[0] or voxels.shape[1] > size[1]):
+        return f"{path}: image {_size(voxels)} is larger than task {task.name}'s planar_size {'x'.join(map(str, size))} (planar_fit pad; a task with planar_fit resize reads it)"
     return None
 
 

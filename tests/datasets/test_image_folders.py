@@ -80,7 +80,7 @@ def test_unpaired_files_are_problems_naming_the_file(tmp_path: Path, side_by_sid
         ("not_binary", r"b(_mask)?\.png: labels \[7\]"),
         ("unreadable", r"b\.png: cannot read image"),
         ("empty", r"b\.png: file is empty"),
-        ("too_large", r"b\.png: image 600x16 is larger than task image-mask-2d's pad_to 512x512"),
+        ("too_large", r"b\.png: image 600x16 is larger than task image-mask-2d's planar_size 512x512"),
     ],
 )
 def test_validation_names_the_bad_file(tmp_path: Path, damage: str, pattern: str) -> None:
