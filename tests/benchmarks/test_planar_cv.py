@@ -1,4 +1,4 @@
-"""The 2D data sets' cross-validation benchmark on tiny written layouts: every held-out case scored once, results written."""
+"""The 2D data sets' cross-validation benchmark on tiny written layouts: every held-out case scored once per arm, results written."""
 
 from __future__ import annotations
 
@@ -25,10 +25,14 @@ def test_every_case_is_held_out_once_and_the_results_are_written(data, tmp_path,
     assert main(args) == 0
     (result,) = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")]
     cases = ["a", "b", "c", "d"] if data == "pairs" else [f"TCGA_AB_{n:04d}_20000101" for n in range(4)]
-    assert sorted(row["case_id"] for row in result["rows"]) == cases and len(result["folds"]) == 2
-    assert 0.0 <= result["mean_dice"] <= 1.0 and result["unit"] == ("image" if data == "pairs" else "patient")
+    for arm in ("pipeline", "baseline"):
+        assert sorted(row["case_id"] for row in result["rows"] if row["arm"] == arm) == cases and len(result["folds"]) == 2
+        assert 0.0 <= result["means"][arm]["dice"] <= 1.0 and 0.0 <= result["means"][arm]["iou"] <= 1.0
+    assert result["unit"] == ("image" if data == "pairs" else "patient") and result["mean_dice"] == result["means"]["pipeline"]["dice"]
+    for fold in result["seconds_per_fold"]:  # the baseline trains for the pipeline's training CPU seconds
+        assert fold["baseline"]["steps"] >= 1 and fold["baseline"]["train_cpu_s"] >= 0.9 * fold["train_cpu_s"]
     markdown = next((tmp_path / "results").glob("*.md")).read_text()
-    assert ("Published: 0.82" in markdown) == (data == "kaggle") and "Mean Dice per" in capsys.readouterr().out
+    assert ("Published: 0.82" in markdown) == (data == "kaggle") and "pipeline - baseline: Dice" in capsys.readouterr().out
 
 
 def test_an_absent_data_set_is_skipped(tmp_path, capsys):
