@@ -127,6 +127,20 @@ def test_2d_predictions_come_back_at_each_images_own_size(pairs, tmp_path):
     assert tree(root) == before
 
 
+
+def test_a_grayscale_model_predicts_rgb_and_rgba_images_converted_to_gray(pairs, tmp_path):
+    from pipeline.predict import predict
+
+    _, _, run = pairs
+    colour = np.zeros((18, 14, 3), np.uint8)
+    colour[3:15, 2:12] = [200, 40, 90]
+    write_image(tmp_path / "in" / "rgb.png", colour)
+    write_image(tmp_path / "in" / "rgba.png", np.dstack([colour, np.full((18, 14), 255, np.uint8)]))
+    for name in ("rgb", "rgba"):
+        predict(run, tmp_path / "in" / f"{name}.png", tmp_path / name, progress=False)
+        _check_mask(tmp_path / name / "masks" / f"{name}.png", (18, 14))
+
+
 # ----------------------------------------------------------------------------- exact write-back
 
 
