@@ -1,6 +1,6 @@
 """Cross-validate the pipeline on the two real 2D data sets against a plain 2D baseline at the same CPU time: per-patient volume Dice (Kaggle LGG) or per-image Dice and IoU (PNG pairs).
 
-    python -m benchmarks.planar_cv --data kaggle [--folds 5] [--epochs 3] [--samples-per-epoch 200] [--mode 2d] [--task NAME|FILE] [--set KEY=VALUE ...] [--no-baseline]
+    python -m benchmarks.planar_cv --data kaggle [--folds 5] [--epochs 3] [--samples-per-epoch 200] [--mode 2d] [--task NAME|FILE] [--set KEY=VALUE ...] [--no-baseline | --baseline-cpu-seconds S]
     python -m benchmarks.planar_cv --data pairs  [--folds 5] ...
 
 The data set (``../shared/data/lgg_kaggle_3m`` or ``../shared/data/png_pairs``; ``--shared-data``
@@ -70,6 +70,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", default="2d", choices=("2d", "2.5d", "3d"))
     parser.add_argument("--task", default=None, help="Built-in task name or task file (default: the layout's own task).")
     parser.add_argument("--no-baseline", action="store_true", help="Run the pipeline arm only.")
+    parser.add_argument("--baseline-cpu-seconds", type=float, default=None, help="Train the baseline this long instead of the pipeline's measured training CPU seconds (smoke runs).")
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help="Bundle override (repeatable).")
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "planar_cv")
@@ -145,7 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         timing: dict[str, Any] = {"fold": fold.index, "train_s": round(train_wall, 1), "train_cpu_s": round(train_cpu, 1), "evaluate_s": round(time.perf_counter() - evaluated, 1)}
         rows += [{"fold": fold.index, "arm": "pipeline", **row} for row in result.metrics.to_dict("records")]
         if not args.no_baseline:
-            baseline_rows, timing["baseline"] = run_baseline_arm(fold, fold_list, train_cpu)
+            budget = train_cpu if args.baseline_cpu_seconds is None else args.baseline_cpu_seconds
+            baseline_rows, timing["baseline"] = run_baseline_arm(fold, fold_list, budget)
             rows += baseline_rows
         seconds.append(timing)
         for arm in ARMS:
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
         "unit": unit,
         "cases": len(cases),
         "folds": [fold.to_dict() for fold in folds],
-        "settings": {"mode": args.mode, "epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch, "overrides": list(args.settings)},
+        "settings": {"mode": args.mode, "epochs": args.epochs, "samples_per_epoch": args.samples_per_epoch, "overrides": list(args.settings), "baseline_cpu_seconds": args.baseline_cpu_seconds},
         "machine": machine,
         "command": "python -m benchmarks.planar_cv " + " ".join(sys.argv[1:]),
         "load_average": load,
@@ -200,7 +202,8 @@ def _markdown(payload: dict[str, Any], frame: pd.DataFrame) -> str:
         f"- data: `{payload['data']}`; {len(payload['folds'])} folds by {unit} (one other {unit} validates each pipeline fold; the baseline trains on it too)",
         f"- pipeline: mode {settings['mode']}, {settings['epochs']} epoch(s) of {settings['samples_per_epoch']} slices, bundle defaults otherwise {settings['overrides'] or ''}"
         + (f"; images {planar['planar_fit']} to {'x'.join(map(str, planar['planar_size']))}" if planar else ""),
-        "- baseline (`benchmarks/baseline_planar.py`): MONAI 2D UNet 16-256, DiceCE, flips and rot90, raw files / 255, uniform slices, no cache, no post-processing, for the pipeline's training CPU seconds",
+        "- baseline (`benchmarks/baseline_planar.py`): MONAI 2D UNet 16-256, DiceCE, flips and rot90, raw files / 255, uniform slices, no cache, no post-processing, "
+        + ("for the pipeline's training CPU seconds" if settings.get("baseline_cpu_seconds") is None else f"for {settings['baseline_cpu_seconds']:g} CPU seconds (not the pipeline's)"),
         f"- machine: {payload['machine'].get('cpu_model', '?')}, {payload['machine'].get('cpu_cores', '?')} cores, CPU only, load average {payload['load_average']} at the start; total {payload['seconds_total']:.0f} s",
         "- seconds per fold, wall (train + evaluate): " + "; ".join(fold_seconds),
         "",
