@@ -159,8 +159,9 @@ def unpad(array: np.ndarray, meta: dict) -> np.ndarray:
 def resize_planar(array: np.ndarray, size: Sequence[int], labels: bool = False) -> np.ndarray:
     """Resample the two last (in-plane) axes of ``array`` to ``size`` with MONAI ``Resize``, every leading index alike.
 
-    Labels are resampled nearest (their values kept); other arrays bilinear, anti-aliased when
-    shrinking, and come back in their own dtype.
+    Labels are resampled nearest (their values kept); other arrays by area averaging when both
+    sides shrink (no aliasing, and unlike a Gaussian pre-filter no darkened border), bilinear
+    otherwise, and come back in their own dtype.
     """
     from monai.transforms import Resize
 
@@ -169,7 +170,8 @@ def resize_planar(array: np.ndarray, size: Sequence[int], labels: bool = False) 
     if labels:
         resized = Resize(tuple(size), mode="nearest-exact")(planes)
     else:
-        resized = Resize(tuple(size), mode="bilinear", anti_aliasing=True)(planes.astype(np.float32))
+        shrinking = all(int(new) <= old for new, old in zip(size, array.shape[-2:]))
+        resized = Resize(tuple(size), mode="area" if shrinking else "bilinear")(planes.astype(np.float32))
     resized = np.asarray(resized.detach().cpu().numpy() if hasattr(resized, "detach") else resized)
     return resized.astype(array.dtype).reshape(*array.shape[:-2], *(int(n) for n in size))
 

@@ -11,7 +11,7 @@ A case of a 2D layout (Kaggle LGG patient, 2D image/mask pair) is a volume of it
 axes (row, column, slice), unit spacing and an identity affine (its files store no geometry), so
 the same crop and z-score apply (over each channel's non-zero pixels of the whole volume); a task
 with a ``planar_size`` then zero-pads every slice, centred, to that in-plane size, or resamples
-it (``planar_fit`` ``resize``: image bilinear, label nearest). ``meta["original"]`` records the
+it (``planar_fit`` ``resize``: image by area averaging or bilinear, label nearest: :func:`pipeline.geometry.resize_planar`). ``meta["original"]`` records the
 files slice by slice and their size, ``meta["padding"]`` the offset of the cropped grid inside
 the padded one, ``meta["resizing"]`` the size the cropped grid was resampled from. ``predict`` and ``evaluate`` call it on raw input;
 :func:`preprocess_datalist` (the ``preprocess`` command) writes its result for every case of a
@@ -270,7 +270,7 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool, task
         scale = [old / new for old, new in zip(resizing["cropped_shape"], resizing["size"])]
         image = resize_planar(image, task.planar_size)
         label = resize_planar(label, task.planar_size, labels=True) if label is not None else None
-        # a resampled voxel's centre: old index = scale * new index + (scale - 1) / 2 (MONAI Resize, corners not aligned)
+        # a resampled voxel's centre: old index = scale * new index + (scale - 1) / 2 (corners not aligned)
         grid_affine = grid_affine @ nib.affines.from_matvec(np.diag([*scale, 1.0]), [(f - 1) / 2 for f in scale] + [0])
         spacing = [spacing[0] * scale[0], spacing[1] * scale[1], spacing[2]]
     elif task.planar_size and volumes.planar is not None:

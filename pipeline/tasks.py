@@ -18,8 +18,8 @@ A task is one small declarative description, in the spirit of nnU-Net's ``datase
 - ``planar_size`` and ``planar_fit``: for 2D image tasks, the in-plane size ``(rows, columns)``
   every image is brought to in the cache, so images of different sizes train together:
   ``pad`` (the default) zero-pads it, centred (an image larger than the size is refused), and a
-  prediction is cropped back exactly; ``resize`` resamples it (image bilinear, mask nearest) and
-  a prediction's probabilities are resampled back (bilinear) before the labels are taken. The
+  prediction is cropped back exactly; ``resize`` resamples it (image by area averaging or bilinear, mask nearest) and
+  a prediction's probabilities are resampled back (bilinear; area when the image was enlarged) before the labels are taken. The
   cache records each image's own size, so every prediction comes back at it. Empty: each image
   keeps its own size. (``pad_to``, read from files written before, is ``planar_size`` with ``pad``);
 - ``metrics``: how a prediction is scored (:data:`METRIC_SETS`, :mod:`pipeline.metrics`): ``volume``
