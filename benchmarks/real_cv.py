@@ -51,7 +51,7 @@ from benchmarks.machine import check_device, describe_machine, machine_name
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import write_json, write_text
 
-__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "prepare_cohort", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "main"]
+__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "prepare_cohort", "run_child", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -129,7 +129,7 @@ def _child_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run_child(command: list[str], log: Path) -> tuple[float, float]:
+def run_child(command: list[str], log: Path) -> tuple[float, float]:
     """Run a Python module of this checkout in a child process, output to ``log``; its wall and CPU seconds (loader workers included)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ def run_pipeline_arm(
     command += ["--epochs", str(args.epochs), "--fold", "0", "--device", args.device, "--out", str(run_dir)]
     command += [item for path in args.config for item in ("--config", str(path))]
     command += [item for pair in args.overrides for item in ("--set", pair)]
-    train_wall, train_cpu = _run_child(command, folder / f"{arm}_train.log")
+    train_wall, train_cpu = run_child(command, folder / f"{arm}_train.log")
 
     wall, cpu = time.perf_counter(), time.process_time()
     model = load_model(run_dir, device=args.device, tta=args.tta)
@@ -218,7 +218,7 @@ def run_baseline_arm(fold: Fold, datalist: Path, folder: Path, seconds: float, d
     out = folder / "baseline"
     command = ["-m", "benchmarks.baseline_unet25d", "--datalist", str(datalist), "--out", str(out)]
     command += ["--cpu-seconds", f"{seconds:.1f}"] if budget == "cpu" else ["--deadline", f"{time.time() + seconds:.3f}"]
-    wall, cpu = _run_child([*command, "--device", device], folder / "baseline.log")
+    wall, cpu = run_child([*command, "--device", device], folder / "baseline.log")
     rows = []
     for record in load_datalist(datalist).cases("test"):
         seg = out / segmentation_filename(record.case_id)

@@ -213,7 +213,7 @@ class SegmentationModel:
             uncertainty: also return the uncertainty maps on the source grid and their scores
                 (:mod:`pipeline.uncertainty`); without it nothing extra is computed.
         """
-        from pipeline.geometry import restore_to_original
+        from pipeline.geometry import from_planar_size, restore_to_original
         from pipeline.io import load_nifti
         from pipeline.preprocess import prepare_case
         from pipeline.writers import planar_reference
@@ -226,7 +226,10 @@ class SegmentationModel:
         else:
             scores = self.inferer(self.network, prepared.image, self.device)
         cache_labels = self.postprocessing(self.inferer.to_labels(scores))
-        labels = restore_to_original(cache_labels, prepared.meta, fill=0)
+        if "resizing" in prepared.meta:  # resampled images: the labels of the probabilities resampled back, not resampled labels
+            labels = restore_to_original(self.postprocessing(self.inferer.to_labels(from_planar_size(np.asarray(scores), prepared.meta))), prepared.meta)
+        else:
+            labels = restore_to_original(cache_labels, prepared.meta, fill=0)
         case_uncertainty = None
         if pass_entropy is not None:
             case_uncertainty = self._uncertainty(scores, pass_entropy, cache_labels, prepared.meta)

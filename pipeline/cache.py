@@ -20,9 +20,11 @@ One folder per case (``cache_dir/<case_id>/``):
     (``kaggle-lgg`` or ``image-2d``), ``"shape"`` (rows, columns, slices), ``"components"`` and
     ``"slices"`` (number, image and mask file of every slice, in order): slice ``z`` of a
     prediction restored to ``original.shape`` is the mask of ``slices[z]``, at its image's own
-    size. A task with ``pad_to`` adds ``"padding"``: ``size`` (the padded rows and columns),
+    size. A task with ``planar_size`` adds ``"padding"``: ``size`` (the padded rows and columns),
     ``offset`` (where the cropped grid starts inside it) and ``cropped_shape``; undo it with
     ``[offset[0]:offset[0] + rows, offset[1]:offset[1] + columns]`` before restoring the crop.
+    With ``planar_fit`` ``resize`` it adds ``"resizing"`` instead: ``size`` (the resampled rows
+    and columns) and ``cropped_shape`` (resample back to it: :func:`pipeline.geometry.from_planar_size`).
 
 ``cache_dir/cache.json`` lists the data list (path, sha256) and the complete cases.
 
@@ -87,10 +89,11 @@ class CachedCase:
 
 
 def task_meta(task: Task) -> dict[str, Any]:
-    """What a cache entry records of its task: name, input channels, classes and (2D tasks) ``pad_to``: they fix the arrays' meaning."""
+    """What a cache entry records of its task: name, input channels, classes and (2D tasks) ``planar_size`` and ``planar_fit``: they fix the arrays' meaning."""
     meta = {"name": task.name, "channels": list(task.channels), "classes": list(task.classes)}
-    if task.pad_to:
-        meta["pad_to"] = list(task.pad_to)
+    if task.planar_size:
+        meta["planar_size"] = list(task.planar_size)
+        meta["planar_fit"] = task.planar_fit
     return meta
 
 

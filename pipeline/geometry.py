@@ -33,6 +33,8 @@ __all__ = [
     "restore_to_original",
     "to_cache_grid",
     "unpad",
+    "from_planar_size",
+    "resize_planar",
     "voxel_orientation",
 ]
 
@@ -154,12 +156,47 @@ def unpad(array: np.ndarray, meta: dict) -> np.ndarray:
     return np.asarray(array)[..., top : top + rows, left : left + columns]
 
 
+def resize_planar(array: np.ndarray, size: Sequence[int], labels: bool = False) -> np.ndarray:
+    """Resample the two last (in-plane) axes of ``array`` to ``size`` with MONAI ``Resize``, every leading index alike.
+
+    Labels are resampled nearest (their values kept); other arrays by area averaging when both
+    sides shrink (no aliasing, and unlike a Gaussian pre-filter no darkened border), bilinear
+    otherwise, and come back in their own dtype.
+    """
+    from monai.transforms import Resize
+
+    array = np.asarray(array)
+    planes = array.reshape(-1, *array.shape[-2:])
+    if labels:
+        resized = Resize(tuple(size), mode="nearest-exact")(planes)
+    else:
+        shrinking = all(int(new) <= old for new, old in zip(size, array.shape[-2:]))
+        resized = Resize(tuple(size), mode="area" if shrinking else "bilinear")(planes.astype(np.float32))
+    resized = np.asarray(resized.detach().cpu().numpy() if hasattr(resized, "detach") else resized)
+    return resized.astype(array.dtype).reshape(*array.shape[:-2], *(int(n) for n in size))
+
+
+def from_planar_size(array: np.ndarray, meta: dict) -> np.ndarray:
+    """The cropped grid of a 2D-layout case brought to its task's ``planar_size``: the padding removed (:func:`unpad`) or the resampling undone.
+
+    ``meta["resizing"]`` (task ``planar_fit`` ``resize``) holds the ``size`` of the cache grid and
+    the ``cropped_shape`` it was resampled from; integer arrays (labels) come back nearest,
+    others (probabilities) bilinear. An array already of the cropped size is returned as is.
+    """
+    resizing = meta.get("resizing")
+    if not resizing:
+        return unpad(array, meta)
+    if tuple(np.shape(array)[-2:]) != tuple(resizing["size"]):
+        return array
+    return resize_planar(array, resizing["cropped_shape"], labels=np.asarray(array).dtype.kind in "biu")
+
+
 def restore_to_original(array: np.ndarray, meta: dict, fill: float = 0) -> np.ndarray:
     """Put an array on the cache grid back onto the source file's voxel grid, exactly.
 
-    A 2D-layout case's padding is removed (:func:`unpad`), the crop is padded with ``fill`` and
-    the reorientation undone; no value is interpolated, so labels come back bit for bit. The
-    inverse of :func:`to_cache_grid`.
+    A 2D-layout case's padding is removed or its resampling undone (:func:`from_planar_size`), the
+    crop is padded with ``fill`` and the reorientation undone; except for that resampling no
+    value is interpolated, so labels come back bit for bit. The inverse of :func:`to_cache_grid`.
 
     Args:
         array: shape ``(..., Z, X, Y)``, the cache grid of the case (``meta["shape"]`` without C),
@@ -173,7 +210,7 @@ def restore_to_original(array: np.ndarray, meta: dict, fill: float = 0) -> np.nd
     Raises:
         ValueError: if ``array`` does not have the cache grid's spatial shape.
     """
-    array = np.asarray(unpad(array, meta))
+    array = np.asarray(from_planar_size(array, meta))
     crop_box = meta["crop_box"]
     expected = (crop_box[2][1] - crop_box[2][0], crop_box[0][1] - crop_box[0][0], crop_box[1][1] - crop_box[1][0])
     if array.ndim < 3 or tuple(array.shape[-3:]) != expected:

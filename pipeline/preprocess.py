@@ -10,9 +10,10 @@ convention); the image holds the task's channels, in its order.
 A case of a 2D layout (Kaggle LGG patient, 2D image/mask pair) is a volume of its slices with
 axes (row, column, slice), unit spacing and an identity affine (its files store no geometry), so
 the same crop and z-score apply (over each channel's non-zero pixels of the whole volume); a task
-with ``pad_to`` then zero-pads every slice, centred, to that in-plane size. ``meta["original"]``
-records the files slice by slice and their size, ``meta["padding"]`` the offset of the cropped
-grid inside the padded one. ``predict`` and ``evaluate`` call it on raw input;
+with a ``planar_size`` then zero-pads every slice, centred, to that in-plane size, or resamples
+it (``planar_fit`` ``resize``: image by area averaging or bilinear, label nearest: :func:`pipeline.geometry.resize_planar`). ``meta["original"]`` records the
+files slice by slice and their size, ``meta["padding"]`` the offset of the cropped grid inside
+the padded one, ``meta["resizing"]`` the size the cropped grid was resampled from. ``predict`` and ``evaluate`` call it on raw input;
 :func:`preprocess_datalist` (the ``preprocess`` command) writes its result for every case of a
 data list into the cache (:mod:`pipeline.cache`), where training reads it.
 """
@@ -38,8 +39,8 @@ from pipeline.datasets.reading import CaseVolumes, read_case, source_manifest
 from pipeline.datasets.records import CaseRecord
 from pipeline.datasets.validation import check_labels
 from pipeline.errors import ConfigError, InputError, PipelineError
+from pipeline.geometry import bounding_box, cache_affine, reorient_box, reoriented_shape, resize_planar, to_cache_grid, voxel_orientation
 from pipeline.sharding import Shard, shard_positions
-from pipeline.geometry import bounding_box, cache_affine, reorient_box, reoriented_shape, to_cache_grid, voxel_orientation
 from pipeline.tasks import Task, resolve_task
 
 __all__ = [
@@ -268,9 +269,17 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool, task
     for axis, (target, _flip) in enumerate(ornt):
         spacing[target] = float(zooms[axis])
     grid_affine = cache_affine(affine, ornt, shape, crop_box)
-    padding = None
-    if task.pad_to and volumes.planar is not None:
-        image, label, padding = _pad_planar(image, label, task.pad_to)
+    padding = resizing = None
+    if task.planar_size and volumes.planar is not None and task.planar_fit == "resize":
+        resizing = {"size": [int(n) for n in task.planar_size], "cropped_shape": [int(n) for n in image.shape[2:]]}
+        scale = [old / new for old, new in zip(resizing["cropped_shape"], resizing["size"])]
+        image = resize_planar(image, task.planar_size)
+        label = resize_planar(label, task.planar_size, labels=True) if label is not None else None
+        # a resampled voxel's centre: old index = scale * new index + (scale - 1) / 2 (corners not aligned)
+        grid_affine = grid_affine @ nib.affines.from_matvec(np.diag([*scale, 1.0]), [(f - 1) / 2 for f in scale] + [0])
+        spacing = [spacing[0] * scale[0], spacing[1] * scale[1], spacing[2]]
+    elif task.planar_size and volumes.planar is not None:
+        image, label, padding = _pad_planar(image, label, task.planar_size)
         grid_affine = grid_affine @ nib.affines.from_matvec(np.eye(3), [-padding["offset"][0], -padding["offset"][1], 0])
     if volumes.planar is not None:
         original = _planar_original(record, volumes, shape, raw_label)
@@ -284,6 +293,7 @@ def _prepare(record: CaseRecord, margin: int, allow_resection_cavity: bool, task
         **grid,
         "margin": margin,
         **({"padding": padding} if padding else {}),
+        **({"resizing": resizing} if resizing else {}),
         "affine": grid_affine.tolist(),
         "spacing": spacing,
         "shape": list(image.shape),

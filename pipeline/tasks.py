@@ -15,10 +15,13 @@ A task is one small declarative description, in the spirit of nnU-Net's ``datase
 - ``colours``: RGB of each class, for overlays and the 3D Slicer colour table;
 - ``postprocessing``: the post-processing the task wants by default, by step (``keep_largest``:
   the classes reduced to their largest connected component, as the Kaggle LGG system did);
-- ``pad_to``: for 2D image tasks, the in-plane size ``(rows, columns)`` every image is
-  zero-padded to (centred) in the cache, so images of different sizes train together; the cache
-  records each image's own size and offset, so a prediction is cropped back exactly. Empty: each
-  image keeps its own size;
+- ``planar_size`` and ``planar_fit``: for 2D image tasks, the in-plane size ``(rows, columns)``
+  every image is brought to in the cache, so images of different sizes train together:
+  ``pad`` (the default) zero-pads it, centred (an image larger than the size is refused), and a
+  prediction is cropped back exactly; ``resize`` resamples it (image by area averaging or bilinear, mask nearest) and
+  a prediction's probabilities are resampled back (bilinear; area when the image was enlarged) before the labels are taken. The
+  cache records each image's own size, so every prediction comes back at it. Empty: each image
+  keeps its own size. (``pad_to``, read from files written before, is ``planar_size`` with ``pad``);
 - ``metrics``: how a prediction is scored (:data:`METRIC_SETS`, :mod:`pipeline.metrics`): ``volume``
   per patient on the whole volume in millimetres (HD95 in mm, volumes in ml: BraTS),
   ``volume-voxels`` the same with no spacing stored (HD95 and volumes in voxels: Kaggle LGG,
@@ -54,6 +57,7 @@ __all__ = [
     "IMAGE_MASK_2D_RGB",
     "KAGGLE_LGG",
     "METRIC_SETS",
+    "PLANAR_FITS",
     "POSTPROCESSING_STEPS",
     "TARGETS",
     "TASKS",
@@ -72,6 +76,9 @@ TARGETS: tuple[str, ...] = ("softmax", "regions")
 
 #: How a task's predictions are scored (:mod:`pipeline.metrics`): per volume in mm, per volume in voxels, per 2D image.
 METRIC_SETS: tuple[str, ...] = ("volume", "volume-voxels", "image")
+
+#: How a 2D task brings every image to its ``planar_size``: zero-padding, centred, or resampling.
+PLANAR_FITS: tuple[str, ...] = ("pad", "resize")
 
 #: Post-processing steps a task may ask for by default (each names the classes it applies to).
 POSTPROCESSING_STEPS: tuple[str, ...] = ("keep_largest",)
@@ -98,7 +105,8 @@ class Task:
     background_values: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     channel_names: Mapping[str, str] = field(default_factory=dict)
     postprocessing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    pad_to: tuple[int, ...] = ()
+    planar_size: tuple[int, ...] = ()
+    planar_fit: str = "pad"
     metrics: str = "volume"
 
     # ---- inputs -------------------------------------------------------------------------------
@@ -241,8 +249,9 @@ class Task:
             payload["channel_names"] = dict(self.channel_names)
         if self.postprocessing:
             payload["postprocessing"] = {step: list(classes) for step, classes in self.postprocessing.items()}
-        if self.pad_to:
-            payload["pad_to"] = list(self.pad_to)
+        if self.planar_size:
+            payload["planar_size"] = list(self.planar_size)
+            payload["planar_fit"] = self.planar_fit
         if self.metrics != "volume":
             payload["metrics"] = self.metrics
         return payload
@@ -340,9 +349,12 @@ def _task_from_dict(payload: Mapping[str, Any]) -> Task:
             raise ValueError(f"postprocessing step {step!r} is not one of {list(POSTPROCESSING_STEPS)}")
         if not members or any(m not in classes for m in members):
             raise ValueError(f"postprocessing.{step} must name classes of {classes}, got {list(members)}")
-    pad_to = tuple(payload.get("pad_to", ()))
-    if pad_to and (len(pad_to) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in pad_to)):
-        raise ValueError(f"pad_to must be [rows, columns] (positive integers), got {list(pad_to)}")
+    planar_size = tuple(payload.get("planar_size", payload.get("pad_to", ())))  # pad_to: files written before planar_fit
+    if planar_size and (len(planar_size) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in planar_size)):
+        raise ValueError(f"planar_size must be [rows, columns] (positive integers), got {list(planar_size)}")
+    planar_fit = str(payload.get("planar_fit", "pad"))
+    if planar_fit not in PLANAR_FITS:
+        raise ValueError(f"planar_fit must be one of {list(PLANAR_FITS)}, got {planar_fit!r}")
     metrics = str(payload.get("metrics", "volume"))
     if metrics not in METRIC_SETS:
         raise ValueError(f"metrics must be one of {list(METRIC_SETS)}, got {metrics!r}")
@@ -359,7 +371,8 @@ def _task_from_dict(payload: Mapping[str, Any]) -> Task:
         background_values=background,
         channel_names={str(k): str(v) for k, v in dict(payload.get("channel_names", {})).items()},
         postprocessing=postprocessing,
-        pad_to=pad_to,
+        planar_size=planar_size,
+        planar_fit=planar_fit,
         metrics=metrics,
     )
     if regions:
@@ -464,14 +477,14 @@ KAGGLE_LGG = Task(
 #: 2D image/mask folders (PNG, JPG, TIFF), grayscale: one channel, one class, masks 0/255 or 0/1, padded to 512x512.
 IMAGE_MASK_2D = Task(
     name="image-mask-2d",
-    description="2D image/mask pairs (PNG, JPG, TIFF), grayscale; tumour, masks 0/255 or 0/1; images zero-padded to 512x512",
+    description="2D image/mask pairs (PNG, JPG, TIFF), grayscale; tumour, masks 0/255 or 0/1; images zero-padded to 512x512 (a task file may resize instead)",
     channels=("image",),
     classes=("tumour",),
     labels=_MASK_LABELS,
     structures={"tumour": ("tumour",)},
     colours={"tumour": (255, 0, 0)},
     channel_names={"image": "image"},
-    pad_to=(512, 512),
+    planar_size=(512, 512),
     metrics="image",
 )
 
@@ -479,7 +492,7 @@ IMAGE_MASK_2D = Task(
 IMAGE_MASK_2D_RGB = replace(
     IMAGE_MASK_2D,
     name="image-mask-2d-rgb",
-    description="2D image/mask pairs (PNG, JPG, TIFF), RGB; tumour, masks 0/255 or 0/1; images zero-padded to 512x512",
+    description="2D image/mask pairs (PNG, JPG, TIFF), RGB; tumour, masks 0/255 or 0/1; images zero-padded to 512x512 (a task file may resize instead)",
     channels=("red", "green", "blue"),
     channel_names={"red": "red", "green": "green", "blue": "blue"},
 )

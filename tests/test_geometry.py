@@ -166,3 +166,19 @@ def test_a_padded_2d_case_is_unpadded_before_its_crop_is_restored():
     restored = restore_to_original(padded, meta)
     assert restored.shape == (5, 6, 1) and np.array_equal(restored, restore_to_original(cropped, meta))
     assert np.array_equal(restored[1:4, :, 0], cropped[0]) and not restored[0].any() and not restored[4].any()
+
+
+def test_resized_planes_come_back_at_the_cropped_size_labels_nearest_and_scores_bilinear() -> None:
+    from pipeline.geometry import from_planar_size, resize_planar
+
+    meta = {"resizing": {"size": [8, 8], "cropped_shape": [30, 21]}}
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[:, 2:6, 2:6] = 1
+    back = from_planar_size(labels, meta)
+    assert back.shape == (2, 30, 21) and back.dtype == np.uint8 and set(np.unique(back)) == {0, 1}
+    scores = from_planar_size(np.stack([1.0 - labels, labels]).astype(np.float32), meta)
+    assert scores.shape == (2, 2, 30, 21) and scores.dtype == np.float32 and 0 < len(np.unique(scores)) > 2  # interpolated
+    assert np.array_equal(scores.argmax(0) == 1, back == 1) or np.mean((scores.argmax(0) == 1) != (back == 1)) < 0.05
+    assert from_planar_size(back, meta) is back  # already at the cropped size
+    image = resize_planar(np.ones((1, 1, 30, 21), np.float16), (8, 8))
+    assert image.shape == (1, 1, 8, 8) and image.dtype == np.float16 and np.allclose(image, 1.0)

@@ -127,6 +127,20 @@ def test_2d_predictions_come_back_at_each_images_own_size(pairs, tmp_path):
     assert tree(root) == before
 
 
+
+def test_a_grayscale_model_predicts_rgb_and_rgba_images_converted_to_gray(pairs, tmp_path):
+    from pipeline.predict import predict
+
+    _, _, run = pairs
+    colour = np.zeros((18, 14, 3), np.uint8)
+    colour[3:15, 2:12] = [200, 40, 90]
+    write_image(tmp_path / "in" / "rgb.png", colour)
+    write_image(tmp_path / "in" / "rgba.png", np.dstack([colour, np.full((18, 14), 255, np.uint8)]))
+    for name in ("rgb", "rgba"):
+        predict(run, tmp_path / "in" / f"{name}.png", tmp_path / name, progress=False)
+        _check_mask(tmp_path / name / "masks" / f"{name}.png", (18, 14))
+
+
 # ----------------------------------------------------------------------------- exact write-back
 
 
@@ -324,3 +338,68 @@ def test_real_png_pairs_train_and_a_held_out_image_is_predicted_at_its_size(png_
     held_out = png_pairs_dir / "images" / f"{names[4]}.png"
     predict(run, held_out, tmp_path / "out", progress=False)
     _check_mask(tmp_path / "out" / "masks" / f"{names[4]}.png", read_image_2d(held_out).shape[:2])
+
+
+# ----------------------------------------------------------------------------- resized images
+
+RESIZED_SIZES = {"wide": (530, 700), "small": (60, 90), "tall": (120, 80), "square": (64, 64)}
+
+
+def _blob_pairs(root: Path) -> Path:
+    """Grayscale images of :data:`RESIZED_SIZES` (rows, columns), each with an elliptic tumour blob as its 0/255 mask."""
+    for index, (name, (rows, columns)) in enumerate(RESIZED_SIZES.items()):
+        r, c = np.ogrid[:rows, :columns]
+        blob = ((r - rows * 0.45) / (rows * 0.2)) ** 2 + ((c - columns * 0.55) / (columns * 0.25)) ** 2 <= 1
+        image = np.random.default_rng(index).integers(20, 120, (rows, columns)).astype(np.uint8)
+        image[blob] = 220
+        write_image(root / "images" / f"{name}.png", image)
+        write_image(root / "masks" / f"{name}.png", (blob * 255).astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def resized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Images of four odd sizes under a task resizing them to 64x64, their data list and a tiny 2D run."""
+    from pipeline.tasks import IMAGE_MASK_2D, task_from_dict
+
+    work = tmp_path_factory.mktemp("resized")
+    task = task_from_dict({**IMAGE_MASK_2D.to_dict(), "name": "image-mask-2d-64", "planar_size": [64, 64], "planar_fit": "resize"})
+    datalist, run = _train(_blob_pairs(work / "pairs"), work, task=task)
+    return work / "pairs", datalist, run
+
+
+def test_resized_images_train_and_every_prediction_comes_back_at_its_own_size_and_name(resized, tmp_path):
+    from pipeline.cache import read_meta
+    from pipeline.predict import predict
+
+    root, datalist, run = resized
+    meta = read_meta(datalist.parent / "cache", "wide")
+    assert meta["shape"][2:] == [64, 64] and meta["resizing"]["size"] == [64, 64] and "padding" not in meta
+    assert meta["original"]["shape"][:2] == [530, 700] and meta["task"]["planar_fit"] == "resize"
+    predict(run, root, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == sorted(f"{name}.png" for name in RESIZED_SIZES)
+    for name, size in RESIZED_SIZES.items():
+        _check_mask(tmp_path / "out" / "masks" / f"{name}.png", size)
+
+
+def test_the_ground_truth_comes_back_close_through_the_resizing(resized, tmp_path, monkeypatch):
+    from pipeline.metrics import structure_metrics
+    from pipeline.predict import predict
+
+    root, datalist, run = resized
+    predict(_oracle_model(run, datalist, monkeypatch), root, tmp_path / "out", progress=False)
+    for name, size in RESIZED_SIZES.items():
+        written, truth = _check_mask(tmp_path / "out" / "masks" / f"{name}.png", size) > 0, read_image_2d(root / "masks" / f"{name}.png") > 0
+        assert structure_metrics(written, truth, (1.0, 1.0), "image")["dice"] > 0.9, name
+
+
+def test_a_padding_task_refuses_an_image_larger_than_its_size_and_a_resizing_one_reads_it(tmp_path):
+    from pipeline.datasets.image_folders import discover_image_folders
+    from pipeline.datasets.validation import validate_case
+    from pipeline.tasks import IMAGE_MASK_2D, task_from_dict
+
+    root = _blob_pairs(tmp_path / "pairs")
+    wide = next(r for r in discover_image_folders(root, IMAGE_MASK_2D).records if r.case_id == "wide")
+    (problem,) = validate_case(wide, task=IMAGE_MASK_2D)
+    assert "wide.png: image 530x700 is larger than task image-mask-2d's planar_size 512x512" in problem
+    assert validate_case(wide, task=task_from_dict({**IMAGE_MASK_2D.to_dict(), "planar_fit": "resize"})) == []

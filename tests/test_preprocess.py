@@ -636,13 +636,13 @@ def test_images_of_different_sizes_are_padded_to_the_tasks_size_and_cropped_back
     from pipeline.io import read_image_2d
     from pipeline.tasks import task_from_dict
 
-    task = task_from_dict({**TASKS["image-mask-2d"].to_dict(), "pad_to": [24, 24]})
+    task = task_from_dict({**TASKS["image-mask-2d"].to_dict(), "planar_size": [24, 24]})
     cache, records = _planar_cache(image_pairs(tmp_path / "pairs", value=1), tmp_path, task=task)
     for record in records:
         cached = load_case(cache, record.case_id, task=task)
         meta = cached.meta
         assert cached.image.shape == (1, 1, 24, 24) and cached.label.shape == (1, 24, 24)
-        assert meta["task"]["pad_to"] == [24, 24] and meta["original"]["format"] == "image-2d"
+        assert meta["task"]["planar_size"] == [24, 24] and meta["original"]["format"] == "image-2d"
         (top, left), (rows, columns) = meta["padding"]["offset"], meta["padding"]["cropped_shape"]
         label = cached.label[:, top : top + rows, left : left + columns]
         mask = read_image_2d(record.label)

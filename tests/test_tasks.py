@@ -136,13 +136,13 @@ def test_the_2d_tasks_declare_their_masks_postprocessing_and_padding() -> None:
     assert mask.to_internal(np.array([0, 1, 255])).tolist() == [0, 1, 1]  # 0/255 and 0/1 masks both read
     assert mask.from_internal(np.array([0, 1])).tolist() == [0, 255]  # written as 0/255
     assert kaggle.postprocessing == {"keep_largest": ("tumour",)} and kaggle.to_dict()["postprocessing"] == {"keep_largest": ["tumour"]}
-    assert gray.channels == ("image",) and rgb.num_channels == 3 and gray.pad_to == rgb.pad_to == (512, 512)
-    assert task_from_dict(gray.to_dict()).pad_to == (512, 512)
+    assert gray.channels == ("image",) and rgb.num_channels == 3 and gray.planar_size == rgb.planar_size == (512, 512) and gray.planar_fit == "pad"
+    assert task_from_dict(gray.to_dict()).planar_size == (512, 512) and task_from_dict({**gray.to_dict(), "planar_fit": "resize"}).planar_fit == "resize"
 
 
 @pytest.mark.parametrize(
     ("extra", "pattern"),
-    [({"postprocessing": {"smooth": ["WT"]}}, "postprocessing step 'smooth'"), ({"postprocessing": {"keep_largest": ["ET"]}}, "must name classes"), ({"pad_to": [0, 5]}, "pad_to")],
+    [({"postprocessing": {"smooth": ["WT"]}}, "postprocessing step 'smooth'"), ({"postprocessing": {"keep_largest": ["ET"]}}, "must name classes"), ({"planar_size": [0, 5]}, "planar_size"), ({"planar_fit": "crop"}, "planar_fit")],
 )
 def test_malformed_postprocessing_or_padding_is_refused(extra: dict, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):

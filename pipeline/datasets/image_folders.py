@@ -6,9 +6,13 @@ Two layouts are recognised in a data root:
   differ, ``1.jpg`` + ``1.png``);
 - ``<name>.<ext>`` + ``<name>_mask.<ext>`` side by side.
 
-Images and masks are PNG, JPG or TIFF (:data:`pipeline.io.IMAGE_2D_SUFFIXES`), grayscale
-(task ``image-mask-2d``) or RGB (task ``image-mask-2d-rgb``); masks are 0/255 or 0/1. Each image
-keeps its own size; the files store no spacing (unit spacing, array axes row, column).
+Images and masks are PNG, JPG or TIFF (:data:`pipeline.io.IMAGE_2D_SUFFIXES`); masks are 0/255 or
+0/1. The task says how many channels an image has (``image-mask-2d``: one, ``image-mask-2d-rgb``:
+three), and every image is converted to them on read (:func:`to_task_components`, the one
+conversion validation, preprocessing and prediction use): RGB to gray by luminance, gray to RGB
+by repetition, a constant alpha component dropped (a palette PNG is read as RGB), so one folder
+may mix grayscale and colour images. Each image keeps its own size; the files store no spacing
+(unit spacing, array axes row, column).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.datasets.records import IMAGE_2D, CaseRecord, planar_record
 from pipeline.errors import ConfigError, InputError
@@ -33,6 +39,7 @@ __all__ = [
     "image_record",
     "image_task",
     "is_image_folder_root",
+    "to_task_components",
 ]
 
 RELEASE = "image-mask-2d"
@@ -41,6 +48,9 @@ LABEL_CONVENTION = "mask255"
 #: The channel of a grayscale image, and the components of an RGB one, in file order.
 GRAY_CHANNELS: tuple[str, ...] = ("image",)
 RGB_CHANNELS: tuple[str, ...] = ("red", "green", "blue")
+
+#: ITU-R BT.601 luma weights of red, green and blue (those of PIL's ``convert("L")``).
+LUMA_WEIGHTS: tuple[float, float, float] = (0.299, 0.587, 0.114)
 
 _MASK_SUFFIX = "_mask"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -100,8 +110,35 @@ def channel_indices(task: Task, where: str | Path) -> tuple[int, ...] | None:
     raise ConfigError(where, f"2D image/mask folders hold grayscale or RGB images with 0/255 masks; task {task.name} reads {', '.join(task.channels)}: use --task {IMAGE_MASK_2D.name} or {IMAGE_MASK_2D_RGB.name}")
 
 
+def to_task_components(voxels: np.ndarray, components: int) -> np.ndarray:
+    """An image read from a file ``(rows, columns[, stored components])`` as ``components`` (1 or 3) colour components, in its own dtype.
+
+    A constant alpha component (gray + alpha, RGBA) is dropped; RGB becomes gray by luminance
+    (:data:`LUMA_WEIGHTS`, rounded), gray becomes RGB by repeating it. One component comes back
+    ``(rows, columns)``, three ``(rows, columns, 3)``.
+
+    Raises:
+        ValueError: on an alpha component that is not constant, or a component count other than 1-4.
+    """
+    stored = voxels.shape[2] if voxels.ndim == 3 else 1
+    if stored not in (1, 2, 3, 4):
+        raise ValueError(f"image has {stored} colour components; expected gray, gray + alpha, RGB or RGBA")
+    if stored in (2, 4):
+        if np.any(voxels[..., -1] != voxels[..., -1].flat[0]):
+            raise ValueError("image has a transparency channel that is not constant; save it without one")
+        voxels, stored = voxels[..., :-1], stored - 1
+        voxels = voxels[..., 0] if stored == 1 else voxels
+    if stored == components:
+        return voxels
+    if components == 1:
+        # PIL's convert("L") reads 8-bit images only; the same weights for any dtype
+        luma = np.tensordot(voxels.astype(np.float64), LUMA_WEIGHTS, axes=([2], [0]))
+        return np.rint(luma).astype(voxels.dtype) if voxels.dtype.kind in "iu" else luma.astype(voxels.dtype)
+    return np.repeat(voxels[..., None], components, axis=2)
+
+
 def image_task(root: Path) -> Task:
-    """The task of an image folder: grayscale or RGB after its first image (its other images must match; validation says so)."""
+    """The task of an image folder: grayscale or RGB after its first image (its other images are converted to it)."""
     pairs, _ = _pairs(root)
     first = next((image for image, _ in pairs.values() if image is not None), None)
     if first is None:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.datasets import kaggle_lgg
+from pipeline.datasets import image_folders, kaggle_lgg
 from pipeline.datasets.records import IMAGE_2D, KAGGLE_LGG, PLANAR_LAYOUTS, CaseRecord
 from pipeline.errors import InputError
 from pipeline.io import load_nifti, read_image_2d, read_voxels
@@ -166,7 +166,7 @@ class PlanarCase:
         channels: one ``(rows, columns, slices)`` array per channel of the record, as stored (uint8 for 8-bit files).
         label: the raw masks ``(rows, columns, slices)`` (0/255 or 0/1), or None.
         slices: ``(number, image, mask)`` of every slice in order (a 2D pair: number 1).
-        components: the colour components of each image file (1: grayscale).
+        components: the colour components of each slice as the task reads it (1: grayscale; 2D images are converted to it).
     """
 
     channels: list[np.ndarray]
@@ -188,17 +188,20 @@ def _planar_slices(record: CaseRecord) -> tuple[list[tuple[int, Path, Path | Non
     return [(1, record.images[0], record.label)], []
 
 
-def _planar_image_problem(path: Path, voxels: np.ndarray, record: CaseRecord, task: Task) -> str | None:
+def _planar_image(path: Path, voxels: np.ndarray, record: CaseRecord, task: Task) -> tuple[np.ndarray | None, str | None]:
+    """A slice as the task reads it (a 2D image converted to the task's colour components: :func:`image_folders.to_task_components`), or a problem."""
     components = voxels.shape[2] if voxels.ndim == 3 else 1
-    if record.channel_indices is None and components != 1:
-        return f"{path}: image has {components} colour components; task {task.name} reads grayscale images (--task image-mask-2d-rgb reads RGB)"
-    if record.channel_indices is not None and (components < 3 or max(record.channel_indices) >= components):
-        return f"{path}: image has {components} colour component(s); task {task.name} reads {', '.join(task.channels)} (--task image-mask-2d reads grayscale)"
-    if voxels.ndim == 3 and components == 4 and np.any(voxels[..., 3] != voxels[..., 3].flat[0]):
-        return f"{path}: image has a transparency channel that is not constant; save it without one"
-    if task.pad_to and (voxels.shape[0] > task.pad_to[0] or voxels.shape[1] > task.pad_to[1]):
-        return f"{path}: image {_size(voxels)} is larger than task {task.name}'s pad_to {'x'.join(map(str, task.pad_to))}"
-    return None
+    if record.layout == IMAGE_2D:
+        try:
+            voxels = image_folders.to_task_components(voxels, 1 if record.channel_indices is None else 3)
+        except ValueError as err:
+            return None, f"{path}: {err}"
+    elif record.channel_indices is not None and (components < 3 or max(record.channel_indices) >= components):
+        return None, f"{path}: image has {components} colour component(s); task {task.name} reads {', '.join(task.channels)}"
+    size = task.planar_size
+    if size and task.planar_fit == "pad" and (voxels.shape[0] > size[0] or voxels.shape[1] > size[1]):
+        return None, f"{path}: image {_size(voxels)} is larger than task {task.name}'s planar_size {'x'.join(map(str, size))} (planar_fit pad; a task with planar_fit resize reads it)"
+    return voxels, None
 
 
 def _planar_mask(path: Path, voxels: np.ndarray, image: Path, image_voxels: np.ndarray) -> tuple[np.ndarray | None, str | None]:
@@ -229,8 +232,7 @@ def read_planar(record: CaseRecord, task: Task | None = None) -> tuple[PlanarCas
     first: tuple[Path, np.ndarray] | None = None
     for _number, image_path, mask_path in slices:
         try:
-            voxels = read_image_2d(image_path)
-            problem = _planar_image_problem(image_path, voxels, record, task)
+            voxels, problem = _planar_image(image_path, read_image_2d(image_path), record, task)
             if problem is None and first is not None and voxels.shape != first[1].shape:
                 problem = f"{image_path}: slice {_size(voxels)} differs from {first[0].name}'s {_size(first[1])}"
             if problem:

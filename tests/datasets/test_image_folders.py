@@ -10,6 +10,7 @@ import pytest
 from planar_cases import image_pairs, write_image
 
 from pipeline.datasets import discover, layout_task, validate_case
+from pipeline.datasets.image_folders import to_task_components
 from pipeline.datasets.reading import read_case
 from pipeline.errors import ConfigError
 from pipeline.io import read_image_2d
@@ -50,11 +51,51 @@ def test_rgb_images_pick_the_rgb_task_and_its_components(tmp_path: Path) -> None
     assert discover(root, green).records[0].channel_indices == (1,)
 
 
-def test_an_rgb_image_under_the_grayscale_task_is_refused(tmp_path: Path) -> None:
-    root = image_pairs(tmp_path / "rgb", rgb=True)
-    record = discover(root, IMAGE_MASK_2D).records[0]
-    (problem,) = validate_case(record, task=IMAGE_MASK_2D)
-    assert problem.startswith(f"{record.images[0]}: image has 3 colour components") and "image-mask-2d-rgb" in problem
+def test_each_image_is_converted_to_the_tasks_components() -> None:
+    rgb = np.array([[[255, 0, 0], [0, 255, 0]], [[0, 0, 255], [10, 10, 10]]], np.uint8)
+    assert np.array_equal(to_task_components(rgb, 1), np.array([[76, 150], [29, 10]], np.uint8))  # 0.299, 0.587, 0.114 of 255
+    gray = np.array([[0, 7], [200, 65535]], np.uint16)
+    assert to_task_components(gray, 1) is gray and np.array_equal(to_task_components(gray, 3), np.stack([gray] * 3, axis=2))
+    assert np.array_equal(to_task_components(np.dstack([rgb, np.full((2, 2), 255, np.uint8)]), 3), rgb)  # constant alpha dropped
+    with pytest.raises(ValueError, match="transparency channel that is not constant"):
+        to_task_components(np.dstack([rgb, np.array([[0, 255], [255, 255]], np.uint8)]), 1)
+
+
+def _mixed_folder(root: Path) -> Path:
+    """Pairs a-c (grayscale, 16x16, 20x12, 10x18), then d RGB, e RGBA with constant alpha and f a palette PNG."""
+    from PIL import Image
+
+    image_pairs(root)
+    colour = np.zeros((12, 14, 3), np.uint8)
+    colour[2:10, 2:12] = [200, 40, 90]
+    write_image(root / "images" / "d.png", colour)
+    write_image(root / "images" / "e.png", np.dstack([colour, np.full((12, 14), 255, np.uint8)]))
+    palette = Image.fromarray((colour.any(axis=2)).astype(np.uint8), mode="L").convert("P")
+    palette.putpalette([0, 0, 0, 200, 40, 90] + [0] * 762)
+    palette.save(root / "images" / "f.png")
+    for name in "def":
+        write_image(root / "masks" / f"{name}.png", (colour[..., 0] > 0).astype(np.uint8) * 255)
+    return root
+
+
+@pytest.mark.parametrize("task", [IMAGE_MASK_2D, IMAGE_MASK_2D_RGB], ids=lambda t: t.name)
+def test_a_folder_mixing_grayscale_rgb_rgba_and_palette_images_is_read_with_the_tasks_channels(tmp_path: Path, task) -> None:
+    from pipeline.datalist import build_datalist
+    from pipeline.preprocess import prepare_case
+
+    root = _mixed_folder(tmp_path / "mixed")
+    build_datalist(root, tmp_path / "list.json", folds=2, test_fraction=0.0, progress=False, task=task)  # refuses nothing
+    records = {r.case_id: r for r in discover(root, task).records}
+    luma = round(0.299 * 200 + 0.587 * 40 + 0.114 * 90)
+    for name, record in records.items():
+        assert validate_case(record, task=task) == [], name
+        channels = read_case(record, task).channels
+        assert len(channels) == task.num_channels and prepare_case(record, task=task).image.shape[1] == task.num_channels
+        if name in "def":
+            expected = [[luma]] if task is IMAGE_MASK_2D else [[200], [40], [90]]
+            assert [np.unique(c[c > 0]).tolist() for c in channels] == expected, name
+        elif task is IMAGE_MASK_2D_RGB:  # gray repeated
+            assert np.array_equal(channels[0], channels[1]) and np.array_equal(channels[0], channels[2])
 
 
 def test_a_brats_task_on_image_folders_is_a_clear_error(tmp_path: Path) -> None:
@@ -80,7 +121,7 @@ def test_unpaired_files_are_problems_naming_the_file(tmp_path: Path, side_by_sid
         ("not_binary", r"b(_mask)?\.png: labels \[7\]"),
         ("unreadable", r"b\.png: cannot read image"),
         ("empty", r"b\.png: file is empty"),
-        ("too_large", r"b\.png: image 600x16 is larger than task image-mask-2d's pad_to 512x512"),
+        ("too_large", r"b\.png: image 600x16 is larger than task image-mask-2d's planar_size 512x512"),
     ],
 )
 def test_validation_names_the_bad_file(tmp_path: Path, damage: str, pattern: str) -> None:
