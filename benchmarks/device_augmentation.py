@@ -39,7 +39,7 @@ import torch
 
 from benchmarks.cohort import DEFAULT_WORK_DIR, BenchmarkCohort, prepare_cohort
 from benchmarks.loader import MANY, PLAIN, _loader
-from benchmarks.loader_throughput import PlainMemmapRead, measure
+from benchmarks.loader_throughput import PlainMemmapRead, best_of_rounds, measure
 from pipeline.data import build_train_dataset
 from pipeline.device_augmentation import DeviceAugmentation
 
@@ -161,17 +161,7 @@ def measure_device_augmentation(
             runs[position].append(measure(loader, seconds))
             if progress:
                 print(f"  round {round_number + 1}: {mode:5s} {method:52s} {runs[position][-1]['samples_per_s']:9.1f} samples/s", file=sys.stderr, flush=True)
-    results = [
-        {
-            "method": method,
-            "mode": mode,
-            "batch_size": size,
-            "samples_per_s": max(r["samples_per_s"] for r in measured),
-            "cpu_limited_samples_per_s": max(r["cpu_limited_samples_per_s"] for r in measured),
-            "rounds": measured,
-        }
-        for (method, mode, size, _), measured in zip(loaders, runs)
-    ]
+    results = best_of_rounds(loaders, runs)
 
     def rate(method: str, mode: str) -> float:
         return next(r["samples_per_s"] for r in results if r["method"] == method and r["mode"] == mode)

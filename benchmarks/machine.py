@@ -1,4 +1,4 @@
-"""The hardware and software a benchmark ran on, a short name for its results file, the device check and a process's peak memory."""
+"""The hardware and software a benchmark ran on, a short name for its results file and writing it, the device check and a process's peak memory."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.errors import ConfigError
+from pipeline.io import write_json, write_text
 
 #: Dense bf16 tensor-core peak (FLOP/s) by GPU name fragment, most specific first (vendor data sheets).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
@@ -148,3 +151,11 @@ def check_device(device: str) -> None:
             f"cuda requested but no CUDA GPU is usable (torch {torch.__version__}, built with CUDA "
             f"{torch.version.cuda or 'none'}); run on a GPU machine with a CUDA build of PyTorch (make install TORCH_SPEC=torch)",
         )
+
+
+def write_results(report: dict[str, Any], path: Path, table: str) -> None:
+    """Write a benchmark's report as JSON and its markdown table beside it (same stem), print the table and name the file on stderr."""
+    write_json(path, report)
+    write_text(path.with_suffix(".md"), table)
+    print(table)
+    print(f"results: {path}", file=sys.stderr)

@@ -46,9 +46,8 @@ from typing import Any
 import torch
 
 from benchmarks.cohort import DEFAULT_WORK_DIR, BenchmarkCohort, linked_cache, prepare_cohort
-from benchmarks.machine import check_device, describe_machine, machine_name
+from benchmarks.machine import check_device, describe_machine, machine_name, write_results
 from pipeline.errors import PipelineError
-from pipeline.io import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO / "bundles" / "brats_segmentation" / "configs"
@@ -633,12 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    path = args.json or default_json_path(report)
-    write_json(path, report)
-    table = markdown_report(report)
-    write_text(path.with_suffix(".md"), table)
-    print(table)
-    print(f"results: {path}", file=sys.stderr)
+    write_results(report, args.json or default_json_path(report), markdown_report(report))
     return 0
 
 
