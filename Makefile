@@ -138,6 +138,12 @@ bench-real: EPOCHS = 20
 bench-real: $(VENV)/.installed  ## Cross-validate on the real BraTS cases (FOLDS, EPOCHS=20, DEVICE; ARGS="--label NAME --set key=value --checkpoint last --tta")
 	$(BIN)/python -m benchmarks.real_cv --folds $(FOLDS) --epochs $(EPOCHS) --device $(DEVICE) $(ARGS)
 
+# PLANAR=kaggle (Kaggle LGG, ../shared/data/lgg_kaggle_3m) or pairs (../shared/data/png_pairs)
+PLANAR      ?= kaggle
+.PHONY: bench-planar
+bench-planar: $(VENV)/.installed  ## Cross-validate a real 2D data set against the plain 2D baseline at the same CPU time (PLANAR=kaggle|pairs; ARGS="--folds 5 --epochs 6 --task FILE --set key=value")
+	$(BIN)/python -m benchmarks.planar_cv --data $(PLANAR) $(ARGS)
+
 # The demo: the whole pipeline on the synthetic cohort on CPU, outputs under outputs/demo/ (cohort in
 # SYNTH_DIR, data list data_lists/synthetic.json, cache cache/synthetic). A rerun reuses finished stages.
 DEMO_OUT    ?= outputs/demo
