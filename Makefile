@@ -70,7 +70,8 @@ clean:  ## Remove caches, outputs and build files (keeps .venv and data/)
 # Training: the bundle's configs/train.yaml on the data list and cache `make preprocess` recorded.
 # GPU workstation: make train DEVICE=cuda TRAIN_ARGS="--config bundles/brats_segmentation/configs/gpu_train.yaml"
 MODE        ?= 2.5d
-EPOCHS      ?= 12
+# EPOCHS=N overrides the configuration's epochs (train.yaml: 12)
+EPOCHS      ?=
 # FOLD=all (or make train-folds): every fold of the data list into RUN_DIR/fold<k>/, K times one fold's time
 FOLD        ?= 0
 DEVICE      ?= cpu
@@ -80,7 +81,7 @@ TRACKING    ?=
 TRAIN_ARGS  ?=
 .PHONY: train train-folds
 train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD (all: every fold), DEVICE, RUN_DIR, TRACKING=mlflow; TRAIN_ARGS="--resume --set batch_size=32 ...")
-	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) --epochs $(EPOCHS) $(if $(filter all,$(FOLD)),--folds all,--fold $(FOLD)) --device $(DEVICE) --out $(RUN_DIR) $(if $(TRACKING),--tracking $(TRACKING)) $(TRAIN_ARGS)
+	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(filter all,$(FOLD)),--folds all,--fold $(FOLD)) --device $(DEVICE) --out $(RUN_DIR) $(if $(TRACKING),--tracking $(TRACKING)) $(TRAIN_ARGS)
 train-folds: FOLD = all
 train-folds: train  ## Train every fold into RUN_DIR/fold<k>/ (K times one fold's time; finished folds skipped); then make evaluate FOLD=all
 
@@ -150,7 +151,7 @@ DEMO_OUT    ?= outputs/demo
 DEMO_ARGS   ?=
 .PHONY: demo export
 demo: $(VENV)/.installed  ## Synthetic cohort -> preprocess -> train (CPU) -> evaluate -> NIfTI + report in outputs/demo/ (DEMO_ARGS="--epochs 4 ...")
-	$(CLI) demo --out $(DEMO_OUT) --data $(SYNTH_DIR) --cases $(SYNTH_CASES) --size $(SYNTH_SIZE) --seed $(SYNTH_SEED) --workers $(WORKERS) $(DEMO_ARGS)
+	$(CLI) demo --out $(DEMO_OUT) --data-root $(SYNTH_DIR) --cases $(SYNTH_CASES) --size $(SYNTH_SIZE) --seed $(SYNTH_SEED) --workers $(WORKERS) $(DEMO_ARGS)
 
 # Export a trained model: RUN_DIR/models/model.ts (MONAI ckpt_export) and model.onnx, each checked against PyTorch.
 EXPORT_MODEL   ?= $(RUN_DIR)

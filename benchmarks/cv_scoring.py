@@ -1,6 +1,6 @@
 """Per-patient rows of the real-data cross-validation, their means per arm, and the markdown tables.
 
-Both arms are scored by :func:`pipeline.metrics.case_metrics` (lesion-wise included) on the
+Both arms are scored by :func:`pipeline.evaluation.metrics.case_metrics` (lesion-wise included) on the
 written segmentation read back on the input's grid; each row adds the number of connected
 whole-tumour components of the prediction (26-connectivity), the count the lesion-wise scores
 punish when it is above the true number of lesions.
@@ -17,8 +17,8 @@ import cc3d
 import numpy as np
 
 from pipeline.datasets.records import CaseRecord
-from pipeline.evaluate import read_internal_labels
-from pipeline.metrics import case_metrics
+from pipeline.evaluation.evaluate import read_internal_labels
+from pipeline.evaluation.metrics import case_metrics
 
 __all__ = ["ROW_METRICS", "ARMS", "wt_components", "score_prediction", "case_row", "arm_means", "markdown_tables"]
 
@@ -37,14 +37,14 @@ ARMS: tuple[str, ...] = ("pipeline", "baseline")
 
 def wt_components(seg_path: str | Path) -> int:
     """Connected components (26-connectivity) of the whole tumour (every nonzero label) of a segmentation file."""
-    from pipeline.io import load_nifti
+    from pipeline.core.io import load_nifti
 
     mask = np.asarray(load_nifti(seg_path).dataobj) != 0
     return int(cc3d.connected_components(mask, connectivity=26, return_N=True)[1])
 
 
 def score_prediction(seg_path: str | Path, record: CaseRecord) -> dict[str, float]:
-    """:func:`pipeline.metrics.case_metrics` (lesion-wise) of a segmentation file written in the case's label values against its ground truth."""
+    """:func:`pipeline.evaluation.metrics.case_metrics` (lesion-wise) of a segmentation file written in the case's label values against its ground truth."""
     assert record.label is not None
     truth, truth_image = read_internal_labels(record.label, record.label_convention)
     predicted, _ = read_internal_labels(seg_path, record.label_convention)

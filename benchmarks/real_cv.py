@@ -13,7 +13,7 @@ in which the held-out patients are the ``test`` split:
 
 1. pipeline arm: ``python -m pipeline train`` (the bundle's default config, ``--epochs``,
    ``--config`` files and ``--set`` overrides; one other patient validates and picks
-   ``models/model.pt``), then :func:`pipeline.evaluate.evaluate` on the held-out patients
+   ``models/model.pt``), then :func:`pipeline.evaluation.evaluate.evaluate` on the held-out patients
    (lesion-wise scores on; ``--checkpoint last`` scores the final weights from ``latest.pt``);
 2. baseline arm: ``python -m benchmarks.baseline_unet25d`` trained on every other patient for the
    CPU seconds the pipeline's training took (loader workers included; ``--budget wall``: its wall
@@ -24,7 +24,7 @@ on another task of the same patients and folds (its own data list and cache unde
 is scored against the BraTS ground truth on the structures that task scores (the FLAIR-only
 whole-tumour model against the four-channel model's WT).
 
-Every prediction is scored by :func:`pipeline.metrics.case_metrics` (:mod:`benchmarks.cv_scoring`).
+Every prediction is scored by :func:`pipeline.evaluation.metrics.case_metrics` (:mod:`benchmarks.cv_scoring`).
 The per-patient rows, means per arm and ``pipeline - baseline`` are printed and written to
 ``benchmarks/results/real_cv-<machine>-<date>-<label>.json`` and ``.md`` with the folds, the
 hardware, wall and CPU seconds per arm and fold, and the command line.
@@ -48,8 +48,8 @@ from typing import Any
 from benchmarks.cv_folds import Fold, make_folds, write_fold_datalist
 from benchmarks.cv_scoring import ROW_METRICS, UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
 from benchmarks.machine import check_device, describe_machine, machine_name
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.io import write_json, write_text
+from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.io import write_json, write_text
 
 __all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "prepare_cohort", "run_child", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "main"]
 
@@ -85,11 +85,11 @@ def labelled_cases(shared_data: Path) -> dict[str, Path]:
 def prepare_cohort(cases: dict[str, Path], work: Path, workers: int = 1, task: Any = None) -> Path:
     """Link the cases under ``work/data``, list them in ``work/datalist.json`` and preprocess them into ``work/cache``; reuses what exists.
 
-    With a ``task`` (a :class:`pipeline.tasks.Task` other than the default), the list and cache are
+    With a ``task`` (a :class:`pipeline.tasks.task.Task` other than the default), the list and cache are
     ``work/datalist-<task>.json`` and ``work/cache-<task>`` (:func:`task_paths`).
     """
-    from pipeline.datalist import build_datalist, load_datalist
-    from pipeline.preprocess import preprocess_datalist
+    from pipeline.datasets.datalist import build_datalist, load_datalist
+    from pipeline.preprocessing.prepare import preprocess_datalist
 
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def prepare_cohort(cases: dict[str, Path], work: Path, workers: int = 1, task: A
 
 def task_paths(work: Path, task: Any = None) -> tuple[Path, Path]:
     """The data list and cache of a task's cohort under ``work`` (the default task: ``datalist.json`` and ``cache``)."""
-    from pipeline.tasks import DEFAULT_TASK
+    from pipeline.tasks.task import DEFAULT_TASK
 
     if task is None or task == DEFAULT_TASK:
         return work / "datalist.json", work / "cache"
@@ -152,10 +152,10 @@ def run_pipeline_arm(
     re-scores another task's predictions against the BraTS ground truth, on the structures that
     task scores (:func:`task_arm_row`).
     """
-    from pipeline.api import load_model
-    from pipeline.checkpoints import load_weights
-    from pipeline.evaluate import PREDICTIONS_DIR, evaluate
-    from pipeline.writers import segmentation_filename
+    from pipeline.inference.model import load_model
+    from pipeline.core.checkpoints import load_weights
+    from pipeline.evaluation.evaluate import PREDICTIONS_DIR, evaluate
+    from pipeline.inference.writers import segmentation_filename
 
     run_dir = folder / arm
     command = ["-m", "pipeline", "train", "--datalist", str(datalist), "--cache", str(cache), "--mode", args.mode]
@@ -172,7 +172,7 @@ def run_pipeline_arm(
     eval_wall, eval_cpu = time.perf_counter() - wall, time.process_time() - cpu
     predictions = folder / f"{arm}_eval" / PREDICTIONS_DIR
     if scored_on is not None:
-        from pipeline.datalist import load_datalist
+        from pipeline.datasets.datalist import load_datalist
 
         records = {record.case_id: record for record in load_datalist(scored_on).cases("test")}
         rows = [task_arm_row(fold.index, arm, model.task, predictions / segmentation_filename(case), records[case]) for case in records]
@@ -212,8 +212,8 @@ def _checkpoint_choice(run_dir: Path, checkpoint: str) -> dict[str, Any]:
 
 def run_baseline_arm(fold: Fold, datalist: Path, folder: Path, seconds: float, device: str, budget: str = "cpu") -> tuple[list[dict], dict]:
     """Train the baseline for ``seconds`` of CPU time (``budget`` cpu) or wall time (wall, from its start) and score its predictions of the held-out patients."""
-    from pipeline.datalist import load_datalist
-    from pipeline.writers import segmentation_filename
+    from pipeline.datasets.datalist import load_datalist
+    from pipeline.inference.writers import segmentation_filename
 
     out = folder / "baseline"
     command = ["-m", "benchmarks.baseline_unet25d", "--datalist", str(datalist), "--out", str(out)]
@@ -289,7 +289,7 @@ def _task_arm(spec: str | None) -> Any:
     """``TASK[:CH+CH]`` as a task on those channels, or ``None``."""
     if not spec:
         return None
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     name, _, channels = spec.partition(":")
     return resolve_task(name, [c for c in channels.split("+") if c] or None)
@@ -301,7 +301,7 @@ def _log(message: str) -> None:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
     """The whole benchmark; the results JSON, or ``None`` when the real data are absent."""
-    from pipeline.training import parse_overrides
+    from pipeline.training.workflow import parse_overrides
 
     check_device(args.device)
     overrides = parse_overrides(args.overrides)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from prediction_cases import write_run_dir
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -186,11 +186,11 @@ def test_python_example_runs(demo_like_checkout: Path):
 
 
 def test_api_docstring_example_runs(demo_like_checkout: Path, monkeypatch: pytest.MonkeyPatch):
-    import pipeline.api
+    import pipeline.inference.model
 
     monkeypatch.chdir(demo_like_checkout)
-    tests = [t for t in doctest.DocTestFinder().find(pipeline.api) if t.name == "pipeline.api" and t.examples]
-    assert tests, "pipeline.api's module docstring has no example"
+    tests = [t for t in doctest.DocTestFinder().find(pipeline.inference.model) if t.name == "pipeline.inference.model" and t.examples]
+    assert tests, "pipeline.inference.model's module docstring has no example"
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for test in tests:
         runner.run(test)

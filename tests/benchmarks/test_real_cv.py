@@ -15,9 +15,9 @@ from benchmarks import baseline_unet25d as baseline
 from benchmarks.cv_folds import make_folds, write_fold_datalist
 from benchmarks.cv_scoring import ROW_METRICS, UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
 from benchmarks.real_cv import _reused_baseline, labelled_cases, main
-from pipeline.datalist import load_datalist
-from pipeline.errors import ConfigError
-from pipeline.labels import get_convention
+from pipeline.datasets.datalist import load_datalist
+from pipeline.core.errors import ConfigError
+from pipeline.tasks.labels import get_convention
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +165,8 @@ def test_postprocessing_chosen_on_out_of_fold_predictions(tiny_datalist: Path, t
     import shutil
 
     from benchmarks import postprocess_cv
-    from pipeline.evaluate import PREDICTIONS_DIR
-    from pipeline.writers import segmentation_filename
+    from pipeline.evaluation.evaluate import PREDICTIONS_DIR
+    from pipeline.inference.writers import segmentation_filename
 
     cases = [record.case_id for record in load_datalist(tiny_datalist).cases("all")]
     fold = make_folds(cases, folds=4, val_cases=1, seed=0)[0]
@@ -220,7 +220,7 @@ def test_inference_variants_rescore_the_trained_folds(tiny_datalist: Path, tmp_p
 def test_another_tasks_arm_is_scored_on_its_own_structures(tiny_datalist: Path, tmp_path: Path) -> None:
     """--task-arm whole-tumour:flair: a WT-only prediction read with the BraTS convention gives the exact WT; other columns are NaN."""
     from benchmarks.real_cv import _task_arm, task_arm_row, task_paths
-    from pipeline.tasks import DEFAULT_TASK
+    from pipeline.tasks.task import DEFAULT_TASK
 
     task = _task_arm("whole-tumour:flair")
     assert task.channels == ("flair",) and _task_arm(None) is None
