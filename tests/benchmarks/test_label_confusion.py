@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +71,32 @@ def test_arm_tables_sum_patients_and_give_row_percentages() -> None:
     assert "| NEC | 0 (0.0 %) | 4 (66.7 %) | 2 (33.3 %) | 0 (0.0 %) | 6 |" in text
     assert "| 0 | a | pipeline | 3 | 33.3 % | 66.7 % |" in text  # per patient: true NEC, as NEC, as ED
     assert "| 1 | b | baseline |" not in text
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_the_cohort_is_the_21_real_patients_and_a_real_case_confusion_counts_its_labels(real_brats_dir: Path, tmp_path: Path) -> None:
+    """The three source folders hold 2 + 5 + 14 labelled patients; a lower-grade glioma's NEC-heavy labels land in the right rows."""
+    import nibabel as nib
+
+    from benchmarks.label_confusion import case_confusion
+    from benchmarks.real_cv import labelled_cases, patients_by_source
+    from pipeline.datasets.records import CaseRecord
+
+    cases = labelled_cases(real_brats_dir.parent)
+    if "Brats18_TCIA10_628_1" not in cases:
+        pytest.skip(f"real_brats_more not found in {real_brats_dir.parent}")
+    assert len(cases) == 21
+    assert {source: len(ids) for source, ids in patients_by_source(cases).items()} == {"real_brats": 2, "real_brats_train": 5, "real_brats_more": 14}
+
+    folder = cases["Brats18_TCIA10_628_1"]
+    seg = folder / "Brats18_TCIA10_628_1_seg.nii.gz"
+    record = CaseRecord("Brats18_TCIA10_628_1", (), seg, "test")  # BraTS 2018: 1 NCR/NET, 2 ED, 4 ET
+    counts = case_confusion(seg, record)
+    np.testing.assert_array_equal(np.diag(counts)[1:], [103_582, 51_717, 1_976])  # the data folder's README
+    assert counts.sum() == 240 * 240 * 155 and np.count_nonzero(counts - np.diag(np.diag(counts))) == 0
+
+    truth = nib.load(seg)
+    edema = tmp_path / "edema_seg.nii.gz"  # every tumour voxel called ED (BraTS 2)
+    nib.save(nib.Nifti1Image((np.asarray(truth.dataobj) > 0).astype(np.uint8) * 2, truth.affine, truth.header), edema)
+    assert case_confusion(edema, record)[1].tolist() == [0, 0, 103_582, 0]
