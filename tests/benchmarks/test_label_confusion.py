@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
-from benchmarks.label_confusion import LABELS, arm_confusions, confusion_markdown, label_confusion, nec_shares
+from benchmarks.label_confusion import LABELS, arm_confusions, case_confusion, confusion_markdown, label_confusion, nec_shares
+from benchmarks.real_cv import labelled_cases, patients_by_source
+from pipeline.datasets.records import CaseRecord
 
 # Six voxels: three true NEC (one predicted NEC, two ED), one true ED predicted ED, one background, one true ET predicted background.
 TRUTH = np.array([[1, 1, 1], [2, 0, 3]], dtype=np.uint8)
@@ -77,11 +80,6 @@ def test_arm_tables_sum_patients_and_give_row_percentages() -> None:
 @pytest.mark.slow
 def test_the_cohort_is_the_21_real_patients_and_a_real_case_confusion_counts_its_labels(real_brats_dir: Path, tmp_path: Path) -> None:
     """The three source folders hold 2 + 5 + 14 labelled patients; a lower-grade glioma's NEC-heavy labels land in the right rows."""
-    import nibabel as nib
-
-    from benchmarks.label_confusion import case_confusion
-    from benchmarks.real_cv import labelled_cases, patients_by_source
-    from pipeline.datasets.records import CaseRecord
 
     cases = labelled_cases(real_brats_dir.parent)
     if "Brats18_TCIA10_628_1" not in cases:
