@@ -3,7 +3,7 @@
 Dice per structure says how much of the necrotic core a model finds, not where the rest goes;
 the confusion table does: its rows are the true internal labels (background, NEC, ED, ET), its
 columns the predicted ones, each cell a voxel count over every held-out patient of an arm, with
-the row percentages beside it ("true NEC: 40 % predicted NEC, 45 % ED, 10 % background, 5 % ET").
+the row percentages beside it (how much of the true NEC is predicted as ED, background or ET).
 Per patient, the shares of the true NEC predicted as NEC and as ED show which patients drive it.
 """
 
