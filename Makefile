@@ -129,14 +129,15 @@ bench-quick: $(VENV)/.installed  ## Quick benchmarks: fewer cases and iterations
 bench-resources: $(VENV)/.installed  ## Memory and time of every shipped configuration (DEVICE; BENCH_ARGS="--quick --json PATH")
 	$(BIN)/python -m benchmarks.resources --device $(DEVICE) $(BENCH_ARGS)
 
-# Real-data cross-validation: the pipeline against a plain 2.5D UNet trained for the same wall time, on the
-# labelled real BraTS cases in ../shared/data (skipped when absent) -> benchmarks/results/real_cv-<machine>-<date>-<label>.json and .md.
-# Work folder (links, data list, cache, runs): benchmarks/work. Several hours on 2 CPU cores with the defaults.
-FOLDS       ?= 7
+# Real-data cross-validation: the pipeline against a plain 2.5D UNet trained for the same CPU time, on the 21
+# labelled real BraTS patients in ../shared/data/real_brats{,_train,_more} (skipped when absent), 5 patient-level folds
+# -> benchmarks/results/real_cv-<machine>-<date>-<label>.json and .md (Dice/HD95 per structure, NEC and ED included,
+# and the label confusion per arm). Work folder (links, data list, cache, runs): benchmarks/work. Many hours on 2 CPU cores.
+FOLDS       ?= 5
 ARGS        ?=
 .PHONY: bench-real
 bench-real: EPOCHS = 20
-bench-real: $(VENV)/.installed  ## Cross-validate on the real BraTS cases (FOLDS, EPOCHS=20, DEVICE; ARGS="--label NAME --set key=value --checkpoint last --tta")
+bench-real: $(VENV)/.installed  ## Cross-validate on the 21 real BraTS patients (FOLDS=5, EPOCHS=20, DEVICE; ARGS="--label NAME --set key=value --checkpoint last --tta")
 	$(BIN)/python -m benchmarks.real_cv --folds $(FOLDS) --epochs $(EPOCHS) --device $(DEVICE) $(ARGS)
 
 # PLANAR=kaggle (Kaggle LGG, ../shared/data/lgg_kaggle_3m) or pairs (../shared/data/png_pairs)
