@@ -135,10 +135,10 @@ def test_predict_bundle_run_inference_and_segment_write_identical_files(run_dir,
 def test_docs_merge_evaluate_yaml_after_inference_yaml_and_offer_tracking():
     """The documented evaluating command merges evaluate.yaml after inference.yaml; train and make train offer --tracking."""
     merged = "['bundles/brats_segmentation/configs/inference.yaml','bundles/brats_segmentation/configs/evaluate.yaml']"
-    for doc in (REPO / "README.md", REPO / "bundles" / "brats_segmentation" / "docs" / "README.md", CONFIGS / "evaluate.yaml"):
-        text = doc.read_text()
-        assert merged in text, doc
-        assert "--config_file bundles/brats_segmentation/configs/evaluate.yaml" not in text, doc
+    for doc in (REPO / "docs" / "bundle.md", REPO / "bundles" / "brats_segmentation" / "docs" / "README.md", CONFIGS / "evaluate.yaml"):
+        assert merged in doc.read_text(), doc
+    for doc in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "bundles" / "brats_segmentation" / "docs" / "README.md"):
+        assert "--config_file bundles/brats_segmentation/configs/evaluate.yaml" not in doc.read_text(), doc
     assert "--tracking mlflow|FILE" in CliRunner().invoke(main, ["train", "--help"]).output
     assert "--tracking $(TRACKING)" in (REPO / "Makefile").read_text()
 
