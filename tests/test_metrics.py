@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from benchmarks import hd95_definitions
+from benchmarks.hd95_definitions import voxel_centre_hd95
 from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES
 from pipeline.metrics import (
     EMPTY_HD95_MM,
@@ -90,19 +91,6 @@ def test_hd95_is_the_max_of_the_directed_area_weighted_95th_percentiles():
     assert hd95(truth, pred, (1, 1, 2.5)) == 10.0
 
 
-def _voxel_centre_hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> float:
-    """The HD95 this project reported before (MONAI's, between boundary-voxel centres)."""
-    import torch
-    from monai.metrics import compute_hausdorff_distance
-
-    def batch(mask: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(mask).float()[None, None]
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(compute_hausdorff_distance(batch(pred), batch(truth), percentile=95, spacing=list(spacing)).item())
-
-
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.5, 0.7)])
 def test_hd95_measures_between_surfaces_not_voxel_centres(spacing):
     # truth: one voxel; prediction: it and its neighbour along the first axis. The prediction's
@@ -113,21 +101,14 @@ def test_hd95_measures_between_surfaces_not_voxel_centres(spacing):
     pred = truth.copy()
     pred[2, 2, 2] = True
     assert hd95(pred, truth, spacing) == pytest.approx(spacing[0], abs=1e-12)
-    assert _voxel_centre_hd95(pred, truth, spacing) == pytest.approx(0.95 * spacing[0], abs=1e-5)  # what it was
+    assert voxel_centre_hd95(pred, truth, spacing) == pytest.approx(0.95 * spacing[0], abs=1e-5)  # what it was
 
 
 @pytest.fixture(scope="module")
 def organisers_hd95():
     """HD95 by the BraTS 2023 organisers' code: DeepMind's surface-distance package, called as their script calls it."""
-    surface_distance = pytest.importorskip("surface_distance", reason="surface-distance (the dev extra) is not installed")
-
-    def compute(pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> float:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # it uses scipy.ndimage.filters / .morphology
-            distances = surface_distance.compute_surface_distances(np.asarray(truth, bool), np.asarray(pred, bool), spacing)
-        return float(surface_distance.compute_robust_hausdorff(distances, 95))
-
-    return compute
+    pytest.importorskip("surface_distance", reason="surface-distance (the dev extra) is not installed")
+    return hd95_definitions.organisers_hd95
 
 
 def _ball(shape: tuple[int, int, int], centre: tuple[float, float, float], radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
@@ -159,38 +140,17 @@ def test_hd95_matches_the_organisers_surface_distance_on_shapes(organisers_hd95,
     assert structure_metrics(pred, truth, spacing)["hd95"] == pytest.approx(expected, abs=1e-6)
 
 
-def _real_case_regions(real_brats_dir) -> tuple[dict[str, np.ndarray], tuple[float, ...]]:
-    """WT, TC and ET of BraTS2021_00006's ground truth, cropped to the tumour plus a margin, and its voxel size."""
-    import nibabel as nib
-
-    from pipeline.labels import get_convention, region_masks
-
-    image = nib.load(real_brats_dir / "BraTS2021_00006" / "BraTS2021_00006_seg.nii.gz")
-    labels = get_convention("brats2017").to_internal(np.asarray(image.dataobj))
-    margin = 6  # more than any perturbation below moves a voxel
-    box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in ndimage.find_objects((labels > 0).astype(np.uint8))[0])
-    masks = region_masks(labels[box])
-    return {name: masks[name] for name in ("WT", "TC", "ET")}, tuple(float(z) for z in image.header.get_zooms()[:3])
-
-
-def _ragged(mask: np.ndarray) -> np.ndarray:
-    """The mask with a third of the voxels within two of its boundary flipped (seeded), moved one voxel: a ragged prediction."""
-    band = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_erosion(mask, iterations=2)
-    flipped = band & (np.random.default_rng(0).random(mask.shape) < 0.35)
-    return np.roll(mask ^ flipped, 1, axis=0)
-
-
 _PERTURBATIONS = {
     "shifted (2, 1, 0)": lambda mask: np.roll(mask, (2, 1), axis=(0, 1)),
     "eroded, shifted (0, 1, 1)": lambda mask: np.roll(ndimage.binary_erosion(mask), (1, 1), axis=(1, 2)),
-    "ragged": _ragged,
+    "ragged": hd95_definitions.ragged,
 }
 
 
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_hd95_on_a_real_case_matches_the_organisers_not_voxel_centres(real_brats_dir, organisers_hd95):
-    regions, spacing = _real_case_regions(real_brats_dir)
+    regions, spacing = hd95_definitions.case_regions(real_brats_dir / "BraTS2021_00006" / "BraTS2021_00006_seg.nii.gz")
     assert spacing == (1.0, 1.0, 1.0)
     anisotropic = (0.9, 1.1, 2.5)  # the same voxels, as if scanned with thick slices
     for name, truth in regions.items():
@@ -200,8 +160,8 @@ def test_hd95_on_a_real_case_matches_the_organisers_not_voxel_centres(real_brats
                 expected = organisers_hd95(pred, truth, voxel_size)
                 assert hd95(pred, truth, voxel_size) == pytest.approx(expected, abs=1e-6), (name, perturbation, voxel_size)
     # The voxel-centre HD95 this replaced is measurably off on a ragged prediction (2.236 against 2.0 mm on WT).
-    ragged_wt = _ragged(regions["WT"])
-    assert _voxel_centre_hd95(ragged_wt, regions["WT"], spacing) - hd95(ragged_wt, regions["WT"], spacing) > 0.2
+    ragged_wt = hd95_definitions.ragged(regions["WT"])
+    assert voxel_centre_hd95(ragged_wt, regions["WT"], spacing) - hd95(ragged_wt, regions["WT"], spacing) > 0.2
 
 
 def test_lesion_wise_hd95_is_the_surface_hd95_of_each_lesion(organisers_hd95):
@@ -212,7 +172,7 @@ def test_lesion_wise_hd95_is_the_surface_hd95_of_each_lesion(organisers_hd95):
     per_lesion = [organisers_hd95(grown_ball, ball, spacing), organisers_hd95(moved_box, box, spacing)]  # 2.5 mm each
     _, distance = lesion_wise_scores(grown_ball | moved_box, ball | box, spacing)
     assert distance == pytest.approx(sum(per_lesion) / 2, abs=1e-6)
-    assert distance != pytest.approx((_voxel_centre_hd95(grown_ball, ball, spacing) + _voxel_centre_hd95(moved_box, box, spacing)) / 2, abs=0.05)
+    assert distance != pytest.approx((voxel_centre_hd95(grown_ball, ball, spacing) + voxel_centre_hd95(moved_box, box, spacing)) / 2, abs=0.05)
 
 
 def test_case_metrics_scores_subregions_and_regions():
