@@ -293,7 +293,7 @@ def test_bundle_commands_train_evaluate_and_infer_a_kaggle_task(kaggle, tmp_path
     import sys
 
     root, datalist, _ = kaggle
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     configs = repo / "bundles" / "brats_segmentation" / "configs"
 
     def bundle(*args: str) -> None:

@@ -22,7 +22,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.inference.export import export_model, load_network, network_data_format
 from pipeline.networks import build_network, spatial_divisor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
