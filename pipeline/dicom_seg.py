@@ -139,7 +139,7 @@ def write_dicom_seg(
         omit_empty_frames=False,
         content_label="TUMOUR",
         content_description=f"{task.name}: {', '.join(task.classes)}",
-        content_creator_name="brats-pipeline",
+        content_creator_name="brats-pipeline^",  # a person name of one component ends with a caret
     )
     with atomic_path(target) as tmp:
         segmentation.save_as(tmp)
