@@ -5,8 +5,9 @@ writes one MR Image Storage file per slice along its third index axis, with Imag
 ImageOrientationPatient taken from the image's own geometry, in a shuffled file order with
 meaningless file names, and series tags that name the contrast as scanners do
 (:data:`CONTRAST_TAGS`). :func:`reoriented` gives the same voxels as sagittal or coronal slices
-(an exact axis permutation), :func:`as_read` the grid a series reads back as, :func:`rotated` the same voxels on an oblique grid, and
-:func:`resampled` a grid of another spacing (linear), so every orientation and spacing a study
+(an exact axis permutation), :func:`as_read` the grid a series reads back as, :func:`rotated` the same voxels on an oblique grid (a rotated
+patient: for geometry round trips), :func:`resampled` a grid of another spacing and
+:func:`resampled_oblique` an oblique grid, both by linear interpolation of the same patient, so every orientation and spacing a study
 holds can be written from one case.
 """
 
@@ -60,6 +61,12 @@ def rotated(image: sitk.Image, degrees: Sequence[float] = (12.0, -8.0, 5.0)) -> 
     out.SetDirection(direction.ravel().tolist())
     out.SetOrigin(origin)
     return out
+
+
+def resampled_oblique(image: sitk.Image, degrees: Sequence[float], spacing: Sequence[float]) -> sitk.Image:
+    """The same patient on an oblique grid (linear interpolation): ``image``'s grid rotated about its centre, of ``spacing``, covering its extent."""
+    grid = resampled(rotated(image, degrees), spacing)  # the rotated grid of that spacing (its voxels are not used)
+    return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, image.GetPixelID())
 
 
 def resampled(image: sitk.Image, spacing: Sequence[float], interpolator: int = sitk.sitkLinear) -> sitk.Image:
