@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES
-from pipeline.metrics import (
+from pipeline.tasks.labels import ED, ET, NEC, SCORED_STRUCTURES
+from pipeline.evaluation.metrics import (
     EMPTY_HD95_MM,
     LESION_MISS_HD95_MM,
     case_metrics,
@@ -163,7 +163,7 @@ def test_lesion_wise_empty_and_case_metrics_flag():
 
 # ---- tasks ------------------------------------------------------------------------------------
 def test_columns_are_the_task_structures():
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     assert metric_columns() == [f"{m}_{s}" for m in ("dice", "hd95", "sensitivity", "specificity", "precision", "iou", "pred_volume_ml", "true_volume_ml") for s in SCORED_STRUCTURES]
     whole = resolve_task("whole-tumour", ["flair"])
@@ -174,7 +174,7 @@ def test_columns_are_the_task_structures():
 
 
 def test_empty_rules_per_structure_of_a_task():
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     task = resolve_task("brats2024-post-treatment")  # NETC 1, SNFH 2, ET 3, RC 4
     truth = np.zeros((8, 8, 8), np.uint8)
@@ -193,7 +193,7 @@ def test_empty_rules_per_structure_of_a_task():
 
 
 def test_glioma_metrics_are_the_default_task_metrics():
-    from pipeline.tasks import DEFAULT_TASK
+    from pipeline.tasks.task import DEFAULT_TASK
 
     rng = np.random.default_rng(0)
     truth, pred = rng.integers(0, 4, (10, 10, 10)).astype(np.uint8), rng.integers(0, 4, (10, 10, 10)).astype(np.uint8)
@@ -224,7 +224,7 @@ def test_image_metrics_hand_computed_and_their_empty_rules():
 
 
 def test_kaggle_scores_whole_volumes_in_voxels():
-    from pipeline.tasks import IMAGE_MASK_2D, KAGGLE_LGG
+    from pipeline.tasks.task import IMAGE_MASK_2D, KAGGLE_LGG
 
     truth = np.zeros((8, 8, 3), np.uint8)
     truth[2:4, 2:4, 0:2] = 1
