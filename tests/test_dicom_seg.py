@@ -16,9 +16,9 @@ import pydicom  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 from dicom_writers import new_study, reoriented, rotated, write_mr_series  # noqa: E402
 
-from pipeline.dicom_seg import labels_on_series_grid, read_dicom_seg, write_dicom_seg  # noqa: E402
-from pipeline.dicom_series import DicomSeries, find_series, read_series  # noqa: E402
-from pipeline.errors import InputError  # noqa: E402
+from pipeline.inference.dicom_seg import labels_on_series_grid, read_dicom_seg, write_dicom_seg  # noqa: E402
+from pipeline.datasets.dicom import DicomSeries, find_series, read_series  # noqa: E402
+from pipeline.core.errors import InputError  # noqa: E402
 from pipeline.tasks import get_task  # noqa: E402
 
 GLIOMA = get_task("brats-glioma")

@@ -2,18 +2,18 @@
 
 :func:`predict_dicom_study` runs four stages, each timed:
 
-1. ``read``: the series of each channel the model takes (:func:`pipeline.dicom_series.read_study`;
+1. ``read``: the series of each channel the model takes (:func:`pipeline.datasets.dicom.read_study`;
    ``series`` overrides the guess from the tags);
 2. ``prepare``: each contrast registered rigidly to the reference (T1ce when the model takes it),
    resampled onto the reference's 1 mm grid, the brain extracted
-   (:func:`pipeline.raw_scans.prepare_scans`), written as a BraTS-style case folder
+   (:func:`pipeline.preprocessing.raw_scans.prepare_scans`), written as a BraTS-style case folder
    ``OUT/prepared/<case_id>/`` (NIfTI per channel, brain mask, ITK transform files);
 3. ``segment``: the model on that case like on any NIfTI case: ``OUT/<case_id>_seg.nii.gz`` on the
    prepared grid (and probabilities or uncertainty maps when asked for);
 4. ``native``: the labels resampled (nearest neighbour, through each contrast's registration) onto
    the grid of each series asked for (default: the reference's), written as
    ``OUT/<case_id>_<channel>_native_seg.nii.gz`` and, with ``dicom_seg``, as a DICOM Segmentation
-   ``OUT/<case_id>_<channel>_seg.dcm`` referencing that series (:mod:`pipeline.dicom_seg`).
+   ``OUT/<case_id>_<channel>_seg.dcm`` referencing that series (:mod:`pipeline.inference.dicom_seg`).
 
 :func:`holds_dicom` tells a DICOM study folder from a NIfTI case folder with the standard library
 only, so the rest of ``predict`` runs without the ``dicom`` extra.
@@ -30,8 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import save_sitk
+from pipeline.datasets.dicom import read_study, require_dicom_extra
+from pipeline.inference.dicom_seg import write_dicom_seg
+from pipeline.inference.model import case_record, output_convention
+from pipeline.inference.writers import probability_filename, segmentation_filename, write_probabilities, write_segmentation
+from pipeline.preprocessing.raw_scans import prepare_scans, to_native, write_prepared
+from pipeline.tasks import written_convention
 
 __all__ = ["DicomCasePrediction", "holds_dicom", "predict_dicom_study", "reference_channel"]
 
@@ -92,7 +100,7 @@ def predict_dicom_study(
     probabilities: bool = False,
     uncertainty: bool = False,
 ) -> DicomCasePrediction:
-    """Segment the DICOM study in ``folder`` with ``model`` (a :class:`pipeline.api.SegmentationModel`) into ``out_dir``.
+    """Segment the DICOM study in ``folder`` with ``model`` (a :class:`pipeline.inference.model.SegmentationModel`) into ``out_dir``.
 
     Args:
         model: the loaded model; its task's channels are the series read.
@@ -109,21 +117,9 @@ def predict_dicom_study(
 
     Raises:
         ConfigError: a native series not among the model's channels, or the ``dicom`` extra missing.
-        InputError: the study cannot be read (see :mod:`pipeline.dicom_series`) or prepared.
+        InputError: the study cannot be read (see :mod:`pipeline.datasets.dicom`) or prepared.
     """
-    try:
-        import SimpleITK as sitk
-
-        from pipeline.dicom_seg import write_dicom_seg
-        from pipeline.dicom_series import read_study
-    except ImportError as err:
-        raise ConfigError("--input", f"{folder} is a DICOM study, which needs the dicom extra: pip install 'brats-pipeline[dicom]' ({err})") from err
-    from pipeline.api import case_record
-    from pipeline.io import save_sitk
-    from pipeline.predict import write_case_prediction
-    from pipeline.raw_scans import prepare_scans, to_native, write_prepared
-    from pipeline.tasks import written_convention
-
+    require_dicom_extra()
     task = model.task
     reference = reference_channel(task.channels)
     wanted = tuple(dict.fromkeys(native_series or (reference,)))
@@ -144,13 +140,17 @@ def predict_dicom_study(
 
     record = case_record([prepared_files[channel] for channel in task.channels], task)
     prediction = model.predict_case(record, probabilities=probabilities, uncertainty=uncertainty)
-    segmentation, probability_path, convention = write_case_prediction(prediction, out, label_convention, False, task)
+    convention = output_convention(record, label_convention, task)
+    written = written_convention(task, convention)
+    segmentation = write_segmentation(prediction.labels, prediction.reference, out / segmentation_filename(case_id), written)
+    probability_path = None
+    if prediction.probabilities is not None:
+        probability_path = write_probabilities(prediction.probabilities, prediction.reference, out / probability_filename(case_id))
     seconds["segment"], clock = time.perf_counter() - clock, time.perf_counter()
 
     # The prediction's voxels are the prepared reference's, in the order SimpleITK wrote them.
     labels = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(prediction.labels, dtype=np.uint8).transpose(2, 1, 0)))
     labels.CopyInformation(prepared.volumes[reference])
-    written = written_convention(task, convention)
     result = DicomCasePrediction(case_id, {c: s.uid for c, s in study.series.items()}, prepared_files, prediction, segmentation, probability_path, convention)
     for channel in wanted:
         native = to_native(labels, study.volumes[channel], None if channel == reference else prepared.transforms[channel])

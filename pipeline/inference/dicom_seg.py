@@ -19,40 +19,43 @@ comparing a SEG with the NIfTI output).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-import pipeline
-from pipeline.dicom_series import DicomSeries, slice_positions, volume_to_image
-from pipeline.errors import InputError
-from pipeline.io import atomic_path
+from pipeline.core.errors import InputError
+from pipeline.core.io import atomic_path
+from pipeline.datasets.dicom import DicomSeries, require_dicom_extra, slice_positions, volume_to_image
 from pipeline.tasks import Task
 
-try:
+try:  # the dicom extra (see pipeline.datasets.dicom.require_dicom_extra)
     import highdicom
     import pydicom
-    from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
     from pydicom.uid import generate_uid
-except ImportError as err:  # pragma: no cover - the extra is part of `make test`
-    raise ImportError("writing DICOM-SEG needs the dicom extra: pip install 'brats-pipeline[dicom]'") from err
+except ImportError:  # pragma: no cover - the extra is part of `make test`
+    highdicom = pydicom = Code = generate_uid = None  # type: ignore[assignment,misc]
 
 __all__ = ["SEGMENT_TYPES", "labels_on_series_grid", "read_dicom_seg", "segment_descriptions", "write_dicom_seg"]
 
-#: Segmented property type of each class name the built-in tasks use (DICOM CID 7168 and SNOMED CT).
-SEGMENT_TYPES: dict[str, Code] = {
-    "NEC": codes.cid7168.Necrosis,  # DICOM uses the same concept for the non-enhancing tumour core
-    "NETC": codes.cid7168.Necrosis,
-    "ED": codes.cid7168.Edema,
-    "SNFH": codes.cid7168.Edema,
-    "ET": codes.cid7168.EnhancingLesion,
-    "CC": codes.SCT.Cyst,
+#: Segmented property type (scheme, code, meaning) of each class name the built-in tasks use: DICOM CID 7168
+#: (brain lesion segmentation types; necrosis is also its concept for the non-enhancing tumour core) and SNOMED CT.
+SEGMENT_TYPES: dict[str, tuple[str, str, str]] = {
+    "NEC": ("SCT", "6574001", "Necrosis"),
+    "NETC": ("SCT", "6574001", "Necrosis"),
+    "ED": ("SCT", "79654002", "Edema"),
+    "SNFH": ("SCT", "79654002", "Edema"),
+    "ET": ("NCIt", "C113842", "Enhancing Lesion"),
+    "CC": ("SCT", "367643001", "Cyst"),
 }
 #: Type of a class not listed above (whole tumour, gross tumour volume, a task file's own classes).
-_DEFAULT_TYPE = codes.SCT.Neoplasm
+_DEFAULT_TYPE = ("SCT", "108369006", "Neoplasm")
+#: Segmented property category of every segment.
+_CATEGORY = ("SCT", "49755003", "Morphologically Abnormal Structure")
+#: Segmentation algorithm family (DICOM CID 7162).
+_ALGORITHM_FAMILY = ("DCM", "123110", "Artificial Intelligence")
 #: Grid agreement asked of labels and a series, in mm and direction cosines.
 _GRID_TOLERANCE = 1e-3
 
@@ -62,7 +65,7 @@ def labels_on_series_grid(labels: sitk.Image, reference: sitk.Image, transform: 
 
     Args:
         labels: integer labels on any grid.
-        reference: the image whose grid the result takes (a series read by :func:`pipeline.dicom_series.read_series`).
+        reference: the image whose grid the result takes (a series read by :func:`pipeline.datasets.dicom.read_series`).
         transform: maps a point of ``reference``'s physical space to ``labels``' (identity when omitted).
     """
     return sitk.Resample(labels, reference, transform or sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -70,21 +73,32 @@ def labels_on_series_grid(labels: sitk.Image, reference: sitk.Image, transform: 
 
 def segment_descriptions(task: Task) -> list[highdicom.seg.SegmentDescription]:
     """One segment per class of ``task`` (segment number = internal label), coded and coloured."""
-    algorithm = highdicom.AlgorithmIdentificationSequence(
-        name="brats-pipeline", family=codes.cid7162.ArtificialIntelligence, version=pipeline.__version__
-    )
+    require_dicom_extra("--dicom-seg")
+    algorithm = highdicom.AlgorithmIdentificationSequence(name="brats-pipeline", family=_code(_ALGORITHM_FAMILY), version=_version())
     return [
         highdicom.seg.SegmentDescription(
             segment_number=number,
             segment_label=name,
-            segmented_property_category=codes.cid7150.MorphologicallyAbnormalStructure,
-            segmented_property_type=SEGMENT_TYPES.get(name, _DEFAULT_TYPE),
+            segmented_property_category=_code(_CATEGORY),
+            segmented_property_type=_code(SEGMENT_TYPES.get(name, _DEFAULT_TYPE)),
             algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             display_color=highdicom.color.CIELabColor.from_rgb(*task.colour(name)),
         )
         for number, name in enumerate(task.classes, start=1)
     ]
+
+
+def _code(entry: tuple[str, str, str]) -> Code:
+    scheme, value, meaning = entry
+    return Code(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("brats-pipeline")
+    except metadata.PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown"
 
 
 def write_dicom_seg(
@@ -110,6 +124,7 @@ def write_dicom_seg(
     Raises:
         InputError: ``labels`` is not on the series' grid, or holds a value that is no class of the task.
     """
+    require_dicom_extra("--dicom-seg")
     target = Path(path)
     sources, frame_positions = _source_frames(series)
     voxels = sitk.GetArrayFromImage(labels)
@@ -133,7 +148,7 @@ def write_dicom_seg(
         instance_number=1,
         manufacturer="brats-pipeline",
         manufacturer_model_name=task.name,
-        software_versions=pipeline.__version__,
+        software_versions=_version(),
         device_serial_number="0",
         series_description=series_description,
         omit_empty_frames=False,

@@ -18,7 +18,7 @@ diffusion series elsewhere in the study does no harm:
 - enhanced (multi-frame) MR objects: read by highdicom (``Image.get_volume``), which places each
   frame from its functional groups and refuses frames that do not form one regular stack.
 
-Everything here needs the ``dicom`` extra (pydicom, highdicom); the rest of the pipeline does not.
+Everything here needs the ``dicom`` extra (pydicom, highdicom); the module imports without it and\n:func:`require_dicom_extra` refuses DICOM work in one line when it is missing.
 """
 
 from __future__ import annotations
@@ -32,16 +32,18 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.modalities import MODALITIES
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.tasks.modalities import MODALITIES
 
-try:
+try:  # the dicom extra: optional, so the base install stays light (require_dicom_extra says what is missing)
     import highdicom
     import pydicom
     from pydicom.dataset import Dataset
     from pydicom.errors import InvalidDicomError
-except ImportError as err:  # pragma: no cover - the extra is part of `make test`
-    raise ImportError("reading DICOM needs the dicom extra: pip install 'brats-pipeline[dicom]'") from err
+except ImportError:  # pragma: no cover - the extra is part of `make test`
+    highdicom = pydicom = None  # type: ignore[assignment]
+    Dataset = object  # type: ignore[assignment,misc]
+    InvalidDicomError = ValueError  # type: ignore[assignment,misc]
 
 __all__ = [
     "DicomSeries",
@@ -50,6 +52,7 @@ __all__ = [
     "guess_channel",
     "read_series",
     "read_study",
+    "require_dicom_extra",
     "select_series",
     "series_listing",
     "slice_positions",
@@ -112,6 +115,12 @@ class DicomStudy:
     volumes: dict[str, sitk.Image]
 
 
+def require_dicom_extra(where: str = "--input") -> None:
+    """Refuse DICOM work, naming the option, when the ``dicom`` extra (pydicom, highdicom) is not installed."""
+    if pydicom is None or highdicom is None:
+        raise ConfigError(where, "DICOM input and output need the dicom extra: pip install 'brats-pipeline[dicom]'")
+
+
 # ----------------------------------------------------------------------------- finding series
 def find_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
     """Every MR series under ``folder`` (searched recursively), from the files' headers.
@@ -122,6 +131,7 @@ def find_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
         InputError: no DICOM file; an unreadable or truncated DICOM file; a file without
             SeriesInstanceUID; files of two patients or two studies; a series that is not MR.
     """
+    require_dicom_extra()
     root = Path(folder)
     if not root.is_dir():
         raise InputError(root, "not a folder: give the folder of a DICOM study")

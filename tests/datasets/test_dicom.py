@@ -14,9 +14,9 @@ import SimpleITK as sitk  # noqa: E402
 from dicom_writers import CONTRAST_TAGS, as_read, new_study, reoriented, rotated, write_mr_series, write_study  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 
-from pipeline.dicom_series import find_series, guess_channel, read_series, read_study, select_series  # noqa: E402
-from pipeline.errors import ConfigError, InputError  # noqa: E402
-from pipeline.modalities import MODALITIES  # noqa: E402
+from pipeline.datasets.dicom import find_series, guess_channel, read_series, read_study, select_series  # noqa: E402
+from pipeline.core.errors import ConfigError, InputError  # noqa: E402
+from pipeline.tasks.modalities import MODALITIES  # noqa: E402
 
 
 @pytest.fixture
