@@ -41,7 +41,7 @@ from pipeline.inference.writers import probability_filename, segmentation_filena
 from pipeline.preprocessing.raw_scans import prepare_scans, to_native, write_prepared
 from pipeline.tasks import written_convention
 
-__all__ = ["DicomCasePrediction", "holds_dicom", "predict_dicom_study", "reference_channel"]
+__all__ = ["DicomCasePrediction", "holds_dicom", "predict_dicom_study", "reference_channel", "series_choices"]
 
 #: Files looked at, at most, to tell whether a folder holds a DICOM study.
 _FILES_SAMPLED = 64
@@ -63,6 +63,19 @@ def holds_dicom(path: str | os.PathLike[str]) -> bool:
         except OSError:
             continue
     return False
+
+
+def series_choices(values: Sequence[str]) -> dict[str, str]:
+    """``--series`` values (``CHANNEL=<SeriesInstanceUID|folder>``, repeatable) as channel -> choice."""
+    choices: dict[str, str] = {}
+    for value in values:
+        channel, separator, choice = value.partition("=")
+        if not separator or not channel.strip() or not choice.strip():
+            raise ConfigError("--series", f"{value!r}: expected CHANNEL=<SeriesInstanceUID|folder>, e.g. t1ce=1.2.840.113619.2.5")
+        if channel.strip() in choices:
+            raise ConfigError("--series", f"{channel.strip()} is chosen twice")
+        choices[channel.strip()] = choice.strip()
+    return choices
 
 
 def reference_channel(channels: Sequence[str]) -> str:
@@ -99,6 +112,7 @@ def predict_dicom_study(
     label_convention: str = "auto",
     probabilities: bool = False,
     uncertainty: bool = False,
+    submission_names: bool = False,
 ) -> DicomCasePrediction:
     """Segment the DICOM study in ``folder`` with ``model`` (a :class:`pipeline.inference.model.SegmentationModel`) into ``out_dir``.
 
@@ -114,6 +128,7 @@ def predict_dicom_study(
         label_convention: the label convention of the NIfTI files (``auto``: the prepared case's own).
         probabilities: also write probability maps (prepared grid).
         uncertainty: also compute the uncertainty maps (prepared grid).
+        submission_names: name the prepared-grid segmentation ``<case_id>.nii.gz`` (BraTS portals).
 
     Raises:
         ConfigError: a native series not among the model's channels, or the ``dicom`` extra missing.
@@ -142,7 +157,7 @@ def predict_dicom_study(
     prediction = model.predict_case(record, probabilities=probabilities, uncertainty=uncertainty)
     convention = output_convention(record, label_convention, task)
     written = written_convention(task, convention)
-    segmentation = write_segmentation(prediction.labels, prediction.reference, out / segmentation_filename(case_id), written)
+    segmentation = write_segmentation(prediction.labels, prediction.reference, out / segmentation_filename(case_id, submission_names), written)
     probability_path = None
     if prediction.probabilities is not None:
         probability_path = write_probabilities(prediction.probabilities, prediction.reference, out / probability_filename(case_id))
