@@ -83,10 +83,10 @@ def find_shared_data(option: Path | None) -> Path:
     return Path(option or os.environ.get(SHARED_DATA_ENV) or DEFAULT_SHARED_DATA)
 
 
-def labelled_cases(shared_data: Path) -> dict[str, Path]:
-    """Case folders with a segmentation file under :data:`SOURCE_FOLDERS`, by case id (sorted)."""
+def labelled_cases(shared_data: Path, sources: Sequence[str] = SOURCE_FOLDERS) -> dict[str, Path]:
+    """Case folders with a segmentation file under the ``sources`` folders (default :data:`SOURCE_FOLDERS`), by case id (sorted)."""
     cases = {}
-    for source in SOURCE_FOLDERS:
+    for source in sources:
         folder = shared_data / source
         for case in sorted(folder.iterdir()) if folder.is_dir() else ():
             if case.is_dir() and any(case.glob("*_seg.nii*")):
@@ -275,6 +275,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the baseline trains for the pipeline's training CPU seconds (default: robust to other load on a shared machine) or wall seconds",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+    parser.add_argument(
+        "--sources",
+        type=lambda value: tuple(part for part in value.split(",") if part),
+        default=SOURCE_FOLDERS,
+        metavar="FOLDER,...",
+        help=f"folders of the shared data whose labelled cases make the cohort (default {','.join(SOURCE_FOLDERS)}; "
+        "real_brats,real_brats_train is the 7-patient cohort of the results before the 21)",
+    )
     parser.add_argument("--label", default="default", help="names the run in the results file name")
     parser.add_argument("--baseline-from", type=Path, default=None, metavar="RESULT.json", help="reuse the baseline rows of an earlier result with the same folds")
     parser.add_argument("--no-baseline", action="store_true", help="run the pipeline arm only")
@@ -322,9 +330,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         if not path.is_file():
             raise ConfigError(path, "--config: file not found")
     shared = find_shared_data(args.shared_data)
-    cases = labelled_cases(shared)
+    cases = labelled_cases(shared, args.sources)
     if len(cases) < 3:
-        print(f"skipped: real data not found at {shared} (needs labelled cases in {', '.join(SOURCE_FOLDERS)})")
+        print(f"skipped: real data not found at {shared} (needs labelled cases in {', '.join(args.sources)})")
         return None
     folds = make_folds(list(cases), args.folds, args.val_cases, args.seed)[: args.max_folds]
     baseline_rows, baseline_timing = _reused_baseline(args.baseline_from, folds) if args.baseline_from else ([], {})

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from monai.bundle import ConfigParser
 from prediction_cases import CONFIGS, write_bundle_dir
 
-from pipeline.inference.inferers.model import load_model
-from pipeline.cli.main.main import main
+from pipeline.inference.model import load_model
+from pipeline.cli.main import main
 from pipeline.core.errors import ConfigError
-from pipeline.inference.inferers.config import (
+from pipeline.inference.config import (
     INFERENCE_CONFIG,
     RUN_INFERENCE_CONFIG,
     TRAINED_KEYS,
@@ -26,7 +26,7 @@ from pipeline.inference.inferers.config import (
     run_inference_config,
     write_run_inference_config,
 )
-from pipeline.training.workflow.workflow import GPU_CONFIG, TRAIN_CONFIG, training_config_files
+from pipeline.training.workflow import GPU_CONFIG, TRAIN_CONFIG, training_config_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_a_run_folder_loads_like_a_bundle_folder(run_dir, case_dir, tmp_path):
     train = json.loads((run_dir / "config.json").read_text())
     for key in TRAINED_KEYS:
         assert old_style[key] == train[key], key
-    assert old_style["postprocessing"]["_target_"] == "pipeline.inference.inferers.postprocess.PostProcessing"
+    assert old_style["postprocessing"]["_target_"] == "pipeline.inference.postprocess.PostProcessing"
 
     written = write_run_inference_config(ConfigParser(train), run_dir)
     try:
@@ -147,7 +147,7 @@ def test_docs_merge_evaluate_yaml_after_inference_yaml_and_offer_tracking():
 def test_a_run_stores_its_task_and_an_old_run_is_glioma(tmp_path):
     from prediction_cases import write_run_dir
 
-    from pipeline.tasks.task.task import DEFAULT_TASK, resolve_task
+    from pipeline.tasks.task import DEFAULT_TASK, resolve_task
 
     old = write_run_dir(tmp_path / "old")
     config = json.loads((old / "config.json").read_text())
@@ -165,7 +165,7 @@ def test_a_run_stores_its_task_and_an_old_run_is_glioma(tmp_path):
     gtv = resolve_task("meningioma-rt").to_dict()
     run = write_run_dir(tmp_path / "gtv", task=gtv)
     stored = run_inference_config(json.loads((run / "config.json").read_text()), run)
-    assert stored["postprocessing"] == {"_target_": "pipeline.inference.inferers.postprocess.PostProcessing"}  # no WT to edit
+    assert stored["postprocessing"] == {"_target_": "pipeline.inference.postprocess.PostProcessing"}  # no WT to edit
     assert load_model(run).postprocessing.is_identity
 
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from prediction_cases import write_run_dir
 
-from pipeline.cli.main import main
+from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -278,7 +278,7 @@ def test_python_example_runs(demo_like_checkout: Path):
 def test_api_docstring_example_runs(demo_like_checkout: Path, monkeypatch: pytest.MonkeyPatch):
     import importlib
 
-    module = importlib.import_module("pipeline.inference.inferers.model" if NEW_LAYOUT else "pipeline.inference.model")
+    module = importlib.import_module("pipeline.inference.model" if NEW_LAYOUT else "pipeline.api")
     monkeypatch.chdir(demo_like_checkout)
     tests = [t for t in doctest.DocTestFinder().find(module) if t.name == module.__name__ and t.examples]
     assert tests, f"{module.__name__}'s module docstring has no example"
@@ -460,7 +460,7 @@ def test_make_test_runs_the_slow_tests_too():
 
 
 def _resolve(dotted: str) -> object:
-    """The object a dotted name such as ``pipeline.inference.inferers.predict.predict`` names: the longest importable module, then attributes."""
+    """The object a dotted name such as ``pipeline.inference.predict.predict`` names: the longest importable module, then attributes."""
     import importlib
 
     parts = dotted.split(".")

@@ -54,7 +54,8 @@ def evaluate(
     """Score a model per patient (Dice, HD95, sensitivity, specificity, precision, IoU, volumes).
 
     Predictions are written as predict writes them and scored on the original grid; HD95 is
-    MONAI's (max of the two directed 95th percentiles, in mm). The task decides the metric set:
+    the BraTS 2023 evaluation's (surface elements weighted by area, max of the two directed 95th
+    percentiles, in mm). The task decides the metric set:
     Kaggle LGG scores each patient's volume in voxels, 2D image folders each image (Dice, IoU,
     pixel accuracy, sensitivity, specificity, precision).
 

@@ -89,15 +89,17 @@ PREDICTIONS_DIR = "predictions"
 
 #: How HD95 is computed, recorded in every summary.
 HD95_DEFINITION = (
-    "MONAI compute_hausdorff_distance(percentile=95, spacing=voxel size in mm): the maximum of the two "
-    "directed 95th percentiles of boundary distances; one structure empty -> 373.13, both empty -> 0"
+    "BraTS 2023 evaluation (DeepMind surface-distance compute_robust_hausdorff(..., 95), spacing=voxel size in mm): "
+    "the maximum of the two directed 95th percentiles of surface-element distances, weighted by surface-element area; "
+    "one structure empty -> 373.13, both empty -> 0"
 )
 
 
 #: HD95 of the ``volume-voxels`` metric set (Kaggle LGG: no spacing stored).
 HD95_VOXELS_DEFINITION = (
-    "MONAI compute_hausdorff_distance(percentile=95) with unit spacing, in voxels (the files store no spacing): "
-    "the maximum of the two directed 95th percentiles; one side empty -> the diagonal of the case's grid in voxels, both empty -> 0"
+    "BraTS 2023 surface-element HD95 (DeepMind surface-distance compute_robust_hausdorff(..., 95)) with unit spacing, "
+    "in voxels (the files store no spacing): the maximum of the two directed area-weighted 95th percentiles; "
+    "one side empty -> the diagonal of the case's grid in voxels, both empty -> 0"
 )
 
 

@@ -161,6 +161,7 @@ def test_only_labelled_cases_join_the_cohort(tmp_path: Path) -> None:
     cases = labelled_cases(tmp_path)
     assert list(cases) == ["A_1", "B_2", "C_1"]
     assert patients_by_source(cases) == {"real_brats": ["A_1"], "real_brats_train": ["C_1"], "real_brats_more": ["B_2"]}
+    assert list(labelled_cases(tmp_path, ("real_brats", "real_brats_train"))) == ["A_1", "C_1"]  # --sources: the 7-patient cohort's folders
     (tmp_path / "real_brats_more" / "A_1").mkdir()
     (tmp_path / "real_brats_more" / "A_1" / "A_1_seg.nii.gz").touch()
     with pytest.raises(ConfigError, match="also in"):
