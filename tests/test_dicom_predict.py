@@ -120,3 +120,20 @@ def test_real_case_as_a_dicom_study_of_mixed_grids_segments_like_its_nifti_files
         seg, _ = read_dicom_seg(summary.dicom_seg["study"][channel])
         np.testing.assert_array_equal(sitk.GetArrayFromImage(seg) > 0, native > 0)
     assert nib.load(summary.native["study"]["t1ce"]).shape == (240, 240, 155)
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_real_case_as_a_dicom_study_without_resampling_segments_voxel_for_voxel_like_its_nifti_files(real_brats_dir: Path, tmp_path: Path) -> None:
+    case_id = "BraTS2021_00006"
+    model = SegmentationModel(HyperintensityNetwork(), VolumeInferer("2d"), postprocessing={"keep_largest": ["WT", "TC", "ET"]})
+    volumes = volumes_of(real_brats_dir / case_id, case_id)
+    grids = {"t1": reoriented(volumes["t1"], "sagittal"), "t1ce": volumes["t1ce"], "t2": reoriented(volumes["t2"], "coronal"), "flair": volumes["flair"]}
+    write_study(tmp_path / "study", grids)
+    expected = predict(model, real_brats_dir / case_id, tmp_path / "nifti", progress=False).segmentations[case_id]
+
+    summary = predict(model, tmp_path / "study", tmp_path / "dicom", progress=False, register=False, skull_strip=False)
+
+    native = nib.load(summary.native["study"]["t1ce"])
+    np.testing.assert_array_equal(np.asarray(native.dataobj), np.asarray(nib.load(expected).dataobj))
+    np.testing.assert_allclose(native.affine, nib.load(expected).affine, atol=1e-4)

@@ -27,6 +27,8 @@ from pipeline.preprocessing.raw_scans import (
     isotropic_grid,
     prepare_scans,
     register_rigid,
+    resample_onto,
+    samples_voxel_centres,
     to_native,
     write_prepared,
 )
@@ -302,3 +304,19 @@ def test_skull_strip_of_a_real_brain_with_a_skull_matches_its_brats_mask(real_br
     mask = extract_brain(head)
     assert _dice(mask, brain) > 0.95
     assert _volume_ml(mask) == pytest.approx(_volume_ml(brain), rel=0.08)
+
+
+def test_resampling_onto_a_grid_of_the_same_voxel_centres_copies_the_voxels_exactly() -> None:
+    image = sitk.GetImageFromArray(np.random.default_rng(4).normal(size=(7, 6, 5)).astype(np.float32))
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    image.SetOrigin((3.0, 4.0, 5.0))
+    sagittal = sitk.Flip(sitk.PermuteAxes(image, [1, 2, 0]), (False, False, True))  # the same voxel centres, another order
+    shifted = sitk.Image(image)
+    shifted.SetOrigin((3.5, 4.0, 5.0))  # half a voxel off: interpolated
+
+    copied = resample_onto(image, sagittal, sitk.Euler3DTransform())
+
+    assert samples_voxel_centres(image, sagittal, sitk.Transform()) and not samples_voxel_centres(image, shifted, sitk.Transform())
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(copied), sitk.GetArrayFromImage(sagittal))
+    interpolated = sitk.GetArrayFromImage(resample_onto(image, shifted, sitk.Transform()))
+    np.testing.assert_allclose(interpolated[:, :, 1:], (sitk.GetArrayFromImage(image)[:, :, 1:] + sitk.GetArrayFromImage(image)[:, :, :-1]) / 2, rtol=1e-5)

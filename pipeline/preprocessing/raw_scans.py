@@ -114,8 +114,34 @@ def isotropic_grid(image: sitk.Image, spacing: float = 1.0) -> sitk.Image:
 
 
 def resample_onto(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform) -> sitk.Image:
-    """``image`` resampled (linear, float32, 0 outside its field of view) onto ``grid``, whose physical space ``transform`` maps into ``image``'s."""
-    return sitk.Resample(image, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    """``image`` resampled (linear, float32, 0 outside its field of view) onto ``grid``, whose physical space ``transform`` maps into ``image``'s.
+
+    Where every voxel centre of ``grid`` lands on a voxel centre of ``image`` (the same grid, or its
+    axes permuted or flipped: a sagittal series on an axial reference, registration skipped), the
+    voxels are copied exactly (nearest neighbour): linear interpolation would return them only up
+    to rounding, and turn the exact zeros of a skull-stripped background into tiny non-zeros.
+    """
+    interpolator = sitk.sitkNearestNeighbor if samples_voxel_centres(image, grid, transform) else sitk.sitkLinear
+    return sitk.Resample(image, grid, transform, interpolator, 0.0, sitk.sitkFloat32)
+
+
+#: Transforms that map lines to lines (an affine map), so four points decide where every voxel centre lands
+#: (``Transform``: a default-constructed ``sitk.Transform()``, the identity).
+_AFFINE_TRANSFORMS = frozenset({"Transform", "IdentityTransform", "TranslationTransform", "Euler3DTransform", "VersorRigid3DTransform",
+                                "Similarity3DTransform", "ScaleTransform", "AffineTransform"})
+
+
+def samples_voxel_centres(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform, tolerance: float = 1e-4) -> bool:
+    """Whether ``transform`` takes every voxel centre of ``grid`` to a voxel centre of ``image`` (within ``tolerance`` voxels)."""
+    names = {transform.GetName()}
+    if isinstance(transform, sitk.CompositeTransform):
+        names = {transform.GetNthTransform(n).GetName() for n in range(transform.GetNumberOfTransforms())}
+    if not names <= _AFFINE_TRANSFORMS:
+        return False
+    corners = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    indices = np.array([image.TransformPhysicalPointToContinuousIndex(transform.TransformPoint(grid.TransformIndexToPhysicalPoint(c))) for c in corners])
+    steps = indices[1:] - indices[0]  # the image index moved by one grid step along each axis
+    return bool(np.allclose(indices, np.rint(indices), atol=tolerance) and np.allclose(steps, np.rint(steps), atol=tolerance))
 
 
 def to_native(labels: sitk.Image, target: sitk.Image, transform: sitk.Transform | None = None) -> sitk.Image:
