@@ -27,6 +27,9 @@ from pipeline.tasks.modalities import MODALITIES  # noqa: E402
 from pipeline.tasks.labels import get_convention  # noqa: E402
 
 CASE = "BraTS2021_00001"
+#: The real case and a deterministic predictor whose output overlaps its tumour (for comparing the two paths).
+REAL_CASE = "BraTS2021_00006"
+RULE_MODEL = SegmentationModel(HyperintensityNetwork(), VolumeInferer("2d"), postprocessing={"keep_largest": ["WT", "TC", "ET"]})
 #: 1 mm isotropic L-P-S (the prepared grid of a 1 mm reference is its own grid: no resampling anywhere).
 LPS_1MM = np.array([[-1.0, 0, 0, 29], [0, -1.0, 0, 33], [0, 0, 1.0, -8], [0, 0, 0, 1]])
 
@@ -96,9 +99,7 @@ def test_output_inside_the_dicom_study_is_refused(run_dir: Path, tiny_nifti_case
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_real_case_as_a_dicom_study_of_mixed_grids_segments_like_its_nifti_files(real_brats_dir: Path, tmp_path: Path) -> None:
-    case_id = "BraTS2021_00006"
-    model = SegmentationModel(HyperintensityNetwork(), VolumeInferer("2d"), postprocessing={"keep_largest": ["WT", "TC", "ET"]})
-    volumes = volumes_of(real_brats_dir / case_id, case_id)
+    model, volumes = RULE_MODEL, volumes_of(real_brats_dir / REAL_CASE, REAL_CASE)
     grids = {
         "t1": resampled(reoriented(volumes["t1"], "sagittal"), (1.0, 1.0, 1.2)),
         "t1ce": volumes["t1ce"],
@@ -106,7 +107,7 @@ def test_real_case_as_a_dicom_study_of_mixed_grids_segments_like_its_nifti_files
         "flair": resampled_oblique(volumes["flair"], (8.0, -5.0, 3.0), (1.0, 1.0, 1.0)),
     }
     write_study(tmp_path / "study", grids, new_study())
-    expected = predict(model, real_brats_dir / case_id, tmp_path / "nifti", progress=False).segmentations[case_id]
+    expected = predict(model, real_brats_dir / REAL_CASE, tmp_path / "nifti", progress=False).segmentations[REAL_CASE]
 
     summary = predict(model, tmp_path / "study", tmp_path / "dicom", progress=False, register=False, skull_strip=False,
                       native_series=("t1ce", "flair"), dicom_seg=True)
@@ -125,12 +126,10 @@ def test_real_case_as_a_dicom_study_of_mixed_grids_segments_like_its_nifti_files
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_real_case_as_a_dicom_study_without_resampling_segments_voxel_for_voxel_like_its_nifti_files(real_brats_dir: Path, tmp_path: Path) -> None:
-    case_id = "BraTS2021_00006"
-    model = SegmentationModel(HyperintensityNetwork(), VolumeInferer("2d"), postprocessing={"keep_largest": ["WT", "TC", "ET"]})
-    volumes = volumes_of(real_brats_dir / case_id, case_id)
+    model, volumes = RULE_MODEL, volumes_of(real_brats_dir / REAL_CASE, REAL_CASE)
     grids = {"t1": reoriented(volumes["t1"], "sagittal"), "t1ce": volumes["t1ce"], "t2": reoriented(volumes["t2"], "coronal"), "flair": volumes["flair"]}
     write_study(tmp_path / "study", grids)
-    expected = predict(model, real_brats_dir / case_id, tmp_path / "nifti", progress=False).segmentations[case_id]
+    expected = predict(model, real_brats_dir / REAL_CASE, tmp_path / "nifti", progress=False).segmentations[REAL_CASE]
 
     summary = predict(model, tmp_path / "study", tmp_path / "dicom", progress=False, register=False, skull_strip=False)
 
