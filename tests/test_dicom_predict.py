@@ -11,10 +11,11 @@ import pytest
 
 pytest.importorskip("highdicom", reason="the dicom extra (pydicom, highdicom) is not installed")
 
+import pydicom  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 from case_writers import canonical_case, write_brats_case  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from dicom_writers import new_study, reoriented, resampled, resampled_oblique, write_study  # noqa: E402
+from dicom_writers import new_study, reoriented, resampled, resampled_oblique, write_mr_series, write_study  # noqa: E402
 from prediction_cases import HyperintensityNetwork  # noqa: E402
 
 from pipeline.cli import main  # noqa: E402
@@ -136,3 +137,50 @@ def test_real_case_as_a_dicom_study_without_resampling_segments_voxel_for_voxel_
     native = nib.load(summary.native["study"]["t1ce"])
     np.testing.assert_array_equal(np.asarray(native.dataobj), np.asarray(nib.load(expected).dataobj))
     np.testing.assert_allclose(native.affine, nib.load(expected).affine, atol=1e-4)
+
+
+def _mix_patients(study: Path, tiny: dict[str, sitk.Image]) -> None:
+    write_mr_series(study / "other_patient", tiny["t1"], "t1", study=new_study("OTHER-PATIENT"))
+
+
+def _drop_a_slice(study: Path, tiny: dict[str, sitk.Image]) -> None:
+    sorted((study / "series02").iterdir())[5].unlink()
+
+
+def _add_a_ct(study: Path, tiny: dict[str, sitk.Image]) -> None:
+    first = pydicom.dcmread(next((study / "series01").iterdir()))
+    write_mr_series(study / "ct", tiny["t1"], "t1", study={k: str(first.get(k)) for k in ("PatientID", "PatientName", "StudyInstanceUID", "FrameOfReferenceUID")},
+                    tags={"Modality": "CT", "SeriesDescription": "Head CT"})
+
+
+def _cut_a_file(study: Path, tiny: dict[str, sitk.Image]) -> None:
+    path = sorted((study / "series03").iterdir())[2]
+    path.write_bytes(path.read_bytes()[:-300])
+
+
+def _remove_flair(study: Path, tiny: dict[str, sitk.Image]) -> None:
+    for path in (study / "series04").iterdir():
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (_mix_patients, "files of 2 patients"),
+        (_drop_a_slice, "uneven slice spacing"),
+        (_add_a_ct, "is modality CT, not MR"),
+        (_cut_a_file, "damaged DICOM file: the pixel data is cut short"),
+        (_remove_flair, "flair: no series identified as flair; series found: "),
+    ],
+)
+def test_cli_refuses_a_bad_dicom_study_in_one_line_writing_nothing(run_dir: Path, tiny_nifti_case: Path, tmp_path: Path, spoil, message: str) -> None:
+    tiny = volumes_of(tiny_nifti_case, CASE)
+    write_study(tmp_path / "study", tiny)
+    spoil(tmp_path / "study", tiny)
+
+    result = CliRunner().invoke(main, ["predict", "--model", str(run_dir), "--input", str(tmp_path / "study"), "--out", str(tmp_path / "out"), "--dicom-seg"])
+
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert not (tmp_path / "out").exists()

@@ -171,22 +171,31 @@ def _read_header(path: Path) -> Dataset | None:
     except OSError as err:
         raise InputError(path, f"cannot read: {err.strerror or err}") from err
     try:
-        # Pixel data is deferred, not read: its declared length is checked against the file's size below.
-        header = pydicom.dcmread(path, defer_size=1024)
+        header = pydicom.dcmread(path)  # pixel data included: a file cut short is caught here, not half-way through reading
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as err:
         raise InputError(path, f"damaged DICOM file, cannot be read: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
     if "PixelData" not in header and "FloatPixelData" not in header:
         if "Rows" in header:
             raise InputError(path, "damaged DICOM file: an image without pixel data (cut short?)")
         return header
-    pixels = header.get_item("PixelData") if "PixelData" in header else None
-    value_tell = getattr(pixels, "value_tell", None)
-    length = getattr(pixels, "length", None)
-    if value_tell is not None and length is not None and length != 0xFFFFFFFF and value_tell + length > path.stat().st_size:
-        raise InputError(path, f"damaged DICOM file: the pixel data is cut short ({path.stat().st_size - value_tell} of {length} bytes)")
-    if "PixelData" in header:
-        del header.PixelData
+    syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" in header and syntax is not None and not syntax.is_compressed:
+        expected = _pixel_bytes(header)
+        if expected is not None and len(header.PixelData) < expected:
+            raise InputError(path, f"damaged DICOM file: the pixel data is cut short ({len(header.PixelData)} of {expected} bytes)")
+    for keyword in ("PixelData", "FloatPixelData"):
+        if keyword in header:
+            delattr(header, keyword)  # only the header is kept: read_series reads the pixels
     return header
+
+
+def _pixel_bytes(header: Dataset) -> int | None:
+    """Bytes of uncompressed pixel data the header announces (rows x columns x samples x bits x frames), if it says."""
+    try:
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+        return int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel", 1)) * frames * int(header.BitsAllocated) // 8
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def _refuse_mixed(root: Path, headers: Mapping[str, list[tuple[Path, Dataset]]], keyword: str, what: str) -> None:
