@@ -143,7 +143,7 @@ def new_study(patient_id: str = "BRATS-TEST-001", patient_name: str = "Test^Pati
 
 
 def write_study(folder: Path, volumes: Mapping[str, sitk.Image], study: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Write one series per contrast under ``folder/<contrast>/``; returns each contrast's SeriesInstanceUID."""
+    """Write one series per contrast under ``folder/series<NN>/`` (numbered in the order given); returns each contrast's SeriesInstanceUID."""
     study = study or new_study()
     uids = {}
     for number, (contrast, image) in enumerate(volumes.items(), start=1):

@@ -20,6 +20,7 @@ from prediction_cases import HyperintensityNetwork  # noqa: E402
 
 from pipeline.cli import main  # noqa: E402
 from pipeline.core.errors import ConfigError  # noqa: E402
+from pipeline.inference.dicom_predict import series_choices  # noqa: E402
 from pipeline.inference.dicom_seg import read_dicom_seg  # noqa: E402
 from pipeline.inference.inferers import VolumeInferer  # noqa: E402
 from pipeline.inference.model import SegmentationModel  # noqa: E402
@@ -62,6 +63,7 @@ def test_cli_predict_on_a_dicom_study_matches_the_nifti_path_voxel_for_voxel(run
     result = runner.invoke(main, [
         "predict", "--model", str(run_dir), "--input", str(tmp_path / "study"), "--out", str(tmp_path / "dicom"), "--dicom-seg",
         "--skip-registration", "--skip-skull-strip", "--native-series", "t1ce", "--native-series", "t1", "--no-progress",
+        "--series", f"t2={tmp_path / 'study' / 'series03'}", "--series", f"t1ce={uids['t1ce']}",
     ])
 
     assert result.exit_code == 0, result.output
@@ -81,6 +83,16 @@ def test_cli_predict_on_a_dicom_study_matches_the_nifti_path_voxel_for_voxel(run
         np.testing.assert_array_equal(sitk.GetArrayFromImage(seg), internal)
     # the prepared case is a BraTS-style folder the NIfTI path reads too
     assert (tmp_path / "dicom" / "prepared" / "study" / "study_t1ce.nii.gz").is_file()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [(["t1ce"], "'t1ce': expected CHANNEL=<SeriesInstanceUID|folder>"), (["=1.2.3"], "expected CHANNEL="),
+     (["t1ce=1.2", "t1ce=1.3"], "t1ce is chosen twice")],
+)
+def test_bad_series_choices_are_refused(values: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        series_choices(values)
 
 
 def test_dicom_only_options_on_a_nifti_input_are_refused(run_dir: Path, tiny_nifti_case: Path, tmp_path: Path) -> None:
