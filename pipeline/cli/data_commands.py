@@ -1,8 +1,4 @@
-"""The ``synth``, ``datalist`` and ``preprocess``: the data before training.
-
-Stage modules are imported inside each command: importing them (torch, MONAI) costs seconds, which ``--help`` and
-every other command would otherwise pay.
-"""
+"""The ``synth``, ``datalist`` and ``preprocess`` commands: the data before training."""
 
 from __future__ import annotations
 
