@@ -28,7 +28,8 @@ __all__ = ["predict", "merge_shards", "export_command"]
     "input_path",
     required=True,
     type=EXISTING,
-    help="Case folder, MSD 4D image, data list JSON or data root; for a 2D task also a Kaggle LGG patient folder or one 2D image.",
+    help="Case folder, MSD 4D image, data list JSON, data root or DICOM study folder; "
+    "for a 2D task also a Kaggle LGG patient folder or one 2D image.",
 )
 @click.option("--out", required=True, type=PATH, help="Folder for the predictions (NIfTI; a 2D task's masks in their own format).")
 @click.option("--device", default="cpu", show_default=True, help="Where the network runs: cpu, cuda, cuda:N.")
@@ -45,6 +46,22 @@ __all__ = ["predict", "merge_shards", "export_command"]
 @UNCERTAINTY
 @click.option("--submission-names", is_flag=True, help="Name files <case_id>.nii.gz as the BraTS portals expect (default <case_id>_seg.nii.gz).")
 @shard_option("writes OUT/shards/K-of-N.json instead of predictions.json; then merge-shards.")
+@click.option(
+    "--series",
+    "series",
+    multiple=True,
+    metavar="CHANNEL=UID|FOLDER",
+    help="DICOM input: the series of a channel, by SeriesInstanceUID or folder (repeatable; overrides the guess from the tags).",
+)
+@click.option(
+    "--native-series",
+    multiple=True,
+    metavar="CHANNEL",
+    help="DICOM input: also write the labels on this channel's original series grid (repeatable; default: the reference, t1ce).",
+)
+@click.option("--dicom-seg", is_flag=True, help="DICOM input: also write each native-grid result as a DICOM Segmentation (OUT/<case>_<channel>_seg.dcm).")
+@click.option("--skip-registration", is_flag=True, help="DICOM input: trust the scanner's coordinates instead of registering each contrast to the reference.")
+@click.option("--skip-skull-strip", is_flag=True, help="DICOM input: the scans are skull-stripped already.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @reports_errors
 def predict(
@@ -58,6 +75,11 @@ def predict(
     uncertainty: bool,
     submission_names: bool,
     shard: Any,
+    series: tuple[str, ...],
+    native_series: tuple[str, ...],
+    dicom_seg: bool,
+    skip_registration: bool,
+    skip_skull_strip: bool,
     no_progress: bool,
 ) -> None:
     """Segment cases (with or without ground truth) into NIfTI files for 3D Slicer.
@@ -70,7 +92,13 @@ def predict(
     Under torchrun (torchrun --nproc-per-node N -m pipeline predict ... --device cuda) each process
     segments its share of the cases on its own GPU (LOCAL_RANK; CPU when --device cpu) and rank 0
     writes predictions.json.
+
+    A DICOM study folder (one series per contrast, any orientation and spacing, with skull) is
+    read, registered to T1ce, resampled to 1 mm and skull-stripped (OUT/prepared/<case>/), segmented
+    (OUT/<case>_seg.nii.gz on that grid), and its labels written back on the original series
+    (OUT/<case>_<channel>_native_seg.nii.gz; with --dicom-seg also OUT/<case>_<channel>_seg.dcm).
     """
+    from pipeline.inference.dicom_predict import series_choices
     from pipeline.inference.predict import predict as run_predict
 
     summary = run_predict(
@@ -85,6 +113,11 @@ def predict(
         progress=not no_progress,
         uncertainty=uncertainty,
         shard=shard,
+        series=series_choices(series),
+        native_series=native_series,
+        dicom_seg=dicom_seg,
+        register=not skip_registration,
+        skull_strip=not skip_skull_strip,
     )
     click.echo(str(summary))
 

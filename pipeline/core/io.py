@@ -35,6 +35,7 @@ __all__ = [
     "save_image_2d",
     "save_nifti",
     "save_npy",
+    "save_sitk",
     "write_json",
     "write_text",
 ]
@@ -134,6 +135,19 @@ def _save_with_suffix(target: Path, suffix: str, save: Any) -> None:
             os.replace(named, tmp)
         finally:
             named.unlink(missing_ok=True)
+
+
+def save_sitk(path: str | os.PathLike[str], item: Any) -> Path:
+    """Write a SimpleITK image (format from the suffix: ``.nii.gz``, ``.nrrd``, ...) or transform (``.tfm``, ``.h5``), atomically."""
+    import SimpleITK as sitk
+
+    target = Path(path)
+    suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
+    if isinstance(item, sitk.Transform):
+        _save_with_suffix(target, suffix, lambda named: sitk.WriteTransform(item, str(named)))
+    else:
+        _save_with_suffix(target, suffix, lambda named: sitk.WriteImage(item, str(named)))
+    return target
 
 
 def save_image_2d(path: str | os.PathLike[str], voxels: np.ndarray) -> Path:

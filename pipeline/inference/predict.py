@@ -22,6 +22,12 @@ listing what was written with the settings used (and each case's uncertainty sco
 
 ``model`` may be several folders (an ensemble): their probabilities are averaged before decoding.
 
+``--input`` may also be a DICOM study folder (one patient, one study, a series per contrast, any
+orientation and spacing, with skull): its series are identified and read, prepared (registered to
+the reference contrast, 1 mm grid, skull-stripped) and segmented, and the labels come back on the
+grid of each series asked for (default: the reference's) as NIfTI and, with ``dicom_seg``, as a
+DICOM Segmentation (:mod:`pipeline.inference.dicom_predict`).
+
 Under torchrun each process segments its share of the cases and rank 0 writes ``predictions.json``;
 with ``shard`` one shard's entries go to ``OUT/shards/K-of-N.json`` for
 :func:`merge_prediction_shards` (:mod:`pipeline.core.distributed`).
@@ -32,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -63,6 +70,7 @@ from pipeline.datasets.records import (
     CaseRecord,
     for_channels,
 )
+from pipeline.inference.dicom_predict import holds_dicom, predict_dicom_study
 from pipeline.inference.model import (
     SegmentationModel,
     check_output_convention,
@@ -88,10 +96,12 @@ from pipeline.tasks.task import DEFAULT_TASK, Task, resolve_task, task_from_dict
 
 __all__ = [
     "PredictionSummary",
+    "check_dicom_outputs",
     "check_outputs_spare_inputs",
     "merge_prediction_shards",
     "model_settings",
     "predict",
+    "refuse_dicom_options",
     "resolve_cases",
     "write_case_prediction",
     "write_colour_tables",
@@ -113,6 +123,8 @@ class PredictionSummary:
     probabilities: dict[str, Path] = field(default_factory=dict)
     uncertainty: dict[str, list[Path]] = field(default_factory=dict)
     colour_tables: list[Path] = field(default_factory=list)
+    native: dict[str, dict[str, Path]] = field(default_factory=dict)
+    dicom_seg: dict[str, dict[str, Path]] = field(default_factory=dict)
     seconds: float = 0.0
 
     def __str__(self) -> str:
@@ -244,6 +256,11 @@ def predict(
     progress: bool = True,
     uncertainty: bool = False,
     shard: Shard | str | None = None,
+    series: Mapping[str, str] | None = None,
+    native_series: Sequence[str] = (),
+    dicom_seg: bool = False,
+    register: bool = True,
+    skull_strip: bool = True,
 ) -> PredictionSummary:
     """Segment every case of ``input_path`` with ``model`` and write the NIfTI files into ``out_dir``.
 
@@ -262,15 +279,30 @@ def predict(
         shard: segment only shard K of N of the cases (``"K/N"``, 1-based; :mod:`pipeline.core.distributed`)
             and write ``shards/K-of-N.json`` instead of ``predictions.json`` (``merge-shards`` writes it).
             Under torchrun each rank takes its own shard and rank 0 writes ``predictions.json``.
+        series: for a DICOM study, channel -> SeriesInstanceUID or folder of its series (overrides the guess from the tags).
+        native_series: for a DICOM study, the channels whose series' grids the labels are written on (default: the reference's).
+        dicom_seg: for a DICOM study, also write each native-grid result as a DICOM Segmentation.
+        register: for a DICOM study, register each contrast to the reference (off: the scanner's coordinates are trusted).
+        skull_strip: for a DICOM study, extract the brain (off: the scans are skull-stripped already).
     """
     started = time.perf_counter()
     out = Path(out_dir)
     wanted = Shard.parse(shard) if isinstance(shard, str) else shard
+    dicom = {"series": dict(series or {}), "native_series": tuple(native_series), "dicom_seg": dicom_seg, "register": register, "skull_strip": skull_strip}
+    dicom_input = holds_dicom(input_path)
+    if dicom_input:
+        check_dicom_outputs(Path(input_path), out, wanted)
+    else:
+        refuse_dicom_options(input_path, dicom)
     if not isinstance(model, SegmentationModel):
         model = load_model(model, device=local_device(device), tta=tta)
     elif tta is not None:
         model.inferer.tta = bool(tta)
     check_output_convention(label_convention, model.task)
+    if dicom_input:
+        result = predict_dicom_study(model, input_path, out, label_convention=label_convention, probabilities=probabilities,
+                                     uncertainty=uncertainty, submission_names=submission_names, **dicom)
+        return _dicom_summary(model, input_path, out, result, started)
     records = resolve_cases(input_path, model.task)
     if probabilities and any(record.layout == IMAGE_2D for record in records):
         raise ConfigError("--probabilities", "2D images are predicted as masks only (masks/<name>.png); leave --probabilities out")
@@ -321,6 +353,55 @@ def predict(
                 entries = [entry for _, entry in sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])]
                 summary.colour_tables = write_colour_tables(out, {name for _, names in gathered for name in names}, model.task)
                 write_json(out / MANIFEST, {"model": model_settings(model), "input": str(input_path), "cases": entries})
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+#: predict's options that only a DICOM study input takes, as the command line names them, with their defaults.
+_DICOM_OPTIONS = {"series": ("--series", {}), "native_series": ("--native-series", ()), "dicom_seg": ("--dicom-seg", False),
+                  "register": ("--skip-registration", True), "skull_strip": ("--skip-skull-strip", True)}
+
+
+def refuse_dicom_options(input_path: str | os.PathLike[str], options: Mapping[str, Any]) -> None:
+    """Refuse, naming the option, a DICOM-only option given for an input that is no DICOM study."""
+    for key, (flag, default) in _DICOM_OPTIONS.items():
+        if options[key] != default:
+            raise ConfigError(flag, f"applies to a DICOM study input; {input_path} holds no DICOM files")
+
+
+def check_dicom_outputs(study: Path, out: Path, shard: Shard | None) -> None:
+    """Refuse an output folder inside the study (a later run would read the outputs as series) and sharding (one study is one case)."""
+    if shard is not None or rank_shard() is not None:
+        raise ConfigError("--shard", "a DICOM study is one case: run it without --shard or torchrun")
+    if out.resolve() == study.resolve() or study.resolve() in out.resolve().parents:
+        raise ConfigError("--out", f"{out} is inside the DICOM study {study}: write the outputs elsewhere")
+
+
+def _dicom_summary(model: SegmentationModel, input_path: str | os.PathLike[str], out: Path, result: Any, started: float) -> PredictionSummary:
+    """Write the uncertainty maps, colour table and ``predictions.json`` of a DICOM study's prediction; its summary."""
+    uncertainty_paths = write_case_uncertainty(result.prediction, out)
+    case_id = result.case_id
+    summary = PredictionSummary(out_dir=out, segmentations={case_id: result.segmentation}, native={case_id: result.native}, dicom_seg={case_id: result.dicom_seg})
+    entry: dict[str, Any] = {
+        "case_id": case_id,
+        "segmentation": result.segmentation.name,
+        "label_convention": result.convention,
+        "source": str(input_path),
+        "series": result.series,
+        "prepared": {key: path.relative_to(out).as_posix() for key, path in result.prepared.items()},
+        "native": {channel: path.name for channel, path in result.native.items()},
+        "dicom_seg": {channel: path.name for channel, path in result.dicom_seg.items()},
+        "voxels": {name: int(np.count_nonzero(result.prediction.labels == model.task.class_value(name))) for name in model.task.classes},
+        "seconds": result.seconds,
+    }
+    if result.probabilities is not None:
+        summary.probabilities[case_id] = result.probabilities
+        entry["probabilities"] = result.probabilities.name
+    if uncertainty_paths:
+        summary.uncertainty[case_id] = uncertainty_paths
+        entry["uncertainty_maps"] = [path.name for path in uncertainty_paths]
+    summary.colour_tables = write_colour_tables(out, {result.convention}, model.task)
+    write_json(out / MANIFEST, {"model": model_settings(model), "input": str(input_path), "cases": [entry]})
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -6,6 +6,7 @@ grown inside them (:mod:`~pipeline.synth.tumour`); four MR contrasts are rendere
 field and noise (:mod:`~pipeline.synth.appearance`); and cases are written in BraTS 2021
 layout with the real BraTS header (:mod:`~pipeline.synth.cohort`, :mod:`~pipeline.synth.grid`), or in
 another task's release layout and labels (:mod:`~pipeline.synth.layouts`).
+:mod:`~pipeline.synth.head` wraps a skull-free brain in skull and scalp, for measuring skull stripping.
 """
 
 from pipeline.synth.cohort import case_files, case_id, generate_cohort, synthesize_case
