@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +44,9 @@ __all__ = [
     "PreparedScans",
     "extract_brain",
     "isotropic_grid",
+    "prepare_case_files",
     "prepare_scans",
+    "read_scan",
     "register_rigid",
     "resample_onto",
     "to_native",
@@ -172,10 +174,10 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, name: s
 
     On a real BraTS case whose T1, T2 and FLAIR were moved by about 5 degrees and 4 mm and scanned
     at 1x1x5 mm, the transform found differs from the motion composed with the one found for the
-    same scan without motion by at most 0.35 mm and 0.15 degrees over the brain; plain gradient
-    descent stopped about 5 mm off. (The scans without motion themselves register 0.7-1.7 mm away
-    from the identity: BraTS's own contrasts are not aligned more closely than that, or the 5 mm
-    slices pull MI's optimum by as much; no ground truth tells the two apart.)
+    same scan without motion by 0.3-0.8 mm and 0.1-0.3 degrees over the brain (``benchmarks/raw_scans.py``);
+    plain gradient descent stopped about 5 mm off. (The scans without motion themselves register
+    0.5-1.7 mm away from the identity: BraTS's own contrasts are not aligned more closely than
+    that, or the 5 mm slices pull MI's optimum by as much; no ground truth tells the two apart.)
 
     Raises:
         InputError: naming ``name`` when the registration cannot run (e.g. no overlap of the images).
@@ -360,3 +362,52 @@ def write_prepared(prepared: PreparedScans, out_dir: Path) -> dict[str, Path]:
         if channel != prepared.reference:
             written[f"{channel}_transform"] = save_sitk(out_dir / f"{name}_{channel}_to_{prepared.reference}.tfm", transform)
     return written
+
+
+def read_scan(path: Path) -> sitk.Image:
+    """One native scan (NIfTI, NRRD, MetaImage: any format SimpleITK reads), or a one-line :class:`InputError`."""
+    if not Path(path).is_file():
+        raise InputError(path, "file not found")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"cannot read the scan ({reason})") from err
+
+
+def prepare_case_files(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_dir: Path,
+    reference: str = DEFAULT_REFERENCE,
+    register: bool = True,
+    skull_strip: bool = True,
+    spacing: float = 1.0,
+) -> dict[str, Path]:
+    """Prepare one case stored as a file per contrast, and write the prepared case folder (the ``prepare`` command).
+
+    Args:
+        source: a case folder whose files are named like a BraTS release's (any release; a folder
+            not named after its case is recognised from its files), or the four contrast files
+            in canonical order (T1, T1ce, T2, FLAIR).
+        out_dir: the prepared case folder (:func:`write_prepared`); ``predict --input out_dir`` reads it.
+        reference, register, skull_strip, spacing: as :func:`prepare_scans`.
+
+    Returns:
+        The files written, as :func:`write_prepared` names them.
+
+    Raises:
+        InputError: for an unrecognised case, a missing or unreadable file, or a case stored as one 4D file.
+        ConfigError: for ``out_dir`` in the source's folder (source data is never written to), or as :func:`prepare_scans`.
+    """
+    from pipeline.datasets.discovery import case_from_files, discover_case
+    from pipeline.datasets.records import NIFTI
+
+    is_folder = isinstance(source, (str, os.PathLike))
+    record = discover_case(source) if is_folder else case_from_files(source)
+    target = Path(out_dir).resolve()
+    if target in {Path(path).resolve().parent for path in record.images} or (is_folder and Path(source).resolve() in target.parents):
+        raise ConfigError(out_dir, "is the input case's folder or inside it; choose another folder (source data is never written to)")
+    if record.layout != NIFTI or record.channel_indices is not None:
+        raise InputError(record.images[0], "is not a volume per contrast; prepare reads one NIfTI file per contrast")
+    volumes = {channel: read_scan(path) for channel, path in zip(record.channels, record.images)}
+    return write_prepared(prepare_scans(volumes, reference=reference, register=register, skull_strip=skull_strip, spacing=spacing), out_dir)
