@@ -198,7 +198,7 @@ def prediction_agreement(case_dir: Path, scans: dict[str, sitk.Image], model_dir
     on_grid.CopyInformation(prepared.volumes[prepared.reference])
     native = to_native(on_grid, scans[prepared.reference])  # the reference: its own transform is the identity
     native_labels = sitk.GetArrayFromImage(native).transpose(2, 1, 0)
-    return {"prepare_seconds": seconds, "whole_tumour_dice": _dice(native_labels, original_labels)}
+    return {"model": str(model_dir), "prepare_seconds": seconds, "whole_tumour_dice": _dice(native_labels, original_labels)}
 
 
 def markdown_table(result: dict) -> str:
@@ -225,7 +225,8 @@ def markdown_table(result: dict) -> str:
             "",
             (
                 f"prepare_scans on the whole case (registration of three contrasts, resampling, skull strip): {prediction['prepare_seconds']:.1f} s; "
-                f"whole-tumour Dice of the prediction on the prepared case against the prediction on the original case: {prediction['whole_tumour_dice']:.3f}"
+                f"whole-tumour Dice of the prediction on the prepared case against the prediction on the original case ({prediction['model']}): "
+                f"{prediction['whole_tumour_dice']:.3f}"
             ),
         ]
     return "\n".join(lines) + "\n"

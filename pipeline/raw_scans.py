@@ -167,14 +167,14 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, name: s
     """Rigid transform from ``fixed``'s physical space to ``moving``'s that best aligns their anatomy.
 
     SimpleITK's ``ImageRegistrationMethod``: Mattes mutual information (50 bins, voxels sampled at
-    random with ``seed``, so a run is repeatable), regular-step gradient descent with scales from
+    random with ``seed``; ITK's threads still make runs differ by a few tenths of a millimetre), regular-step gradient descent with scales from
     physical shifts, a three-level pyramid (:data:`SHRINK_FACTORS`, :data:`SMOOTHING_SIGMAS_MM`,
     :data:`SAMPLING_FRACTIONS`), starting from :func:`_initial_transform`. ``fixed`` is the one
     sampled, so the finer scan (the 1 mm reference) goes there.
 
     On a real BraTS case whose T1, T2 and FLAIR were moved by about 5 degrees and 4 mm and scanned
     at 1x1x5 mm, the transform found differs from the motion composed with the one found for the
-    same scan without motion by 0.3-0.8 mm and 0.1-0.3 degrees over the brain (``benchmarks/raw_scans.py``);
+    same scan without motion by 0.3-0.8 mm and 0.1-0.3 degrees over the brain in two runs (``benchmarks/raw_scans.py``);
     plain gradient descent stopped about 5 mm off. (The scans without motion themselves register
     0.5-1.7 mm away from the identity: BraTS's own contrasts are not aligned more closely than
     that, or the 5 mm slices pull MI's optimum by as much; no ground truth tells the two apart.)
