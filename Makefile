@@ -70,7 +70,8 @@ clean:  ## Remove caches, outputs and build files (keeps .venv and data/)
 # Training: the bundle's configs/train.yaml on the data list and cache `make preprocess` recorded.
 # GPU workstation: make train DEVICE=cuda TRAIN_ARGS="--config bundles/brats_segmentation/configs/gpu_train.yaml"
 MODE        ?= 2.5d
-EPOCHS      ?= 12
+# EPOCHS=N overrides the configuration's epochs (train.yaml: 12)
+EPOCHS      ?=
 # FOLD=all (or make train-folds): every fold of the data list into RUN_DIR/fold<k>/, K times one fold's time
 FOLD        ?= 0
 DEVICE      ?= cpu
@@ -80,7 +81,7 @@ TRACKING    ?=
 TRAIN_ARGS  ?=
 .PHONY: train train-folds
 train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD (all: every fold), DEVICE, RUN_DIR, TRACKING=mlflow; TRAIN_ARGS="--resume --set batch_size=32 ...")
-	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) --epochs $(EPOCHS) $(if $(filter all,$(FOLD)),--folds all,--fold $(FOLD)) --device $(DEVICE) --out $(RUN_DIR) $(if $(TRACKING),--tracking $(TRACKING)) $(TRAIN_ARGS)
+	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(filter all,$(FOLD)),--folds all,--fold $(FOLD)) --device $(DEVICE) --out $(RUN_DIR) $(if $(TRACKING),--tracking $(TRACKING)) $(TRAIN_ARGS)
 train-folds: FOLD = all
 train-folds: train  ## Train every fold into RUN_DIR/fold<k>/ (K times one fold's time; finished folds skipped); then make evaluate FOLD=all
 
@@ -128,14 +129,15 @@ bench-quick: $(VENV)/.installed  ## Quick benchmarks: fewer cases and iterations
 bench-resources: $(VENV)/.installed  ## Memory and time of every shipped configuration (DEVICE; BENCH_ARGS="--quick --json PATH")
 	$(BIN)/python -m benchmarks.resources --device $(DEVICE) $(BENCH_ARGS)
 
-# Real-data cross-validation: the pipeline against a plain 2.5D UNet trained for the same wall time, on the
-# labelled real BraTS cases in ../shared/data (skipped when absent) -> benchmarks/results/real_cv-<machine>-<date>-<label>.json and .md.
-# Work folder (links, data list, cache, runs): benchmarks/work. Several hours on 2 CPU cores with the defaults.
-FOLDS       ?= 7
+# Real-data cross-validation: the pipeline against a plain 2.5D UNet trained for the same CPU time, on the 21
+# labelled real BraTS patients in ../shared/data/real_brats{,_train,_more} (skipped when absent), 5 patient-level folds
+# -> benchmarks/results/real_cv-<machine>-<date>-<label>.json and .md (Dice/HD95 per structure, NEC and ED included,
+# and the label confusion per arm). Work folder (links, data list, cache, runs): benchmarks/work. Many hours on 2 CPU cores.
+FOLDS       ?= 5
 ARGS        ?=
 .PHONY: bench-real
 bench-real: EPOCHS = 20
-bench-real: $(VENV)/.installed  ## Cross-validate on the real BraTS cases (FOLDS, EPOCHS=20, DEVICE; ARGS="--label NAME --set key=value --checkpoint last --tta")
+bench-real: $(VENV)/.installed  ## Cross-validate on the 21 real BraTS patients (FOLDS=5, EPOCHS=20, DEVICE; ARGS="--label NAME --set key=value --checkpoint last --tta")
 	$(BIN)/python -m benchmarks.real_cv --folds $(FOLDS) --epochs $(EPOCHS) --device $(DEVICE) $(ARGS)
 
 # PLANAR=kaggle (Kaggle LGG, ../shared/data/lgg_kaggle_3m) or pairs (../shared/data/png_pairs)
@@ -150,7 +152,7 @@ DEMO_OUT    ?= outputs/demo
 DEMO_ARGS   ?=
 .PHONY: demo export
 demo: $(VENV)/.installed  ## Synthetic cohort -> preprocess -> train (CPU) -> evaluate -> NIfTI + report in outputs/demo/ (DEMO_ARGS="--epochs 4 ...")
-	$(CLI) demo --out $(DEMO_OUT) --data $(SYNTH_DIR) --cases $(SYNTH_CASES) --size $(SYNTH_SIZE) --seed $(SYNTH_SEED) --workers $(WORKERS) $(DEMO_ARGS)
+	$(CLI) demo --out $(DEMO_OUT) --data-root $(SYNTH_DIR) --cases $(SYNTH_CASES) --size $(SYNTH_SIZE) --seed $(SYNTH_SEED) --workers $(WORKERS) $(DEMO_ARGS)
 
 # Export a trained model: RUN_DIR/models/model.ts (MONAI ckpt_export) and model.onnx, each checked against PyTorch.
 EXPORT_MODEL   ?= $(RUN_DIR)

@@ -1,7 +1,7 @@
 """The plain 2D baseline of the planar cross-validation: what the original Kaggle LGG and image-folder systems did.
 
 A MONAI 2D UNet (the pipeline's channels, 16-256, 2 residual units) on whole slices read from the
-raw TIFF/PNG files (:func:`pipeline.datasets.validation.read_planar`, no cache), scaled to 0-1
+raw TIFF/PNG files (:func:`pipeline.datasets.case_checks.read_planar`, no cache), scaled to 0-1
 (``/ 255``), DiceCE over softmax background/tumour, random flips and rot90, slices drawn
 uniformly (no tumour-aware sampling, no validation, no post-processing), Adam with the learning
 rate falling linearly to 0 at the budget's end. The budget is CPU seconds of this process
@@ -19,9 +19,9 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from pipeline.datasets.records import CaseRecord
-from pipeline.datasets.validation import read_planar
-from pipeline.errors import InputError
-from pipeline.tasks import Task
+from pipeline.datasets.case_checks import read_planar
+from pipeline.core.errors import InputError
+from pipeline.tasks.task import Task
 
 __all__ = ["BATCH_SIZE", "LEARNING_RATE", "load_case", "predict_case", "train"]
 

@@ -26,11 +26,11 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from pipeline.datalist import load_datalist
+from pipeline.datasets.datalist import load_datalist
 from pipeline.datasets.records import CaseRecord
-from pipeline.io import save_nifti, write_json
-from pipeline.labels import get_convention
-from pipeline.writers import segmentation_filename
+from pipeline.core.io import save_nifti, write_json
+from pipeline.tasks.labels import get_convention
+from pipeline.inference.writers import segmentation_filename
 
 __all__ = ["CONTEXT", "build_network", "load_case", "slice_stack", "train", "predict_volume", "main"]
 

@@ -3,7 +3,7 @@
 Each model is ``inference_speed.bundle_model``: the bundle's ``configs/inference.yaml`` network,
 inferer and post-processing for a mode (``mode`` and ``tta`` overridden, everything else as
 shipped), with untrained weights: the work per case does not depend on them. One timed call of
-:func:`pipeline.predict.predict` covers what a user waits for: discovering the case, reading its
+:func:`pipeline.inference.predict.predict` covers what a user waits for: discovering the case, reading its
 NIfTI files, preprocessing, the network over the whole volume (batched slices or sliding
 windows), TTA, post-processing, the exact inverse onto the input's grid, and writing the NIfTI
 file, colour table and manifest. (``inference_speed.py`` splits the same work into phases.)
@@ -18,12 +18,12 @@ from typing import Any
 import torch
 
 from benchmarks.inference_speed import bundle_model
-from pipeline.api import SegmentationModel
+from pipeline.inference.model import SegmentationModel
 
 
 def time_case(model: SegmentationModel, case_dir: Path, out_dir: Path, repeats: int = 1, warmup: bool = True) -> float:
     """Median wall-clock seconds of predicting one case folder into ``out_dir``."""
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     if warmup:
         predict(model, case_dir, out_dir, progress=False)

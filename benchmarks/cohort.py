@@ -3,8 +3,8 @@
 Layout under the work folder (``benchmarks/.work`` by default, ignored by git)::
 
     <size>-seed<seed>/synthetic/BraTS2021_NNNNN/...nii.gz   pipeline.synth (BraTS 2021 layout and header)
-    <size>-seed<seed>/datalist.json                          pipeline.datalist
-    <size>-seed<seed>/cache/<case_id>/...                     pipeline.preprocess
+    <size>-seed<seed>/datalist.json                          pipeline.datasets.datalist
+    <size>-seed<seed>/cache/<case_id>/...                     pipeline.preprocessing.prepare
     <size>-seed<seed>/linked-<N>/<id>/...                     a cache of N ids sharing the cohort's arrays
 
 Generation and preprocessing skip finished cases, so a later run with as many or fewer cases
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.datalist import SPLITS, load_datalist
+from pipeline.datasets.datalist import SPLITS, load_datalist
 from pipeline.datasets.records import CaseRecord
-from pipeline.io import write_json
+from pipeline.core.io import write_json
 
 DEFAULT_WORK_DIR = Path(__file__).resolve().parent / ".work"
 
@@ -58,8 +58,8 @@ class BenchmarkCohort:
 
 def prepare_cohort(work_dir: Path, cases: int, size: str = "full", seed: int = 0, workers: int = 2, progress: bool = True) -> BenchmarkCohort:
     """Generate, list and preprocess ``cases`` synthetic cases under ``work_dir`` (reusing what is there)."""
-    from pipeline.preprocess import preprocess_datalist
-    from pipeline.datalist import build_datalist
+    from pipeline.preprocessing.prepare import preprocess_datalist
+    from pipeline.datasets.datalist import build_datalist
     from pipeline.synth import generate_cohort
 
     root = Path(work_dir).resolve() / f"{size}-seed{seed}"

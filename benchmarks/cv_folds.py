@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.datalist import assign_folds, load_datalist
-from pipeline.errors import ConfigError
-from pipeline.io import write_json
+from pipeline.datasets.datalist import assign_folds, load_datalist
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import write_json
 
 __all__ = ["Fold", "make_folds", "result_run_folder", "write_fold_datalist"]
 
@@ -47,7 +47,7 @@ class Fold:
 def make_folds(case_ids: list[str], folds: int, val_cases: int = 1, seed: int = 0) -> list[Fold]:
     """Split patients into ``folds`` patient-level folds (seeded, stable) and choose each fold's validation patients.
 
-    The patients are dealt into folds by :func:`pipeline.datalist.assign_folds` (the data list's
+    The patients are dealt into folds by :func:`pipeline.datasets.datalist.assign_folds` (the data list's
     own seeded split, with nothing held out); fold ``k`` holds out its patients, and its
     validation patients are the first ``val_cases`` of the following folds, so each fold
     validates on a different patient.

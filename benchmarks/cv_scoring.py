@@ -1,6 +1,6 @@
 """Per-patient rows of the real-data cross-validation, their means per arm, and the markdown tables.
 
-Both arms are scored by :func:`pipeline.metrics.case_metrics` (lesion-wise included) on the
+Both arms are scored by :func:`pipeline.evaluation.metrics.case_metrics` (lesion-wise included) on the
 written segmentation read back on the input's grid; each row adds the number of connected
 whole-tumour components of the prediction (26-connectivity), the count the lesion-wise scores
 punish when it is above the true number of lesions.
@@ -16,16 +16,20 @@ from typing import Any
 import cc3d
 import numpy as np
 
+from benchmarks.label_confusion import case_confusion, nec_shares
 from pipeline.datasets.records import CaseRecord
-from pipeline.evaluate import read_internal_labels
-from pipeline.metrics import case_metrics
+from pipeline.evaluation.evaluate import read_internal_labels
+from pipeline.evaluation.metrics import case_metrics
 
-__all__ = ["ROW_METRICS", "ARMS", "wt_components", "score_prediction", "case_row", "arm_means", "markdown_tables"]
+__all__ = ["STRUCTURES", "ROW_METRICS", "ARMS", "wt_components", "score_prediction", "case_row", "arm_means", "markdown_tables", "structure_table"]
+
+#: The scored structures: the BraTS regions, then the sub-regions that are not one.
+STRUCTURES: tuple[str, ...] = ("WT", "TC", "ET", "NEC", "ED")
 
 #: The columns of a row, in table order.
 ROW_METRICS: tuple[str, ...] = (
-    *(f"dice_{s}" for s in ("WT", "TC", "ET", "NEC", "ED")),
-    *(f"hd95_{s}" for s in ("WT", "TC", "ET", "NEC", "ED")),
+    *(f"dice_{s}" for s in STRUCTURES),
+    *(f"hd95_{s}" for s in STRUCTURES),
     *(f"lesion_dice_{s}" for s in ("WT", "TC", "ET")),
     "precision_WT",
     "wt_components",
@@ -37,14 +41,14 @@ ARMS: tuple[str, ...] = ("pipeline", "baseline")
 
 def wt_components(seg_path: str | Path) -> int:
     """Connected components (26-connectivity) of the whole tumour (every nonzero label) of a segmentation file."""
-    from pipeline.io import load_nifti
+    from pipeline.core.io import load_nifti
 
     mask = np.asarray(load_nifti(seg_path).dataobj) != 0
     return int(cc3d.connected_components(mask, connectivity=26, return_N=True)[1])
 
 
 def score_prediction(seg_path: str | Path, record: CaseRecord) -> dict[str, float]:
-    """:func:`pipeline.metrics.case_metrics` (lesion-wise) of a segmentation file written in the case's label values against its ground truth."""
+    """:func:`pipeline.evaluation.metrics.case_metrics` (lesion-wise) of a segmentation file written in the case's label values against its ground truth."""
     assert record.label is not None
     truth, truth_image = read_internal_labels(record.label, record.label_convention)
     predicted, _ = read_internal_labels(seg_path, record.label_convention)
@@ -52,11 +56,20 @@ def score_prediction(seg_path: str | Path, record: CaseRecord) -> dict[str, floa
     return case_metrics(predicted, truth, spacing, lesion_wise=True)
 
 
-def case_row(fold: int, case_id: str, arm: str, metrics: Mapping[str, Any], seg_path: str | Path) -> dict[str, Any]:
-    """One table row: the :data:`ROW_METRICS` of ``metrics`` (``case_metrics`` keys) and the prediction's WT components."""
+def case_row(fold: int, case_id: str, arm: str, metrics: Mapping[str, Any], seg_path: str | Path, record: CaseRecord | None = None) -> dict[str, Any]:
+    """One table row: the :data:`ROW_METRICS` of ``metrics`` (``case_metrics`` keys) and the prediction's WT components.
+
+    With the case's ``record``, the row also holds the prediction's label confusion against the
+    ground truth (``confusion``, true x predicted voxel counts) and the shares of the true NEC
+    predicted as NEC and as ED (:mod:`benchmarks.label_confusion`).
+    """
     row: dict[str, Any] = {"fold": int(fold), "case_id": case_id, "arm": arm}
     row.update({name: float(metrics[name]) for name in ROW_METRICS if name != "wt_components"})
     row["wt_components"] = wt_components(seg_path)
+    if record is not None:
+        confusion = case_confusion(seg_path, record)
+        row["confusion"] = confusion.tolist()
+        row.update(nec_shares(confusion))
     return row
 
 
@@ -110,7 +123,7 @@ def _cell(value: float, name: str) -> str:
 
 
 def markdown_tables(rows: Sequence[Mapping[str, Any]], means: Mapping[str, Mapping[str, float]]) -> str:
-    """The per-patient rows and the means per arm (with the difference) as two markdown tables."""
+    """The per-patient rows, the means per arm (with the difference) and the means per structure as three markdown tables."""
     header = " | ".join(ROW_METRICS) + " |"
     rule = "|" + "---|" * (len(ROW_METRICS) + 3)
     lines = ["### Per patient", "", "| fold | case | arm | " + header, rule]
@@ -121,4 +134,15 @@ def markdown_tables(rows: Sequence[Mapping[str, Any]], means: Mapping[str, Mappi
     for arm, values in means.items():
         patients = sum(1 for row in rows if row["arm"] == arm) if arm in order else ""
         lines.append(f"| {arm} | {patients} | " + " | ".join(_cell(values[n], n) for n in ROW_METRICS) + " |")
+    return "\n".join(lines) + "\n\n" + structure_table(means)
+
+
+def structure_table(means: Mapping[str, Mapping[str, float]]) -> str:
+    """The means per arm turned round: one row per structure of :data:`STRUCTURES`, Dice, HD95 and lesion-wise Dice per arm ("-": not scored)."""
+    kinds = (("Dice", "dice"), ("HD95 mm", "hd95"), ("lesion-wise Dice", "lesion_dice"))
+    header = [f"{arm} {title}" for title, _ in kinds for arm in means]
+    lines = ["### Means per structure", "", "| structure | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
+    for structure in STRUCTURES:
+        cells = [_cell(values[f"{kind}_{structure}"], f"{kind}_{structure}") if f"{kind}_{structure}" in values else "-" for _, kind in kinds for values in means.values()]
+        lines.append(f"| {structure} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """Augmentation on the training device (``augment_on: device``) against augmentation in the loader workers (``worker``).
 
 Measured side by side in one run on the benchmark cohort (made by ``pipeline.synth`` +
-``pipeline.preprocess``, see :mod:`benchmarks.cohort`), in 2D, 2.5D and 3D:
+``pipeline.preprocessing.prepare``, see :mod:`benchmarks.cohort`), in 2D, 2.5D and 3D:
 
 - the loader's samples/s through a ``DataLoader`` with the same worker count for every method:
   the plain memory-mapped read of the same bytes (the limit, :class:`~benchmarks.loader_throughput.PlainMemmapRead`),
@@ -11,7 +11,7 @@ Measured side by side in one run on the benchmark cohort (made by ``pipeline.syn
   (on the CPU that is what the training process adds to its own work);
 - the augmentation's cost per sample: the per-sample worker path (an augmented sample's time
   less a plain sample's, same indices, one process) against
-  :class:`pipeline.device_augmentation.DeviceAugmentation` on whole batches on ``--device``
+  :class:`pipeline.training.device_augmentation.DeviceAugmentation` on whole batches on ``--device``
   (the cast to float32 included; on CUDA after the batch is on the GPU, synchronised).
 
 Methods are measured in interleaved rounds and the best rate of each is kept (see
@@ -40,8 +40,8 @@ import torch
 from benchmarks.cohort import DEFAULT_WORK_DIR, BenchmarkCohort, prepare_cohort
 from benchmarks.loader import MANY, PLAIN, _loader
 from benchmarks.loader_throughput import PlainMemmapRead, best_of_rounds, measure
-from pipeline.data import build_train_dataset
-from pipeline.device_augmentation import DeviceAugmentation
+from pipeline.training.loaders import build_train_dataset
+from pipeline.training.device_augmentation import DeviceAugmentation
 
 READ_CROP = "read + crop (augment_on: device)"
 READ_CROP_AUGMENT_HERE = "read + crop, batched augmentation in this process"
@@ -208,7 +208,7 @@ def markdown_section(section: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.machine import check_device, describe_machine, machine_name
-    from pipeline.io import write_json
+    from pipeline.core.io import write_json
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=4, help="full-size synthetic cases (default 4)")

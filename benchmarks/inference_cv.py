@@ -29,8 +29,8 @@ import pandas as pd
 
 from benchmarks.cv_folds import result_run_folder
 from benchmarks.cv_scoring import case_row
-from pipeline.errors import PipelineError
-from pipeline.io import write_json, write_text
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import write_json, write_text
 
 __all__ = ["CHECKPOINTS", "fold_runs", "score_variant", "main"]
 
@@ -49,10 +49,10 @@ def fold_runs(result: dict) -> list[tuple[int, Path, Path]]:
 
 def score_variant(runs: Sequence[tuple[int, Path, Path]], checkpoint: str, tta: bool, out: Path, device: str = "cpu") -> tuple[list[dict], float]:
     """Per-patient rows of one variant over every fold, and its evaluation wall seconds."""
-    from pipeline.api import load_model
-    from pipeline.checkpoints import load_weights
-    from pipeline.evaluate import PREDICTIONS_DIR, evaluate
-    from pipeline.writers import segmentation_filename
+    from pipeline.inference.model import load_model
+    from pipeline.core.checkpoints import load_weights
+    from pipeline.evaluation.evaluate import PREDICTIONS_DIR, evaluate
+    from pipeline.inference.writers import segmentation_filename
 
     rows, seconds = [], 0.0
     for fold, run_dir, datalist in runs:

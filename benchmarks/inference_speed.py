@@ -81,12 +81,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.datasets import discover_case
-    from pipeline.writers import write_segmentation
-    from pipeline.io import load_nifti
-    from pipeline.labels import get_convention
-    from pipeline.predict import predict
-    from pipeline.geometry import restore_to_original
-    from pipeline.preprocess import prepare_case
+    from pipeline.inference.writers import write_segmentation
+    from pipeline.core.io import load_nifti
+    from pipeline.tasks.labels import get_convention
+    from pipeline.inference.predict import predict
+    from pipeline.core.geometry import restore_to_original
+    from pipeline.preprocessing.prepare import prepare_case
 
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)

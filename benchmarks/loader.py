@@ -2,8 +2,8 @@
 
 The methods and the measuring loop are those of ``benchmarks/loader_throughput.py`` (per-sample
 NIfTI, MONAI's ``GridPatchDataset`` + ``PatchIterd`` + ``ShuffleBuffer`` recipe, the plain
-memory-mapped read, :func:`pipeline.data.build_train_dataset`); this module runs them on the
-runner's cohort (made by ``pipeline.synth`` + ``pipeline.preprocess``) and derives the ratios.
+memory-mapped read, :func:`pipeline.training.loaders.build_train_dataset`); this module runs them on the
+runner's cohort (made by ``pipeline.synth`` + ``pipeline.preprocessing.prepare``) and derives the ratios.
 
 The cohort's cases are cropped to their own brains, so plain reads of whole slices differ in size
 from case to case; their batches are left as lists (stacking them would need padding, which is a
@@ -20,15 +20,15 @@ from tqdm.auto import tqdm
 
 from benchmarks.cohort import BenchmarkCohort
 from benchmarks.loader_throughput import NiftiPerSample, PlainMemmapRead, measure, monai_recipe
-from pipeline.data import build_train_dataset, build_train_sampler
+from pipeline.training.loaders import build_train_dataset, build_train_sampler
 
 NIFTI = "per-sample NIfTI (nibabel)"
 MONAI_RECIPE = "MONAI GridPatchDataset+PatchIterd+ShuffleBuffer"
 PLAIN = "plain memmap read"
-OURS = "pipeline.data"  # as training uses it: augmented, float32 samples
-OURS_PLAIN = "pipeline.data (no augmentation)"
-OURS_HALF = "pipeline.data (float16 samples)"
-OURS_PLAIN_HALF = "pipeline.data (no augmentation, float16 samples)"
+OURS = "pipeline.training.loaders"  # as training uses it: augmented, float32 samples
+OURS_PLAIN = "pipeline.training.loaders (no augmentation)"
+OURS_HALF = "pipeline.training.loaders (float16 samples)"
+OURS_PLAIN_HALF = "pipeline.training.loaders (no augmentation, float16 samples)"
 MANY = 1_000_000  # draws per pass: more than any measurement consumes
 
 
@@ -57,8 +57,8 @@ def measure_loaders(
 ) -> dict[str, Any]:
     """Samples/s of every method, each drawing at random across the whole cohort with ``workers`` DataLoader workers.
 
-    ``pipeline.data`` is the loader as training uses it (augmented, float32 samples); the other
-    ``pipeline.data`` rows leave out the augmentation or keep the cache's float16 in the samples.
+    ``pipeline.training.loaders`` is the loader as training uses it (augmented, float32 samples); the other
+    ``pipeline.training.loaders`` rows leave out the augmentation or keep the cache's float16 in the samples.
 
     Returns:
         ``{"results": [{"method", "mode", "batch_size", "samples_per_s", "cpu_limited_samples_per_s",

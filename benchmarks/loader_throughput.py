@@ -5,7 +5,7 @@ cache entries (brain-cropped, z-scored, float16, slice-major ``(Z, C, X, Y)``) i
 folder, then measures samples/s through a ``torch.utils.data.DataLoader`` with the same worker
 count for every method, each drawing slices at random across the whole cohort:
 
-- ``pipeline.data`` 2D, 2.5D and 3D loaders, with and without augmentation;
+- ``pipeline.training.loaders`` 2D, 2.5D and 3D loaders, with and without augmentation;
 - the limit: a plain read of the same bytes from the memory-mapped cache (no transform);
 - the per-sample NIfTI way of 2D repositories (open each modality with nibabel, z-score, slice);
 - MONAI's 2D-from-3D recipe (``LoadImaged`` volumes, ``GridPatchDataset`` + ``PatchIterd``,
@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data import build_train_dataset, build_train_sampler
-from pipeline.modalities import MODALITIES
+from pipeline.training.loaders import build_train_dataset, build_train_sampler
+from pipeline.tasks.modalities import MODALITIES
 
 FULL_SHAPE = (240, 240, 155)  # (X, Y, Z) of a BraTS volume
 BRAIN_RADII = (70, 85, 65)  # ellipsoid half-axes in voxels: a cropped brain of about 140x170x130
@@ -308,7 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             dataset = build_train_dataset(
                 cache, ids, mode, context=args.context, patch_size=patch, augment=augment, seed=args.seed, image_dtype=dtype
             )
-            name = f"pipeline.data ({'augmented' if augment else 'no augmentation'}{', float16 samples' if dtype == 'float16' else ''})"
+            name = f"pipeline.training.loaders ({'augmented' if augment else 'no augmentation'}{', float16 samples' if dtype == 'float16' else ''})"
             loaders.append((name, mode, 2 if mode == "3d" else args.batch_size, dataset))
         rounds: list[list[dict[str, float]]] = [[] for _ in loaders]
         for round_number in range(args.rounds):
@@ -393,7 +393,7 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += ["", "Targets for the 2.5D loader (>= 100x NIfTI, >= 4x MONAI recipe, plain read / loader <= 1.5):", ""]
     for entry in report["ratios"]:
-        if entry["mode"] != "2.5d" or not entry["method"].startswith("pipeline.data"):
+        if entry["mode"] != "2.5d" or not entry["method"].startswith("pipeline.training.loaders"):
             continue
         verdicts = []
         for basis in ("wall", "cpu_limited"):
@@ -424,7 +424,7 @@ def main() -> None:
     print()
     print(table)
     if args.json is not None:
-        from pipeline.io import write_json
+        from pipeline.core.io import write_json
 
         write_json(args.json, report)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import ConfigError
-from pipeline.io import write_json, write_text
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import write_json, write_text
 
 #: Dense bf16 tensor-core peak (FLOP/s) by GPU name fragment, most specific first (vendor data sheets).
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (

@@ -1,7 +1,7 @@
 """Peak memory of training against cohort size, on caches of the benchmark cohort's cases.
 
 The measurement is ``training_throughput.peak_memory``: one short epoch of the real training run
-(:func:`pipeline.training.train`, 2.5D, the bundle's loader and worker count) in a fresh process,
+(:func:`pipeline.training.workflow.train`, 2.5D, the bundle's loader and worker count) in a fresh process,
 reporting the peak resident set size of the training process and of its largest DataLoader
 worker. Resident memory includes the pages of memory-mapped cache files a process has touched
 (shared with the page cache, released when a map is closed).
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cohort import BenchmarkCohort, linked_cache
-from pipeline.io import write_json
+from pipeline.core.io import write_json
 
 
 def linked_datalist(cohort: BenchmarkCohort, cache: Path, case_ids: list[str], folds: int = 5) -> Path:

@@ -12,12 +12,12 @@ preprocessed once into ``WORK/<data>[-<task>]/datalist.json`` and ``cache`` with
 1. pipeline arm: ``python -m pipeline train`` in a child process (the bundle's defaults with
    ``--epochs``, ``--samples-per-epoch`` and ``--set``; one other case validates and picks
    ``models/model.pt``; its CPU seconds, loader workers included, are measured), then
-   :func:`pipeline.evaluate.evaluate` scores the held-out cases with the task's metric set (the
+   :func:`pipeline.evaluation.evaluate.evaluate` scores the held-out cases with the task's metric set (the
    run's default post-processing: Kaggle keeps the largest component);
 2. baseline arm (:mod:`benchmarks.baseline_planar`): a plain MONAI 2D UNet trained on the raw
    TIFF/PNG files of the same training and validation cases for the pipeline arm's training CPU
    seconds, predicting the same held-out cases, scored by the same
-   :func:`pipeline.metrics.case_metrics` against the same ground truth.
+   :func:`pipeline.evaluation.metrics.case_metrics` against the same ground truth.
 
 Printed and written to ``benchmarks/results/planar_cv-<machine>-<date>-<data>[-<label>].json`` and
 ``.md``: every held-out case's Dice and IoU per arm, the means and ``pipeline - baseline``, the
@@ -42,7 +42,7 @@ import pandas as pd
 from benchmarks.cv_folds import Fold, make_folds, write_fold_datalist
 from benchmarks.machine import describe_machine, machine_name
 from benchmarks.real_cv import run_child
-from pipeline.io import write_json, write_text
+from pipeline.core.io import write_json, write_text
 
 __all__ = ["ARMS", "DATA_SETS", "PUBLISHED", "main", "run", "run_baseline_arm"]
 
@@ -84,8 +84,8 @@ def run_baseline_arm(fold: Fold, fold_list: Path, cpu_seconds: float) -> tuple[l
     import torch
 
     from benchmarks.baseline_planar import load_case, predict_case, train
-    from pipeline.datalist import load_datalist
-    from pipeline.metrics import case_metrics
+    from pipeline.datasets.datalist import load_datalist
+    from pipeline.evaluation.metrics import case_metrics
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the pipeline trains on this CPU (cpu_threads 1)
@@ -109,10 +109,10 @@ def run_baseline_arm(fold: Fold, fold_list: Path, cpu_seconds: float) -> tuple[l
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Run the cross-validation and write its results; None when the data set is absent."""
-    from pipeline.datalist import build_datalist, load_datalist
-    from pipeline.evaluate import evaluate
-    from pipeline.preprocess import preprocess_datalist
-    from pipeline.tasks import resolve_task
+    from pipeline.datasets.datalist import build_datalist, load_datalist
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.preprocessing.prepare import preprocess_datalist
+    from pipeline.tasks.task import resolve_task
 
     folder, unit = DATA_SETS[args.data]
     root = args.shared_data / folder

@@ -2,7 +2,7 @@
 
 Reads a ``benchmarks.real_cv`` result (its run folders hold each fold's data list and the
 pipeline's predictions of the held-out patients), pools the pipeline's out-of-fold predictions
-and lets :func:`pipeline.postprocess_selection.select_postprocessing` choose the post-processing
+and lets :func:`pipeline.evaluation.postprocess_tuning.select_postprocessing` choose the post-processing
 the nnU-Net way. Prints the candidate table and the mean Dice per region before and after, and
 records them beside the result (``<result>-postprocessing.json``/``.md``).
 
@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.cv_folds import result_run_folder
-from pipeline.datalist import load_datalist
-from pipeline.errors import PipelineError
-from pipeline.evaluate import PREDICTIONS_DIR, read_internal_labels
-from pipeline.io import write_json, write_text
-from pipeline.postprocess import PostProcessing
-from pipeline.postprocess_selection import PostProcessingChoice, select_postprocessing
-from pipeline.writers import segmentation_filename
+from pipeline.datasets.datalist import load_datalist
+from pipeline.core.errors import PipelineError
+from pipeline.evaluation.evaluate import PREDICTIONS_DIR, read_internal_labels
+from pipeline.core.io import write_json, write_text
+from pipeline.inference.postprocess import PostProcessing
+from pipeline.evaluation.postprocess_tuning import PostProcessingChoice, select_postprocessing
+from pipeline.inference.writers import segmentation_filename
 
 __all__ = ["LESION_SIZES", "lesion_wise_table", "out_of_fold_pairs", "main"]
 
@@ -64,8 +64,8 @@ def lesion_wise_table(pairs: Sequence[tuple], chosen: PostProcessing, sizes: Seq
     """Mean Dice, lesion-wise Dice and predicted components per region of ``chosen`` plus each minimum TC/ET component size."""
     import cc3d
 
-    from pipeline.labels import region_masks
-    from pipeline.metrics import lesion_wise_scores
+    from pipeline.tasks.labels import region_masks
+    from pipeline.evaluation.metrics import lesion_wise_scores
 
     rows = []
     for size in sizes:

@@ -30,8 +30,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from pipeline.datasets.records import CaseRecord
-from pipeline.modalities import MODALITIES
-from pipeline.preprocess import prepare_case, preprocess_datalist
+from pipeline.tasks.modalities import MODALITIES
+from pipeline.preprocessing.prepare import prepare_case, preprocess_datalist
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_brats"
 

@@ -4,21 +4,21 @@ A real BraTS case is turned into what a hospital exports: T1, T2 and FLAIR each 
 rigid motion (:data:`MOTIONS`, about 5 degrees and 4 mm) and scanned as 5 mm axial slices
 (:func:`simulate_series`: 1x1x5 mm over the same field of view, each slice the mean over its
 thickness); T1ce, the reference, is left as it is. Then each stage of
-:mod:`pipeline.raw_scans` is timed on it:
+:mod:`pipeline.preprocessing.raw_scans` is timed on it:
 
-* ``grid``: the reference resampled to 1 mm isotropic (:func:`pipeline.raw_scans.isotropic_grid`);
-* ``register <channel>``: :func:`pipeline.raw_scans.register_rigid`, with the error of the recovered
+* ``grid``: the reference resampled to 1 mm isotropic (:func:`pipeline.preprocessing.raw_scans.isotropic_grid`);
+* ``register <channel>``: :func:`pipeline.preprocessing.raw_scans.register_rigid`, with the error of the recovered
   transform (the largest displacement over the corners of the brain's bounding box, and the angle
   of the residual rotation; :func:`registration_error`) against the motion (``error``), and against
   the motion composed with the transform found for the same scan without motion (``motion_error``:
   BraTS's own contrasts are only aligned to about a millimetre, ``unmoved_from_identity``);
 * ``resample <channel>``: onto the reference grid through the recovered transform;
-* ``skull strip``: :func:`pipeline.raw_scans.extract_brain` (deepbet) on the reference wrapped in
+* ``skull strip``: :func:`pipeline.preprocessing.raw_scans.extract_brain` (deepbet) on the reference wrapped in
   a synthetic skull and scalp (:func:`pipeline.synth.head.add_head`), with its mask's Dice against
   the case's own brain mask (BraTS non-zero voxels) and both volumes.
 
-With ``--model RUN_OR_BUNDLE`` it also prepares the case whole (:func:`pipeline.raw_scans.prepare_scans`,
-:func:`pipeline.raw_scans.write_prepared`), predicts it, and reports the whole-tumour Dice against
+With ``--model RUN_OR_BUNDLE`` it also prepares the case whole (:func:`pipeline.preprocessing.raw_scans.prepare_scans`,
+:func:`pipeline.preprocessing.raw_scans.write_prepared`), predicts it, and reports the whole-tumour Dice against
 the prediction on the original case. Timings are wall-clock seconds of one run each.
 
     .venv/bin/python -m benchmarks.raw_scans [--case DIR] [--model RUN_DIR] [--json PATH]
@@ -39,8 +39,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from benchmarks.machine import describe_machine, write_results
-from pipeline.modalities import MODALITIES
-from pipeline.raw_scans import (
+from pipeline.tasks.modalities import MODALITIES
+from pipeline.preprocessing.raw_scans import (
     DEFAULT_REFERENCE,
     extract_brain,
     isotropic_grid,
@@ -185,7 +185,7 @@ def measure(case_dir: Path, model_dir: Path | None = None) -> dict:
 
 def prediction_agreement(case_dir: Path, scans: dict[str, sitk.Image], model_dir: Path) -> dict[str, float]:
     """Whole-tumour Dice of the prediction on the prepared raw scans (back on T1ce's native grid) against the one on the original case."""
-    from pipeline.api import load_model
+    from pipeline.inference.model import load_model
 
     model = load_model(model_dir)
     original_labels = model.predict_case(case_dir).labels

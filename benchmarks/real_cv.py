@@ -1,19 +1,21 @@
-"""Cross-validate the pipeline on the labelled real BraTS patients, next to a plain 2.5D UNet trained for the same CPU time.
+"""Cross-validate the pipeline on the 21 labelled real BraTS patients, next to a plain 2.5D UNet trained for the same CPU time.
 
-    python -m benchmarks.real_cv [--folds 7] [--epochs 20] [--set KEY=VALUE ...] [--config FILE ...]
+    python -m benchmarks.real_cv [--folds 5] [--max-folds N] [--epochs 20] [--set KEY=VALUE ...] [--config FILE ...]
                                  [--checkpoint best|last] [--tta] [--label NAME] [--device cpu|cuda]
-    make bench-real FOLDS=7 EPOCHS=20 ARGS="--label wide --set channels=[32,64,128,256]"
+    make bench-real FOLDS=5 EPOCHS=20 ARGS="--label wide --set channels=[32,64,128,256]"
 
-The labelled case folders of ``../shared/data/real_brats`` and ``../shared/data/real_brats_train``
-(``$BRATS_SHARED_DATA`` or ``--shared-data`` elsewhere; without them the run prints one
-``skipped:`` line and exits 0) are linked under ``WORK/data`` and listed and preprocessed once
-into ``WORK/datalist.json`` and ``WORK/cache`` (reused by later runs). The patients are dealt into
-``--folds`` patient-level folds (:mod:`benchmarks.cv_folds`); for each fold, with its own data list
-in which the held-out patients are the ``test`` split:
+The labelled case folders of ``../shared/data/real_brats``, ``real_brats_train`` and
+``real_brats_more`` (:data:`SOURCE_FOLDERS`: 2 + 5 + 14 patients; ``$BRATS_SHARED_DATA`` or
+``--shared-data`` elsewhere; without them the run prints one ``skipped:`` line and exits 0) are
+linked under ``WORK/data`` and listed and preprocessed once into ``WORK/datalist.json`` and
+``WORK/cache`` (reused by later runs). The patients are dealt into ``--folds`` patient-level folds
+(default 5: 4 or 5 held out per fold; :mod:`benchmarks.cv_folds`); ``--max-folds N`` runs the
+first N only. For each fold, with its own data list in which the held-out patients are the
+``test`` split:
 
 1. pipeline arm: ``python -m pipeline train`` (the bundle's default config, ``--epochs``,
    ``--config`` files and ``--set`` overrides; one other patient validates and picks
-   ``models/model.pt``), then :func:`pipeline.evaluate.evaluate` on the held-out patients
+   ``models/model.pt``), then :func:`pipeline.evaluation.evaluate.evaluate` on the held-out patients
    (lesion-wise scores on; ``--checkpoint last`` scores the final weights from ``latest.pt``);
 2. baseline arm: ``python -m benchmarks.baseline_unet25d`` trained on every other patient for the
    CPU seconds the pipeline's training took (loader workers included; ``--budget wall``: its wall
@@ -24,9 +26,17 @@ on another task of the same patients and folds (its own data list and cache unde
 is scored against the BraTS ground truth on the structures that task scores (the FLAIR-only
 whole-tumour model against the four-channel model's WT).
 
-Every prediction is scored by :func:`pipeline.metrics.case_metrics` (:mod:`benchmarks.cv_scoring`).
-The per-patient rows, means per arm and ``pipeline - baseline`` are printed and written to
-``benchmarks/results/real_cv-<machine>-<date>-<label>.json`` and ``.md`` with the folds, the
+Every prediction is scored by :func:`pipeline.evaluation.metrics.case_metrics` (:mod:`benchmarks.cv_scoring`):
+Dice and HD95 of WT, TC, ET, NEC and ED, lesion-wise Dice of WT, TC and ET, WT precision and
+components. Each pipeline and baseline prediction also gets its label confusion against the
+ground truth (:mod:`benchmarks.label_confusion`): for each true internal label (background, NEC,
+ED, ET), the voxels predicted as each label, summed per arm over the held-out patients (counts
+and row percentages: where the true NEC goes), and per patient the share of the true NEC
+predicted as NEC and as ED.
+
+The per-patient rows, the means per arm and per structure, ``pipeline - baseline`` and the
+confusion tables are printed and written to ``benchmarks/results/real_cv-<machine>-<date>-<label>.json``
+and ``.md`` (:func:`report_markdown`) with the patients by source folder, the folds, the
 hardware, wall and CPU seconds per arm and fold, and the command line.
 """
 
@@ -47,11 +57,12 @@ from typing import Any
 
 from benchmarks.cv_folds import Fold, make_folds, write_fold_datalist
 from benchmarks.cv_scoring import ROW_METRICS, UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
+from benchmarks.label_confusion import arm_confusions, confusion_markdown
 from benchmarks.machine import check_device, describe_machine, machine_name
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.io import write_json, write_text
+from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.io import write_json, write_text
 
-__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "prepare_cohort", "run_child", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "main"]
+__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "patients_by_source", "report_markdown", "prepare_cohort", "run_child", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -59,9 +70,12 @@ DEFAULT_WORK_DIR = REPO_ROOT / "benchmarks" / "work"
 #: The shared data folder next to the checkout (as ``tests/conftest.py`` finds it); the variable overrides it.
 SHARED_DATA_ENV = "BRATS_SHARED_DATA"
 DEFAULT_SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-#: Folders of ``../shared/data`` whose labelled cases make the cohort (a case without a seg file is left out).
-SOURCE_FOLDERS: tuple[str, ...] = ("real_brats", "real_brats_train")
-FORMAT_VERSION = 1
+#: Folders of ``../shared/data`` whose labelled cases make the cohort (a case without a seg file is left out): 21 patients.
+SOURCE_FOLDERS: tuple[str, ...] = ("real_brats", "real_brats_train", "real_brats_more")
+#: Patient-level folds by default: 5 folds of 21 patients hold out 4 or 5 each.
+DEFAULT_FOLDS = 5
+#: 2: the rows hold each prediction's label confusion (``confusion``, ``nec_as_NEC``, ``nec_as_ED``), the report ``confusion`` per arm and ``data.sources``.
+FORMAT_VERSION = 2
 
 
 def find_shared_data(option: Path | None) -> Path:
@@ -69,10 +83,10 @@ def find_shared_data(option: Path | None) -> Path:
     return Path(option or os.environ.get(SHARED_DATA_ENV) or DEFAULT_SHARED_DATA)
 
 
-def labelled_cases(shared_data: Path) -> dict[str, Path]:
-    """Case folders with a segmentation file under :data:`SOURCE_FOLDERS`, by case id (sorted)."""
+def labelled_cases(shared_data: Path, sources: Sequence[str] = SOURCE_FOLDERS) -> dict[str, Path]:
+    """Case folders with a segmentation file under the ``sources`` folders (default :data:`SOURCE_FOLDERS`), by case id (sorted)."""
     cases = {}
-    for source in SOURCE_FOLDERS:
+    for source in sources:
         folder = shared_data / source
         for case in sorted(folder.iterdir()) if folder.is_dir() else ():
             if case.is_dir() and any(case.glob("*_seg.nii*")):
@@ -85,11 +99,11 @@ def labelled_cases(shared_data: Path) -> dict[str, Path]:
 def prepare_cohort(cases: dict[str, Path], work: Path, workers: int = 1, task: Any = None) -> Path:
     """Link the cases under ``work/data``, list them in ``work/datalist.json`` and preprocess them into ``work/cache``; reuses what exists.
 
-    With a ``task`` (a :class:`pipeline.tasks.Task` other than the default), the list and cache are
+    With a ``task`` (a :class:`pipeline.tasks.task.Task` other than the default), the list and cache are
     ``work/datalist-<task>.json`` and ``work/cache-<task>`` (:func:`task_paths`).
     """
-    from pipeline.datalist import build_datalist, load_datalist
-    from pipeline.preprocess import preprocess_datalist
+    from pipeline.datasets.datalist import build_datalist, load_datalist
+    from pipeline.preprocessing.prepare import preprocess_datalist
 
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -116,7 +130,7 @@ def prepare_cohort(cases: dict[str, Path], work: Path, workers: int = 1, task: A
 
 def task_paths(work: Path, task: Any = None) -> tuple[Path, Path]:
     """The data list and cache of a task's cohort under ``work`` (the default task: ``datalist.json`` and ``cache``)."""
-    from pipeline.tasks import DEFAULT_TASK
+    from pipeline.tasks.task import DEFAULT_TASK
 
     if task is None or task == DEFAULT_TASK:
         return work / "datalist.json", work / "cache"
@@ -152,10 +166,11 @@ def run_pipeline_arm(
     re-scores another task's predictions against the BraTS ground truth, on the structures that
     task scores (:func:`task_arm_row`).
     """
-    from pipeline.api import load_model
-    from pipeline.checkpoints import load_weights
-    from pipeline.evaluate import PREDICTIONS_DIR, evaluate
-    from pipeline.writers import segmentation_filename
+    from pipeline.inference.model import load_model
+    from pipeline.core.checkpoints import load_weights
+    from pipeline.datasets.datalist import load_datalist
+    from pipeline.evaluation.evaluate import PREDICTIONS_DIR, evaluate
+    from pipeline.inference.writers import segmentation_filename
 
     run_dir = folder / arm
     command = ["-m", "pipeline", "train", "--datalist", str(datalist), "--cache", str(cache), "--mode", args.mode]
@@ -171,17 +186,15 @@ def run_pipeline_arm(
     result = evaluate(model, datalist, folder / f"{arm}_eval", split="test", lesion_wise=True, uncertainty=True, progress=False, echo=False)
     eval_wall, eval_cpu = time.perf_counter() - wall, time.process_time() - cpu
     predictions = folder / f"{arm}_eval" / PREDICTIONS_DIR
+    records = {record.case_id: record for record in load_datalist(scored_on or datalist).cases("test")}
     if scored_on is not None:
-        from pipeline.datalist import load_datalist
-
-        records = {record.case_id: record for record in load_datalist(scored_on).cases("test")}
         rows = [task_arm_row(fold.index, arm, model.task, predictions / segmentation_filename(case), records[case]) for case in records]
     else:
-        rows = [
-            case_row(fold.index, metrics["case_id"], arm, metrics, predictions / segmentation_filename(metrics["case_id"]))
-            | {UNCERTAINTY_SCORE: float(metrics[UNCERTAINTY_SCORE])}
-            for metrics in result.metrics.to_dict("records")
-        ]
+        rows = []
+        for metrics in result.metrics.to_dict("records"):
+            case = metrics["case_id"]
+            row = case_row(fold.index, case, arm, metrics, predictions / segmentation_filename(case), records[case])
+            rows.append(row | {UNCERTAINTY_SCORE: float(metrics[UNCERTAINTY_SCORE])})
     timing = {"train_wall_s": train_wall, "train_cpu_s": train_cpu, "eval_wall_s": eval_wall, "eval_cpu_s": eval_cpu}
     return rows, timing | {"checkpoint": _checkpoint_choice(run_dir, args.checkpoint)}
 
@@ -212,8 +225,8 @@ def _checkpoint_choice(run_dir: Path, checkpoint: str) -> dict[str, Any]:
 
 def run_baseline_arm(fold: Fold, datalist: Path, folder: Path, seconds: float, device: str, budget: str = "cpu") -> tuple[list[dict], dict]:
     """Train the baseline for ``seconds`` of CPU time (``budget`` cpu) or wall time (wall, from its start) and score its predictions of the held-out patients."""
-    from pipeline.datalist import load_datalist
-    from pipeline.writers import segmentation_filename
+    from pipeline.datasets.datalist import load_datalist
+    from pipeline.inference.writers import segmentation_filename
 
     out = folder / "baseline"
     command = ["-m", "benchmarks.baseline_unet25d", "--datalist", str(datalist), "--out", str(out)]
@@ -222,7 +235,7 @@ def run_baseline_arm(fold: Fold, datalist: Path, folder: Path, seconds: float, d
     rows = []
     for record in load_datalist(datalist).cases("test"):
         seg = out / segmentation_filename(record.case_id)
-        rows.append(case_row(fold.index, record.case_id, "baseline", score_prediction(seg, record), seg))
+        rows.append(case_row(fold.index, record.case_id, "baseline", score_prediction(seg, record), seg, record))
     inner = json.loads((out / "baseline.json").read_text())
     timing = {"wall_s": wall, "cpu_s": cpu, "train_wall_s": inner["train_seconds"], "train_cpu_s": inner["train_cpu_seconds"], "steps": inner["steps"]}
     return rows, timing
@@ -245,7 +258,7 @@ def _reused_baseline(path: Path, folds: list[Fold]) -> tuple[list[dict], dict[in
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_cv", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--folds", type=int, default=7, help="patient-level folds (default 7: leave-one-out on 7 patients)")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help=f"patient-level folds (default {DEFAULT_FOLDS}: 4 or 5 of the 21 patients held out per fold)")
     parser.add_argument("--max-folds", type=int, default=None, metavar="N", help="run only the first N folds (a quicker, partial cross-validation)")
     parser.add_argument("--epochs", type=int, default=20, help="pipeline training epochs per fold (default 20)")
     parser.add_argument("--mode", default="2.5d", choices=("2d", "2.5d", "3d"), help="pipeline training mode (default 2.5d)")
@@ -262,6 +275,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the baseline trains for the pipeline's training CPU seconds (default: robust to other load on a shared machine) or wall seconds",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+    parser.add_argument(
+        "--sources",
+        type=lambda value: tuple(part for part in value.split(",") if part),
+        default=SOURCE_FOLDERS,
+        metavar="FOLDER,...",
+        help=f"folders of the shared data whose labelled cases make the cohort (default {','.join(SOURCE_FOLDERS)}; "
+        "real_brats,real_brats_train is the 7-patient cohort of the results before the 21)",
+    )
     parser.add_argument("--label", default="default", help="names the run in the results file name")
     parser.add_argument("--baseline-from", type=Path, default=None, metavar="RESULT.json", help="reuse the baseline rows of an earlier result with the same folds")
     parser.add_argument("--no-baseline", action="store_true", help="run the pipeline arm only")
@@ -289,7 +310,7 @@ def _task_arm(spec: str | None) -> Any:
     """``TASK[:CH+CH]`` as a task on those channels, or ``None``."""
     if not spec:
         return None
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     name, _, channels = spec.partition(":")
     return resolve_task(name, [c for c in channels.split("+") if c] or None)
@@ -301,7 +322,7 @@ def _log(message: str) -> None:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
     """The whole benchmark; the results JSON, or ``None`` when the real data are absent."""
-    from pipeline.training import parse_overrides
+    from pipeline.training.workflow import parse_overrides
 
     check_device(args.device)
     overrides = parse_overrides(args.overrides)
@@ -309,9 +330,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         if not path.is_file():
             raise ConfigError(path, "--config: file not found")
     shared = find_shared_data(args.shared_data)
-    cases = labelled_cases(shared)
+    cases = labelled_cases(shared, args.sources)
     if len(cases) < 3:
-        print(f"skipped: real data not found at {shared} (needs labelled cases in {' and '.join(SOURCE_FOLDERS)})")
+        print(f"skipped: real data not found at {shared} (needs labelled cases in {', '.join(args.sources)})")
         return None
     folds = make_folds(list(cases), args.folds, args.val_cases, args.seed)[: args.max_folds]
     baseline_rows, baseline_timing = _reused_baseline(args.baseline_from, folds) if args.baseline_from else ([], {})
@@ -361,28 +382,58 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
             "baseline": "none" if args.no_baseline else f"reused from {args.baseline_from}" if args.baseline_from else "measured",
             "task_arm": None if task_arm is None else task_arm.to_dict(),
         },
-        "data": {"shared_data": str(shared), "cases": {case: str(path) for case, path in cases.items()}, "work": str(args.work)},
+        "data": {"shared_data": str(shared), "sources": patients_by_source(cases), "cases": {case: str(path) for case, path in cases.items()}, "work": str(args.work)},
         "folds": [fold.to_dict() for fold in folds],
         "machine": machine,
         "timing": timing,
         "rows": rows,
         "means": means,
+        "confusion": arm_confusions(rows),
         "uncertainty_dice_spearman": correlation,
     }
     path = args.results_dir / f"real_cv-{machine_name(machine)}-{stamp}.json"
     write_json(path, report)
-    tables = markdown_tables(rows, means)
-    summary = [f"## Real-data cross-validation: {args.label}", "", f"`{report['command_line']}`", ""]
-    summary += [f"{len(cases)} patients, {len(folds)} folds, {machine['cpu_model']} ({machine['cpu_cores']} cores), {report['seconds']:.0f} s", ""]
-    tables += (
-        f"\n\nSpearman rank correlation of the per-case uncertainty score ({UNCERTAINTY_SCORE}) with the per-case Dice "
-        f"(pipeline arm, {sum(row['arm'] == 'pipeline' for row in rows)} cases): "
-        + ", ".join(f"{name} {value:+.2f}" for name, value in correlation.items())
-        + "\n"
-    )
-    write_text(path.with_suffix(".md"), "\n".join(summary) + tables)
-    print(tables)
+    markdown = report_markdown(report)
+    write_text(path.with_suffix(".md"), markdown)
+    print(markdown)
     return path
+
+
+def patients_by_source(cases: dict[str, Path]) -> dict[str, list[str]]:
+    """The case ids of :func:`labelled_cases` grouped by the folder of :data:`SOURCE_FOLDERS` they come from (in that order)."""
+    return {source: [case for case, folder in cases.items() if folder.parent.name == source] for source in SOURCE_FOLDERS if any(f.parent.name == source for f in cases.values())}
+
+
+def _fold_timing(timing: dict, fold: int) -> dict:
+    """One fold's timing of an arm, whether the keys are numbers (this run) or strings (read back from JSON)."""
+    return timing.get(fold) or timing.get(str(fold)) or {}
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The results file's markdown, from its JSON payload alone: the data (patients by source folder), the folds with
+    their times, the machine, the tables per patient, per arm and per structure, the uncertainty correlation and the label confusion.
+    """
+    rows, machine, data = report["rows"], report["machine"], report["data"]
+    gpu = f", GPU {machine['gpu']['name']}" if machine.get("gpu") else ""
+    lines = [f"## Real-data cross-validation: {report['label']}", "", f"`{report['command_line']}`", ""]
+    lines += [f"Started {report['started']}, {report['seconds']:.0f} s in all, on {machine['cpu_model']} ({machine['cpu_cores']} cores{gpu}).", ""]
+    lines += [f"### Data: {len(data['cases'])} labelled patients from `{data['shared_data']}`", ""]
+    lines += [f"- `{source}` ({len(cases)}): {', '.join(cases)}" for source, cases in data["sources"].items()]
+    lines += ["", f"### Folds ({len(report['folds'])} of {report['settings']['folds']}, seed {report['settings']['seed']})", ""]
+    lines += ["| fold | held out | validation | training patients | pipeline train wall s | pipeline train CPU s | baseline train CPU s |", "|---|---|---|---|---|---|---|"]
+    for fold in report["folds"]:
+        pipeline, baseline = (_fold_timing(report["timing"].get(arm, {}), fold["fold"]) for arm in ("pipeline", "baseline"))
+        seconds = [f"{times[key]:.0f}" if key in times else "-" for times, key in ((pipeline, "train_wall_s"), (pipeline, "train_cpu_s"), (baseline, "train_cpu_s"))]
+        lines.append(f"| {fold['fold']} | {', '.join(fold['test'])} | {', '.join(fold['validation'])} | {len(fold['training'])} | " + " | ".join(seconds) + " |")
+    correlation = report["uncertainty_dice_spearman"]
+    lines += ["", markdown_tables(rows, report["means"])]
+    lines += [
+        f"Spearman rank correlation of the per-case uncertainty score ({UNCERTAINTY_SCORE}) with the per-case Dice "
+        f"(pipeline arm, {sum(row['arm'] == 'pipeline' for row in rows)} cases): " + ", ".join(f"{name} {value:+.2f}" for name, value in correlation.items()),
+        "",
+        confusion_markdown(report["confusion"], rows),
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,9 +9,9 @@ of fold models) on full-size (240x240x155) synthetic cases of :mod:`benchmarks.c
 - training, measured where the configuration runs on ``--device``: the end-to-end step rate of
   the bundle's step and loader (:func:`benchmarks.training_step.measure_training`), extrapolated
   to the configuration's ``samples_per_epoch`` (validation not included), and the peak RSS of
-  one short epoch of ``pipeline.training.train`` in a fresh process, training process and its
+  one short epoch of ``pipeline.training.workflow.train`` in a fresh process, training process and its
   largest loader worker (:func:`benchmarks.training_throughput.peak_memory`);
-- inference, measured likewise: the peak RSS and the wall seconds of ``pipeline.predict.predict``
+- inference, measured likewise: the peak RSS and the wall seconds of ``pipeline.inference.predict.predict``
   on one raw case in a fresh process (bundle model with seeded untrained weights: the work per
   case does not depend on them; the second call is timed, the first pays one-time costs);
 - GPU memory: ``torch.cuda.max_memory_allocated`` on ``--device cuda``; elsewhere an estimate
@@ -47,7 +47,7 @@ import torch
 
 from benchmarks.cohort import DEFAULT_WORK_DIR, BenchmarkCohort, linked_cache, prepare_cohort
 from benchmarks.machine import check_device, describe_machine, machine_name, write_results
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO / "bundles" / "brats_segmentation" / "configs"
@@ -222,7 +222,7 @@ def training_values(config: Configuration) -> dict[str, Any]:
     """The training knobs of ``config`` (batch, epoch length, epochs, workers, optimiser, AMP)."""
     from monai.bundle import ConfigParser
 
-    from pipeline.training import training_config_files
+    from pipeline.training.workflow import training_config_files
 
     parser = ConfigParser()
     parser.read_config([str(f) for f in training_config_files(config.mode, config.config_paths())])
@@ -267,7 +267,7 @@ def training_estimate(config: Configuration, cohort: BenchmarkCohort) -> dict[st
 def inference_estimate(config: Configuration, cohort: BenchmarkCohort) -> dict[str, Any]:
     """GPU memory estimate of ``config``'s inference on the cohort's first case (one forward pass of ``sw_batch_size``)."""
     from pipeline.networks import spatial_divisor
-    from pipeline.preprocess import prepare_case
+    from pipeline.preprocessing.prepare import prepare_case
 
     parser = inference_parser(config)
     network = parser.get_parsed_content("network_def")
@@ -350,8 +350,8 @@ import json, sys, time
 import torch
 from benchmarks.inference_speed import bundle_model
 from benchmarks.machine import peak_rss_mib
-from pipeline.api import ensemble
-from pipeline.predict import predict
+from pipeline.inference.model import ensemble
+from pipeline.inference.predict import predict
 mode, files, members, device, case, out = json.loads(sys.argv[1])
 models = [bundle_model(mode, False, device, tuple(files)) for _ in range(members)]
 model = models[0] if members == 1 else ensemble(models)
@@ -601,7 +601,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     lines += [
         "",
         "Host RAM: peak resident set size, training process + its largest loader worker (the configuration's worker count; "
-        "workers share library pages, so main + workers x worker is an upper bound), from one short epoch of `pipeline.training.train`; "
+        "workers share library pages, so main + workers x worker is an upper bound), from one short epoch of `pipeline.training.workflow.train`; "
         "inference: `predict` on one raw case in a fresh process. Time per epoch: samples_per_epoch over the end-to-end rate of a "
         f"{report['profile']['iterations']}-iteration run ({report['profile']['warmup']} warm-up), validation not included; run = epochs x epoch. "
         "Time per case: the second `predict` call (reading, preprocessing, network, post-processing, inverse, writing). "

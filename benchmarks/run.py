@@ -9,7 +9,7 @@ on 2 CPU cores once the cohort exists). The results go to
 nothing) and writes under the work folder unless ``--json`` says otherwise.
 
 Measured, in this order, on full-size (240x240x155) synthetic cases made with ``pipeline.synth``,
-listed with ``pipeline.datalist`` and preprocessed with ``pipeline.preprocess`` (kept in the work
+listed with ``pipeline.datasets.datalist`` and preprocessed with ``pipeline.preprocessing.prepare`` (kept in the work
 folder and reused between runs):
 
 1. preprocessing: seconds per case against reading its four files (``preprocess_speed.py``);
@@ -42,7 +42,7 @@ import torch
 
 from benchmarks.cohort import DEFAULT_WORK_DIR, BenchmarkCohort, prepare_cohort
 from benchmarks.machine import check_device, describe_machine, machine_name, write_results
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FORMAT_VERSION = 1
@@ -128,7 +128,7 @@ def measure_training_section(cohort: BenchmarkCohort, profile: Profile, device: 
     if device == "cuda":
         from benchmarks.gpu import measure_gpu_training
         from benchmarks.machine import cpu_cores
-        from pipeline.training import GPU_CONFIG
+        from pipeline.training.workflow import GPU_CONFIG
 
         workers = None if GPU_CONFIG.is_file() else max(1, min(8, cpu_cores() - 2))
         batch = profile.batch_size if profile.batch_size or GPU_CONFIG.is_file() else 64
@@ -229,7 +229,7 @@ def run_benchmarks(profile: Profile, device: str = "cpu", work_dir: Path = DEFAU
             "size": profile.size,
             "cases": len(cohort.records),
             "shape_xyz": list(_grid_shape(profile.size)),
-            "made_with": "pipeline.synth.generate_cohort + pipeline.datalist.build_datalist + pipeline.preprocess.preprocess_datalist",
+            "made_with": "pipeline.synth.generate_cohort + pipeline.datasets.datalist.build_datalist + pipeline.preprocessing.prepare.preprocess_datalist",
         },
         "preprocessing": preprocessing,
         "loader": loader,
@@ -256,7 +256,7 @@ def _target(name: str, goal: str, value: float | None, met: bool | None, note: s
 def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of the project's performance goals with the measured value and whether it is met."""
     targets = []
-    ratios = report["loader"]["ratios"]["2.5d"]["pipeline.data"]
+    ratios = report["loader"]["ratios"]["2.5d"]["pipeline.training.loaders"]
     targets.append(_target("2.5D loader (augmented) vs per-sample NIfTI", ">= 100x", ratios["x_nifti"], ratios["x_nifti"] >= 100))
     targets.append(_target("2.5D loader (augmented) vs MONAI 2D-from-3D recipe", ">= 4x", ratios["x_monai_recipe"], ratios["x_monai_recipe"] >= 4))
     targets.append(_target("plain memmap read / 2.5D loader (augmented)", "<= 1.5", ratios["plain_over_ours"], ratios["plain_over_ours"] <= 1.5))
@@ -342,7 +342,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "### Peak memory of a training epoch against cohort size (2.5D, pipeline.training.train)",
+        "### Peak memory of a training epoch against cohort size (2.5D, pipeline.training.workflow.train)",
         "",
         "| cases (distinct) | slices | training process peak RSS (MiB) | largest loader worker peak RSS (MiB) |",
         "|---:|---:|---:|---:|",

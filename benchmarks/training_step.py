@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pipeline.training import GPU_CONFIG, training_config_files
+from pipeline.training.workflow import GPU_CONFIG, training_config_files
 
 
 def bundle_training_parts(
@@ -115,7 +115,7 @@ def run_trainer(
     from monai.engines import SupervisedTrainer, default_prepare_batch
     from monai.inferers import SimpleInferer
 
-    from pipeline.handlers import GradientClipping
+    from pipeline.training.handlers import GradientClipping
 
     if iterations <= warmup:
         raise ValueError(f"need more iterations ({iterations}) than warm-up iterations ({warmup})")

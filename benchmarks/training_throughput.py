@@ -5,10 +5,10 @@ Three measurements on this machine, with the network and sampling settings of th
 
 1. model step rate: forward + backward + Adam step on random batches of the training shape,
    in samples/s, per mode (2d, 2.5d, 3d);
-2. loader sample rate: the real training loader (``pipeline.data``, augmentation on, the
+2. loader sample rate: the real training loader (``pipeline.training.loaders``, augmentation on, the
    configured ``num_workers``) drawing from a cache, in samples/s, per mode; the loader must
    deliver several times the step rate so the model never waits;
-3. peak resident memory of a whole training run (``pipeline.training.train``, one short epoch,
+3. peak resident memory of a whole training run (``pipeline.training.workflow.train``, one short epoch,
    workers included) on a 10-case and a 200-case cache: it must not grow with the cohort,
    because the datasets memory-map cases lazily and keep a bounded number open.
 
@@ -38,7 +38,7 @@ from monai.bundle import ConfigParser
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.training import training_config_files  # noqa: E402
+from pipeline.training.workflow import training_config_files  # noqa: E402
 
 CASE_SHAPE = (60, 4, 72, 80)  # (Z, C, X, Y): a small synthetic case after brain cropping
 
@@ -106,7 +106,7 @@ def step_rate(parser: ConfigParser, shape: tuple[int, ...], steps: int, device: 
 
 def loader_rate(parser: ConfigParser, cache: Path, case_ids: list[str], batches: int) -> tuple[float, tuple[int, ...]]:
     """Samples/s of the training loader (augmentation on) and the sample shape."""
-    from pipeline.data import build_train_dataset, build_train_loader, build_train_sampler
+    from pipeline.training.loaders import build_train_dataset, build_train_loader, build_train_sampler
 
     get = parser.get_parsed_content
     dataset = build_train_dataset(cache, case_ids, get("mode"), context=get("context"), patch_size=get("patch_size"),
@@ -132,7 +132,7 @@ def peak_memory(
     code = (
         "import resource, sys\n"
         "from benchmarks.machine import peak_rss_mib\n"
-        "from pipeline.training import train\n"
+        "from pipeline.training.workflow import train\n"
         f"train({str(datalist)!r}, {str(cache)!r}, {str(out)!r}, {mode!r}, 1, device={device!r}, config_files={list(map(str, config_files))!r}, "
         f"overrides={{'samples_per_epoch': {samples}, 'val_interval': 1000, 'progress': False}})\n"
         "print('RSS', peak_rss_mib(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"

@@ -4,14 +4,14 @@ Five stages, each reusing what an earlier run finished:
 
 1. **cohort**: :func:`pipeline.synth.generate_cohort` writes the synthetic BraTS 2021-style cases
    (finished cases are kept);
-2. **data list**: patient-level folds and a held-out test split (:func:`pipeline.datalist.build_datalist`;
+2. **data list**: patient-level folds and a held-out test split (:func:`pipeline.datasets.datalist.build_datalist`;
    an existing list of the same cases is kept);
-3. **cache**: :func:`pipeline.preprocess.preprocess_datalist` (unchanged cases are skipped);
+3. **cache**: :func:`pipeline.preprocessing.prepare.preprocess_datalist` (unchanged cases are skipped);
 4. **training**: the bundle's ``configs/train.yaml`` with ``configs/demo.yaml`` merged over it
-   (:func:`pipeline.training.train`); a finished run is kept, an interrupted one resumes from
+   (:func:`pipeline.training.workflow.train`); a finished run is kept, an interrupted one resumes from
    ``models/latest.pt``;
 5. **evaluation**: whole-volume inference on the held-out test patients, NIfTI segmentations with
-   a 3D Slicer colour table, per-patient metrics, plots and overlays (:func:`pipeline.evaluate.evaluate`);
+   a 3D Slicer colour table, per-patient metrics, plots and overlays (:func:`pipeline.evaluation.evaluate.evaluate`);
    skipped when its report is newer than the model.
 
 Everything the demo produces lies under ``out_dir`` (default ``outputs/demo``)::
@@ -37,14 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.io import write_json
+from pipeline.core.checkpoints import BEST, finished_epochs
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import write_json
+from pipeline.core.paths import BUNDLE_DIR
+from pipeline.datasets.datalist import SPLITS, build_datalist, load_datalist
+from pipeline.evaluation.evaluate import evaluate
+from pipeline.preprocessing.prepare import preprocess_datalist
+from pipeline.synth import generate_cohort
+from pipeline.training.workflow import TRAIN_CONFIG, train
 
 __all__ = ["DEMO_CONFIG", "DemoResult", "configured_epochs", "datalist_matches_cohort", "run_demo"]
 
 
 #: The demo's training budget, merged over ``configs/train.yaml``.
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation" / "configs" / "demo.yaml"
+DEMO_CONFIG = BUNDLE_DIR / "configs" / "demo.yaml"
 
 #: The whole-tumour Dice the demo is expected to reach on the held-out synthetic patients.
 TARGET_WT_DICE = 0.85
@@ -76,7 +83,6 @@ def _echo_stage(echo: Callable[[str], None], number: int, title: str) -> None:
 
 def datalist_matches_cohort(datalist: Path, data_dir: Path, case_ids: Sequence[str]) -> bool:
     """True when ``datalist`` exists, lists exactly ``case_ids`` and points at ``data_dir``."""
-    from pipeline.datalist import SPLITS, load_datalist
 
     if not datalist.is_file():
         return False
@@ -92,8 +98,6 @@ def configured_epochs(config_files: Sequence[Path], overrides: Mapping[str, Any]
     """The ``epochs`` of the demo: from ``overrides``, else the last config file that sets it, else train.yaml's."""
     from monai.bundle import ConfigParser
 
-    from pipeline.training import TRAIN_CONFIG
-
     if "epochs" in overrides:
         return int(overrides["epochs"])
     epochs = None
@@ -107,7 +111,6 @@ def configured_epochs(config_files: Sequence[Path], overrides: Mapping[str, Any]
 
 
 def _evaluation_is_current(evaluation_dir: Path, run_dir: Path, datalist: Path) -> bool:
-    from pipeline.checkpoints import BEST
 
     summary = evaluation_dir / "summary.json"
     model = run_dir / "models" / BEST
@@ -157,12 +160,6 @@ def run_demo(
     Returns:
         The paths, the mean Dice and HD95 per structure on the test patients and the stage times.
     """
-    from pipeline.checkpoints import BEST, finished_epochs
-    from pipeline.evaluate import evaluate
-    from pipeline.preprocess import preprocess_datalist
-    from pipeline.datalist import build_datalist
-    from pipeline.synth import generate_cohort
-    from pipeline.training import train
 
     out, data, listing, cache = Path(out_dir), Path(data_dir), Path(datalist), Path(cache_dir)
     run_dir, evaluation_dir = out / RUN_DIR, out / EVALUATION_DIR

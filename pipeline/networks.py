@@ -3,7 +3,7 @@
 The bundle configs build their network with :func:`build_network`, so the input channels (the
 task's channels, times ``2k+1`` slices in 2.5D), the spatial dimensions (2D for 2d/2.5d, 3D for
 3d) and the output channels (background + the task's classes, or its regions) always follow
-``mode``, ``context``, ``task`` and ``output_mode`` (:mod:`pipeline.tasks`).
+``mode``, ``context``, ``task`` and ``output_mode`` (:mod:`pipeline.tasks.task`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from monai.networks.nets import AttentionUnet, SegResNet, UNet
 
-from pipeline.errors import ConfigError
-from pipeline.tasks import TARGETS, TaskSpec, model_task
+from pipeline.core.errors import ConfigError
+from pipeline.tasks.task import TARGETS, TaskSpec, model_task
 
 __all__ = [
     "MODES",
@@ -101,7 +101,7 @@ def build_network(
         dropout: dropout probability.
         init_filters: first-level filters (SegResNet).
         blocks_down: residual blocks per level (SegResNet).
-        task: a task name, task file, stored task mapping or :class:`~pipeline.tasks.Task`
+        task: a task name, task file, stored task mapping or :class:`~pipeline.tasks.task.Task`
             (``None``: BraTS glioma).
 
     Returns:

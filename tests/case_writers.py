@@ -20,8 +20,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.labels import get_convention
-from pipeline.modalities import BRATS2023_SUFFIXES, MODALITIES
+from pipeline.tasks.labels import get_convention
+from pipeline.tasks.modalities import BRATS2023_SUFFIXES, MODALITIES
 
 # ----------------------------------------------------------------------------- files and folders
 

@@ -88,7 +88,7 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_datalist(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data list over :func:`tiny_cohort`: 2 folds, 2 test cases."""
-    from pipeline.datalist import build_datalist
+    from pipeline.datasets.datalist import build_datalist
 
     out = tmp_path_factory.mktemp("lists") / "tiny.json"
     build_datalist(tiny_cohort, out, folds=2, test_fraction=0.25, seed=0)
@@ -98,7 +98,7 @@ def tiny_datalist(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_datalist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The preprocessed cache of :func:`tiny_datalist`."""
-    from pipeline.preprocess import preprocess_datalist
+    from pipeline.preprocessing.prepare import preprocess_datalist
 
     cache = tmp_path_factory.mktemp("cache") / "tiny"
     preprocess_datalist(tiny_datalist, cache, workers=1, progress=False)

@@ -14,10 +14,10 @@ import yaml
 from prediction_cases import CONFIGS, TINY_NETWORK, assert_same_geometry, write_bundle_dir, write_run_dir
 
 import pipeline
-from pipeline.api import SegmentationModel, SegmentationResult, case_record, load_model, segment
-from pipeline.errors import ConfigError, InputError
-from pipeline.inference import EnsembleInferer
-from pipeline.postprocess import PostProcessing
+from pipeline.inference.model import SegmentationModel, SegmentationResult, case_record, load_model, segment
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.inference.inferers import EnsembleInferer
+from pipeline.inference.postprocess import PostProcessing
 
 
 def test_load_model_from_a_run_folder(run_dir):
@@ -168,9 +168,9 @@ def test_bad_device_is_a_config_error(run_dir):
 
 
 def test_a_model_writes_only_its_own_tasks_conventions() -> None:
-    from pipeline.api import OUTPUT_CONVENTIONS, check_output_convention
-    from pipeline.errors import ConfigError
-    from pipeline.tasks import DEFAULT_TASK, get_task
+    from pipeline.inference.model import OUTPUT_CONVENTIONS, check_output_convention
+    from pipeline.core.errors import ConfigError
+    from pipeline.tasks.task import DEFAULT_TASK, get_task
 
     assert "brats2024-ped" in OUTPUT_CONVENTIONS and check_output_convention("brats2024-ped", get_task("brats2024-ped")) == "brats2024-ped"
     with pytest.raises(ConfigError, match="task brats-glioma does not write 'brats2024-ped'; choose one of auto, brats2017"):

@@ -39,8 +39,8 @@ def test_smoke_report_has_every_section(smoke_report: tuple[dict, Path]) -> None
     methods = {(r["method"], r["mode"]) for r in report["loader"]["results"]}
     assert ("per-sample NIfTI (nibabel)", "2d") in methods and ("MONAI GridPatchDataset+PatchIterd+ShuffleBuffer", "2d") in methods
     for mode in ("2d", "2.5d", "3d"):
-        assert ("plain memmap read", mode) in methods and ("pipeline.data", mode) in methods
-        assert set(report["loader"]["ratios"][mode]["pipeline.data"]) == {"x_nifti", "x_monai_recipe", "plain_over_ours"}
+        assert ("plain memmap read", mode) in methods and ("pipeline.training.loaders", mode) in methods
+        assert set(report["loader"]["ratios"][mode]["pipeline.training.loaders"]) == {"x_nifti", "x_monai_recipe", "plain_over_ours"}
     assert all(_positive(r["samples_per_s"]) for r in report["loader"]["results"])
 
     device_augmentation = report["device_augmentation"]

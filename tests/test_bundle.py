@@ -13,9 +13,9 @@ from monai.bundle import ConfigParser
 from packaging.version import Version
 
 import pipeline
-from pipeline.export import network_data_format
+from pipeline.inference.export import network_data_format
 from pipeline.networks import spatial_divisor
-from pipeline.training import WORKFLOW_NAME
+from pipeline.training.workflow import WORKFLOW_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "brats_segmentation"
@@ -119,7 +119,7 @@ def test_network_data_format_describes_the_inference_network():
 
 def test_the_bundle_inference_config_fits_a_run_of_the_training_defaults(tmp_path):
     """A run of train.yaml's defaults (demo.yaml leaves the network alone) gets the network of inference.yaml."""
-    from pipeline.inference_config import TRAINED_KEYS, run_inference_config
+    from pipeline.inference.config import TRAINED_KEYS, run_inference_config
 
     keys = ("mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "init_filters")
     run = run_inference_config(ConfigParser.load_config_files([str(CONFIGS / "train.yaml"), str(CONFIGS / "demo.yaml")]), tmp_path)
@@ -185,8 +185,8 @@ def test_bundle_commands_run_another_task(tmp_path: Path):
     import nibabel as nib
     import numpy as np
 
-    from pipeline.datalist import build_datalist, load_datalist
-    from pipeline.preprocess import preprocess_datalist
+    from pipeline.datasets.datalist import build_datalist, load_datalist
+    from pipeline.preprocessing.prepare import preprocess_datalist
     from pipeline.synth import generate_cohort
 
     generate_cohort(tmp_path / "cohort", cases=4, seed=1, size="tiny", progress=False)

@@ -1,4 +1,4 @@
-"""The cache layout: atomic write, completeness, format version and the memory-mapped read (pipeline.cache)."""
+"""The cache layout: atomic write, completeness, format version and the memory-mapped read (pipeline.preprocessing.cache)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline.cache
-from pipeline.cache import (
+import pipeline.preprocessing.cache
+from pipeline.preprocessing.cache import (
     FORMAT_VERSION,
     IMAGE_FILE,
     INDEX_FILE,
@@ -27,8 +27,8 @@ from pipeline.cache import (
     write_case,
     write_index,
 )
-from pipeline.errors import InputError
-from pipeline.tasks import DEFAULT_TASK
+from pipeline.core.errors import InputError
+from pipeline.tasks.task import DEFAULT_TASK
 
 SHAPE = (3, 4, 5, 6)  # (Z, C, X, Y)
 
@@ -86,7 +86,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
     def disk_full(path, payload):  # noqa: ANN001
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline.cache, "write_json", disk_full)
+    monkeypatch.setattr(pipeline.preprocessing.cache, "write_json", disk_full)
     with pytest.raises(OSError):
         write_case(tmp_path / "case", image, label, meta)
     assert not (tmp_path / "case").exists()
@@ -125,19 +125,19 @@ def _read_with_load_case(cache: Path, case_id: str, datalist: Path) -> None:
 
 
 def _read_with_training_dataset(cache: Path, case_id: str, datalist: Path) -> None:
-    from pipeline.data import build_train_dataset
+    from pipeline.training.loaders import build_train_dataset
 
     build_train_dataset(cache, [case_id], "2d")
 
 
 def _read_with_validation_volumes(cache: Path, case_id: str, datalist: Path) -> None:
-    from pipeline.training_validation import ValidationVolumes
+    from pipeline.training.validation_dice import ValidationVolumes
 
     ValidationVolumes(cache, [case_id])
 
 
 def _read_with_fold_selection(cache: Path, case_id: str, datalist: Path) -> None:
-    from pipeline.training import fold_case_ids
+    from pipeline.training.workflow import fold_case_ids
 
     fold_case_ids(datalist, 0, cache)
 
@@ -154,7 +154,7 @@ READERS: dict[str, Callable[[Path, str, Path], None]] = {
 def test_an_old_or_foreign_cache_is_the_same_one_line_error_in_every_reader(
     version: object, tiny_cache: Path, tiny_datalist: Path, tmp_path: Path
 ) -> None:
-    from pipeline.datalist import load_datalist
+    from pipeline.datasets.datalist import load_datalist
 
     cache = Path(shutil.copytree(tiny_cache, tmp_path / "cache"))
     training, validation = load_datalist(tiny_datalist).fold_split(0)

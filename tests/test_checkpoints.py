@@ -10,8 +10,8 @@ import pytest
 import torch
 from prediction_cases import write_run_dir
 
-from pipeline.api import load_model
-from pipeline.checkpoints import (
+from pipeline.inference.model import load_model
+from pipeline.core.checkpoints import (
     AS_WEIGHTS,
     BEST,
     LATEST,
@@ -28,7 +28,7 @@ from pipeline.checkpoints import (
     state_dict_of,
     unwrap,
 )
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 
 def _network(width: int = 4) -> torch.nn.Module:

@@ -9,16 +9,16 @@ from pathlib import Path
 import click
 import pytest
 
-from pipeline.api import OUTPUT_CONVENTIONS
-from pipeline.cli import main
-from pipeline.datalist import SCORED_SPLITS, SPLITS
-from pipeline.export import DEFAULT_TOLERANCE, FORMATS
-from pipeline.labels import CONVENTIONS
+from pipeline.inference.model import OUTPUT_CONVENTIONS
+from pipeline.cli.main import main
+from pipeline.datasets.datalist import SCORED_SPLITS, SPLITS
+from pipeline.inference.export import DEFAULT_TOLERANCE, FORMATS
+from pipeline.tasks.labels import CONVENTIONS
 from pipeline.networks import MODES
-from pipeline.preprocess import DEFAULT_MARGIN
+from pipeline.preprocessing.prepare import DEFAULT_MARGIN
 from pipeline.synth.grid import GRIDS
 from pipeline.synth.layouts import LAYOUTS
-from pipeline.training import DEVICES
+from pipeline.training.workflow import DEVICES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_choices_are_the_constants_that_define_them(command: str, name: str, con
 
 
 def test_output_conventions_are_auto_and_every_label_convention() -> None:
-    from pipeline.tasks import TASKS
+    from pipeline.tasks.task import TASKS
 
     assert OUTPUT_CONVENTIONS[: len(CONVENTIONS) + 1] == ("auto", *CONVENTIONS)  # the glioma conventions first, as before
     assert {name for task in TASKS.values() for name in task.conventions} <= set(OUTPUT_CONVENTIONS)
@@ -75,6 +75,6 @@ def test_an_unknown_choice_is_a_usage_error_listing_the_constant() -> None:
 @pytest.mark.slow
 def test_the_command_group_loads_without_torch() -> None:
     """``brats-pipeline --help`` stays fast: the constants' modules load only when a command needs them."""
-    code = "import sys, pipeline.cli; print(sorted(m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules))"
+    code = "import sys, pipeline.cli.main; print(sorted(m for m in ('torch', 'monai', 'SimpleITK') if m in sys.modules))"
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "[]"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import FORMAT_VERSION, complete_case_ids
-from pipeline.data import (
+from pipeline.preprocessing.cache import FORMAT_VERSION, complete_case_ids
+from pipeline.training.loaders import (
     CachedCaseStore,
     ForegroundWeightedSampler,
     augmentations,
@@ -22,7 +22,7 @@ from pipeline.data import (
     slice_probabilities,
     slice_transforms,
 )
-from pipeline.errors import ConfigError, InputError
+from pipeline.core.errors import ConfigError, InputError
 
 DEPTH, WIDTH, HEIGHT = 12, 20, 18
 TUMOUR_SLICES = range(4, 8)
@@ -282,7 +282,7 @@ def test_bundle_style_instantiation(cache: Path) -> None:
         {
             "cache_dir": str(cache),
             "train_dataset": {
-                "_target_": "pipeline.data.build_train_dataset",
+                "_target_": "pipeline.training.loaders.build_train_dataset",
                 "cache_dir": "@cache_dir",
                 "case_ids": ["case_0", "case_2"],
                 "mode": "2.5d",
@@ -290,9 +290,9 @@ def test_bundle_style_instantiation(cache: Path) -> None:
                 "slice_size": [32, 32],
                 "foreground_ratio": 0.5,
             },
-            "train_sampler": {"_target_": "pipeline.data.build_train_sampler", "dataset": "@train_dataset", "num_samples": 8},
+            "train_sampler": {"_target_": "pipeline.training.loaders.build_train_sampler", "dataset": "@train_dataset", "num_samples": 8},
             "train_loader": {
-                "_target_": "pipeline.data.build_train_loader",
+                "_target_": "pipeline.training.loaders.build_train_loader",
                 "dataset": "@train_dataset",
                 "sampler": "@train_sampler",
                 "batch_size": 4,
@@ -305,7 +305,7 @@ def test_bundle_style_instantiation(cache: Path) -> None:
 
 def test_preprocessed_cache(request: pytest.FixtureRequest) -> None:
     pytest.importorskip("pipeline.synth")
-    pytest.importorskip("pipeline.datalist")
+    pytest.importorskip("pipeline.datasets.datalist")
     tiny_cache = request.getfixturevalue("tiny_cache")
     ids = complete_case_ids(tiny_cache)
     assert ids

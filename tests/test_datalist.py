@@ -8,11 +8,11 @@ import yaml
 from case_writers import CaseWriter, tumour, write_nifti
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.datalist import SPLITS, assign_folds, build_datalist, datalist_task, load_datalist
+from pipeline.cli.main import main
+from pipeline.datasets.datalist import SPLITS, assign_folds, build_datalist, datalist_task, load_datalist
 from pipeline.datasets.records import CaseRecord
-from pipeline.tasks import DEFAULT_TASK, TASKS, resolve_task
-from pipeline.errors import ConfigError, InputError
+from pipeline.tasks.task import DEFAULT_TASK, TASKS, resolve_task
+from pipeline.core.errors import ConfigError, InputError
 
 IMAGES = ["c1/c1_t1.nii.gz", "c1/c1_t1ce.nii.gz", "c1/c1_t2.nii.gz", "c1/c1_flair.nii.gz"]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from pipeline.demo import DEMO_CONFIG, configured_epochs, datalist_matches_cohort
 from tiny_training import TINY_NETWORK_AND_BUDGET
 
@@ -99,7 +99,7 @@ def test_demo_rerun_reuses_and_resumes(demo_paths, first_run):
 
 
 def test_datalist_is_rebuilt_for_another_cohort(tiny_datalist, tiny_cohort, tmp_path):
-    from pipeline.datalist import load_datalist
+    from pipeline.datasets.datalist import load_datalist
 
     cases = [record.case_id for split in ("training", "validation", "test") for record in load_datalist(tiny_datalist).cases(split)]
     assert datalist_matches_cohort(tiny_datalist, tiny_cohort, cases)

@@ -10,15 +10,15 @@ import torch
 from monai.transforms import Affine, Compose, Flip, Rotate90
 from monai.transforms.utils import create_rotate
 
-from pipeline.data import augmentations, metadata_tracking_off
-from pipeline.device_augmentation import (
+from pipeline.training.loaders import augmentations, metadata_tracking_off
+from pipeline.training.device_augmentation import (
     DeviceAugmentation,
     augment_batch,
     augmentation_parameters,
     augments_on_device,
     rotation_matrices,
 )
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.transforms.regions import LabelsToRegions
 
 SIZE = 24
@@ -79,7 +79,7 @@ def test_flips_and_rot90_are_monais_exactly(dims: int) -> None:
 
 @pytest.mark.parametrize(("shape", "angles", "scales"), [((20, 14), [0.2], [1.05, 0.93]), ((10, 12, 8), [0.1, -0.2, 0.25], [1.05, 0.93, 1.02])])
 def test_the_affine_is_monais(shape: tuple[int, ...], angles: list[float], scales: list[float]) -> None:
-    from pipeline.device_augmentation import _affine_theta
+    from pipeline.training.device_augmentation import _affine_theta
 
     dims = len(shape)
     rotation = rotation_matrices(torch.tensor([angles]))[0]

@@ -16,14 +16,14 @@ from click.testing import CliRunner
 from case_writers import write_case, write_datalist
 from prediction_cases import HyperintensityNetwork, OracleNetwork, write_bundle_dir, write_run_dir
 
-from pipeline.api import SegmentationModel
-from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.evaluate import evaluate, read_internal_labels
-from pipeline.inference import VolumeInferer
-from pipeline.labels import SCORED_STRUCTURES
-from pipeline.metrics import case_metrics, metric_columns
-from pipeline.postprocess import PostProcessing
+from pipeline.inference.model import SegmentationModel
+from pipeline.cli.main import main
+from pipeline.core.errors import ConfigError
+from pipeline.evaluation.evaluate import evaluate, read_internal_labels
+from pipeline.inference.inferers import VolumeInferer
+from pipeline.tasks.labels import SCORED_STRUCTURES
+from pipeline.evaluation.metrics import case_metrics, metric_columns
+from pipeline.inference.postprocess import PostProcessing
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_CASES = {"BraTS2021_00001": "lps", "BraTS2021_00002": "ras", "BraTS2021_00003": "oblique", "BraTS2021_00004": "permuted"}
@@ -126,8 +126,8 @@ def test_split_errors(data, run_dir, tmp_path):
 
 @pytest.mark.slow
 def test_trained_run_folder_evaluates_with_training_curves(data, tmp_path):
-    from pipeline.preprocess import preprocess_datalist
-    from pipeline.training import train
+    from pipeline.preprocessing.prepare import preprocess_datalist
+    from pipeline.training.workflow import train
 
     _, datalist = data
     cache = tmp_path / "cache"
@@ -188,7 +188,7 @@ def test_evaluate_on_a_real_case(real_brats_dir, tmp_path):
 
 
 def test_evaluate_the_synthetic_cohort(tiny_datalist, run_dir, tmp_path):
-    from pipeline.datalist import load_datalist
+    from pipeline.datasets.datalist import load_datalist
     from prediction_cases import assert_same_geometry
 
     records = load_datalist(tiny_datalist).cases("test")
@@ -203,8 +203,8 @@ def test_evaluate_the_synthetic_cohort(tiny_datalist, run_dir, tmp_path):
 @pytest.mark.parametrize("layout", ["lps", "permuted", "oblique"])
 def test_ground_truth_moves_onto_the_cache_grid_like_the_preprocessing(tmp_path, layout):
     from pipeline.datasets import discover_case
-    from pipeline.geometry import restore_to_original, to_cache_grid
-    from pipeline.preprocess import prepare_case
+    from pipeline.core.geometry import restore_to_original, to_cache_grid
+    from pipeline.preprocessing.prepare import prepare_case
 
     record = discover_case(write_case(tmp_path, layout=layout))
     prepared = prepare_case(record)
@@ -215,7 +215,7 @@ def test_ground_truth_moves_onto_the_cache_grid_like_the_preprocessing(tmp_path,
 
 
 def test_bad_ground_truth_stops_evaluation_but_not_prediction(run_dir, tmp_path):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     root = tmp_path / "data"
     case = write_case(root, "BraTS2021_00001", layout="lps")
@@ -238,7 +238,7 @@ def test_a_binary_task_is_scored_on_its_one_structure(data, tmp_path):
     """Whole tumour: an oracle scores Dice 1 on WT, the only column; files hold 0/1, with the task's colour table."""
     import torch
 
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     class WholeTumourOracle(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,10 @@ import torch
 from click.testing import CliRunner
 from prediction_cases import TINY_NETWORK, write_bundle_dir, write_run_dir
 
-from pipeline.api import load_model
-from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.export import export_model, load_network, network_data_format
+from pipeline.inference.model import load_model
+from pipeline.cli.main import main
+from pipeline.core.errors import ConfigError
+from pipeline.inference.export import export_model, load_network, network_data_format
 from pipeline.networks import build_network, spatial_divisor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def _pytorch_logits(run_dir: Path, inputs: torch.Tensor) -> np.ndarray:
 
 def test_channel_def_follows_the_2_5d_stacking_order():
     """Input channel i of the metadata is the modality and slice offset that stack_context puts at i."""
-    from pipeline.data import stack_context
+    from pipeline.training.loaders import stack_context
 
     context = 2
     volume = np.zeros((9, 4, 2, 2), np.float32)
@@ -190,7 +190,7 @@ def test_model_zoo_ckpt_export_command_on_a_bundle_folder(run_dir, tmp_path):
 def test_metadata_of_a_task_describes_its_network_and_passes_the_schema(task, channels, output_mode, inputs, outputs, mode):
     import jsonschema
 
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     spec = resolve_task(task, channels).to_dict()
     network = build_network(mode, context=1, output_mode=output_mode, task=spec, channels=(4, 8), strides=(2,), num_res_units=0).eval()

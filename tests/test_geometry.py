@@ -1,4 +1,4 @@
-"""Exact reorientation, cropping and their inverse (pipeline.geometry)."""
+"""Exact reorientation, cropping and their inverse (pipeline.core.geometry)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from nibabel.affines import apply_affine
 from nibabel.orientations import apply_orientation, io_orientation
 
-from pipeline.geometry import (
+from pipeline.core.geometry import (
     bounding_box,
     box_slices,
     cache_affine,
@@ -151,7 +151,7 @@ def test_to_cache_grid_refuses_an_array_of_another_grid() -> None:
 
 
 def test_a_padded_2d_case_is_unpadded_before_its_crop_is_restored():
-    from pipeline.geometry import unpad
+    from pipeline.core.geometry import unpad
 
     meta = {
         "orientation": [[0, 1], [1, 1], [2, 1]],
@@ -169,7 +169,7 @@ def test_a_padded_2d_case_is_unpadded_before_its_crop_is_restored():
 
 
 def test_resized_planes_come_back_at_the_cropped_size_labels_nearest_and_scores_bilinear() -> None:
-    from pipeline.geometry import from_planar_size, resize_planar
+    from pipeline.core.geometry import from_planar_size, resize_planar
 
     meta = {"resizing": {"size": [8, 8], "cropped_shape": [30, 21]}}
     labels = np.zeros((2, 8, 8), np.uint8)

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from pipeline.handlers import PredictionOverlay
-from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES
-from pipeline.report import figure_rgb, overlay_figure
+from pipeline.tasks.labels import ED, ET, NEC, SCORED_STRUCTURES
+from pipeline.training.handlers import PredictionOverlay
+from pipeline.visualize.overlays import figure_rgb, overlay_figure
 
 
 def _structure_masks(labels: np.ndarray) -> torch.Tensor:

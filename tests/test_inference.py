@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import stack_context
-from pipeline.errors import ConfigError
-from pipeline.inference import EngineInferer, EnsembleInferer, VolumeInferer
-from pipeline.labels import labels_to_regions
+from pipeline.training.loaders import stack_context
+from pipeline.core.errors import ConfigError
+from pipeline.inference.inferers import EngineInferer, EnsembleInferer, VolumeInferer
+from pipeline.tasks.labels import labels_to_regions
 from pipeline.networks import build_network
 
 
@@ -164,7 +164,7 @@ def test_ensemble_members_must_predict_the_same_classes() -> None:
 # ---- tasks ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("task", "channels", "output_mode"), [("whole-tumour", ["flair"], None), ("brats2024-post-treatment", None, None), ("brats-glioma", ["flair"], "regions")])
 def test_inference_decodes_the_task(task, channels, output_mode) -> None:
-    from pipeline.tasks import model_task, resolve_task
+    from pipeline.tasks.task import model_task, resolve_task
 
     spec = resolve_task(task, channels).to_dict()
     network = build_network("2.5d", context=1, output_mode=output_mode, task=spec, channels=(4, 8), strides=(2,), num_res_units=0).eval()

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from monai.bundle import ConfigParser
 from prediction_cases import CONFIGS, write_bundle_dir
 
-from pipeline.api import load_model
-from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.inference_config import (
+from pipeline.inference.model import load_model
+from pipeline.cli.main import main
+from pipeline.core.errors import ConfigError
+from pipeline.inference.config import (
     INFERENCE_CONFIG,
     RUN_INFERENCE_CONFIG,
     TRAINED_KEYS,
@@ -26,7 +26,7 @@ from pipeline.inference_config import (
     run_inference_config,
     write_run_inference_config,
 )
-from pipeline.training import GPU_CONFIG, TRAIN_CONFIG, training_config_files
+from pipeline.training.workflow import GPU_CONFIG, TRAIN_CONFIG, training_config_files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_evaluate_yaml_is_a_short_override_of_inference_yaml():
     assert not set(evaluate) & {*TRAINED_KEYS, "inferer", "model", "postprocessing", "checkpoint"}
     assert len((CONFIGS / "evaluate.yaml").read_text().splitlines()) < 30
     parser = ConfigParser(ConfigParser.load_config_files([str(CONFIGS / "inference.yaml"), str(CONFIGS / "evaluate.yaml")]))
-    assert "$from pipeline.evaluate import evaluate" in parser["imports"] and "$import pipeline" in parser["imports"]
+    assert "$from pipeline.evaluation.evaluate import evaluate" in parser["imports"] and "$import pipeline" in parser["imports"]
     assert parser["split"] == "test" and parser["sw_batch_size"] == yaml.safe_load(INFERENCE_CONFIG.read_text())["sw_batch_size"]
 
 
@@ -51,7 +51,7 @@ def test_a_run_folder_loads_like_a_bundle_folder(run_dir, case_dir, tmp_path):
     train = json.loads((run_dir / "config.json").read_text())
     for key in TRAINED_KEYS:
         assert old_style[key] == train[key], key
-    assert old_style["postprocessing"]["_target_"] == "pipeline.postprocess.PostProcessing"
+    assert old_style["postprocessing"]["_target_"] == "pipeline.inference.postprocess.PostProcessing"
 
     written = write_run_inference_config(ConfigParser(train), run_dir)
     try:
@@ -122,7 +122,7 @@ def test_predict_bundle_run_inference_and_segment_write_identical_files(run_dir,
         "--input", str(case_dir), "--output_dir", str(tmp_path / "bundle_run"), "--progress", "False",
     )  # fmt: skip
     code = (
-        "import sys, pipeline; from pipeline.io import save_nifti; "
+        "import sys, pipeline; from pipeline.core.io import save_nifti; "
         "save_nifti(sys.argv[3], pipeline.load_model(sys.argv[1]).segment(sys.argv[2]))"
     )
     (tmp_path / "api").mkdir()
@@ -135,10 +135,10 @@ def test_predict_bundle_run_inference_and_segment_write_identical_files(run_dir,
 def test_docs_merge_evaluate_yaml_after_inference_yaml_and_offer_tracking():
     """The documented evaluating command merges evaluate.yaml after inference.yaml; train and make train offer --tracking."""
     merged = "['bundles/brats_segmentation/configs/inference.yaml','bundles/brats_segmentation/configs/evaluate.yaml']"
-    for doc in (REPO / "README.md", REPO / "bundles" / "brats_segmentation" / "docs" / "README.md", CONFIGS / "evaluate.yaml"):
-        text = doc.read_text()
-        assert merged in text, doc
-        assert "--config_file bundles/brats_segmentation/configs/evaluate.yaml" not in text, doc
+    for doc in (REPO / "docs" / "bundle.md", REPO / "bundles" / "brats_segmentation" / "docs" / "README.md", CONFIGS / "evaluate.yaml"):
+        assert merged in doc.read_text(), doc
+    for doc in (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "bundles" / "brats_segmentation" / "docs" / "README.md"):
+        assert "--config_file bundles/brats_segmentation/configs/evaluate.yaml" not in doc.read_text(), doc
     assert "--tracking mlflow|FILE" in CliRunner().invoke(main, ["train", "--help"]).output
     assert "--tracking $(TRACKING)" in (REPO / "Makefile").read_text()
 
@@ -147,7 +147,7 @@ def test_docs_merge_evaluate_yaml_after_inference_yaml_and_offer_tracking():
 def test_a_run_stores_its_task_and_an_old_run_is_glioma(tmp_path):
     from prediction_cases import write_run_dir
 
-    from pipeline.tasks import DEFAULT_TASK, resolve_task
+    from pipeline.tasks.task import DEFAULT_TASK, resolve_task
 
     old = write_run_dir(tmp_path / "old")
     config = json.loads((old / "config.json").read_text())
@@ -165,7 +165,7 @@ def test_a_run_stores_its_task_and_an_old_run_is_glioma(tmp_path):
     gtv = resolve_task("meningioma-rt").to_dict()
     run = write_run_dir(tmp_path / "gtv", task=gtv)
     stored = run_inference_config(json.loads((run / "config.json").read_text()), run)
-    assert stored["postprocessing"] == {"_target_": "pipeline.postprocess.PostProcessing"}  # no WT to edit
+    assert stored["postprocessing"] == {"_target_": "pipeline.inference.postprocess.PostProcessing"}  # no WT to edit
     assert load_model(run).postprocessing.is_identity
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.labels import (
+from pipeline.tasks.labels import (
     CONVENTIONS,
     ED,
     ET,

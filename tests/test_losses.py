@@ -1,4 +1,4 @@
-"""Training losses per target (pipeline.losses)."""
+"""Training losses per target (pipeline.training.losses)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from monai.losses import DiceLoss
 
-from pipeline.errors import ConfigError
-from pipeline.losses import build_loss
+from pipeline.core.errors import ConfigError
+from pipeline.training.losses import build_loss
 
 
 def _regions_target() -> torch.Tensor:

@@ -6,9 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from pipeline.labels import ED, ET, NEC, SCORED_STRUCTURES
-from pipeline.metrics import (
+from benchmarks import hd95_definitions
+from benchmarks.hd95_definitions import voxel_centre_hd95
+from pipeline.tasks.labels import ED, ET, NEC, SCORED_STRUCTURES
+from pipeline.evaluation.metrics import (
     EMPTY_HD95_MM,
     LESION_MISS_HD95_MM,
     case_metrics,
@@ -75,17 +78,101 @@ def test_hd95_uses_the_spacing():
     assert hd95(a, b, (7, 7, 0.5)) == pytest.approx(1.0)
 
 
-def test_hd95_is_the_max_of_the_directed_95th_percentiles():
-    # prediction->truth distances {0, 4 * 2.5}; truth->prediction {0}
+def test_hd95_is_the_max_of_the_directed_area_weighted_95th_percentiles():
+    # Two separate voxels: every surfel is a corner of one of them, all of the same area.
+    # prediction->truth: 8 surfels at 0, 4 at 3 * 2.5, 4 at 4 * 2.5 mm; truth->prediction: 8 at 0.
     truth = np.zeros((5, 5, 8), bool)
     truth[2, 2, 0] = True
     pred = truth.copy()
     pred[2, 2, 4] = True
-    directed = np.percentile([0.0, 10.0], 95)  # 9.5: MONAI / DeepMind definition
-    pooled = np.percentile([0.0, 10.0, 0.0], 95)  # 9.0: medpy / panoptica pool both directions
-    assert hd95(pred, truth, (1, 1, 2.5)) == pytest.approx(directed, abs=1e-4)
-    assert hd95(truth, pred, (1, 1, 2.5)) == pytest.approx(directed, abs=1e-4)
-    assert not math.isclose(directed, pooled)
+    # The cumulative area first reaches 95% on the farthest surfels: 10 mm, with no interpolation
+    # (voxel centres, as MONAI's compute_hausdorff_distance takes them, give 9.5).
+    assert hd95(pred, truth, (1, 1, 2.5)) == 10.0
+    assert hd95(truth, pred, (1, 1, 2.5)) == 10.0
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.5, 0.7)])
+def test_hd95_measures_between_surfaces_not_voxel_centres(spacing):
+    # truth: one voxel; prediction: it and its neighbour along the first axis. The prediction's
+    # far face (4 corner surfels, well over 5% of its area) lies one voxel (spacing[0] mm) from
+    # the truth's surface; every other surfel of either mask lies on the other surface.
+    truth = np.zeros((5, 5, 5), bool)
+    truth[1, 2, 2] = True
+    pred = truth.copy()
+    pred[2, 2, 2] = True
+    assert hd95(pred, truth, spacing) == pytest.approx(spacing[0], abs=1e-12)
+    assert voxel_centre_hd95(pred, truth, spacing) == pytest.approx(0.95 * spacing[0], abs=1e-5)  # what it was
+
+
+@pytest.fixture(scope="module")
+def organisers_hd95():
+    """HD95 by the BraTS 2023 organisers' code: DeepMind's surface-distance package, called as their script calls it."""
+    pytest.importorskip("surface_distance", reason="surface-distance (the dev extra) is not installed")
+    return hd95_definitions.organisers_hd95
+
+
+def _ball(shape: tuple[int, int, int], centre: tuple[float, float, float], radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+    grid = np.indices(shape, dtype=float)
+    return sum(((grid[axis] - centre[axis]) * spacing[axis]) ** 2 for axis in range(3)) <= radius_mm**2
+
+
+def _box(shape: tuple[int, int, int], corner: tuple[int, int, int], size: tuple[int, int, int]) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[tuple(slice(c, c + n) for c, n in zip(corner, size))] = True
+    return mask
+
+
+_SHAPES = {
+    "cube vs shifted cube": lambda sp: (_box((16, 16, 16), (4, 5, 3), (7, 7, 7)), _box((16, 16, 16), (3, 3, 3), (7, 7, 7))),
+    "box vs smaller box": lambda sp: (_box((16, 16, 12), (4, 4, 3), (6, 8, 4)), _box((16, 16, 12), (3, 3, 2), (9, 9, 7))),
+    "ball vs shifted larger ball": lambda sp: (_ball((24, 24, 20), (11, 12, 9), 6.0, sp), _ball((24, 24, 20), (12, 11.5, 10), 7.0, sp)),
+    "ball vs eroded ball": lambda sp: (ndimage.binary_erosion(_ball((24, 24, 20), (11, 11, 9), 7.5, sp), iterations=2), _ball((24, 24, 20), (11, 11, 9), 7.5, sp)),
+}
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.9, 1.1, 2.5)])
+@pytest.mark.parametrize("shape", sorted(_SHAPES))
+def test_hd95_matches_the_organisers_surface_distance_on_shapes(organisers_hd95, shape, spacing):
+    pred, truth = _SHAPES[shape](spacing)
+    expected = organisers_hd95(pred, truth, spacing)
+    assert expected > 0
+    assert hd95(pred, truth, spacing) == pytest.approx(expected, abs=1e-6)
+    assert structure_metrics(pred, truth, spacing)["hd95"] == pytest.approx(expected, abs=1e-6)
+
+
+_PERTURBATIONS = {
+    "shifted (2, 1, 0)": lambda mask: np.roll(mask, (2, 1), axis=(0, 1)),
+    "eroded, shifted (0, 1, 1)": lambda mask: np.roll(ndimage.binary_erosion(mask), (1, 1), axis=(1, 2)),
+    "ragged": hd95_definitions.ragged,
+}
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_hd95_on_a_real_case_matches_the_organisers_not_voxel_centres(real_brats_dir, organisers_hd95):
+    regions, spacing = hd95_definitions.case_regions(real_brats_dir / "BraTS2021_00006" / "BraTS2021_00006_seg.nii.gz")
+    assert spacing == (1.0, 1.0, 1.0)
+    anisotropic = (0.9, 1.1, 2.5)  # the same voxels, as if scanned with thick slices
+    for name, truth in regions.items():
+        for perturbation, perturb in _PERTURBATIONS.items():
+            pred = perturb(truth)
+            for voxel_size in (spacing, anisotropic) if perturbation == "ragged" else (spacing,):
+                expected = organisers_hd95(pred, truth, voxel_size)
+                assert hd95(pred, truth, voxel_size) == pytest.approx(expected, abs=1e-6), (name, perturbation, voxel_size)
+    # The voxel-centre HD95 this replaced is measurably off on a ragged prediction (2.236 against 2.0 mm on WT).
+    ragged_wt = hd95_definitions.ragged(regions["WT"])
+    assert voxel_centre_hd95(ragged_wt, regions["WT"], spacing) - hd95(ragged_wt, regions["WT"], spacing) > 0.2
+
+
+def test_lesion_wise_hd95_is_the_surface_hd95_of_each_lesion(organisers_hd95):
+    spacing = (0.9, 1.1, 2.5)
+    ball = _ball((40, 40, 24), (10, 10, 8), 5.0, spacing)
+    box = _box((40, 40, 24), (25, 24, 12), (8, 9, 6))  # far from the ball: two lesions
+    grown_ball, moved_box = _ball(ball.shape, (11, 10.5, 8.5), 6.0, spacing), np.roll(box, (1, 1, 1), axis=(0, 1, 2))
+    per_lesion = [organisers_hd95(grown_ball, ball, spacing), organisers_hd95(moved_box, box, spacing)]  # 2.5 mm each
+    _, distance = lesion_wise_scores(grown_ball | moved_box, ball | box, spacing)
+    assert distance == pytest.approx(sum(per_lesion) / 2, abs=1e-6)
+    assert distance != pytest.approx((voxel_centre_hd95(grown_ball, ball, spacing) + voxel_centre_hd95(moved_box, box, spacing)) / 2, abs=0.05)
 
 
 def test_case_metrics_scores_subregions_and_regions():
@@ -163,7 +250,7 @@ def test_lesion_wise_empty_and_case_metrics_flag():
 
 # ---- tasks ------------------------------------------------------------------------------------
 def test_columns_are_the_task_structures():
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     assert metric_columns() == [f"{m}_{s}" for m in ("dice", "hd95", "sensitivity", "specificity", "precision", "iou", "pred_volume_ml", "true_volume_ml") for s in SCORED_STRUCTURES]
     whole = resolve_task("whole-tumour", ["flair"])
@@ -174,7 +261,7 @@ def test_columns_are_the_task_structures():
 
 
 def test_empty_rules_per_structure_of_a_task():
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     task = resolve_task("brats2024-post-treatment")  # NETC 1, SNFH 2, ET 3, RC 4
     truth = np.zeros((8, 8, 8), np.uint8)
@@ -193,7 +280,7 @@ def test_empty_rules_per_structure_of_a_task():
 
 
 def test_glioma_metrics_are_the_default_task_metrics():
-    from pipeline.tasks import DEFAULT_TASK
+    from pipeline.tasks.task import DEFAULT_TASK
 
     rng = np.random.default_rng(0)
     truth, pred = rng.integers(0, 4, (10, 10, 10)).astype(np.uint8), rng.integers(0, 4, (10, 10, 10)).astype(np.uint8)
@@ -224,7 +311,7 @@ def test_image_metrics_hand_computed_and_their_empty_rules():
 
 
 def test_kaggle_scores_whole_volumes_in_voxels():
-    from pipeline.tasks import IMAGE_MASK_2D, KAGGLE_LGG
+    from pipeline.tasks.task import IMAGE_MASK_2D, KAGGLE_LGG
 
     truth = np.zeros((8, 8, 3), np.uint8)
     truth[2:4, 2:4, 0:2] = 1

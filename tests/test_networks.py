@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.networks import build_network, input_channels, output_channels, spatial_divisor
 
 
@@ -62,7 +62,7 @@ def test_bad_settings_are_config_errors(kwargs: dict, words: str) -> None:
     ],
 )
 def test_channels_follow_the_task(task: str, channels, output_mode, in_2d: int, in_25d: int, out: int) -> None:
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     spec = resolve_task(task, channels)
     assert input_channels("2d", 2, spec) == input_channels("3d", 2, spec) == in_2d

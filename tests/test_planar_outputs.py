@@ -13,10 +13,10 @@ import pytest
 from planar_cases import image_pairs, kaggle_root, tree, write_image
 from tiny_training import TINY_NETWORK_AND_BUDGET
 
-from pipeline.api import load_model
-from pipeline.errors import InputError
-from pipeline.io import read_image_2d
-from pipeline.postprocess import PostProcessing
+from pipeline.inference.model import load_model
+from pipeline.core.errors import InputError
+from pipeline.core.io import read_image_2d
+from pipeline.inference.postprocess import PostProcessing
 
 KAGGLE_PATIENTS = (("TCGA_AB_0001_20000101", 5), ("TCGA_AB_0002_20000102", 3), ("TCGA_AB_0003_20000103", 4), ("TCGA_AB_0004_20000104", 2))
 IMAGE_SIZES = ((16, 16), (20, 12), (10, 18), (14, 22))
@@ -24,9 +24,9 @@ IMAGE_SIZES = ((16, 16), (20, 12), (10, 18), (14, 22))
 
 def _train(root: Path, work: Path, mode: str = "2d", **datalist: Any) -> tuple[Path, Path]:
     """Data list, cache and a one-epoch tiny run of ``root``; returns the data list and the run folder."""
-    from pipeline.datalist import build_datalist
-    from pipeline.preprocess import preprocess_datalist
-    from pipeline.training import parse_overrides, train
+    from pipeline.datasets.datalist import build_datalist
+    from pipeline.preprocessing.prepare import preprocess_datalist
+    from pipeline.training.workflow import parse_overrides, train
 
     build_datalist(root, work / "list.json", folds=2, test_fraction=0.0, progress=False, **datalist)
     preprocess_datalist(work / "list.json", work / "cache", progress=False)
@@ -62,7 +62,7 @@ def _check_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def test_kaggle_predictions_mirror_the_patient_folders_as_0_255_tiffs(kaggle, tmp_path):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     root, _, run = kaggle
     before = tree(root)
@@ -81,7 +81,7 @@ def test_kaggle_predictions_mirror_the_patient_folders_as_0_255_tiffs(kaggle, tm
 
 
 def test_one_patient_folder_or_a_data_list_predicts_the_same_files(kaggle, tmp_path):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     root, datalist, run = kaggle
     name, slices = KAGGLE_PATIENTS[1]
@@ -93,7 +93,7 @@ def test_one_patient_folder_or_a_data_list_predicts_the_same_files(kaggle, tmp_p
 
 @pytest.mark.parametrize("where", ["root", "patient"])
 def test_predictions_are_never_written_beside_the_inputs(kaggle, where):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     root, _, run = kaggle
     out = root if where == "root" else root / KAGGLE_PATIENTS[0][0]
@@ -111,7 +111,7 @@ def test_a_kaggle_run_keeps_the_largest_tumour_component_by_default(kaggle):
 
 
 def test_2d_predictions_come_back_at_each_images_own_size(pairs, tmp_path):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     root, _, run = pairs
     before = tree(root)
@@ -129,7 +129,7 @@ def test_2d_predictions_come_back_at_each_images_own_size(pairs, tmp_path):
 
 
 def test_a_grayscale_model_predicts_rgb_and_rgba_images_converted_to_gray(pairs, tmp_path):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     _, _, run = pairs
     colour = np.zeros((18, 14, 3), np.uint8)
@@ -162,8 +162,8 @@ class _Oracle:
 
 def _oracle_model(run: Path, datalist: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The run's model predicting each case's ground truth (read with the case's mask), without post-processing."""
-    import pipeline.preprocess as preprocess
-    from pipeline.datalist import load_datalist
+    import pipeline.preprocessing.prepare as preprocess
+    from pipeline.datasets.datalist import load_datalist
 
     labelled = {record.case_id: record for record in load_datalist(datalist).cases("all")}
     model = load_model(run)
@@ -181,7 +181,7 @@ def _oracle_model(run: Path, datalist: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_the_write_back_of_kaggle_masks_is_exact(kaggle, tmp_path, monkeypatch):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     root, datalist, run = kaggle
     predict(_oracle_model(run, datalist, monkeypatch), root, tmp_path / "out", progress=False)
@@ -191,7 +191,7 @@ def test_the_write_back_of_kaggle_masks_is_exact(kaggle, tmp_path, monkeypatch):
 
 
 def test_the_write_back_of_padded_2d_masks_is_exact(pairs, tmp_path, monkeypatch):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     root, datalist, run = pairs
     predict(_oracle_model(run, datalist, monkeypatch), root, tmp_path / "out", progress=False)
@@ -203,9 +203,9 @@ def test_the_write_back_of_padded_2d_masks_is_exact(pairs, tmp_path, monkeypatch
 
 
 def test_kaggle_evaluation_scores_each_patients_volume_in_voxels(kaggle, tmp_path):
-    from pipeline.evaluate import evaluate
-    from pipeline.metrics import metric_columns
-    from pipeline.tasks import KAGGLE_LGG
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.evaluation.metrics import metric_columns
+    from pipeline.tasks.task import KAGGLE_LGG
 
     _, datalist, run = kaggle
     result = evaluate(run, datalist, tmp_path, split="all", progress=False, echo=False)
@@ -223,7 +223,7 @@ def test_kaggle_evaluation_scores_each_patients_volume_in_voxels(kaggle, tmp_pat
 
 
 def test_2d_evaluation_scores_one_row_per_image(pairs, tmp_path):
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluation.evaluate import evaluate
 
     _, datalist, run = pairs
     result = evaluate(run, datalist, tmp_path, split="all", progress=False, echo=False)
@@ -239,7 +239,7 @@ def test_2d_evaluation_scores_one_row_per_image(pairs, tmp_path):
 
 
 def test_25d_training_on_one_slice_images_and_3d_on_kaggle_patients_predict(tmp_path):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     root = image_pairs(tmp_path / "pairs", names=("a", "b", "c"), sizes=IMAGE_SIZES[:3])
     _, run = _train(root, tmp_path / "p", mode="2.5d")
@@ -257,7 +257,7 @@ def test_25d_training_on_one_slice_images_and_3d_on_kaggle_patients_predict(tmp_
 @pytest.mark.real_data
 def test_real_kaggle_patients_train_and_one_held_out_patient_is_predicted(kaggle_lgg_dir, tmp_path):
     from pipeline.datasets.kaggle_lgg import list_slices
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     patients = sorted(p for p in kaggle_lgg_dir.iterdir() if p.is_dir())
     train_root = tmp_path / "train"
@@ -275,7 +275,7 @@ def test_real_kaggle_patients_train_and_one_held_out_patient_is_predicted(kaggle
 
 
 def test_a_written_mask_of_another_size_is_refused_on_reading_back(tmp_path):
-    from pipeline.writers import read_planar_masks
+    from pipeline.inference.writers import read_planar_masks
 
     first = write_image(tmp_path / "1_mask.tif", np.zeros((4, 4), np.uint8))
     second = write_image(tmp_path / "2_mask.tif", np.zeros((4, 5), np.uint8))
@@ -302,7 +302,7 @@ def test_bundle_commands_train_evaluate_and_infer_a_kaggle_task(kaggle, tmp_path
 
     tiny = [item for setting in (*TINY_NETWORK_AND_BUDGET, "progress=False", "epochs=1", "mode=2d") for item in (f"--{setting.split('=')[0]}", setting.split("=", 1)[1])]
     run = tmp_path / "run"
-    bundle("run", "training", "--workflow_name", "pipeline.training.TrainingWorkflow", "--config_file", str(configs / "train.yaml"),
+    bundle("run", "training", "--workflow_name", "pipeline.training.workflow.TrainingWorkflow", "--config_file", str(configs / "train.yaml"),
            "--dataset_dir", str(datalist.parent / "cache"), "--datalist", str(datalist), "--output_dir", str(run), *tiny)  # fmt: skip
     config = json.loads((run / "inference.json").read_text())
     assert config["task"]["name"] == "kaggle-lgg" and config["postprocessing"]["keep_largest"] == ["tumour"]
@@ -315,8 +315,8 @@ def test_bundle_commands_train_evaluate_and_infer_a_kaggle_task(kaggle, tmp_path
 
 
 def test_probabilities_of_2d_images_are_refused_in_one_line(pairs, tmp_path):
-    from pipeline.errors import ConfigError
-    from pipeline.predict import predict
+    from pipeline.core.errors import ConfigError
+    from pipeline.inference.predict import predict
 
     root, _, run = pairs
     with pytest.raises(ConfigError, match="masks only"):
@@ -326,7 +326,7 @@ def test_probabilities_of_2d_images_are_refused_in_one_line(pairs, tmp_path):
 
 @pytest.mark.real_data
 def test_real_png_pairs_train_and_a_held_out_image_is_predicted_at_its_size(png_pairs_dir, tmp_path):
-    from pipeline.predict import predict
+    from pipeline.inference.predict import predict
 
     names = sorted(p.stem for p in (png_pairs_dir / "images").iterdir())[:5]
     root = tmp_path / "pairs"
@@ -360,7 +360,7 @@ def _blob_pairs(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def resized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """Images of four odd sizes under a task resizing them to 64x64, their data list and a tiny 2D run."""
-    from pipeline.tasks import IMAGE_MASK_2D, task_from_dict
+    from pipeline.tasks.task import IMAGE_MASK_2D, task_from_dict
 
     work = tmp_path_factory.mktemp("resized")
     task = task_from_dict({**IMAGE_MASK_2D.to_dict(), "name": "image-mask-2d-64", "planar_size": [64, 64], "planar_fit": "resize"})
@@ -369,8 +369,8 @@ def resized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
 
 
 def test_resized_images_train_and_every_prediction_comes_back_at_its_own_size_and_name(resized, tmp_path):
-    from pipeline.cache import read_meta
-    from pipeline.predict import predict
+    from pipeline.preprocessing.cache import read_meta
+    from pipeline.inference.predict import predict
 
     root, datalist, run = resized
     meta = read_meta(datalist.parent / "cache", "wide")
@@ -383,8 +383,8 @@ def test_resized_images_train_and_every_prediction_comes_back_at_its_own_size_an
 
 
 def test_the_ground_truth_comes_back_close_through_the_resizing(resized, tmp_path, monkeypatch):
-    from pipeline.metrics import structure_metrics
-    from pipeline.predict import predict
+    from pipeline.evaluation.metrics import structure_metrics
+    from pipeline.inference.predict import predict
 
     root, datalist, run = resized
     predict(_oracle_model(run, datalist, monkeypatch), root, tmp_path / "out", progress=False)
@@ -395,8 +395,8 @@ def test_the_ground_truth_comes_back_close_through_the_resizing(resized, tmp_pat
 
 def test_a_padding_task_refuses_an_image_larger_than_its_size_and_a_resizing_one_reads_it(tmp_path):
     from pipeline.datasets.image_folders import discover_image_folders
-    from pipeline.datasets.validation import validate_case
-    from pipeline.tasks import IMAGE_MASK_2D, task_from_dict
+    from pipeline.datasets.case_checks import validate_case
+    from pipeline.tasks.task import IMAGE_MASK_2D, task_from_dict
 
     root = _blob_pairs(tmp_path / "pairs")
     wide = next(r for r in discover_image_folders(root, IMAGE_MASK_2D).records if r.case_id == "wide")

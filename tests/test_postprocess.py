@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.errors import ConfigError
-from pipeline.labels import ED, ET, NEC
-from pipeline.postprocess import (
+from pipeline.core.errors import ConfigError
+from pipeline.tasks.labels import ED, ET, NEC
+from pipeline.inference.postprocess import (
     PostProcessing,
     keep_largest_component,
     relabel_small_enhancing_tumour,
@@ -101,7 +101,7 @@ def test_the_inference_config_builds_the_postprocessing_component():
 
 # ---- tasks ------------------------------------------------------------------------------------
 def test_a_task_without_regions_edits_its_structures():
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     task = resolve_task("brats2024-post-treatment")  # NETC 1, SNFH 2, ET 3, RC 4; no regions
     seg = np.zeros((20, 20, 20), np.uint8)
@@ -120,7 +120,7 @@ def test_a_task_without_regions_edits_its_structures():
 
 
 def test_small_et_becomes_netc_only_where_the_task_has_both():
-    from pipeline.tasks import resolve_task
+    from pipeline.tasks.task import resolve_task
 
     seg = np.zeros((6, 6, 6), np.uint8)
     seg[1:5, 1:5, 1:5] = 2
@@ -149,8 +149,8 @@ def test_whole_tumour_keeps_its_largest_component_and_glioma_settings_move_to_a_
 
 
 def test_a_tasks_declared_postprocessing_keeps_the_largest_tumour():
-    from pipeline.postprocess import task_postprocessing
-    from pipeline.tasks import IMAGE_MASK_2D, KAGGLE_LGG
+    from pipeline.inference.postprocess import task_postprocessing
+    from pipeline.tasks.task import IMAGE_MASK_2D, KAGGLE_LGG
 
     post = task_postprocessing(KAGGLE_LGG)
     assert post.keep_largest == ("tumour",) and task_postprocessing(IMAGE_MASK_2D) is None and task_postprocessing(None) is None

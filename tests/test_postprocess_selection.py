@@ -10,14 +10,14 @@ import pytest
 from click.testing import CliRunner
 from prediction_cases import write_bundle_dir, write_run_dir
 
-from pipeline.api import load_model
-from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.inference_config import RUN_INFERENCE_CONFIG, model_config, write_run_inference_config
-from pipeline.labels import ED, ET, NEC
-from pipeline.metrics import case_metrics
-from pipeline.postprocess import PostProcessing
-from pipeline.postprocess_selection import foreground_crop, region_dice, select_postprocessing, tune_postprocessing
+from pipeline.inference.model import load_model
+from pipeline.cli.main import main
+from pipeline.core.errors import ConfigError
+from pipeline.inference.config import RUN_INFERENCE_CONFIG, model_config, write_run_inference_config
+from pipeline.tasks.labels import ED, ET, NEC
+from pipeline.evaluation.metrics import case_metrics
+from pipeline.inference.postprocess import PostProcessing
+from pipeline.evaluation.postprocess_tuning import foreground_crop, region_dice, select_postprocessing, tune_postprocessing
 
 SHAPE = (24, 24, 24)
 
@@ -120,8 +120,8 @@ def fold_runs(tmp_path: Path, tiny_datalist: Path) -> list[Path]:
 
 
 def test_the_choice_is_written_into_every_run_and_used_by_load_model_predict_and_evaluate(fold_runs, tiny_datalist, tiny_cohort, tmp_path, capsys):
-    from pipeline.evaluate import evaluate
-    from pipeline.predict import MANIFEST, predict
+    from pipeline.evaluation.evaluate import evaluate
+    from pipeline.inference.predict import MANIFEST, predict
 
     result = tune_postprocessing(fold_runs, progress=False)
     chosen = result.choice.postprocessing

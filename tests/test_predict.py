@@ -16,9 +16,9 @@ from nibabel.orientations import apply_orientation, io_orientation
 from case_writers import LAYOUTS, write_case, write_datalist, write_msd_case
 from prediction_cases import assert_same_geometry, write_bundle_dir, write_run_dir
 
-from pipeline.cli import main
-from pipeline.writers import parse_colour_table
-from pipeline.predict import predict, resolve_cases
+from pipeline.cli.main import main
+from pipeline.inference.writers import parse_colour_table
+from pipeline.inference.predict import predict, resolve_cases
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,8 +115,8 @@ def test_inputs_datalist_data_root_msd_and_2023_naming(run_dir, tmp_path):
 
 
 def test_label_convention_and_probabilities(run_dir, layouts_root, tmp_path):
-    from pipeline.api import load_model
-    from pipeline.postprocess import PostProcessing
+    from pipeline.inference.model import load_model
+    from pipeline.inference.postprocess import PostProcessing
 
     case = layouts_root / "lps" / "BraTS2021_00001"
     model = load_model(run_dir)

@@ -1,4 +1,4 @@
-"""Preprocessing into the cache and its exact inverse (pipeline.preprocess)."""
+"""Preprocessing into the cache and its exact inverse (pipeline.preprocessing.prepare)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ import pytest
 from click.testing import CliRunner
 from nibabel.affines import apply_affine
 
-from pipeline.cache import FORMAT_VERSION, META_FILE, load_case, read_meta, task_meta
-from pipeline.cli import main
+from pipeline.preprocessing.cache import FORMAT_VERSION, META_FILE, load_case, read_meta, task_meta
+from pipeline.cli.main import main
 from pipeline.datasets.records import CaseRecord
-from pipeline.errors import ConfigError, InputError
-from pipeline.geometry import restore_to_original
-from pipeline.io import file_sha256, load_volume
-from pipeline.labels import get_convention
-from pipeline.modalities import MODALITIES, MSD_CHANNELS
-from pipeline.preprocess import prepare_case, preprocess_datalist
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.geometry import restore_to_original
+from pipeline.core.io import file_sha256, load_volume
+from pipeline.tasks.labels import get_convention
+from pipeline.tasks.modalities import MODALITIES, MSD_CHANNELS
+from pipeline.preprocessing.prepare import prepare_case, preprocess_datalist
 from pipeline.synth.layouts import LAYOUTS
-from pipeline.tasks import DEFAULT_TASK, TASKS, resolve_task
+from pipeline.tasks.task import DEFAULT_TASK, TASKS, resolve_task
 
 SHAPE = (16, 18, 12)
 BRATS = get_convention("brats2017")
@@ -96,7 +96,7 @@ def write_case(root: Path, case_id: str, affine: np.ndarray, seed: int = 0, labe
 
 
 def write_datalist(path: Path, root: Path, records: list[CaseRecord], convention: str = "brats2017") -> Path:
-    """A data list in the format of pipeline.datalist (all labelled cases in 'training', fold 0)."""
+    """A data list in the format of pipeline.datasets.datalist (all labelled cases in 'training', fold 0)."""
     payload = {"name": "test", "label_convention": convention, "data_root": str(root), "training": [], "validation": [], "test": [], "unlabelled": []}
     for record in records:
         entry = record.to_entry(root)
@@ -450,7 +450,7 @@ def test_cli_preprocess(cohort: tuple[Path, list[CaseRecord]], tmp_path: Path) -
 @pytest.mark.parametrize("task_name", list(LAYOUTS))
 def test_every_built_in_task_from_its_synthetic_cohort(task_name: str, tmp_path: Path) -> None:
     """synth --task -> datalist --task -> preprocess (every task with a synthetic layout): the task's channels, its labels, a label round trip through its convention."""
-    from pipeline.datalist import build_datalist, load_datalist
+    from pipeline.datasets.datalist import build_datalist, load_datalist
     from pipeline.synth import generate_cohort
 
     task = TASKS[task_name]
@@ -474,7 +474,7 @@ def test_every_built_in_task_from_its_synthetic_cohort(task_name: str, tmp_path:
 
 
 def test_a_flair_only_whole_tumour_cache_from_the_synthetic_cohort(tiny_cohort: Path, tiny_cache: Path, tmp_path: Path) -> None:
-    from pipeline.datalist import build_datalist
+    from pipeline.datasets.datalist import build_datalist
 
     build_datalist(tiny_cohort, tmp_path / "flair.json", folds=2, test_fraction=0.25, seed=0, progress=False, task="whole-tumour", channels=["flair"])
     summary = preprocess_datalist(tmp_path / "flair.json", tmp_path / "cache", progress=False)
@@ -488,8 +488,8 @@ def test_a_flair_only_whole_tumour_cache_from_the_synthetic_cohort(tiny_cohort: 
 
 
 def test_a_cache_read_through_the_data_list_of_another_task_is_one_line(tiny_cohort: Path, tiny_datalist: Path, tmp_path: Path) -> None:
-    from pipeline.datalist import build_datalist
-    from pipeline.training import fold_case_ids
+    from pipeline.datasets.datalist import build_datalist
+    from pipeline.training.workflow import fold_case_ids
 
     flair_list = tmp_path / "flair.json"
     build_datalist(tiny_cohort, flair_list, folds=2, test_fraction=0.25, seed=0, progress=False, task="whole-tumour", channels=["flair"])
@@ -569,7 +569,7 @@ def test_real_cases_through_a_datalist(real_brats_dir: Path, tmp_path: Path) -> 
 
 @pytest.mark.real_data
 def test_real_cases_flair_only_whole_tumour(real_brats_dir: Path, tmp_path: Path) -> None:
-    from pipeline.datalist import build_datalist
+    from pipeline.datasets.datalist import build_datalist
 
     payload = build_datalist(real_brats_dir, tmp_path / "flair.json", folds=1, test_fraction=0.0, progress=False, task="whole-tumour", channels=["flair"])
     entries = payload["training"] + payload["validation"] + payload["unlabelled"]  # the BraTS 2023 case has no label
@@ -600,7 +600,7 @@ def test_synthetic_cohort_cache(tiny_cache: Path) -> None:
 
 
 def _planar_cache(root: Path, tmp_path: Path, task=None) -> tuple[Path, list[CaseRecord]]:
-    from pipeline.datalist import build_datalist, load_datalist
+    from pipeline.datasets.datalist import build_datalist, load_datalist
 
     build_datalist(root, tmp_path / "list.json", folds=1, test_fraction=0.0, progress=False, task=task)
     preprocess_datalist(tmp_path / "list.json", tmp_path / "cache", progress=False)
@@ -610,7 +610,7 @@ def _planar_cache(root: Path, tmp_path: Path, task=None) -> tuple[Path, list[Cas
 def test_kaggle_patients_preprocess_into_three_channel_volumes(tmp_path: Path) -> None:
     from planar_cases import kaggle_root
 
-    from pipeline.io import read_image_2d
+    from pipeline.core.io import read_image_2d
 
     cache, records = _planar_cache(kaggle_root(tmp_path / "kaggle_3m"), tmp_path)
     for record in records:
@@ -633,8 +633,8 @@ def test_kaggle_patients_preprocess_into_three_channel_volumes(tmp_path: Path) -
 def test_images_of_different_sizes_are_padded_to_the_tasks_size_and_cropped_back(tmp_path: Path) -> None:
     from planar_cases import image_pairs
 
-    from pipeline.io import read_image_2d
-    from pipeline.tasks import task_from_dict
+    from pipeline.core.io import read_image_2d
+    from pipeline.tasks.task import task_from_dict
 
     task = task_from_dict({**TASKS["image-mask-2d"].to_dict(), "planar_size": [24, 24]})
     cache, records = _planar_cache(image_pairs(tmp_path / "pairs", value=1), tmp_path, task=task)
@@ -660,8 +660,8 @@ def test_rgb_image_pairs_give_three_channels(tmp_path: Path) -> None:
 
 @pytest.mark.real_data
 def test_two_real_kaggle_patients_keep_every_mask_pixel(kaggle_lgg_dir: Path, tmp_path: Path) -> None:
-    from pipeline.datalist import build_datalist, load_datalist
-    from pipeline.io import read_image_2d
+    from pipeline.datasets.datalist import build_datalist, load_datalist
+    from pipeline.core.io import read_image_2d
 
     build_datalist(kaggle_lgg_dir, tmp_path / "lgg.json", progress=False)
     records = load_datalist(tmp_path / "lgg.json").cases("all")[:2]

@@ -8,16 +8,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.labels import ED, ET, NEC
-from pipeline.metrics import case_metrics
-from pipeline.writers import LABEL_COLOURS
-from pipeline.report import (
+from pipeline.evaluation.metrics import case_metrics
+from pipeline.evaluation.report import (
+    REGION_COLOURS,
+    plot_training_curves,
+    read_training_logs,
+    summarise,
+    summary_table,
+    write_report,
+)
+from pipeline.inference.writers import LABEL_COLOURS
+from pipeline.tasks.labels import ED, ET, NEC
+from pipeline.visualize.overlays import (
     ERROR_ALPHA,
     ERROR_COLOURS,
     FALSE_NEGATIVE,
     FALSE_POSITIVE,
     LABEL_ALPHA,
-    REGION_COLOURS,
     TRUE_POSITIVE,
     WRONG_CLASS,
     error_map,
@@ -27,13 +34,8 @@ from pipeline.report import (
     most_tumour_slices,
     overlay_figure,
     paint,
-    plot_training_curves,
     radiological_slice,
-    read_training_logs,
-    summarise,
-    summary_table,
     write_overlay,
-    write_report,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -246,8 +248,9 @@ def test_overlays_without_ground_truth_show_the_prediction_alone(tmp_path):
 
 # ---- tasks ------------------------------------------------------------------------------------
 def test_overlays_and_plots_of_a_one_channel_task(tmp_path):
-    from pipeline.report import figure_rgb, overlay_figure, region_colours, write_report
-    from pipeline.tasks import resolve_task
+    from pipeline.evaluation.report import region_colours, write_report
+    from pipeline.tasks.task import resolve_task
+    from pipeline.visualize.overlays import figure_rgb, overlay_figure
 
     task = resolve_task("brats2024-post-treatment").with_channels(["flair"])
     image = np.random.default_rng(0).normal(size=(6, 1, 12, 12)).astype(np.float32)

@@ -18,13 +18,14 @@ from case_writers import write_case, write_datalist
 from click.testing import CliRunner
 from prediction_cases import write_run_dir
 
-from pipeline.cli import main
-from pipeline.datalist import load_datalist
-from pipeline.errors import ConfigError, InputError
-from pipeline.evaluate import evaluate
-from pipeline.predict import predict
-from pipeline.preprocess import preprocess_datalist
-from pipeline.sharding import Shard, merge_shards, read_shards, shard_file, shard_positions
+from pipeline.cli.main import main
+from pipeline.datasets.datalist import load_datalist
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.evaluation.evaluate import evaluate
+from pipeline.inference.predict import predict
+from pipeline.preprocessing.prepare import preprocess_datalist
+from pipeline.core.distributed import Shard, read_shards, shard_file, shard_positions
+from pipeline.evaluation.shard_merge import merge_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,14 +229,14 @@ def test_bundle_evaluating_takes_a_shard(datalist: Path, run_dir: Path, whole: P
 def test_local_device_is_this_process_gpu_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
     from monai.bundle import ConfigParser
 
-    from pipeline.sharding import local_device
+    from pipeline.core.distributed import local_device
 
     assert local_device("cuda") == "cuda" and local_device("cpu") == "cpu"
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert local_device("cuda") == "cuda:3" and local_device("cuda:1") == "cuda:1" and local_device("cpu") == "cpu"
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / "brats_segmentation" / "configs" / "inference.yaml"))
-    parser["device"] = "$pipeline.sharding.local_device('cuda')"  # what the README gives the bundle under torchrun
+    parser["device"] = "$pipeline.core.distributed.local_device('cuda')"  # what the README gives the bundle under torchrun
     parser.get_parsed_content("imports")
     assert parser.get_parsed_content("device") == "cuda:3"
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import labels
-from pipeline.errors import ConfigError
-from pipeline.tasks import DEFAULT_TASK, TASKS, get_task, load_task, resolve_task, task_from_dict
+from pipeline.tasks import labels
+from pipeline.core.errors import ConfigError
+from pipeline.tasks.task import DEFAULT_TASK, TASKS, get_task, load_task, resolve_task, task_from_dict
 
 
 def test_the_default_task_is_the_brats_glioma_labels_module() -> None:
@@ -170,8 +170,8 @@ def test_a_built_in_task_runs_end_to_end_from_the_cli(name: str, channels: str |
     import pandas as pd
     from click.testing import CliRunner
 
-    from pipeline.cli import main
-    from pipeline.datalist import load_datalist
+    from pipeline.cli.main import main
+    from pipeline.datasets.datalist import load_datalist
     from tiny_training import TINY_NETWORK_AND_BUDGET
 
     def run(*args: str) -> None:
@@ -211,7 +211,7 @@ def test_a_built_in_task_runs_end_to_end_from_the_cli(name: str, channels: str |
 
 
 def test_a_task_declares_its_metric_set():
-    from pipeline.tasks import METRIC_SETS, task_from_dict
+    from pipeline.tasks.task import METRIC_SETS, task_from_dict
 
     assert (get_task("brats-glioma").metrics, get_task("kaggle-lgg").metrics, get_task("image-mask-2d-rgb").metrics) == ("volume", "volume-voxels", "image")
     assert get_task("kaggle-lgg").to_dict()["metrics"] == "volume-voxels" and "metrics" not in get_task("brats-glioma").to_dict()

@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 from monai.bundle import ConfigParser
 
-from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.training import (
+from pipeline.cli.main import main
+from pipeline.core.errors import ConfigError
+from pipeline.training.workflow import (
     GPU_CONFIG,
     MULTI_GPU_CONFIG,
     TRAIN_CONFIG,
@@ -76,7 +76,7 @@ def _check_run_dir(run_dir: Path, mode: str) -> None:
     inference = json.loads((run_dir / "inference.json").read_text())  # the run's own inference config
     assert inference["mode"] == mode and inference["channels"] == [4, 8, 16] and inference["bundle_root"] == str(run_dir.absolute())
     assert ConfigParser(inference).get_parsed_content("checkpoint") == str(run_dir.absolute() / "models" / "model.pt")
-    from pipeline.api import load_model
+    from pipeline.inference.model import load_model
 
     assert load_model(run_dir).inferer.mode == mode  # the run folder loads through it
 
@@ -457,8 +457,8 @@ def test_keep_weights_last_holds_the_final_weights(tiny_run_data: tuple[Path, Pa
 # ---- tasks ------------------------------------------------------------------------------------
 def _task_run_data(out: Path, task_name: str, channels: list[str] | None) -> tuple[Path, Path, Path]:
     """A tiny synthetic cohort in ``task_name``'s layout, its data list on ``channels`` and its cache: (cohort, data list, cache)."""
-    from pipeline.datalist import build_datalist
-    from pipeline.preprocess import preprocess_datalist
+    from pipeline.datasets.datalist import build_datalist
+    from pipeline.preprocessing.prepare import preprocess_datalist
     from pipeline.synth import generate_cohort
 
     cohort, datalist, cache = out / "cohort", out / "list.json", out / "cache"
@@ -480,8 +480,8 @@ def test_a_task_trains_and_predicts_its_classes(tmp_path, task_name, channels, s
     """A tiny run on a task's cache: the network's channels, the stored task, validation Dice per structure, labels written per convention."""
     import numpy as np
 
-    from pipeline.api import load_model
-    from pipeline.tasks import model_task, resolve_task
+    from pipeline.inference.model import load_model
+    from pipeline.tasks.task import model_task, resolve_task
 
     task = resolve_task(task_name, channels)
     cohort, datalist, cache = _task_run_data(tmp_path / "data", task_name, channels)
@@ -494,7 +494,7 @@ def test_a_task_trains_and_predicts_its_classes(tmp_path, task_name, channels, s
     latest = torch.load(tmp_path / "run" / "models" / "latest.pt", weights_only=True)
     first, last = next(iter(latest["network"].values())), list(latest["network"].values())[-1]
     assert first.shape[1] == task.num_channels * 5 and last.shape[0] == effective.out_channels  # 2.5D, context 2
-    from pipeline.report import read_training_logs
+    from pipeline.evaluation.report import read_training_logs
 
     logged = read_training_logs(tmp_path / "run")
     assert {f"val_dice_{name}" for name in task.structures} | {"val_mean_dice"} <= set(logged), sorted(logged)
@@ -513,8 +513,8 @@ def test_a_task_trains_and_predicts_its_classes(tmp_path, task_name, channels, s
 @pytest.mark.parametrize("mode", ["2.5d", "3d"])
 @pytest.mark.parametrize("extra", [[], [GPU_CONFIG], [MULTI_GPU_CONFIG]])
 def test_training_configs_compose_with_a_task(mode: str, extra: list, tiny_cohort: Path, tmp_path: Path) -> None:
-    from pipeline.datalist import build_datalist
-    from pipeline.training import set_run_task
+    from pipeline.datasets.datalist import build_datalist
+    from pipeline.training.workflow import set_run_task
 
     stored = tmp_path / "list.json"
     build_datalist(tiny_cohort, stored, folds=2, test_fraction=0.25, progress=False, task="whole-tumour", channels=["flair"])

@@ -1,4 +1,4 @@
-"""Training-time validation: whole cached volumes and the per-structure masks scored by Dice (pipeline.training_validation)."""
+"""Training-time validation: whole cached volumes and the per-structure masks scored by Dice (pipeline.training.validation_dice)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.labels import SCORED_STRUCTURES, labels_to_regions, region_masks
-from pipeline.training_validation import StructureMasks
+from pipeline.tasks.labels import SCORED_STRUCTURES, labels_to_regions, region_masks
+from pipeline.training.validation_dice import StructureMasks
 
 
 @pytest.mark.parametrize("output_mode", ["softmax", "regions"])
@@ -26,8 +26,8 @@ def test_structure_masks_are_the_region_masks_of_the_decoded_prediction(output_m
 
 
 def test_validation_volumes_read_whole_cached_cases(tiny_cache) -> None:
-    from pipeline.cache import complete_case_ids, load_case
-    from pipeline.training_validation import ValidationVolumes
+    from pipeline.preprocessing.cache import complete_case_ids, load_case
+    from pipeline.training.validation_dice import ValidationVolumes
 
     case_ids = complete_case_ids(tiny_cache)[:2]
     volumes = ValidationVolumes(tiny_cache, case_ids)
@@ -45,9 +45,9 @@ def test_validation_volumes_read_whole_cached_cases(tiny_cache) -> None:
     [("whole-tumour", ["flair"], None), ("brats2024-post-treatment", None, None), ("brats-glioma", ["t1ce", "flair"], "regions"), ("brats2024-ped", None, None)],
 )
 def test_structure_masks_and_dice_follow_the_task(task, channels, output_mode) -> None:
-    from pipeline.handlers import PredictionOverlay
-    from pipeline.tasks import model_task, resolve_task
-    from pipeline.training_validation import key_metric, structure_metrics
+    from pipeline.training.handlers import PredictionOverlay
+    from pipeline.tasks.task import model_task, resolve_task
+    from pipeline.training.validation_dice import key_metric, structure_metrics
 
     spec = model_task(resolve_task(task, channels), output_mode)
     rng = np.random.default_rng(1)

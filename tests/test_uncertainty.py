@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.inference import EnsembleInferer, VolumeInferer
+from pipeline.inference.inferers import EnsembleInferer, VolumeInferer
 from pipeline.networks import build_network
-from pipeline.uncertainty import normalised_entropy, uncertainty_maps, uncertainty_scores
+from pipeline.inference.uncertainty import normalised_entropy, uncertainty_maps, uncertainty_scores
 
 VOLUME = np.random.default_rng(0).standard_normal((7, 4, 12, 9)).astype(np.float32)  # (Z, C, X, Y)
 

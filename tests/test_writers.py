@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from case_writers import LAYOUTS, canonical_case, stored, write_nifti
 from prediction_cases import assert_same_geometry
 
-from pipeline.writers import (
+from pipeline.inference.writers import (
     NIFTI_INTENT_LABEL,
     colour_table_text,
     parse_colour_table,
@@ -22,7 +22,7 @@ from pipeline.writers import (
     write_probabilities,
     write_segmentation,
 )
-from pipeline.labels import CONVENTIONS, get_convention
+from pipeline.tasks.labels import CONVENTIONS, get_convention
 
 
 def _reference(tmp_path: Path, layout: str) -> tuple[Path, np.ndarray]:
@@ -125,8 +125,9 @@ def test_file_names():
 
 # ---- tasks ------------------------------------------------------------------------------------
 def test_colour_table_of_a_task_names_its_classes_in_its_colours():
-    from pipeline.tasks import resolve_task, written_convention
-    from pipeline.writers import colour_table_filename
+    from pipeline.tasks.task import resolve_task
+    from pipeline.tasks.labels import written_convention
+    from pipeline.inference.writers import colour_table_filename
 
     task = resolve_task("brats2024-post-treatment")
     convention = written_convention(task, "brats2023")
@@ -141,7 +142,8 @@ def test_colour_table_of_a_task_names_its_classes_in_its_colours():
 
 
 def test_the_glioma_task_writes_the_release_conventions():
-    from pipeline.tasks import DEFAULT_TASK, written_convention
+    from pipeline.tasks.task import DEFAULT_TASK
+    from pipeline.tasks.labels import written_convention
 
     for name in CONVENTIONS:
         assert written_convention(DEFAULT_TASK, name) is get_convention(name)
@@ -159,7 +161,8 @@ def test_the_glioma_task_writes_the_release_conventions():
     ],
 )
 def test_labels_are_written_back_in_each_convention(tmp_path, task, convention, written):
-    from pipeline.tasks import resolve_task, written_convention
+    from pipeline.tasks.task import resolve_task
+    from pipeline.tasks.labels import written_convention
 
     labels_convention = written_convention(resolve_task(task), convention)
     internal = np.array(sorted(written), np.uint8)
@@ -168,7 +171,7 @@ def test_labels_are_written_back_in_each_convention(tmp_path, task, convention, 
 
 
 def test_planar_mask_names_mirror_kaggle_folders_and_put_2d_masks_in_masks():
-    from pipeline.writers import planar_mask_names
+    from pipeline.inference.writers import planar_mask_names
 
     slices = [Path("/data/kaggle_3m/TCGA_CS_4943_20000902") / f"TCGA_CS_4943_20000902_{n}.tif" for n in (1, 2, 10)]
     assert planar_mask_names("kaggle-lgg", "TCGA_CS_4943_20000902", slices) == [
@@ -178,7 +181,7 @@ def test_planar_mask_names_mirror_kaggle_folders_and_put_2d_masks_in_masks():
 
 
 def test_planar_reference_has_unit_spacing_and_the_case_shape():
-    from pipeline.writers import planar_reference
+    from pipeline.inference.writers import planar_reference
 
     reference = planar_reference({"original": {"shape": [256, 256, 20]}})
     assert reference.shape == (256, 256, 20) and reference.header.get_zooms() == (1.0, 1.0, 1.0) and np.array_equal(reference.affine, np.eye(4))

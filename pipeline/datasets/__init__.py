@@ -6,8 +6,19 @@ Task01, or a mix; Kaggle LGG TIFF patient folders; 2D image/mask folders), :func
 """
 
 from pipeline.datasets.brats import RELEASES, Release, identify_release
-from pipeline.datasets.discovery import MIXED_RELEASE, DiscoveredDataset, case_from_files, discover, discover_case, layout_task
-from pipeline.datasets.validation import AFFINE_TOLERANCE_MM, validate_case, validate_cases
+from pipeline.datasets.case_checks import (
+    AFFINE_TOLERANCE_MM,
+    validate_case,
+    validate_cases,
+)
+from pipeline.datasets.discovery import (
+    MIXED_RELEASE,
+    DiscoveredDataset,
+    case_from_files,
+    discover,
+    discover_case,
+    layout_task,
+)
 
 __all__ = [
     "AFFINE_TOLERANCE_MM",

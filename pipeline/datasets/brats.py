@@ -6,7 +6,7 @@ Covered: BraTS 2017, 2018, 2019 (``Brats17_*``, ``Brats18_*``, ``BraTS19_*``), 2
 with ``<case>-{t1n,t1c,t2w,t2f,seg}.nii[.gz]``), and BraTS 2024 meningioma radiotherapy
 (``BraTS-MEN-RT-NNNN-N`` with ``<case>_t1c.nii.gz`` and the label ``<case>_gtv.nii.gz``).
 
-A case is read for the channels of a task (:mod:`pipeline.tasks`): only those files are
+A case is read for the channels of a task (:mod:`pipeline.tasks.task`): only those files are
 required. BraTS-PED labels are ambiguous (2023 and 2024 use different schemes under the same
 names): they are read only under a task that names the 2024 scheme (``--task brats2024-ped``).
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.datasets.records import CaseRecord
-from pipeline.modalities import BRATS2023_SUFFIXES, MODALITIES
+from pipeline.tasks.modalities import BRATS2023_SUFFIXES, MODALITIES
 
 __all__ = ["RELEASES", "Release", "find_case_prefix", "identify_release", "is_prepared_case_extra", "read_case_folder"]
 
@@ -41,7 +41,7 @@ class Release:
         separator: what joins the case id and the modality suffix in file names.
         suffixes: canonical modality -> this release's file suffix.
         label_convention: the label convention of its segmentations (a name tasks declare values
-            for, :meth:`pipeline.tasks.Task.convention`; the glioma task's are :mod:`pipeline.labels`'s).
+            for, :meth:`pipeline.tasks.task.Task.convention`; the glioma task's are :mod:`pipeline.tasks.labels`'s).
         seg_aliases: known misnamed segmentation files (exact file names) found in public mirrors.
         refused_seg_reason: when set, a segmentation of this release is refused with this reason,
             unless the task reads ``task_convention``.

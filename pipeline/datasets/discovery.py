@@ -19,12 +19,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.datasets.records import NIFTI, CaseRecord
+from pipeline.core.errors import InputError
+from pipeline.core.io import IMAGE_2D_SUFFIXES
 from pipeline.datasets import image_folders, kaggle_lgg, msd
-from pipeline.datasets.brats import find_case_prefix, identify_files, identify_release, read_case_folder
-from pipeline.errors import InputError
-from pipeline.io import IMAGE_2D_SUFFIXES
-from pipeline.tasks import KAGGLE_LGG, Task, resolve_task
+from pipeline.datasets.brats import (
+    find_case_prefix,
+    identify_files,
+    identify_release,
+    read_case_folder,
+)
+from pipeline.datasets.records import NIFTI, CaseRecord
+from pipeline.tasks.task import KAGGLE_LGG, Task, resolve_task
 
 __all__ = ["MIXED_RELEASE", "DiscoveredDataset", "discover", "discover_case", "layout_task"]
 

@@ -6,7 +6,7 @@ Two layouts are recognised in a data root:
   differ, ``1.jpg`` + ``1.png``);
 - ``<name>.<ext>`` + ``<name>_mask.<ext>`` side by side.
 
-Images and masks are PNG, JPG or TIFF (:data:`pipeline.io.IMAGE_2D_SUFFIXES`); masks are 0/255 or
+Images and masks are PNG, JPG or TIFF (:data:`pipeline.core.io.IMAGE_2D_SUFFIXES`); masks are 0/255 or
 0/1. The task says how many channels an image has (``image-mask-2d``: one, ``image-mask-2d-rgb``:
 three), and every image is converted to them on read (:func:`to_task_components`, the one
 conversion validation, preprocessing and prediction use): RGB to gray by luminance, gray to RGB
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.io import IMAGE_2D_SUFFIXES, read_image_2d
 from pipeline.datasets.records import IMAGE_2D, CaseRecord, planar_record
-from pipeline.errors import ConfigError, InputError
-from pipeline.io import IMAGE_2D_SUFFIXES, read_image_2d
-from pipeline.tasks import IMAGE_MASK_2D, IMAGE_MASK_2D_RGB, Task
+from pipeline.tasks.task import IMAGE_MASK_2D, IMAGE_MASK_2D_RGB, Task
 
 __all__ = [
     "GRAY_CHANNELS",

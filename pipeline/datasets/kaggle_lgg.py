@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.errors import ConfigError
 from pipeline.datasets.records import KAGGLE_LGG, CaseRecord, planar_record
-from pipeline.errors import ConfigError
-from pipeline.tasks import Task
+from pipeline.tasks.task import Task
 
 __all__ = ["CHANNELS", "LABEL_CONVENTION", "RELEASE", "KaggleCases", "SliceFiles", "channel_indices", "discover_kaggle", "has_masks", "is_kaggle_root", "is_patient_folder", "list_slices", "patient_record"]
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.errors import InputError
 from pipeline.datasets.records import CaseRecord
-from pipeline.errors import InputError
-from pipeline.modalities import MODALITIES, MSD_CHANNELS
+from pipeline.tasks.modalities import MODALITIES, MSD_CHANNELS
 
 __all__ = ["RELEASE", "discover_msd", "is_msd_root", "read_msd_file"]
 

@@ -1,8 +1,8 @@
 """Reading a case: its records' files -> the modality volumes and raw label, checked on the way in.
 
-Every file is read once (:func:`pipeline.io.load_volume`) and judged by
-:mod:`pipeline.datasets.validation` (one grid, finite voxels) before anything is built from it.
-A case of a 2D layout is read and judged by :func:`pipeline.datasets.validation.read_planar`.
+Every file is read once (:func:`pipeline.core.io.load_volume`) and judged by
+:mod:`pipeline.datasets.case_checks` (one grid, finite voxels) before anything is built from it.
+A case of a 2D layout is read and judged by :func:`pipeline.datasets.case_checks.read_planar`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,17 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.io import load_volume
 from pipeline.datasets import kaggle_lgg
+from pipeline.datasets.case_checks import (
+    PlanarCase,
+    check_finite,
+    check_same_grid,
+    read_planar,
+)
 from pipeline.datasets.records import KAGGLE_LGG, PLANAR_LAYOUTS, CaseRecord
-from pipeline.datasets.validation import PlanarCase, check_finite, check_same_grid, read_planar
-from pipeline.errors import ConfigError, InputError
-from pipeline.io import load_volume
-from pipeline.tasks import Task
+from pipeline.tasks.task import Task
 
 __all__ = ["CaseVolumes", "read_case", "source_manifest"]
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipeline.errors import InputError
-from pipeline.modalities import MODALITIES
+from pipeline.core.errors import InputError
+from pipeline.tasks.modalities import MODALITIES
 
 __all__ = ["IMAGE_2D", "KAGGLE_LGG", "LAYOUTS", "NIFTI", "PLANAR_LAYOUTS", "CaseRecord", "for_channels", "planar_record"]
 

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, spatial
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.synth.grid import SynthGrid
 from pipeline.synth.lattice import Lattice, random_field
 

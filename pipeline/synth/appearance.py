@@ -15,10 +15,10 @@ import dataclasses
 
 import numpy as np
 
-from pipeline.modalities import MODALITIES
 from pipeline.synth.anatomy import FOV_HALF_MM, Tissues
 from pipeline.synth.lattice import Lattice, random_field
 from pipeline.synth.tumour import LesionMaps
+from pipeline.tasks.modalities import MODALITIES
 
 __all__ = ["BrainVoxels", "draw_appearance", "render_modality"]
 

@@ -17,14 +17,14 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.io import load_nifti, save_nifti
-from pipeline.modalities import MODALITIES
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.io import load_nifti, save_nifti
 from pipeline.synth.anatomy import draw_placement, warp_tissues
 from pipeline.synth.appearance import BrainVoxels, draw_appearance, render_modality
 from pipeline.synth.grid import SynthGrid, get_grid
 from pipeline.synth.layouts import DEFAULT_LAYOUT, get_layout
 from pipeline.synth.tumour import draw_lesions, fluid_pocket, is_enhancing, lesion_maps
+from pipeline.tasks.modalities import MODALITIES
 
 __all__ = ["brats_image", "case_files", "case_id", "generate_cohort", "synthesize_case"]
 

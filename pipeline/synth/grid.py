@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 __all__ = ["GRIDS", "SynthGrid", "get_grid"]
 

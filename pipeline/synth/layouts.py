@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError
-from pipeline.modalities import BRATS2023_SUFFIXES, MODALITIES
+from pipeline.core.errors import ConfigError
 from pipeline.synth.tumour import EDEMA, ENHANCING, NECROTIC
+from pipeline.tasks.modalities import BRATS2023_SUFFIXES, MODALITIES
 
 __all__ = ["DEFAULT_LAYOUT", "LAYOUTS", "FluidPocket", "SynthLayout", "get_layout"]
 
@@ -48,7 +48,7 @@ class SynthLayout:
     """One task's synthetic release.
 
     Args:
-        task: the built-in task it is read with (:data:`pipeline.tasks.TASKS`).
+        task: the built-in task it is read with (:data:`pipeline.tasks.task.TASKS`).
         case_id_format: the case id of case ``index`` (``str.format``).
         separator: what joins the case id and a file suffix.
         suffixes: file suffix of each written channel, in writing order.

@@ -15,7 +15,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 __all__ = ["CONTEXT_PADDINGS", "ContextPadding", "StackContext", "StackContextd", "context_indices", "stack_context"]
 

@@ -19,7 +19,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 from monai.utils import ensure_tuple_rep
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 __all__ = ["RandPosNegPatch", "RandPosNegPatchd", "read_patch"]
 

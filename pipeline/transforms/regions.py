@@ -10,7 +10,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from pipeline.tasks import TaskSpec, resolve_task
+from pipeline.tasks.task import TaskSpec, resolve_task
 
 __all__ = ["LabelsToRegions", "LabelsToRegionsd"]
 
@@ -18,7 +18,7 @@ __all__ = ["LabelsToRegions", "LabelsToRegionsd"]
 class LabelsToRegions(Transform):
     """Turn a one-channel internal label map ``(1, ...)`` into one channel per region of the task (BraTS: TC, WT, ET).
 
-    The conversion is :meth:`pipeline.tasks.Task.labels_to_regions`; the output keeps the input's
+    The conversion is :meth:`pipeline.tasks.task.Task.labels_to_regions`; the output keeps the input's
     array type (numpy or torch, device included) and is uint8.
 
     Args:

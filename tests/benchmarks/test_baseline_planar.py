@@ -9,8 +9,8 @@ from planar_cases import image_pairs, kaggle_root
 
 from benchmarks import baseline_planar as baseline
 from pipeline.datasets import discover
-from pipeline.io import read_image_2d
-from pipeline.tasks import IMAGE_MASK_2D, KAGGLE_LGG
+from pipeline.core.io import read_image_2d
+from pipeline.tasks.task import IMAGE_MASK_2D, KAGGLE_LGG
 
 
 def test_raw_slices_are_scaled_to_one_and_masks_to_zero_one(tmp_path):

@@ -14,10 +14,10 @@ import pytest
 from benchmarks import baseline_unet25d as baseline
 from benchmarks.cv_folds import make_folds, write_fold_datalist
 from benchmarks.cv_scoring import ROW_METRICS, UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
-from benchmarks.real_cv import _reused_baseline, labelled_cases, main
-from pipeline.datalist import load_datalist
-from pipeline.errors import ConfigError
-from pipeline.labels import get_convention
+from benchmarks.real_cv import _reused_baseline, labelled_cases, main, patients_by_source
+from pipeline.datasets.datalist import load_datalist
+from pipeline.core.errors import ConfigError
+from pipeline.tasks.labels import get_convention
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +103,15 @@ def test_baseline_trains_to_a_deadline_and_writes_scorable_segmentations(fold_da
 
 def test_ground_truth_scored_as_a_prediction_is_perfect(tiny_datalist: Path) -> None:
     record = load_datalist(tiny_datalist).cases("all")[0]
-    row = case_row(0, record.case_id, "pipeline", score_prediction(record.label, record), record.label)
+    row = case_row(0, record.case_id, "pipeline", score_prediction(record.label, record), record.label, record)
     assert all(row[f"dice_{s}"] == pytest.approx(1.0) for s in ("WT", "TC", "ET", "NEC", "ED"))
     assert row["hd95_WT"] == 0.0 and row["precision_WT"] == pytest.approx(1.0) and row["lesion_dice_WT"] == pytest.approx(1.0)
     assert row["wt_components"] >= 1
+    confusion = np.asarray(row["confusion"])  # every voxel on the diagonal, one row per internal label
+    truth = get_convention(record.label_convention).to_internal(np.asarray(nib.load(record.label).dataobj))
+    np.testing.assert_array_equal(confusion, np.diag(np.bincount(truth.ravel(), minlength=4)))
+    assert confusion[1, 1] > 0 and row["nec_as_NEC"] == 1.0 and row["nec_as_ED"] == 0.0
+    assert "confusion" not in case_row(0, record.case_id, "pipeline", score_prediction(record.label, record), record.label)
 
 
 def test_means_per_arm_and_the_difference_pipeline_minus_baseline() -> None:
@@ -120,6 +125,9 @@ def test_means_per_arm_and_the_difference_pipeline_minus_baseline() -> None:
     assert "pipeline - baseline" not in arm_means(rows[:2])
     table = markdown_tables(rows, means)
     assert "| 0 | c0 | pipeline | 0.800 |" in table and "| pipeline - baseline |" in table
+    assert "| structure | pipeline Dice | baseline Dice | pipeline - baseline Dice | pipeline HD95 mm |" in table
+    assert "| NEC | 0.700 | 0.500 | 0.200 | 0.7 | 0.5 | 0.2 | - | - | - |" in table  # no lesion-wise NEC score
+    assert "| ED | 0.700 |" in table and "| WT | 0.700 | 0.500 | 0.200 | 0.7 | 0.5 | 0.2 | 0.700 |" in table
 
 
 def test_uncertainty_rank_correlation_with_dice() -> None:
@@ -144,11 +152,20 @@ def test_only_labelled_cases_join_the_cohort(tmp_path: Path) -> None:
         ("real_brats", "A_1", ["A_1_t1.nii.gz", "A_1_seg.nii.gz"]),
         ("real_brats", "B_1", ["B_1_t1.nii.gz"]),  # unlabelled: left out
         ("real_brats_train", "C_1", ["C_1_seg.nii.gz"]),
+        ("real_brats_more", "B_2", ["B_2_flair.nii.gz", "B_2_seg.nii.gz"]),
+        ("elsewhere", "D_1", ["D_1_seg.nii.gz"]),  # not a source folder
     ):
         (tmp_path / folder / case).mkdir(parents=True)
         for name in files:
             (tmp_path / folder / case / name).touch()
-    assert list(labelled_cases(tmp_path)) == ["A_1", "C_1"]
+    cases = labelled_cases(tmp_path)
+    assert list(cases) == ["A_1", "B_2", "C_1"]
+    assert patients_by_source(cases) == {"real_brats": ["A_1"], "real_brats_train": ["C_1"], "real_brats_more": ["B_2"]}
+    assert list(labelled_cases(tmp_path, ("real_brats", "real_brats_train"))) == ["A_1", "C_1"]  # --sources: the 7-patient cohort's folders
+    (tmp_path / "real_brats_more" / "A_1").mkdir()
+    (tmp_path / "real_brats_more" / "A_1" / "A_1_seg.nii.gz").touch()
+    with pytest.raises(ConfigError, match="also in"):
+        labelled_cases(tmp_path)
 
 
 def test_reused_baseline_must_hold_out_the_same_patients(tmp_path: Path) -> None:
@@ -165,8 +182,8 @@ def test_postprocessing_chosen_on_out_of_fold_predictions(tiny_datalist: Path, t
     import shutil
 
     from benchmarks import postprocess_cv
-    from pipeline.evaluate import PREDICTIONS_DIR
-    from pipeline.writers import segmentation_filename
+    from pipeline.evaluation.evaluate import PREDICTIONS_DIR
+    from pipeline.inference.writers import segmentation_filename
 
     cases = [record.case_id for record in load_datalist(tiny_datalist).cases("all")]
     fold = make_folds(cases, folds=4, val_cases=1, seed=0)[0]
@@ -220,7 +237,7 @@ def test_inference_variants_rescore_the_trained_folds(tiny_datalist: Path, tmp_p
 def test_another_tasks_arm_is_scored_on_its_own_structures(tiny_datalist: Path, tmp_path: Path) -> None:
     """--task-arm whole-tumour:flair: a WT-only prediction read with the BraTS convention gives the exact WT; other columns are NaN."""
     from benchmarks.real_cv import _task_arm, task_arm_row, task_paths
-    from pipeline.tasks import DEFAULT_TASK
+    from pipeline.tasks.task import DEFAULT_TASK
 
     task = _task_arm("whole-tumour:flair")
     assert task.channels == ("flair",) and _task_arm(None) is None
@@ -238,3 +255,88 @@ def test_another_tasks_arm_is_scored_on_its_own_structures(tiny_datalist: Path, 
     means = arm_means([row, {**row, "arm": "pipeline", "dice_TC": 0.5}])
     assert list(means) == ["pipeline", task.name] and means[task.name]["dice_WT"] == 1.0 and np.isnan(means[task.name]["dice_TC"])
     assert f"| {task.name} | 1 |" in markdown_tables([row], arm_means([row]))
+
+
+def _untrained_arms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replace both arms' training by fixed predictions: the pipeline copies the ground truth, the baseline calls every tumour voxel ED.
+
+    The metrics are made up (``case_metrics`` takes seconds per case, and its scores are tested
+    above); the label confusion is computed from the written predictions.
+    """
+    import shutil
+
+    from benchmarks import real_cv
+
+    def score(fold, datalist: Path, out: Path, arm: str, predict) -> list[dict]:
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, record in enumerate(load_datalist(datalist).cases("test")):
+            seg = out / f"{record.case_id}_seg.nii.gz"
+            predict(record, seg)
+            metrics = {name: (0.9 if arm == "pipeline" else 0.5) - 0.1 * i for name in ROW_METRICS}
+            rows.append(case_row(fold.index, record.case_id, arm, metrics, seg, record))
+        return rows
+
+    def all_edema(record, seg: Path) -> None:
+        truth = nib.load(record.label)
+        nib.save(nib.Nifti1Image(np.where(np.asarray(truth.dataobj) > 0, 2, 0).astype(np.uint8), truth.affine), seg)  # BraTS 2 = ED
+
+    def pipeline_arm(fold, datalist, cache, folder, args, arm="pipeline", scored_on=None):
+        rows = score(fold, datalist, folder / "pipeline_eval", arm, lambda record, seg: shutil.copy(record.label, seg))
+        return [row | {UNCERTAINTY_SCORE: float(i)} for i, row in enumerate(rows)], {"train_wall_s": 2.0, "train_cpu_s": 3.0, "eval_wall_s": 1.0, "eval_cpu_s": 1.0}
+
+    def baseline_arm(fold, datalist, folder, seconds, device, budget="cpu"):
+        assert seconds == 3.0  # the pipeline's training CPU seconds
+        return score(fold, datalist, folder / "baseline", "baseline", all_edema), {"wall_s": 3.0, "cpu_s": 3.0, "train_wall_s": 3.0, "train_cpu_s": 3.0, "steps": 1}
+
+    monkeypatch.setattr(real_cv, "run_pipeline_arm", pipeline_arm)
+    monkeypatch.setattr(real_cv, "run_baseline_arm", baseline_arm)
+
+
+def test_a_run_over_the_three_source_folders_reports_structures_and_label_confusion(
+    tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole runner on the tiny cohort spread over the three source folders (symlinks), training replaced by fixed predictions."""
+    from benchmarks.real_cv import SOURCE_FOLDERS
+
+    shared = tmp_path / "shared"
+    cases = sorted(case.name for case in tiny_cohort.iterdir() if case.is_dir())
+    spread = dict(zip(cases, ["real_brats"] * 2 + ["real_brats_train"] * 2 + ["real_brats_more"] * (len(cases) - 4)))
+    for case, source in spread.items():
+        (shared / source).mkdir(parents=True, exist_ok=True)
+        (shared / source / case).symlink_to(tiny_cohort / case, target_is_directory=True)
+    _untrained_arms(monkeypatch)
+    argv = ["--shared-data", str(shared), "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"), "--max-folds", "2", "--label", "smoke"]
+    assert main(argv) == 0
+
+    (result,) = (tmp_path / "results").glob("real_cv-*-smoke.json")
+    report = json.loads(result.read_text())
+    assert report["format_version"] == 2 and report["settings"]["folds"] == 5 and len(report["folds"]) == 2
+    assert report["data"]["sources"] == {source: [c for c in cases if spread[c] == source] for source in SOURCE_FOLDERS}
+    held_out = [case for fold in report["folds"] for case in fold["test"]]
+    assert {(row["arm"], row["case_id"]) for row in report["rows"]} == {(arm, case) for arm in ("pipeline", "baseline") for case in held_out}
+    pipeline, baseline = report["confusion"]["pipeline"], report["confusion"]["baseline"]
+    assert pipeline["patients"] == baseline["patients"] == len(held_out) and pipeline["labels"] == ["background", "NEC", "ED", "ET"]
+    counts = np.asarray(pipeline["counts"])
+    assert counts[1, 1] > 0 and np.array_equal(counts, np.diag(np.diag(counts)))  # the truth copied: all on the diagonal
+    nec, background = np.asarray(baseline["counts"])[1], np.asarray(baseline["counts"])[0]
+    assert nec.tolist() == [0, 0, counts[1, 1], 0] and baseline["row_percent"][1][2] == 100.0  # every true NEC voxel called ED
+    assert background[0] == counts[0, 0]
+    assert all(row["nec_as_ED"] == 1.0 for row in report["rows"] if row["arm"] == "baseline" and not np.isnan(row["nec_as_ED"]))
+
+    markdown = result.with_suffix(".md").read_text()
+    for expected in (
+        f"### Data: {len(cases)} labelled patients from `{shared}`",
+        f"- `real_brats_more` ({len(cases) - 4}): " + ", ".join(cases[4:]),
+        "### Folds (2 of 5, seed 0)",
+        f"| 0 | {', '.join(report['folds'][0]['test'])} | {report['folds'][0]['validation'][0]} | ",
+        "| NEC | ",
+        "| ED | ",
+        "### Means per structure",
+        "### Label confusion",
+        "**baseline** (",
+        f"| NEC | 0 (0.0 %) | 0 (0.0 %) | {counts[1, 1]:,} (100.0 %) | 0 (0.0 %) | {counts[1, 1]:,} |",
+        "### True NEC per patient: share predicted as NEC and as ED",
+    ):
+        assert expected in markdown, expected
+    assert "### Label confusion" in capsys.readouterr().out

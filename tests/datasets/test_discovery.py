@@ -3,9 +3,9 @@ from case_writers import MSD_DATASET_JSON, brain, tumour, write_nifti
 
 from pipeline.datasets import MIXED_RELEASE, case_from_files, discover, discover_case, identify_release
 from pipeline.datasets import validate_case
-from pipeline.errors import InputError
-from pipeline.modalities import MODALITIES
-from pipeline.tasks import TASKS, resolve_task
+from pipeline.core.errors import InputError
+from pipeline.tasks.modalities import MODALITIES
+from pipeline.tasks.task import TASKS, resolve_task
 
 
 def _modality_of(path, separator):

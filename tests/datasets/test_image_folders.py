@@ -12,9 +12,9 @@ from planar_cases import image_pairs, write_image
 from pipeline.datasets import discover, layout_task, validate_case
 from pipeline.datasets.image_folders import to_task_components
 from pipeline.datasets.reading import read_case
-from pipeline.errors import ConfigError
-from pipeline.io import read_image_2d
-from pipeline.tasks import IMAGE_MASK_2D, IMAGE_MASK_2D_RGB, get_task
+from pipeline.core.errors import ConfigError
+from pipeline.core.io import read_image_2d
+from pipeline.tasks.task import IMAGE_MASK_2D, IMAGE_MASK_2D_RGB, get_task
 
 
 @pytest.mark.parametrize("side_by_side", [False, True])
@@ -80,8 +80,8 @@ def _mixed_folder(root: Path) -> Path:
 
 @pytest.mark.parametrize("task", [IMAGE_MASK_2D, IMAGE_MASK_2D_RGB], ids=lambda t: t.name)
 def test_a_folder_mixing_grayscale_rgb_rgba_and_palette_images_is_read_with_the_tasks_channels(tmp_path: Path, task) -> None:
-    from pipeline.datalist import build_datalist
-    from pipeline.preprocess import prepare_case
+    from pipeline.datasets.datalist import build_datalist
+    from pipeline.preprocessing.prepare import prepare_case
 
     root = _mixed_folder(tmp_path / "mixed")
     build_datalist(root, tmp_path / "list.json", folds=2, test_fraction=0.0, progress=False, task=task)  # refuses nothing

@@ -12,9 +12,9 @@ from planar_cases import KAGGLE_PATIENT, REAL_SLICES, kaggle_patient, kaggle_roo
 from pipeline.datasets import discover, layout_task, validate_case
 from pipeline.datasets.kaggle_lgg import list_slices
 from pipeline.datasets.reading import read_case, source_manifest
-from pipeline.errors import ConfigError, InputError
-from pipeline.io import read_image_2d
-from pipeline.tasks import KAGGLE_LGG, get_task
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.io import read_image_2d
+from pipeline.tasks.task import KAGGLE_LGG, get_task
 
 
 def test_discovery_recognises_the_layout_and_picks_its_task(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_a_patient_without_masks_is_unlabelled_and_one_folder_or_image_reads_for
 
 
 def test_a_listed_patient_whose_masks_are_gone_is_refused_and_an_unlabelled_one_preprocesses(tmp_path: Path) -> None:
-    from pipeline.preprocess import prepare_case
+    from pipeline.preprocessing.prepare import prepare_case
 
     folder = kaggle_patient(tmp_path, slices=3)
     (record,) = discover(tmp_path).records

@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import main
-from pipeline.datalist import load_datalist
+from pipeline.cli.main import main
+from pipeline.datasets.datalist import load_datalist
 from pipeline.datasets import discover, discover_case, validate_case
 
 pytestmark = pytest.mark.real_data

@@ -7,8 +7,8 @@ from case_writers import LPS_AFFINE, SHAPE, brain, tumour, write_nifti
 
 from pipeline.datasets import discover, validate_case, validate_cases
 from pipeline.datasets.reading import read_case
-from pipeline.errors import InputError
-from pipeline.tasks import TASKS, resolve_task
+from pipeline.core.errors import InputError
+from pipeline.tasks.task import TASKS, resolve_task
 
 
 def _record(root, case_id="BraTS2021_00003", task=None):
@@ -136,8 +136,8 @@ def test_non_integer_labels(legacy_root):
 
 @pytest.mark.parametrize("seg", [tumour((1, 2, 3, 5)), tumour((1, 2, 4)).astype(np.float32) * 1.5])
 def test_preprocess_and_evaluate_judge_labels_as_validation_does(legacy_root, seg):
-    from pipeline.evaluate import read_internal_labels
-    from pipeline.preprocess import prepare_case
+    from pipeline.evaluation.evaluate import read_internal_labels
+    from pipeline.preprocessing.prepare import prepare_case
 
     path = legacy_root / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz"
     write_nifti(path, seg)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from tiny_training import TINY_DETERMINISTIC
 
 REPO = Path(__file__).resolve().parents[2]

@@ -30,7 +30,7 @@ def cohort(pristine_cohort: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def cohort_datalist(cohort: Path, tmp_path: Path) -> Path:
     """The data list of :func:`cohort` (2 folds, 1 test case), built before any damage."""
-    from pipeline.datalist import build_datalist
+    from pipeline.datasets.datalist import build_datalist
 
     out = tmp_path / "lists" / "cohort.json"
     build_datalist(cohort, out, folds=2, test_fraction=0.25, seed=0, progress=False)
@@ -39,7 +39,7 @@ def cohort_datalist(cohort: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def pristine_datalist(pristine_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.datalist import build_datalist
+    from pipeline.datasets.datalist import build_datalist
 
     out = tmp_path_factory.mktemp("reliability_lists") / "pristine.json"
     build_datalist(pristine_cohort, out, folds=2, test_fraction=0.25, seed=0, progress=False)
@@ -48,7 +48,7 @@ def pristine_datalist(pristine_cohort: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def pristine_cache(pristine_datalist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.preprocess import preprocess_datalist
+    from pipeline.preprocessing.prepare import preprocess_datalist
 
     cache = tmp_path_factory.mktemp("reliability_cache") / "cache"
     preprocess_datalist(pristine_datalist, cache, workers=1, progress=False)

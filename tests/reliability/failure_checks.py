@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.io import file_sha256
+from pipeline.core.io import file_sha256
 
 
 def checksums(root: Path) -> dict[str, str]:
@@ -35,7 +35,7 @@ def assert_one_line_error(output: str, path: Path | str, pattern: str) -> str:
 
 
 def leftover_temporaries(*folders: Path) -> list[Path]:
-    """Temporary files of :func:`pipeline.io.atomic_path` (``.<name>.<random>.tmp``) left under ``folders``."""
+    """Temporary files of :func:`pipeline.core.io.atomic_path` (``.<name>.<random>.tmp``) left under ``folders``."""
     found = []
     for folder in folders:
         if folder.exists():

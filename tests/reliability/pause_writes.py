@@ -27,9 +27,9 @@ def _pause(detail: str) -> None:
 
 
 def _pause_at_write(name_part: str, occurrence: int) -> None:
-    import pipeline.io
+    import pipeline.core.io
 
-    real_atomic_path = pipeline.io.atomic_path
+    real_atomic_path = pipeline.core.io.atomic_path
     seen = 0
 
     @contextlib.contextmanager
@@ -42,11 +42,11 @@ def _pause_at_write(name_part: str, occurrence: int) -> None:
                 if seen == occurrence:
                     _pause(f"{path} written to {tmp}, not renamed")
 
-    pipeline.io.atomic_path = atomic_path  # modules importing it later (handlers, report) get this one
+    pipeline.core.io.atomic_path = atomic_path  # modules importing it later (handlers, report) get this one
 
 
 def _pause_at_iteration(iteration: int) -> None:
-    from pipeline.handlers import TrainingProgress
+    from pipeline.training.handlers import TrainingProgress
 
     real_iteration_completed = TrainingProgress.iteration_completed
 
@@ -67,7 +67,7 @@ def main() -> None:
         _pause_at_iteration(int(spec))
     else:
         raise SystemExit(f"unknown PAUSE_AT {os.environ['PAUSE_AT']!r}")
-    from pipeline.cli import main as cli_main
+    from pipeline.cli.main import main as cli_main
 
     cli_main(args=sys.argv[1:], prog_name="brats-pipeline")
 

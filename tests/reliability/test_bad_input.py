@@ -17,7 +17,7 @@ from cli_runs import TINY_TRAINING, cli, train_args
 from failure_checks import assert_one_line_error, checksums, files_under, leftover_temporaries
 from corruptions import IMAGE_CORRUPTIONS, SEG_CORRUPTIONS, damage, rewrite, voxels
 
-from pipeline.io import file_sha256
+from pipeline.core.io import file_sha256
 
 DAMAGED_CASE = "BraTS2021_00001"
 
@@ -93,7 +93,7 @@ def test_empty_data_root_is_refused(tmp_path: Path) -> None:
 
 def _msd_root(cohort: Path, root: Path, channels: int) -> Path:
     """An MSD Task01 folder made from the cohort's cases, with ``channels`` channels per 4D image."""
-    from pipeline.modalities import MSD_CHANNELS
+    from pipeline.tasks.modalities import MSD_CHANNELS
 
     order = sorted(MSD_CHANNELS, key=MSD_CHANNELS.get)
     case_dirs = sorted(p for p in cohort.iterdir() if p.is_dir())
@@ -477,12 +477,12 @@ def test_output_folder_blocked_by_a_file(
 
 def test_operating_system_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An OSError no stage turned into a pipeline error still ends as one line naming the file (a traceback with --debug)."""
-    import pipeline.datalist
+    import pipeline.datasets.datalist
 
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/mnt/archive/BraTS2021_00001")
 
-    monkeypatch.setattr(pipeline.datalist, "build_datalist", denied)
+    monkeypatch.setattr(pipeline.datasets.datalist, "build_datalist", denied)
     result = cli("datalist", "--data-root", tmp_path, "--out", tmp_path / "list.json")
     assert result.exit_code == 1
     assert_one_line_error(result.output, "/mnt/archive/BraTS2021_00001", "Permission denied")
@@ -558,8 +558,8 @@ def test_empty_segmentation_works_end_to_end(cohort: Path, tmp_path: Path) -> No
     """A case without tumour (all-zero seg) is valid: datalist -> preprocess -> train -> evaluate, scored by the empty-case convention."""
     import pandas as pd
 
-    from pipeline.metrics import EMPTY_HD95_MM
-    from pipeline.datalist import assign_folds
+    from pipeline.evaluation.metrics import EMPTY_HD95_MM
+    from pipeline.datasets.datalist import assign_folds
 
     folds = assign_folds(sorted(p.name for p in cohort.iterdir()), folds=2, test_fraction=0.25, seed=0)
     test_case = next(case for case, fold in folds.items() if fold == -1)
@@ -601,7 +601,7 @@ def test_bundle_run_refuses_to_overwrite_a_run(trained_run: Path, pristine_datal
 
     from cli_runs import REPO, subprocess_env
 
-    from pipeline.training import TRAIN_CONFIG, WORKFLOW_NAME
+    from pipeline.training.workflow import TRAIN_CONFIG, WORKFLOW_NAME
 
     run = _run_copy(trained_run, tmp_path)
     before = {k: v for k, v in checksums(run).items() if not k.startswith(("tensorboard/", "logs/"))}

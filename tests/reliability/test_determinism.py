@@ -13,7 +13,7 @@ from cli_runs import REPO, TINY_TRAINING, cli, train_args
 from failure_checks import files_under, same_files
 from monai.bundle import ConfigParser
 
-from pipeline.io import file_sha256
+from pipeline.core.io import file_sha256
 
 
 def _datalist(root: Path, out: Path, seed: int) -> Path:

@@ -19,8 +19,8 @@ import torch
 from cli_runs import REPO, cli, kill_when_paused, single_threaded, train_args
 from failure_checks import files_under, leftover_temporaries, same_files
 
-from pipeline.errors import InputError
-from pipeline.cache import load_case
+from pipeline.core.errors import InputError
+from pipeline.preprocessing.cache import load_case
 
 # ----------------------------------------------------------------------------- preprocessing
 
@@ -155,7 +155,7 @@ def test_predict_killed_while_exporting_reruns_to_the_same_files(pristine_cohort
 
 # ----------------------------------------------------------------------------- atomic writes
 
-#: Calls that write a file. Outside :mod:`pipeline.io` each must write into the temporary path of
+#: Calls that write a file. Outside :mod:`pipeline.core.io` each must write into the temporary path of
 #: a ``with atomic_path(...) as tmp`` block. Logs (logging.FileHandler, TensorBoard's SummaryWriter)
 #: are append-only records, not results, and are not checked.
 _WRITING_ATTRIBUTES = {
@@ -231,10 +231,10 @@ _ATOMIC_THROUGH_CALLER = re.compile(r"#\s*atomic:\s*\S")
 
 
 def test_every_output_is_written_atomically() -> None:
-    """No module writes outputs with plain open(..., 'w') / np.save / torch.save / nib.save outside pipeline.io's atomic writers."""
+    """No module writes outputs with plain open(..., 'w') / np.save / torch.save / nib.save outside pipeline.core.io's atomic writers."""
     offenders = []
     for path in sorted((REPO / "pipeline").rglob("*.py")):
-        if path.relative_to(REPO).as_posix() == "pipeline/io.py":
+        if path.relative_to(REPO).as_posix() == "pipeline/core/io.py":
             continue
         source = path.read_text()
         lines = source.splitlines()
@@ -242,15 +242,15 @@ def test_every_output_is_written_atomically() -> None:
             if not _ATOMIC_THROUGH_CALLER.search(lines[line - 1]):
                 offenders.append(f"{path.relative_to(REPO)}:{line}: {call}")
     advice = (
-        "write these through pipeline.io (atomic_path, write_json, save_npy, save_nifti), or, for a write into "
+        "write these through pipeline.core.io (atomic_path, write_json, save_npy, save_nifti), or, for a write into "
         "a scratch folder the caller renames into place, say so on the line with '# atomic: <how>':\n"
     )
     assert not offenders, advice + "\n".join(offenders)
 
 
 def test_atomic_write_keeps_the_old_file_on_failure_and_gives_normal_permissions(tmp_path: Path) -> None:
-    from pipeline.errors import PipelineError
-    from pipeline.io import atomic_path, write_json
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.io import atomic_path, write_json
 
     target = tmp_path / "summary.json"
     write_json(target, {"version": 1})

@@ -14,8 +14,8 @@ from cli_runs import REPO, cli, train_args
 from case_writers import case_file
 from failure_checks import assert_one_line_error, checksums, files_under
 
-from pipeline.errors import InputError
-from pipeline.cache import load_case
+from pipeline.core.errors import InputError
+from pipeline.preprocessing.cache import load_case
 
 PACKAGE = REPO / "pipeline"
 
@@ -196,7 +196,7 @@ def test_model_configs_run_python_so_they_must_be_trusted(trained_run: Path, tmp
     Weights are data (weights-only loading); configs are code. This test keeps that warning true:
     if configs ever stop running code, the warning (and this test) can go.
     """
-    from pipeline.api import load_model
+    from pipeline.inference.model import load_model
 
     run = Path(shutil.copytree(trained_run, tmp_path / "run"))
     marker = tmp_path / "ran"

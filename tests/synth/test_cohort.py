@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from scipy import ndimage
 
-from pipeline.cli import main
-from pipeline.errors import ConfigError
-from pipeline.modalities import MODALITIES
+from pipeline.cli.main import main
+from pipeline.core.errors import ConfigError
+from pipeline.tasks.modalities import MODALITIES
 from pipeline.synth import GRIDS, LAYOUTS, case_files, generate_cohort
 from pipeline.synth.cohort import brats_image
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.labels import regions_to_labels
+from pipeline.tasks.labels import regions_to_labels
 from pipeline.transforms.regions import LabelsToRegions, LabelsToRegionsd
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.transforms import ResizeWithPadOrCrop
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.transforms import CentrePadCrop, CentrePadCropd
 
 
