@@ -110,12 +110,12 @@ def merge_shards(out: Path) -> None:
 
 @click.command(name="export")
 @click.option("--model", "model_dir", required=True, type=EXISTING, help="Run folder (inference.json + models/model.pt) or bundle folder (configs/inference.yaml + models/).")
-@click.option("--format", "export_format", default="torchscript", show_default=True, type=ChoiceOf(Constant("pipeline.inference.export", "FORMATS")), help="TorchScript (MONAI ckpt_export) or ONNX.")
-@click.option("--out", default=None, type=PATH, help="File to write (default: MODEL/models/model.ts or model.onnx).")
+@click.option("--format", "export_format", default="torchscript", show_default=True, type=ChoiceOf(Constant("pipeline.inference.export", "FORMATS")), help="TorchScript (MONAI ckpt_export), ONNX, or bundle: the run's weights become the bundle's shipped models/model.pt (hash recorded).")
+@click.option("--out", default=None, type=PATH, help="File to write (default: MODEL/models/model.ts or model.onnx); for bundle the bundle folder (default: bundles/brats_segmentation).")
 @click.option("--tolerance", default=Constant("pipeline.inference.export", "DEFAULT_TOLERANCE"), show_default=True, type=click.FloatRange(min=0), help="Largest logit difference from PyTorch accepted.")
 @reports_errors
 def export_command(model_dir: Path, export_format: str, out: Path | None, tolerance: float) -> None:
-    """Export a trained network to TorchScript or ONNX and check it reproduces PyTorch.
+    """Export a trained network to TorchScript or ONNX, or as the bundle's shipped weights, and check it reproduces PyTorch.
 
     TorchScript goes through MONAI's ckpt_export (metadata.json and the config embedded);
     ONNX through torch.onnx.export with dynamic batch and spatial sizes (input `image`,

@@ -57,7 +57,10 @@ import cc3d
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_iou
-from monai.metrics.confusion_matrix import compute_confusion_matrix_metric, get_confusion_matrix
+from monai.metrics.confusion_matrix import (
+    compute_confusion_matrix_metric,
+    get_confusion_matrix,
+)
 from monai.metrics.utils import get_code_to_measure_table
 from scipy import ndimage
 

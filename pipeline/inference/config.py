@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.checkpoints import file_sha256
 from pipeline.core.errors import ConfigError, PipelineError, unwrap_pipeline_errors
 from pipeline.core.io import write_json
 from pipeline.core.paths import BUNDLE_DIR
@@ -39,6 +40,8 @@ __all__ = [
     "RUN_CONFIG",
     "RUN_INFERENCE_CONFIG",
     "TRAINED_KEYS",
+    "WEIGHTS_SHA256_KEY",
+    "check_bundle_weights",
     "model_config",
     "model_parser",
     "parsed",
@@ -54,6 +57,8 @@ INFERENCE_CONFIG = BUNDLE_DIR / "configs" / "inference.yaml"
 #: A run folder's training config and inference config, and a bundle folder's inference config.
 RUN_CONFIG = "config.json"
 RUN_INFERENCE_CONFIG = "inference.json"
+#: The key of a bundle's ``configs/metadata.json`` that records the SHA-256 of its ``models/model.pt``.
+WEIGHTS_SHA256_KEY = "model_sha256"
 BUNDLE_CONFIG = Path("configs") / "inference.yaml"
 
 #: The keys of ``inference.yaml`` a training run decides: its network and whole-volume inference.
@@ -233,3 +238,19 @@ def parsed(parser: Any, key: str, where: str | os.PathLike[str]) -> Any:
     except Exception as err:  # MONAI wraps every parse failure in its own error types
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(where, f"cannot build {key!r}: {first_line}") from err
+
+
+def check_bundle_weights(bundle_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str]) -> None:
+    """Check a bundle's own ``models/model.pt`` against the SHA-256 its ``configs/metadata.json`` records (nothing recorded: nothing to check).
+
+    Raises:
+        ConfigError: naming the weights file when its hash differs (a Git LFS pointer, a truncated
+            download, or weights replaced without updating the metadata).
+    """
+    root, weights = Path(bundle_dir), Path(checkpoint)
+    metadata = root / "configs" / "metadata.json"
+    if not metadata.is_file() or weights.resolve() != (root / "models" / "model.pt").resolve():
+        return
+    expected = _read(metadata).get(WEIGHTS_SHA256_KEY)
+    if expected and file_sha256(weights) != expected:
+        raise ConfigError(weights, f"its SHA-256 differs from the {WEIGHTS_SHA256_KEY} recorded in {metadata} (a Git LFS pointer, a damaged copy, or weights replaced without recording their hash)")

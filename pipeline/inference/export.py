@@ -19,6 +19,11 @@ output ``logits`` ``(N, K, X, Y[, Z])``, before softmax or sigmoid.
 and compared with the PyTorch network (:func:`max_output_difference`); a difference above
 ``tolerance`` stops the export with an error. A TorchScript model in a bundle folder is picked
 up by :func:`pipeline.inference.model.load_model` when ``models/model.pt`` is absent.
+
+``export_model(RUN_DIR, "bundle")`` makes a run's weights the bundle's shipped model
+(:func:`export_bundle_weights`): the bundle's own ``configs/inference.yaml`` must build a network
+that gives the run's outputs with them; then ``models/model.pt`` is replaced and its SHA-256
+recorded in ``configs/metadata.json`` (``model_sha256``), which loading checks.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.core.checkpoints import load_weights
+from pipeline.core.checkpoints import file_sha256, load_weights
 from pipeline.core.errors import ConfigError
+from pipeline.core.io import atomic_path
 from pipeline.core.paths import BUNDLE_DIR
-from pipeline.inference.config import model_parser, parsed
+from pipeline.inference.config import WEIGHTS_SHA256_KEY, model_parser, parsed
 from pipeline.networks import input_channels, output_channels, spatial_divisor
 from pipeline.tasks.task import DEFAULT_TASK, Task, TaskSpec, model_task
 
@@ -46,6 +53,7 @@ __all__ = [
     "FORMATS",
     "ExportResult",
     "LoadedNetwork",
+    "export_bundle_weights",
     "export_model",
     "export_onnx",
     "export_torchscript",
@@ -54,7 +62,7 @@ __all__ = [
     "network_data_format",
 ]
 
-FORMATS: tuple[str, ...] = ("torchscript", "onnx")
+FORMATS: tuple[str, ...] = ("torchscript", "onnx", "bundle")
 SUFFIXES: dict[str, str] = {"torchscript": ".ts", "onnx": ".onnx"}
 
 #: The bundle shipped with the repository (its metadata describes every export).
@@ -276,6 +284,32 @@ def export_onnx(loaded: LoadedNetwork, root: Path, out: Path, opset_version: int
     onnx.save(model, str(out))  # atomic: `out` is in export_model's scratch folder, renamed into place there
 
 
+def export_bundle_weights(loaded: LoadedNetwork, root: Path, bundle_dir: Path, tolerance: float = DEFAULT_TOLERANCE) -> tuple[Path, float]:
+    """Install a run's weights as ``bundle_dir``'s ``models/model.pt`` and record their SHA-256; return the file and the output difference.
+
+    Raises:
+        ConfigError: the bundle's inference config builds a network the weights do not fit, or
+            one whose outputs differ from the run's by more than ``tolerance``.
+    """
+    weights = Path(parsed(model_parser(root)[0], "checkpoint", root))
+    parser, config_path = model_parser(bundle_dir)
+    network = parsed(parser, "network_def", config_path)
+    load_weights(network, weights)
+    difference = max_output_difference(loaded.network, network.eval(), loaded.example_input(batch=2, multiple=2, seed=1))
+    if not difference <= tolerance:
+        raise ConfigError(config_path, f"builds a network whose outputs differ from {root}'s by {difference:.3g}: set its network keys as the run's")
+    target = bundle_dir / "models" / "model.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as partial:
+        shutil.copyfile(weights, partial)
+    metadata_file = bundle_dir / "configs" / "metadata.json"
+    metadata = json.loads(metadata_file.read_text())
+    metadata[WEIGHTS_SHA256_KEY] = file_sha256(target)
+    with atomic_path(metadata_file) as partial:  # the file's own key order kept (write_json sorts)
+        partial.write_text(json.dumps(metadata, indent=4, ensure_ascii=False) + "\n")
+    return target, difference
+
+
 def _forward_arguments(network: torch.nn.Module) -> list[str]:
     import inspect
 
@@ -293,8 +327,10 @@ def export_model(
     Args:
         model_dir: a run folder (``inference.json`` + ``models/model.pt``) or a bundle folder
             (``configs/inference.yaml`` + ``models/model.pt``).
-        format: ``torchscript`` (``models/model.ts``) or ``onnx`` (``models/model.onnx``).
-        out: the file to write (default: ``MODEL_DIR/models/model.ts`` or ``.onnx``).
+        format: ``torchscript`` (``models/model.ts``), ``onnx`` (``models/model.onnx``) or ``bundle``
+            (the weights become a bundle's shipped ``models/model.pt``: :func:`export_bundle_weights`).
+        out: the file to write (default: ``MODEL_DIR/models/model.ts`` or ``.onnx``); for ``bundle``
+            the bundle folder (default: the repository's bundle).
         tolerance: the largest absolute logit difference accepted against PyTorch.
 
     Returns:
@@ -308,6 +344,9 @@ def export_model(
         raise ConfigError("format", f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     root = Path(model_dir)
     loaded = load_network(root)
+    if format == "bundle":
+        path, difference = export_bundle_weights(loaded, root, Path(out) if out is not None else BUNDLE_DIR, tolerance)
+        return ExportResult(path=path, format=format, max_abs_difference=difference)
     target = Path(out) if out is not None else root / "models" / f"model{SUFFIXES[format]}"
     target.parent.mkdir(parents=True, exist_ok=True)
     # The exporters write in place: export into a scratch folder beside the target, then rename (atomic for readers).

@@ -46,7 +46,7 @@ from pipeline.core.geometry import from_planar_size, restore_to_original
 from pipeline.core.io import load_nifti
 from pipeline.datasets import case_from_files, discover_case
 from pipeline.datasets.records import PLANAR_LAYOUTS, CaseRecord, for_channels
-from pipeline.inference.config import model_parser, parsed
+from pipeline.inference.config import check_bundle_weights, model_parser, parsed
 from pipeline.inference.inferers import EnsembleInferer
 from pipeline.inference.postprocess import PostProcessing
 from pipeline.inference.uncertainty import (
@@ -418,7 +418,6 @@ def load_model(
     single = isinstance(checkpoint, (str, os.PathLike))  # else a list of checkpoints: an ensemble of this network
     missing = [Path(path) for path in ([checkpoint] if single else checkpoint) if not Path(path).is_file()]
     if single and missing and (root / TORCHSCRIPT).is_file():
-
         try:
             scripted = torch.jit.load(str(root / TORCHSCRIPT), map_location="cpu")
         except Exception as err:
@@ -428,6 +427,8 @@ def load_model(
         parser["network_def"], parser["checkpoint"] = scripted, None
     elif missing:
         raise ConfigError(missing[0], "checkpoint not found (train a model first, or point --model at a run folder)")
+    elif single:
+        check_bundle_weights(root, checkpoint)
     model = parsed(parser, "model", config_path)
     if not isinstance(model, SegmentationModel):
         raise ConfigError(config_path, f"'model' built a {type(model).__name__}, not a SegmentationModel")

@@ -175,7 +175,6 @@ def check_outputs_spare_inputs(
 def _planar_images(record: CaseRecord) -> list[Path]:
     """The image file of every slice of a 2D-layout case, in order."""
     if record.layout == KAGGLE_LGG:
-
         return [s.image for s in list_slices(record.images[0])[0]]
     return [record.images[0]]
 
@@ -184,7 +183,6 @@ def _input_files(record: CaseRecord) -> list[Path]:
     """Every file a case is read from (a Kaggle patient: its slices and masks), resolved."""
     files = [*record.images, *((record.label,) if record.label is not None else ())]
     if record.layout == KAGGLE_LGG:
-
         files = [path for s in list_slices(record.images[0])[0] for path in (s.image, s.mask) if path is not None]
     return [path.resolve() for path in files]
 

@@ -139,7 +139,6 @@ def run_task(parser: Any) -> dict[str, Any]:
     """A training config's task mapping: the data list's when ``task`` is null, else the named task's."""
 
     if parser.get("task") is None:
-
         return datalist_task(parser.get_parsed_content("datalist"))
     return resolve_task(parser.get_parsed_content("task", instantiate=False)).to_dict()
 

@@ -20,7 +20,7 @@ from pipeline.cli.main import main
 from pipeline.inference.writers import parse_colour_table
 from pipeline.inference.predict import predict, resolve_cases
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from pipeline.inference.config import (
 )
 from pipeline.training.workflow import GPU_CONFIG, TRAIN_CONFIG, training_config_files
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _network_shapes(network: torch.nn.Module) -> dict[str, tuple[int, ...]]:

@@ -27,7 +27,7 @@ from pipeline.preprocessing.prepare import preprocess_datalist
 from pipeline.core.distributed import Shard, read_shards, shard_file, shard_positions
 from pipeline.evaluation.shard_merge import merge_shards
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: Five test cases listed out of id order, stored in four voxel layouts.
 CASES = {"BraTS2021_00005": "lps", "BraTS2021_00003": "ras", "BraTS2021_00001": "oblique", "BraTS2021_00004": "permuted", "BraTS2021_00002": "lps"}

@@ -162,21 +162,21 @@ class _Oracle:
 
 def _oracle_model(run: Path, datalist: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The run's model predicting each case's ground truth (read with the case's mask), without post-processing."""
-    import pipeline.preprocessing.prepare as preprocess
+    import pipeline.inference.model as model_module
     from pipeline.datasets.datalist import load_datalist
 
     labelled = {record.case_id: record for record in load_datalist(datalist).cases("all")}
     model = load_model(run)
     model.inferer = oracle = _Oracle(model.inferer)
     model.postprocessing = PostProcessing(task=model.task)
-    prepare = preprocess.prepare_case
+    prepare = model_module.prepare_case
 
     def prepare_with_label(record: Any, *args: Any, **kwargs: Any) -> Any:
         prepared = prepare(labelled[record.case_id], *args, **kwargs)
         oracle.label = prepared.label
         return prepared
 
-    monkeypatch.setattr(preprocess, "prepare_case", prepare_with_label)
+    monkeypatch.setattr(model_module, "prepare_case", prepare_with_label)
     return model
 
 
@@ -293,7 +293,7 @@ def test_bundle_commands_train_evaluate_and_infer_a_kaggle_task(kaggle, tmp_path
     import sys
 
     root, datalist, _ = kaggle
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     configs = repo / "bundles" / "brats_segmentation" / "configs"
 
     def bundle(*args: str) -> None:

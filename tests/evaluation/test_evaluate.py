@@ -25,7 +25,7 @@ from pipeline.tasks.labels import SCORED_STRUCTURES
 from pipeline.evaluation.metrics import case_metrics, metric_columns
 from pipeline.inference.postprocess import PostProcessing
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEST_CASES = {"BraTS2021_00001": "lps", "BraTS2021_00002": "ras", "BraTS2021_00003": "oblique", "BraTS2021_00004": "permuted"}
 
 

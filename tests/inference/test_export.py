@@ -22,7 +22,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.inference.export import export_model, load_network, network_data_format
 from pipeline.networks import build_network, spatial_divisor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +206,36 @@ def test_metadata_of_a_task_describes_its_network_and_passes_the_schema(task, ch
     metadata = json.loads((REPO / "bundles" / "brats_segmentation" / "configs" / "metadata.json").read_text())
     metadata["network_data_format"] = described
     jsonschema.validate(metadata, json.loads((REPO.parent / "shared" / "reference" / "meta_schema_20240725.json").read_text()))
+
+
+def _bundle_with_metadata(bundle_dir: Path, **settings) -> Path:
+    write_bundle_dir(bundle_dir, **{**TINY_NETWORK, **settings})
+    shutil.copy(REPO / "bundles" / "brats_segmentation" / "configs" / "metadata.json", bundle_dir / "configs" / "metadata.json")
+    return bundle_dir
+
+
+def test_bundle_export_installs_the_weights_records_their_hash_and_loading_checks_it(run_dir, case_dir, tmp_path):
+    import hashlib
+
+    bundle = _bundle_with_metadata(tmp_path / "bundle")
+    result = CliRunner().invoke(main, ["export", "--model", str(run_dir), "--format", "bundle", "--out", str(bundle)])
+    assert result.exit_code == 0, result.output
+    weights = bundle / "models" / "model.pt"
+    assert weights.read_bytes() == (run_dir / "models" / "model.pt").read_bytes()
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["model_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert list(metadata)[:2] == ["schema", "version"]  # the file keeps its own key order
+    labels = np.asarray(load_model(bundle).segment(case_dir).dataobj)
+    np.testing.assert_array_equal(labels, np.asarray(load_model(run_dir).segment(case_dir).dataobj))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # damaged: same size, other bytes
+    with pytest.raises(ConfigError, match="SHA-256 differs") as error:
+        load_model(bundle)
+    assert str(weights) in str(error.value)
+
+
+def test_bundle_export_refuses_a_bundle_whose_network_differs(run_dir, tmp_path):
+    bundle = _bundle_with_metadata(tmp_path / "bundle", channels=[8, 32])
+    before = (bundle / "configs" / "metadata.json").read_bytes()
+    with pytest.raises(ConfigError):
+        export_model(run_dir, "bundle", out=bundle)
+    assert not (bundle / "models" / "model.pt").exists() and (bundle / "configs" / "metadata.json").read_bytes() == before

@@ -30,7 +30,7 @@ from pipeline.training.workflow import (
 )
 from tiny_training import TINY_DETERMINISTIC
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: Small, fast settings shared by every run here.
 TINY = [*TINY_DETERMINISTIC, "patch_size=[16, 16, 8]"]

@@ -17,7 +17,7 @@ from pipeline.inference.postprocess import (
     remove_small_components,
 )
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "brats_segmentation" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "brats_segmentation" / "configs"
 
 
 def _tumour() -> np.ndarray:

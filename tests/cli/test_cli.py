@@ -20,7 +20,7 @@ from pipeline.synth.grid import GRIDS
 from pipeline.synth.layouts import LAYOUTS
 from pipeline.training.workflow import DEVICES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _option(command: str, name: str) -> click.Option:
