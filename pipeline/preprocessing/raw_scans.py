@@ -345,7 +345,7 @@ def write_prepared(prepared: PreparedScans, out_dir: Path) -> dict[str, Path]:
 
     ``out_dir`` (created if needed) receives ``<name>_<channel>.nii.gz`` per channel, where
     ``<name>`` is the folder's name, so ``predict --input out_dir`` reads it as a case;
-    ``<name>_brain_mask.nii.gz`` when skull stripping ran; and
+    ``<name>_brain_mask.nii.gz`` when skull stripping ran (an earlier one is removed when it did not); and
     ``<name>_<channel>_to_<reference>.tfm`` per non-reference channel (ITK transform files:
     reference space -> channel space; in 3D Slicer, applying one to the channel's native scan
     aligns it with the reference).
@@ -358,8 +358,11 @@ def write_prepared(prepared: PreparedScans, out_dir: Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
     for channel, volume in prepared.volumes.items():
         written[channel] = save_sitk(out_dir / f"{name}_{channel}.nii.gz", volume)
+    mask_path = out_dir / f"{name}_brain_mask.nii.gz"
     if prepared.brain_mask is not None:
-        written["brain_mask"] = save_sitk(out_dir / f"{name}_brain_mask.nii.gz", prepared.brain_mask)
+        written["brain_mask"] = save_sitk(mask_path, prepared.brain_mask)
+    else:
+        mask_path.unlink(missing_ok=True)  # an earlier preparation's mask would pass for these unmasked volumes
     for channel, transform in prepared.transforms.items():
         if channel != prepared.reference:
             written[f"{channel}_transform"] = save_sitk(out_dir / f"{name}_{channel}_to_{prepared.reference}.tfm", transform)

@@ -181,6 +181,8 @@ def test_write_prepared_writes_a_case_folder_that_reads_back(tmp_path: Path, sma
     record = discover_case(folder)  # the prepared folder is a case predict --input reads, its mask and transforms passed over silently
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert [p.name for p in record.images] == ["Patient_7_t1.nii.gz", "Patient_7_t1ce.nii.gz", "Patient_7_t2.nii.gz", "Patient_7_flair.nii.gz"]
+    write_prepared(PreparedScans(prepared.volumes, None, prepared.transforms, "t1ce"), folder)  # prepared again without skull stripping
+    assert not written["brain_mask"].exists()  # the earlier mask does not stay beside unmasked volumes
 
 
 def test_to_native_puts_labels_where_the_transform_says(small_scans: dict[str, sitk.Image]) -> None:
@@ -206,10 +208,15 @@ def test_to_native_puts_labels_where_the_transform_says(small_scans: dict[str, s
 # ----------------------------------------------------------------------------- registration
 
 
-def test_registration_recovers_a_rigid_motion_of_a_synthetic_case(synthetic_case: dict[str, sitk.Image]) -> None:
+@pytest.mark.parametrize("stored", ["axial", "sagittal"])
+def test_registration_recovers_a_rigid_motion_of_a_synthetic_case(synthetic_case: dict[str, sitk.Image], stored: str) -> None:
+    """A synthetic FLAIR moved and scanned at 2.5x2.5x6 mm, stored axially or in sagittal voxel order (the same physical image)."""
     reference = synthetic_case["t1ce"]
     motion = rigid_motion(reference, (5.0, -3.0, 2.0), (4.0, -3.0, 2.0))
     scan = simulate_series(synthetic_case["flair"], motion, (2.5, 2.5, 6.0))
+    if stored == "sagittal":
+        scan = sitk.PermuteAxes(scan, [2, 1, 0])  # slices along L-R: other voxel order and direction, same physical image
+        assert scan.GetSpacing() == (6.0, 2.5, 2.5)
     found = register_rigid(reference, scan, name="flair")
     error_mm, error_degrees = registration_error(found, motion, brain_box_corners(reference))
     assert error_mm < 1.0 and error_degrees < 1.0, (error_mm, error_degrees)
