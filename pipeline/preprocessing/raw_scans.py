@@ -60,12 +60,11 @@ logger = logging.getLogger(__name__)
 #: The contrast every other one is registered to (BraTS registers to T1ce).
 DEFAULT_REFERENCE = "t1ce"
 
-#: Multi-resolution schedule of :func:`register_rigid`: shrink factors, Gaussian sigmas (mm) and the
-#: fraction of the reference's voxels sampled for the metric, per level (about 100-200 thousand
-#: samples at every level for a 1 mm head).
+#: Multi-resolution schedule of :func:`register_rigid`: shrink factors and Gaussian sigmas (mm) per level.
 SHRINK_FACTORS = (4, 2, 1)
 SMOOTHING_SIGMAS_MM = (2.0, 1.0, 0.0)
-SAMPLING_FRACTIONS = (0.2, 0.1, 0.02)
+#: Voxels of the reference sampled for the metric at each level (all of them where it has fewer).
+METRIC_SAMPLES = 100_000
 
 
 @dataclass(frozen=True)
@@ -165,21 +164,23 @@ def _initial_transform(fixed: sitk.Image, moving: sitk.Image, method: sitk.Image
     return scanner if scores[0] <= scores[1] else centred
 
 
-def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, name: str = "moving image") -> sitk.Euler3DTransform:
+def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 1, name: str = "moving image") -> sitk.Euler3DTransform:
     """Rigid transform from ``fixed``'s physical space to ``moving``'s that best aligns their anatomy.
 
-    SimpleITK's ``ImageRegistrationMethod``: Mattes mutual information (50 bins, voxels sampled at
-    random with ``seed``; ITK's threads still make runs differ by a few tenths of a millimetre), regular-step gradient descent with scales from
-    physical shifts, a three-level pyramid (:data:`SHRINK_FACTORS`, :data:`SMOOTHING_SIGMAS_MM`,
-    :data:`SAMPLING_FRACTIONS`), starting from :func:`_initial_transform`. ``fixed`` is the one
+    SimpleITK's ``ImageRegistrationMethod``: Mattes mutual information (50 bins; at most
+    :data:`METRIC_SAMPLES` voxels per level, drawn at random with ``seed`` so that runs repeat:
+    SimpleITK takes a seed of 0 for "the wall clock"), regular-step gradient descent with scales
+    from physical shifts, a three-level pyramid (:data:`SHRINK_FACTORS`,
+    :data:`SMOOTHING_SIGMAS_MM`), starting from :func:`_initial_transform`. ``fixed`` is the one
     sampled, so the finer scan (the 1 mm reference) goes there.
 
     On a real BraTS case whose T1, T2 and FLAIR were moved by about 5 degrees and 4 mm and scanned
     at 1x1x5 mm, the transform found differs from the motion composed with the one found for the
-    same scan without motion by 0.3-0.8 mm and 0.1-0.3 degrees over the brain in two runs (``benchmarks/raw_scans.py``);
-    plain gradient descent stopped about 5 mm off. (The scans without motion themselves register
-    0.5-1.7 mm away from the identity: BraTS's own contrasts are not aligned more closely than
-    that, or the 5 mm slices pull MI's optimum by as much; no ground truth tells the two apart.)
+    same scan without motion by 0.15-0.25 mm and at most 0.1 degrees over the brain (cropped to its
+    box; ``benchmarks/raw_scans.py`` on the whole case); plain gradient descent stopped about 5 mm
+    off. (The scans without motion themselves register 0.5-1.7 mm away from the identity: BraTS's
+    own contrasts are not aligned more closely than that, or the 5 mm slices pull MI's optimum by
+    as much; no ground truth tells the two apart.)
 
     Raises:
         InputError: naming ``name`` when the registration cannot run (e.g. no overlap of the images).
@@ -189,7 +190,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, name: s
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentagePerLevel(list(SAMPLING_FRACTIONS), seed)
+    voxels = [np.prod([max(1, n // shrink) for n in fixed.GetSize()]) for shrink in SHRINK_FACTORS]
+    method.SetMetricSamplingPercentagePerLevel([min(1.0, METRIC_SAMPLES / float(n)) for n in voxels], seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.5)
     method.SetOptimizerScalesFromPhysicalShift()
