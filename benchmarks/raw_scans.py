@@ -39,7 +39,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from benchmarks.machine import describe_machine, write_results
-from pipeline.tasks.modalities import MODALITIES
 from pipeline.preprocessing.raw_scans import (
     DEFAULT_REFERENCE,
     extract_brain,
@@ -51,6 +50,7 @@ from pipeline.preprocessing.raw_scans import (
     write_prepared,
 )
 from pipeline.synth.head import add_head
+from pipeline.tasks.modalities import MODALITIES
 
 DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_brats" / "BraTS2021_00006"
 
