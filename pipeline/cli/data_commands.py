@@ -1,8 +1,4 @@
-"""The ``synth``, ``datalist``, ``preprocess`` and ``prepare``: the data before training or prediction.
-
-Stage modules are imported inside each command: importing them (torch, MONAI) costs seconds, which ``--help`` and
-every other command would otherwise pay.
-"""
+"""The ``synth``, ``datalist``, ``preprocess`` and ``prepare`` commands: the data before training or prediction."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""The ``evaluate`` and ``tune-postprocessing``: a trained model scored against the ground truth.
-
-Stage modules are imported inside each command: importing them (torch, MONAI) costs seconds, which ``--help`` and
-every other command would otherwise pay.
-"""
+"""The ``evaluate`` and ``tune-postprocessing`` commands: a trained model scored against the ground truth."""
 
 from __future__ import annotations
 

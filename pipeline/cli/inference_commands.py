@@ -1,8 +1,4 @@
-"""The ``predict``, ``merge-shards`` and ``export``: a trained model applied to new cases.
-
-Stage modules are imported inside each command: importing them (torch, MONAI) costs seconds, which ``--help`` and
-every other command would otherwise pay.
-"""
+"""The ``predict``, ``merge-shards`` and ``export`` commands: a trained model applied to new cases."""
 
 from __future__ import annotations
 

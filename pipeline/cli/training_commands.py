@@ -1,8 +1,4 @@
-"""The ``train``: one fold or every fold, with the bundle's training configuration.
-
-Stage modules are imported inside each command: importing them (torch, MONAI) costs seconds, which ``--help`` and
-every other command would otherwise pay.
-"""
+"""The ``train`` command: one fold or every fold, with the bundle's training configuration."""
 
 from __future__ import annotations
 

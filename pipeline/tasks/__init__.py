@@ -7,47 +7,8 @@ in :mod:`pipeline.tasks.conventions` and :mod:`pipeline.tasks.labels`, channel n
 """
 
 from pipeline.tasks.labels import written_convention
-from pipeline.tasks.task import (
-    BRATS_GLIOMA,
-    DEFAULT_TASK,
-    IMAGE_MASK_2D,
-    IMAGE_MASK_2D_RGB,
-    KAGGLE_LGG,
-    MENINGIOMA_RT,
-    METRIC_SETS,
-    PLANAR_FITS,
-    POSTPROCESSING_STEPS,
-    TARGETS,
-    TASKS,
-    WHOLE_TUMOUR,
-    Task,
-    TaskSpec,
-    get_task,
-    load_task,
-    model_task,
-    resolve_task,
-    task_from_dict,
-)
+from pipeline.tasks import task as _task
+from pipeline.tasks.labels import written_convention
+from pipeline.tasks.task import *  # noqa: F403 (the task API, as the former pipeline.tasks module held it)
 
-__all__ = [
-    "BRATS_GLIOMA",
-    "DEFAULT_TASK",
-    "IMAGE_MASK_2D",
-    "IMAGE_MASK_2D_RGB",
-    "KAGGLE_LGG",
-    "MENINGIOMA_RT",
-    "METRIC_SETS",
-    "PLANAR_FITS",
-    "POSTPROCESSING_STEPS",
-    "TARGETS",
-    "TASKS",
-    "WHOLE_TUMOUR",
-    "Task",
-    "TaskSpec",
-    "get_task",
-    "load_task",
-    "model_task",
-    "resolve_task",
-    "task_from_dict",
-    "written_convention",
-]
+__all__ = [*_task.__all__, "written_convention"]
