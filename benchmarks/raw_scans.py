@@ -21,13 +21,15 @@ With ``--model RUN_OR_BUNDLE`` it also prepares the case whole (:func:`pipeline.
 :func:`pipeline.preprocessing.raw_scans.write_prepared`), predicts it, and reports the whole-tumour Dice against
 the prediction on the original case. Timings are wall-clock seconds of one run each.
 
-    .venv/bin/python benchmarks/raw_scans.py [--case DIR] [--model RUN_DIR] [--json PATH]
+    .venv/bin/python -m benchmarks.raw_scans [--case DIR] [--model RUN_DIR] [--json PATH]
+
+Recorded: ``benchmarks/results/raw_scans-*.md`` (and ``.json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.tasks.modalities import MODALITIES
+from benchmarks.machine import describe_machine, write_results
 from pipeline.preprocessing.raw_scans import (
     DEFAULT_REFERENCE,
     extract_brain,
@@ -48,6 +50,7 @@ from pipeline.preprocessing.raw_scans import (
     write_prepared,
 )
 from pipeline.synth.head import add_head
+from pipeline.tasks.modalities import MODALITIES
 
 DEFAULT_CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_brats" / "BraTS2021_00006"
 
@@ -176,11 +179,11 @@ def measure(case_dir: Path, model_dir: Path | None = None) -> dict:
     rows["skull strip"] = {"seconds": seconds, "dice": dice, "mask_ml": volume["mask"], "brain_ml": volume["brain"]}
     result = {"case": case_dir.name, "stages": rows}
     if model_dir is not None:
-        result["prediction"] = _prediction_agreement(case_dir, scans, model_dir)
+        result["prediction"] = prediction_agreement(case_dir, scans, model_dir)
     return result
 
 
-def _prediction_agreement(case_dir: Path, scans: dict[str, sitk.Image], model_dir: Path) -> dict[str, float]:
+def prediction_agreement(case_dir: Path, scans: dict[str, sitk.Image], model_dir: Path) -> dict[str, float]:
     """Whole-tumour Dice of the prediction on the prepared raw scans (back on T1ce's native grid) against the one on the original case."""
     from pipeline.inference.model import load_model
 
@@ -195,30 +198,55 @@ def _prediction_agreement(case_dir: Path, scans: dict[str, sitk.Image], model_di
     on_grid.CopyInformation(prepared.volumes[prepared.reference])
     native = to_native(on_grid, scans[prepared.reference])  # the reference: its own transform is the identity
     native_labels = sitk.GetArrayFromImage(native).transpose(2, 1, 0)
-    return {"prepare_seconds": seconds, "whole_tumour_dice": _dice(native_labels, original_labels)}
+    return {"model": str(model_dir), "prepare_seconds": seconds, "whole_tumour_dice": _dice(native_labels, original_labels)}
 
 
-def _print(result: dict) -> None:
-    print(f"case {result['case']}: raw scans = T1/T2/FLAIR moved (about 5 deg, 4 mm) and resampled to 1x1x5 mm, T1ce as reference")
-    print(f"{'stage':<18} {'seconds':>8}  quality")
+def markdown_table(result: dict) -> str:
+    """The figures of :func:`measure` as a markdown table, with the machine and its load."""
+    machine = result.get("machine", {})
+    lines = [
+        f"# Raw scans prepared: {result['case']}",
+        "",
+        (
+            "T1, T2 and FLAIR moved (about 5 degrees, 4 mm) and scanned at 1x1x5 mm; T1ce the reference. "
+            f"{machine.get('cpu_model', '?')}, {machine.get('cpu_cores', '?')} cores, torch threads {machine.get('torch_threads', '?')}; "
+            f"load average {result.get('load_average', ['?', '?'])[0]} at the start, {result.get('load_average', ['?', '?'])[-1]} at the end."
+        ),
+        "",
+        "| stage | seconds | quality |",
+        "|---|---:|---|",
+    ]
     for stage, row in result["stages"].items():
         quality = ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "seconds")
-        print(f"{stage:<18} {row['seconds']:>8.1f}  {quality}")
+        lines.append(f"| {stage} | {row['seconds']:.1f} | {quality} |")
     if "prediction" in result:
         prediction = result["prediction"]
-        print(f"prepare_scans whole: {prediction['prepare_seconds']:.1f} s; whole-tumour Dice vs prediction on the original case: {prediction['whole_tumour_dice']:.3f}")
+        lines += [
+            "",
+            (
+                f"prepare_scans on the whole case (registration of three contrasts, resampling, skull strip): {prediction['prepare_seconds']:.1f} s; "
+                f"whole-tumour Dice of the prediction on the prepared case against the prediction on the original case ({prediction['model']}): "
+                f"{prediction['whole_tumour_dice']:.3f}"
+            ),
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", type=Path, default=DEFAULT_CASE, help="a BraTS 2017-2021 style case folder")
     parser.add_argument("--model", type=Path, default=None, help="a run or bundle folder: also compare predictions")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here (and the table beside it, .md)")
     args = parser.parse_args(argv)
+    start_load = os.getloadavg()[0]
     result = measure(args.case, args.model)
-    _print(result)
+    result["machine"] = describe_machine()
+    result["load_average"] = [round(start_load, 2), round(os.getloadavg()[0], 2)]
+    table = markdown_table(result)
     if args.json is not None:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_results(result, args.json, table)
+    else:
+        print(table)
     return result
 
 

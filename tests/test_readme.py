@@ -414,7 +414,7 @@ def _stage_rows() -> list[str]:
 def test_stage_table_names_existing_commands_and_configs():
     rows = _stage_rows()
     assert [row.split("|")[1].strip() for row in rows] == [
-        "synthetic cohort", "data list", "preprocess", "train", "predict", "evaluate", "export", "demo", "Python API",
+        "synthetic cohort", "data list", "raw scans", "preprocess", "train", "predict", "evaluate", "export", "demo", "Python API",
     ]  # fmt: skip
     for row in rows:
         assert re.search(r"`(pipeline/[^`]*)`", row.split("|")[3]), f"{row}: no module"

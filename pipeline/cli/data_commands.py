@@ -1,4 +1,4 @@
-"""The ``synth``, ``datalist`` and ``preprocess`` commands: the data before training."""
+"""The ``synth``, ``datalist``, ``preprocess`` and ``prepare`` commands: the data before training or prediction."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from pipeline.cli.options import (
     reports_errors,
     shard_option,
 )
+from pipeline.core.errors import ConfigError
 
-__all__ = ["synth", "preprocess", "datalist"]
+__all__ = ["datalist", "prepare", "preprocess", "synth"]
 
 
 @click.command()
@@ -172,3 +173,45 @@ def datalist(
     )
     counts = ", ".join(f"{len(payload[split])} {split}" for split in SPLITS)
     click.echo(f"{out}: {counts} ({payload['release']}, {payload['num_folds']} folds, task {payload['task']['name']})")
+
+
+@click.command()
+@click.option(
+    "--input",
+    "inputs",
+    required=True,
+    multiple=True,
+    type=EXISTING,
+    help="A case folder (one NIfTI file per contrast, named like a BraTS release's files), or its four contrast files "
+    "in canonical order T1, T1ce, T2, FLAIR (repeat the option).",
+)
+@click.option("--out", required=True, type=PATH, help="Folder for the prepared case (created if needed); `predict --input OUT` reads it.")
+@click.option(
+    "--reference",
+    default=Constant("pipeline.preprocessing.raw_scans", "DEFAULT_REFERENCE"),
+    show_default=True,
+    type=ChoiceOf(Constant("pipeline.tasks.modalities", "MODALITIES")),
+    help="The contrast the others are registered to; the prepared grid covers its field of view.",
+)
+@click.option("--spacing", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Voxel size of the prepared grid (mm, isotropic).")
+@click.option("--skip-registration", is_flag=True, help="Take the contrasts as co-registered already (identity transforms; each is still resampled onto the grid).")
+@click.option("--skip-skull-strip", is_flag=True, help="Take the scans as skull-stripped already (no brain mask is made or applied).")
+@reports_errors
+def prepare(inputs: tuple[Path, ...], out: Path, reference: str, spacing: float, skip_registration: bool, skip_skull_strip: bool) -> None:
+    """Prepare raw scans for a BraTS-trained model: register to T1ce, resample to 1 mm, skull-strip.
+
+    Each contrast is registered rigidly to the reference (SimpleITK, Mattes mutual information)
+    and resampled onto the reference's field of view at --spacing mm; the brain is extracted from
+    the reference (deepbet, from the `raw` extra; nothing is downloaded) and every contrast is
+    zeroed outside it. Writes OUT/<name>_{t1,t1ce,t2,flair}.nii.gz (<name>: OUT's folder name),
+    OUT/<name>_brain_mask.nii.gz and one OUT/<name>_<contrast>_to_<reference>.tfm per registered
+    contrast (ITK transforms, for checking in 3D Slicer). The source files are never written to.
+    """
+    from pipeline.preprocessing.raw_scans import prepare_case_files
+
+    if len(inputs) not in (1, 4):
+        raise ConfigError("--input", f"give one case folder or the four contrast files (T1, T1ce, T2, FLAIR), got {len(inputs)} paths")
+    source = inputs[0] if len(inputs) == 1 else list(inputs)
+    written = prepare_case_files(source, out, reference=reference, register=not skip_registration, skull_strip=not skip_skull_strip, spacing=spacing)
+    steps = ", ".join(step for step, skipped in (("registered", skip_registration), ("skull-stripped", skip_skull_strip)) if not skipped) or "resampled only"
+    click.echo(f"{out}: {len(written)} files ({steps}, {spacing:g} mm on the {reference} grid); next: brats-pipeline predict --input {out}")

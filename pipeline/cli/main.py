@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.data_commands import datalist, preprocess, synth
+from pipeline.cli.data_commands import datalist, prepare, preprocess, synth
 from pipeline.cli.evaluation_commands import evaluate, tune_postprocessing
 from pipeline.cli.inference_commands import export_command, merge_shards, predict
 from pipeline.cli.options import PATH, SIZES, reports_errors, show_warnings
@@ -27,7 +27,8 @@ __all__ = ["main"]
 def main(ctx: click.Context, debug: bool) -> None:
     """Brain-tumour segmentation of multi-modal MRI (BraTS) with MONAI.
 
-    Typical order: synth (or your own release) -> datalist -> preprocess -> train -> evaluate / predict.
+    Typical order: synth (or your own release) -> datalist -> preprocess -> train -> evaluate / predict;
+    raw scans of a new patient: prepare -> predict.
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -85,5 +86,5 @@ def demo(
     )
 
 
-for _command in (synth, datalist, preprocess, train, predict, evaluate, merge_shards, tune_postprocessing, demo, export_command):
+for _command in (synth, datalist, preprocess, prepare, train, predict, evaluate, merge_shards, tune_postprocessing, demo, export_command):
     main.add_command(_command)

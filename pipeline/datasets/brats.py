@@ -22,7 +22,7 @@ from pathlib import Path
 from pipeline.datasets.records import CaseRecord
 from pipeline.tasks.modalities import BRATS2023_SUFFIXES, MODALITIES
 
-__all__ = ["RELEASES", "Release", "find_case_prefix", "identify_release", "read_case_folder"]
+__all__ = ["RELEASES", "Release", "find_case_prefix", "identify_release", "is_prepared_case_extra", "read_case_folder"]
 
 
 #: NIfTI file endings the releases use (mirrors often ship uncompressed ``.nii``).
@@ -136,6 +136,13 @@ class FolderCase:
     problems: list[str] = field(default_factory=list)
 
 
+def is_prepared_case_extra(name: str, case_id: str) -> bool:
+    """Whether ``name`` is a file the ``prepare`` command writes beside a case's contrasts: the brain
+    mask ``<case>_brain_mask.nii.gz`` or a ``<case>_<channel>_to_<reference>.tfm`` transform (for
+    people checking the case in 3D Slicer; case reading ignores them without a warning)."""
+    return name == f"{case_id}_brain_mask.nii.gz" or (name.startswith(f"{case_id}_") and name.endswith(".tfm"))
+
+
 def _nifti_stem(name: str) -> str | None:
     for suffix in NIFTI_SUFFIXES:
         if name.endswith(suffix):
@@ -172,8 +179,8 @@ def read_case_folder(
     found: dict[str, list[Path]] = {}
     extra: list[Path] = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue  # operating-system metadata (.DS_Store, ._* resource forks), never case data
+        if entry.name.startswith(".") or is_prepared_case_extra(entry.name, case_id):
+            continue  # operating-system metadata (.DS_Store, ._* resource forks) or a prepared case's mask and transforms, never case data
         stem = _nifti_stem(entry.name)
         if entry.is_file() and stem in wanted:
             found.setdefault(wanted[stem], []).append(entry)

@@ -13,7 +13,7 @@ release:
    whose weights ship inside its wheel; nothing is downloaded) and the mask is applied to every
    contrast, so the background is exactly 0 as in BraTS files.
 
-The intensity normalisation stays in :func:`pipeline.preprocess.prepare_case` (z-score over the
+The intensity normalisation stays in :func:`pipeline.preprocessing.prepare.prepare_case` (z-score over the
 non-zero voxels), which reads the folder :func:`write_prepared` writes like any BraTS case.
 :func:`to_native` brings a label map on the prepared grid back onto a contrast's own grid.
 
@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +38,17 @@ import SimpleITK as sitk
 
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.io import save_sitk
+from pipeline.datasets.discovery import case_from_files, discover_case
+from pipeline.datasets.records import NIFTI
 
 __all__ = [
     "DEFAULT_REFERENCE",
     "PreparedScans",
     "extract_brain",
     "isotropic_grid",
+    "prepare_case_files",
     "prepare_scans",
+    "read_scan",
     "register_rigid",
     "resample_onto",
     "to_native",
@@ -56,12 +60,11 @@ logger = logging.getLogger(__name__)
 #: The contrast every other one is registered to (BraTS registers to T1ce).
 DEFAULT_REFERENCE = "t1ce"
 
-#: Multi-resolution schedule of :func:`register_rigid`: shrink factors, Gaussian sigmas (mm) and the
-#: fraction of the reference's voxels sampled for the metric, per level (about 100-200 thousand
-#: samples at every level for a 1 mm head).
+#: Multi-resolution schedule of :func:`register_rigid`: shrink factors and Gaussian sigmas (mm) per level.
 SHRINK_FACTORS = (4, 2, 1)
 SMOOTHING_SIGMAS_MM = (2.0, 1.0, 0.0)
-SAMPLING_FRACTIONS = (0.2, 0.1, 0.02)
+#: Voxels of the reference sampled for the metric at each level (all of them where it has fewer).
+METRIC_SAMPLES = 100_000
 
 
 @dataclass(frozen=True)
@@ -187,21 +190,23 @@ def _initial_transform(fixed: sitk.Image, moving: sitk.Image, method: sitk.Image
     return scanner if scores[0] <= scores[1] else centred
 
 
-def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, name: str = "moving image") -> sitk.Euler3DTransform:
+def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 1, name: str = "moving image") -> sitk.Euler3DTransform:
     """Rigid transform from ``fixed``'s physical space to ``moving``'s that best aligns their anatomy.
 
-    SimpleITK's ``ImageRegistrationMethod``: Mattes mutual information (50 bins, voxels sampled at
-    random with ``seed``, so a run is repeatable), regular-step gradient descent with scales from
-    physical shifts, a three-level pyramid (:data:`SHRINK_FACTORS`, :data:`SMOOTHING_SIGMAS_MM`,
-    :data:`SAMPLING_FRACTIONS`), starting from :func:`_initial_transform`. ``fixed`` is the one
+    SimpleITK's ``ImageRegistrationMethod``: Mattes mutual information (50 bins; at most
+    :data:`METRIC_SAMPLES` voxels per level, drawn at random with ``seed`` so that runs repeat:
+    SimpleITK takes a seed of 0 for "the wall clock"), regular-step gradient descent with scales
+    from physical shifts, a three-level pyramid (:data:`SHRINK_FACTORS`,
+    :data:`SMOOTHING_SIGMAS_MM`), starting from :func:`_initial_transform`. ``fixed`` is the one
     sampled, so the finer scan (the 1 mm reference) goes there.
 
     On a real BraTS case whose T1, T2 and FLAIR were moved by about 5 degrees and 4 mm and scanned
     at 1x1x5 mm, the transform found differs from the motion composed with the one found for the
-    same scan without motion by at most 0.35 mm and 0.15 degrees over the brain; plain gradient
-    descent stopped about 5 mm off. (The scans without motion themselves register 0.7-1.7 mm away
-    from the identity: BraTS's own contrasts are not aligned more closely than that, or the 5 mm
-    slices pull MI's optimum by as much; no ground truth tells the two apart.)
+    same scan without motion by 0.15-0.25 mm and at most 0.1 degrees over the brain (cropped to its
+    box; ``benchmarks/raw_scans.py`` on the whole case); plain gradient descent stopped about 5 mm
+    off. (The scans without motion themselves register 0.5-1.7 mm away from the identity: BraTS's
+    own contrasts are not aligned more closely than that, or the 5 mm slices pull MI's optimum by
+    as much; no ground truth tells the two apart.)
 
     Raises:
         InputError: naming ``name`` when the registration cannot run (e.g. no overlap of the images).
@@ -211,7 +216,8 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, seed: int = 0, name: s
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=50)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentagePerLevel(list(SAMPLING_FRACTIONS), seed)
+    voxels = [np.prod([max(1, n // shrink) for n in fixed.GetSize()]) for shrink in SHRINK_FACTORS]
+    method.SetMetricSamplingPercentagePerLevel([min(1.0, METRIC_SAMPLES / float(n)) for n in voxels], seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200, relaxationFactor=0.5)
     method.SetOptimizerScalesFromPhysicalShift()
@@ -367,7 +373,7 @@ def write_prepared(prepared: PreparedScans, out_dir: Path) -> dict[str, Path]:
 
     ``out_dir`` (created if needed) receives ``<name>_<channel>.nii.gz`` per channel, where
     ``<name>`` is the folder's name, so ``predict --input out_dir`` reads it as a case;
-    ``<name>_brain_mask.nii.gz`` when skull stripping ran; and
+    ``<name>_brain_mask.nii.gz`` when skull stripping ran (an earlier one is removed when it did not); and
     ``<name>_<channel>_to_<reference>.tfm`` per non-reference channel (ITK transform files:
     reference space -> channel space; in 3D Slicer, applying one to the channel's native scan
     aligns it with the reference).
@@ -380,9 +386,58 @@ def write_prepared(prepared: PreparedScans, out_dir: Path) -> dict[str, Path]:
     written: dict[str, Path] = {}
     for channel, volume in prepared.volumes.items():
         written[channel] = save_sitk(out_dir / f"{name}_{channel}.nii.gz", volume)
+    mask_path = out_dir / f"{name}_brain_mask.nii.gz"
     if prepared.brain_mask is not None:
-        written["brain_mask"] = save_sitk(out_dir / f"{name}_brain_mask.nii.gz", prepared.brain_mask)
+        written["brain_mask"] = save_sitk(mask_path, prepared.brain_mask)
+    else:
+        mask_path.unlink(missing_ok=True)  # an earlier preparation's mask would pass for these unmasked volumes
     for channel, transform in prepared.transforms.items():
         if channel != prepared.reference:
             written[f"{channel}_transform"] = save_sitk(out_dir / f"{name}_{channel}_to_{prepared.reference}.tfm", transform)
     return written
+
+
+def read_scan(path: Path) -> sitk.Image:
+    """One native scan (NIfTI, NRRD, MetaImage: any format SimpleITK reads), or a one-line :class:`InputError`."""
+    if not Path(path).is_file():
+        raise InputError(path, "file not found")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise InputError(path, f"cannot read the scan ({reason})") from err
+
+
+def prepare_case_files(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_dir: Path,
+    reference: str = DEFAULT_REFERENCE,
+    register: bool = True,
+    skull_strip: bool = True,
+    spacing: float = 1.0,
+) -> dict[str, Path]:
+    """Prepare one case stored as a file per contrast, and write the prepared case folder (the ``prepare`` command).
+
+    Args:
+        source: a case folder whose files are named like a BraTS release's (any release; a folder
+            not named after its case is recognised from its files), or the four contrast files
+            in canonical order (T1, T1ce, T2, FLAIR).
+        out_dir: the prepared case folder (:func:`write_prepared`); ``predict --input out_dir`` reads it.
+        reference, register, skull_strip, spacing: as :func:`prepare_scans`.
+
+    Returns:
+        The files written, as :func:`write_prepared` names them.
+
+    Raises:
+        InputError: for an unrecognised case, a missing or unreadable file, or a case stored as one 4D file.
+        ConfigError: for ``out_dir`` in the source's folder (source data is never written to), or as :func:`prepare_scans`.
+    """
+    is_folder = isinstance(source, (str, os.PathLike))
+    record = discover_case(source) if is_folder else case_from_files(source)
+    target = Path(out_dir).resolve()
+    if target in {Path(path).resolve().parent for path in record.images} or (is_folder and Path(source).resolve() in target.parents):
+        raise ConfigError(out_dir, "is the input case's folder or inside it; choose another folder (source data is never written to)")
+    if record.layout != NIFTI or record.channel_indices is not None:
+        raise InputError(record.images[0], "is not a volume per contrast; prepare reads one NIfTI file per contrast")
+    volumes = {channel: read_scan(path) for channel, path in zip(record.channels, record.images)}
+    return write_prepared(prepare_scans(volumes, reference=reference, register=register, skull_strip=skull_strip, spacing=spacing), out_dir)
