@@ -125,8 +125,7 @@ PRETRAINED_DIR  ?= runs/pretrained
 .PHONY: pretrained
 pretrained: $(VENV)/.installed  ## Re-train the bundle's pretrained model on the real patients of PRETRAINED_DATA and install it (about 1 h on 2 CPU cores; DEVICE, TRAIN_ARGS)
 	@mkdir -p $(PRETRAINED_DIR)/data
-	@for root in $(PRETRAINED_DATA); do for case in $$root/*/; do \
-	  if ls $$case | grep -q '_seg\.nii'; then ln -sfn "$$(cd $$case && pwd)" $(PRETRAINED_DIR)/data/$$(basename $$case); fi; done; done
+	@for case in $(foreach root,$(PRETRAINED_DATA),$(wildcard $(root)/*/*_seg.nii*)); do dir=$$(dirname $$case); ln -sfn "$$(cd $$dir && pwd)" $(PRETRAINED_DIR)/data/$$(basename $$dir); done
 	$(CLI) datalist --data-root $(PRETRAINED_DIR)/data --out $(PRETRAINED_DIR)/datalist.json --folds 11 --test-fraction 0 --seed 0
 	$(CLI) preprocess --datalist $(PRETRAINED_DIR)/datalist.json --cache $(PRETRAINED_DIR)/cache --workers $(WORKERS)
 	$(CLI) train --datalist $(PRETRAINED_DIR)/datalist.json --cache $(PRETRAINED_DIR)/cache --fold 0 --device $(DEVICE) --out $(PRETRAINED_DIR)/run $(TRAIN_ARGS)

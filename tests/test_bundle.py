@@ -47,9 +47,11 @@ def test_bundle_layout_follows_the_specification():
         assert (CONFIGS / name).is_file(), name
     assert (BUNDLE / "docs" / "README.md").is_file()
     assert (BUNDLE / "LICENSE").read_text().lstrip().startswith("Apache License")
-    # models/ is produced by training and never committed
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(BUNDLE / "models" / "model.pt")], cwd=REPO)
-    assert ignored.returncode == 0
+    # models/ holds the shipped pretrained weights (committed); anything else there (exports, training state) is not
+    shipped = subprocess.run(["git", "check-ignore", "-q", str(BUNDLE / "models" / "model.pt")], cwd=REPO)
+    assert shipped.returncode == 1
+    for other in ("model.ts", "model.onnx", "latest.pt"):
+        assert subprocess.run(["git", "check-ignore", "-q", str(BUNDLE / "models" / other)], cwd=REPO).returncode == 0, other
     for name in ("train.yaml", "evaluate.yaml", "inference.yaml", "multi_gpu_train.yaml", "gpu_train.yaml", "demo.yaml"):
         assert isinstance(yaml.safe_load((CONFIGS / name).read_text()), dict), name
 
