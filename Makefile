@@ -43,8 +43,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed  ## Create .venv and install the project (CPU PyTorch unless TORCH_SPEC says otherwise)
 
-test: $(VENV)/.installed  ## Install what the tests need, then run the whole test suite
-	$(BIN)/python -m pytest
+# TEST_WORKERS: pytest-xdist processes (auto: one per CPU core; 1: in this process, no xdist)
+TEST_WORKERS ?= auto
+test: $(VENV)/.installed  ## Install what the tests need, then run the whole test suite (TEST_WORKERS processes)
+	$(BIN)/python -m pytest $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 synth: $(VENV)/.installed  ## Generate the synthetic BraTS-like cohort (SYNTH_DIR, SYNTH_CASES, SYNTH_SIZE)
 	$(CLI) synth --out $(SYNTH_DIR) --cases $(SYNTH_CASES) --seed $(SYNTH_SEED) --size $(SYNTH_SIZE)
