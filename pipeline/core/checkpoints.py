@@ -13,7 +13,6 @@ so a pickled object is refused and its code never runs); weights go into a netwo
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -28,7 +27,6 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.io import atomic_path
 
 __all__ = [
-    "file_sha256",
     "AS_TRAINING_STATE",
     "AS_WEIGHTS",
     "BEST",
@@ -246,12 +244,3 @@ def decide_resume(ckpt_dir: str | os.PathLike[str], resume: bool, same_configura
     if same_configuration:
         return True
     raise ConfigError(latest, REFUSED_RUN_DIR)
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file (hex), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -28,9 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.checkpoints import file_sha256
 from pipeline.core.errors import ConfigError, PipelineError, unwrap_pipeline_errors
-from pipeline.core.io import write_json
+from pipeline.core.io import file_sha256, write_json
 from pipeline.core.paths import BUNDLE_DIR
 from pipeline.inference.postprocess import PostProcessing, task_postprocessing
 

@@ -37,7 +37,12 @@ from pipeline.core.io import save_sitk
 from pipeline.datasets.dicom import read_study, require_dicom_extra
 from pipeline.inference.dicom_seg import write_dicom_seg
 from pipeline.inference.model import case_record, output_convention
-from pipeline.inference.writers import probability_filename, segmentation_filename, write_probabilities, write_segmentation
+from pipeline.inference.writers import (
+    probability_filename,
+    segmentation_filename,
+    write_probabilities,
+    write_segmentation,
+)
 from pipeline.preprocessing.raw_scans import prepare_scans, to_native, write_prepared
 from pipeline.tasks import written_convention
 

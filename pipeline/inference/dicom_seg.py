@@ -27,7 +27,12 @@ import SimpleITK as sitk
 
 from pipeline.core.errors import InputError
 from pipeline.core.io import atomic_path
-from pipeline.datasets.dicom import DicomSeries, require_dicom_extra, slice_positions, volume_to_image
+from pipeline.datasets.dicom import (
+    DicomSeries,
+    require_dicom_extra,
+    slice_positions,
+    volume_to_image,
+)
 from pipeline.tasks import Task
 
 try:  # the dicom extra (see pipeline.datasets.dicom.require_dicom_extra)

@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.core.checkpoints import file_sha256, load_weights
+from pipeline.core.checkpoints import load_weights
 from pipeline.core.errors import ConfigError
-from pipeline.core.io import atomic_path
+from pipeline.core.io import atomic_path, file_sha256
 from pipeline.core.paths import BUNDLE_DIR
 from pipeline.inference.config import WEIGHTS_SHA256_KEY, model_parser, parsed
 from pipeline.networks import input_channels, output_channels, spatial_divisor

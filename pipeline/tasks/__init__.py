@@ -6,7 +6,6 @@ in :mod:`pipeline.tasks.conventions` and :mod:`pipeline.tasks.labels`, channel n
 :mod:`pipeline.tasks.modalities`.
 """
 
-from pipeline.tasks.labels import written_convention
 from pipeline.tasks import task as _task
 from pipeline.tasks.labels import written_convention
 from pipeline.tasks.task import *  # noqa: F403 (the task API, as the former pipeline.tasks module held it)
