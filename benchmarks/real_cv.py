@@ -1,6 +1,6 @@
 """Cross-validate the pipeline on the 21 labelled real BraTS patients, next to a plain 2.5D UNet trained for the same CPU time.
 
-    python -m benchmarks.real_cv [--folds 5] [--max-folds N] [--epochs 20] [--set KEY=VALUE ...] [--config FILE ...]
+    python -m benchmarks.real_cv [--folds 5] [--max-folds N | --fold K ...] [--epochs 12] [--set KEY=VALUE ...] [--config FILE ...]
                                  [--checkpoint best|last] [--tta] [--label NAME] [--device cpu|cuda]
     make bench-real FOLDS=5 EPOCHS=20 ARGS="--label wide --set channels=[32,64,128,256]"
 
@@ -260,7 +260,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.real_cv", description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help=f"patient-level folds (default {DEFAULT_FOLDS}: 4 or 5 of the 21 patients held out per fold)")
     parser.add_argument("--max-folds", type=int, default=None, metavar="N", help="run only the first N folds (a quicker, partial cross-validation)")
-    parser.add_argument("--epochs", type=int, default=20, help="pipeline training epochs per fold (default 20)")
+    parser.add_argument(
+        "--fold",
+        dest="only_folds",
+        type=int,
+        action="append",
+        default=[],
+        metavar="K",
+        help="run only fold K of the split (repeatable; 0-based): parts of one cross-validation run side by side and --merge joins them",
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="pipeline training epochs per fold (default: the training config's, train.yaml's 12)")
     parser.add_argument("--mode", default="2.5d", choices=("2d", "2.5d", "3d"), help="pipeline training mode (default 2.5d)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="bundle override passed to train (repeatable)")
     parser.add_argument("--config", action="append", type=Path, default=[], metavar="FILE", help="bundle override file passed to train (repeatable)")
@@ -297,8 +306,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK_DIR, help="links, data list, cache and runs (default benchmarks/work)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON and markdown go (default benchmarks/results)")
     args = parser.parse_args(argv)
-    if args.epochs < 1:
+    if args.epochs is not None and args.epochs < 1:
         parser.error("--epochs must be at least 1")
+    if any(not 0 <= k < args.folds for k in args.only_folds):
+        parser.error(f"--fold must lie in 0..{args.folds - 1}")
     if args.max_folds is not None and args.max_folds < 1:
         parser.error("--max-folds must be at least 1")
     if args.no_baseline and args.baseline_from:
@@ -322,19 +333,22 @@ def _log(message: str) -> None:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
     """The whole benchmark; the results JSON, or ``None`` when the real data are absent."""
-    from pipeline.training.workflow import parse_overrides
+    from pipeline.training.workflow import configured, parse_overrides
 
     check_device(args.device)
     overrides = parse_overrides(args.overrides)
     for path in args.config:
         if not path.is_file():
             raise ConfigError(path, "--config: file not found")
+    args.epochs = int(configured(args.epochs, "epochs", args.config, overrides))
     shared = find_shared_data(args.shared_data)
     cases = labelled_cases(shared, args.sources)
     if len(cases) < 3:
         print(f"skipped: real data not found at {shared} (needs labelled cases in {', '.join(args.sources)})")
         return None
     folds = make_folds(list(cases), args.folds, args.val_cases, args.seed)[: args.max_folds]
+    if args.only_folds:
+        folds = [fold for fold in folds if fold.index in set(args.only_folds)]
     baseline_rows, baseline_timing = _reused_baseline(args.baseline_from, folds) if args.baseline_from else ([], {})
     started = datetime.now(timezone.utc)
     stamp = f"{started:%Y-%m-%d}-{args.label}"
@@ -377,7 +391,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
         "command_line": shlex.join([Path(sys.executable).name, "-m", "benchmarks.real_cv", *argv]),
         "settings": {
-            "folds": args.folds, "max_folds": args.max_folds, "epochs": args.epochs, "mode": args.mode, "overrides": overrides, "config_files": [str(p) for p in args.config],
+            "folds": args.folds, "max_folds": args.max_folds, "only_folds": sorted(args.only_folds), "epochs": args.epochs, "mode": args.mode, "overrides": overrides, "config_files": [str(p) for p in args.config],
             "val_cases": args.val_cases, "checkpoint": args.checkpoint, "tta": args.tta, "device": args.device, "seed": args.seed,
             "baseline": "none" if args.no_baseline else f"reused from {args.baseline_from}" if args.baseline_from else "measured",
             "task_arm": None if task_arm is None else task_arm.to_dict(),
