@@ -155,9 +155,8 @@ bench-resources: $(VENV)/.installed  ## Memory and time of every shipped configu
 FOLDS       ?= 5
 ARGS        ?=
 .PHONY: bench-real
-bench-real: EPOCHS = 20
-bench-real: $(VENV)/.installed  ## Cross-validate on the 21 real BraTS patients (FOLDS=5, EPOCHS=20, DEVICE; ARGS="--label NAME --set key=value --checkpoint last --tta")
-	$(BIN)/python -m benchmarks.real_cv --folds $(FOLDS) --epochs $(EPOCHS) --device $(DEVICE) $(ARGS)
+bench-real: $(VENV)/.installed  ## Cross-validate on the 21 real BraTS patients (FOLDS=5, EPOCHS: train.yaml's 12, DEVICE; ARGS="--label NAME --set key=value --fold K --tta")
+	$(BIN)/python -m benchmarks.real_cv --folds $(FOLDS) $(if $(EPOCHS),--epochs $(EPOCHS)) --device $(DEVICE) $(ARGS)
 
 # PLANAR=kaggle (Kaggle LGG, ../shared/data/lgg_kaggle_3m) or pairs (../shared/data/png_pairs)
 PLANAR      ?= kaggle

@@ -2,7 +2,9 @@
 
     python -m benchmarks.real_cv [--folds 5] [--max-folds N | --fold K ...] [--epochs 12] [--set KEY=VALUE ...] [--config FILE ...]
                                  [--checkpoint best|last] [--tta] [--label NAME] [--device cpu|cuda]
-    make bench-real FOLDS=5 EPOCHS=20 ARGS="--label wide --set channels=[32,64,128,256]"
+    make bench-real FOLDS=5 ARGS="--label wide --set channels=[32,64,128,256]"
+    python -m benchmarks.real_cv --fold 0 --fold 1 --label cv-a & python -m benchmarks.real_cv --fold 2 --label cv-b & ...
+    python -m benchmarks.real_cv --merge benchmarks/results/real_cv-*-cv-?.json --label cv
 
 The labelled case folders of ``../shared/data/real_brats``, ``real_brats_train`` and
 ``real_brats_more`` (:data:`SOURCE_FOLDERS`: 2 + 5 + 14 patients; ``$BRATS_SHARED_DATA`` or
@@ -10,7 +12,8 @@ The labelled case folders of ``../shared/data/real_brats``, ``real_brats_train``
 linked under ``WORK/data`` and listed and preprocessed once into ``WORK/datalist.json`` and
 ``WORK/cache`` (reused by later runs). The patients are dealt into ``--folds`` patient-level folds
 (default 5: 4 or 5 held out per fold; :mod:`benchmarks.cv_folds`); ``--max-folds N`` runs the
-first N only. For each fold, with its own data list in which the held-out patients are the
+first N only, ``--fold K`` (repeatable) the folds named, so that parts of one split run side by side
+(each part trains one process at a time) and ``--merge`` joins their results into one. For each fold, with its own data list in which the held-out patients are the
 ``test`` split:
 
 1. pipeline arm: ``python -m pipeline train`` (the bundle's default config, ``--epochs``,
@@ -293,6 +296,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "real_brats,real_brats_train is the 7-patient cohort of the results before the 21)",
     )
     parser.add_argument("--label", default="default", help="names the run in the results file name")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="RESULT.json",
+        help="train nothing: join the results of --fold runs of one split (same settings, disjoint folds) into one result named by --label",
+    )
     parser.add_argument("--baseline-from", type=Path, default=None, metavar="RESULT.json", help="reuse the baseline rows of an earlier result with the same folds")
     parser.add_argument("--no-baseline", action="store_true", help="run the pipeline arm only")
     parser.add_argument(
@@ -351,7 +362,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         folds = [fold for fold in folds if fold.index in set(args.only_folds)]
     baseline_rows, baseline_timing = _reused_baseline(args.baseline_from, folds) if args.baseline_from else ([], {})
     started = datetime.now(timezone.utc)
-    stamp = f"{started:%Y-%m-%d}-{args.label}"
     runs = args.work / "runs" / f"{started:%Y%m%dT%H%M%S}-{args.label}"
     _log(f"{len(cases)} labelled patients from {shared}; preparing the cohort in {args.work}")
     datalist = prepare_cohort(cases, args.work)
@@ -363,11 +373,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
     for fold in folds:
         folder = runs / f"fold{fold.index}"
         fold_list = write_fold_datalist(datalist, fold, folder / "datalist.json")
-        _log(f"fold {fold.index + 1}/{len(folds)}: test {', '.join(fold.test)}; validation {', '.join(fold.validation)}; pipeline training")
+        _log(f"fold {fold.index} ({folds.index(fold) + 1}/{len(folds)}): test {', '.join(fold.test)}; validation {', '.join(fold.validation)}; pipeline training")
         fold_rows, timing["pipeline"][fold.index] = run_pipeline_arm(fold, fold_list, args.work / "cache", folder, args)
         rows += fold_rows
         if task_arm is not None:
-            _log(f"fold {fold.index + 1}/{len(folds)}: {task_arm.name} training")
+            _log(f"fold {fold.index}: {task_arm.name} training")
             task_list = write_fold_datalist(task_datalist, fold, folder / f"datalist-{task_arm.name}.json")
             task_rows, timing[task_arm.name][fold.index] = run_pipeline_arm(
                 fold, task_list, task_paths(args.work, task_arm)[1], folder, args, arm=task_arm.name, scored_on=fold_list
@@ -375,11 +385,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
             rows += task_rows
         seconds = timing["pipeline"][fold.index][f"train_{args.budget}_s"]
         if not (args.no_baseline or args.baseline_from):
-            _log(f"fold {fold.index + 1}/{len(folds)}: pipeline trained in {seconds:.0f} {args.budget} s; baseline for the same {args.budget} time")
+            _log(f"fold {fold.index}: pipeline trained in {seconds:.0f} {args.budget} s; baseline for the same {args.budget} time")
             fold_rows, timing["baseline"][fold.index] = run_baseline_arm(fold, fold_list, folder, seconds, args.device, args.budget)
             baseline_rows += fold_rows
         fold_means = arm_means([row for row in rows + baseline_rows if row["fold"] == fold.index])
-        _log(f"fold {fold.index + 1}/{len(folds)} done: WT Dice " + ", ".join(f"{arm} {m['dice_WT']:+.3f}" for arm, m in fold_means.items()))
+        _log(f"fold {fold.index} done: WT Dice " + ", ".join(f"{arm} {m['dice_WT']:+.3f}" for arm, m in fold_means.items()))
     rows += baseline_rows
     means = arm_means(rows)
     correlation = uncertainty_rank_correlation(rows)
@@ -405,7 +415,74 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         "confusion": arm_confusions(rows),
         "uncertainty_dice_spearman": correlation,
     }
-    path = args.results_dir / f"real_cv-{machine_name(machine)}-{stamp}.json"
+    return write_report(report, args.results_dir)
+
+
+#: Settings that may differ between the parts :func:`merge_results` joins.
+_PART_SETTINGS = ("only_folds", "max_folds")
+
+
+def merge_results(paths: Sequence[Path], label: str, command_line: str) -> dict[str, Any]:
+    """One result from the results of several ``--fold`` runs of the same split, run side by side.
+
+    The parts must share the data, the machine and every setting but the folds they ran, and no
+    fold may appear twice (:class:`ConfigError` naming the part otherwise). Rows, timings and
+    folds are joined in fold order; means, label confusion and the uncertainty correlation are
+    computed again over all rows. ``started`` is the earliest part's start and ``seconds`` the wall
+    time from it to the last part's end; ``parts`` keeps each part's file, command line and times.
+    """
+    if len(paths) < 2:
+        raise ConfigError(paths[0] if paths else "--merge", "--merge needs the results of at least two --fold runs")
+    parts = []
+    for path in paths:
+        try:
+            parts.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as err:
+            raise ConfigError(path, f"not a readable results file ({err})") from None
+    first = parts[0]
+
+    def comparable(report: dict[str, Any]) -> tuple:
+        settings = {key: value for key, value in report["settings"].items() if key not in _PART_SETTINGS}
+        return report.get("format_version"), settings, report["data"]["cases"], machine_name(report["machine"])
+
+    seen: dict[int, Path] = {}
+    for path, part in zip(paths, parts):
+        if comparable(part) != comparable(first):
+            raise ConfigError(path, f"its settings, data or machine differ from {paths[0]}'s: only --fold runs of one split can be merged")
+        for fold in part["folds"]:
+            if fold["fold"] in seen:
+                raise ConfigError(path, f"fold {fold['fold']} is also in {seen[fold['fold']]}")
+            seen[fold["fold"]] = path
+    folds = sorted((fold for part in parts for fold in part["folds"]), key=lambda fold: fold["fold"])
+    all_rows = [row for part in parts for row in part["rows"]]
+    arms = list(dict.fromkeys(row["arm"] for row in all_rows))
+    rows = sorted(all_rows, key=lambda row: (arms.index(row["arm"]), row["fold"]))
+    timing: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for arm, per_fold in part["timing"].items():
+            timing.setdefault(arm, {}).update({str(fold): times for fold, times in per_fold.items()})
+    starts = [datetime.fromisoformat(part["started"]) for part in parts]
+    end = max(start.timestamp() + part["seconds"] for start, part in zip(starts, parts))
+    return {
+        **first,
+        "label": label,
+        "started": min(starts).isoformat(timespec="seconds"),
+        "seconds": round(end - min(starts).timestamp(), 1),
+        "command_line": command_line,
+        "parts": [{"file": Path(path).name, "command_line": part["command_line"], "started": part["started"], "seconds": part["seconds"]} for path, part in zip(paths, parts)],
+        "settings": {**first["settings"], "only_folds": sorted(seen), "max_folds": None},
+        "folds": folds,
+        "timing": timing,
+        "rows": rows,
+        "means": arm_means(rows),
+        "confusion": arm_confusions(rows),
+        "uncertainty_dice_spearman": uncertainty_rank_correlation(rows),
+    }
+
+
+def write_report(report: dict[str, Any], results_dir: Path) -> Path:
+    """Write the result's JSON and markdown as ``real_cv-<machine>-<date>-<label>``; the JSON's path."""
+    path = results_dir / f"real_cv-{machine_name(report['machine'])}-{report['started'][:10]}-{report['label']}.json"
     write_json(path, report)
     markdown = report_markdown(report)
     write_text(path.with_suffix(".md"), markdown)
@@ -430,6 +507,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     rows, machine, data = report["rows"], report["machine"], report["data"]
     gpu = f", GPU {machine['gpu']['name']}" if machine.get("gpu") else ""
     lines = [f"## Real-data cross-validation: {report['label']}", "", f"`{report['command_line']}`", ""]
+    if report.get("parts"):
+        lines += ["Joined from runs side by side on the same machine:", ""]
+        lines += [f"- `{part['command_line']}` (started {part['started']}, {part['seconds']:.0f} s)" for part in report["parts"]]
+        lines.append("")
     lines += [f"Started {report['started']}, {report['seconds']:.0f} s in all, on {machine['cpu_model']} ({machine['cpu_cores']} cores{gpu}).", ""]
     lines += [f"### Data: {len(data['cases'])} labelled patients from `{data['shared_data']}`", ""]
     lines += [f"- `{source}` ({len(cases)}): {', '.join(cases)}" for source, cases in data["sources"].items()]
@@ -454,7 +535,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse_args(argv)
     try:
-        path = run(args, argv)
+        if args.merge:
+            command = shlex.join([Path(sys.executable).name, "-m", "benchmarks.real_cv", *argv])
+            path = write_report(merge_results(args.merge, args.label, command), args.results_dir)
+        else:
+            path = run(args, argv)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -340,3 +340,42 @@ def test_a_run_over_the_three_source_folders_reports_structures_and_label_confus
     ):
         assert expected in markdown, expected
     assert "### Label confusion" in capsys.readouterr().out
+
+
+def test_fold_runs_side_by_side_merge_into_the_run_of_both_folds(tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--fold 0`` and ``--fold 1`` joined by ``--merge`` give the rows, means and confusion of one ``--max-folds 2`` run; bad joins are refused."""
+    from benchmarks.real_cv import merge_results
+
+    shared = tmp_path / "shared" / "real_brats_more"
+    shared.mkdir(parents=True)
+    for case in sorted(c for c in tiny_cohort.iterdir() if c.is_dir()):
+        (shared / case.name).symlink_to(case, target_is_directory=True)
+    _untrained_arms(monkeypatch)
+    common = ["--shared-data", str(shared.parent), "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
+    assert main([*common, "--max-folds", "2", "--label", "both"]) == 0
+    assert main([*common, "--fold", "1", "--label", "one"]) == 0
+    assert main([*common, "--fold", "0", "--label", "zero"]) == 0
+    results = tmp_path / "results"
+    (both,), (zero,), (one,) = (list(results.glob(f"real_cv-*-{label}.json")) for label in ("both", "zero", "one"))
+    assert [fold["fold"] for fold in json.loads(one.read_text())["folds"]] == [1]
+    assert json.loads(zero.read_text())["settings"]["epochs"] == 12  # train.yaml's, not a benchmark default
+
+    assert main(["--merge", str(one), str(zero), "--label", "joined", "--results-dir", str(results)]) == 0
+    (joined,) = results.glob("real_cv-*-joined.json")
+    whole, merged = json.loads(both.read_text()), json.loads(joined.read_text())
+    assert merged["folds"] == whole["folds"] and merged["settings"]["only_folds"] == [0, 1]
+    assert merged["rows"] == whole["rows"]
+    assert merged["means"] == whole["means"] and merged["confusion"] == whole["confusion"]
+    assert set(merged["timing"]["pipeline"]) == {"0", "1"} and [part["file"] for part in merged["parts"]] == [one.name, zero.name]
+    markdown = joined.with_suffix(".md").read_text()
+    assert "Joined from runs side by side" in markdown and "--fold 1 --label one" in markdown and "### Folds (2 of 5, seed 0)" in markdown
+
+    with pytest.raises(ConfigError, match="fold 0 is also in"):
+        merge_results([zero, both], "twice", "merge")
+    other = json.loads(zero.read_text())
+    other["settings"]["epochs"] = 3
+    (results / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="settings, data or machine differ"):
+        merge_results([one, results / "other.json"], "mixed", "merge")
+    assert main(["--merge", str(one), str(tmp_path / "missing.json"), "--label", "x", "--results-dir", str(results)]) == 1
+    assert not list(results.glob("real_cv-*-x.json"))
