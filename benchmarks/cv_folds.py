@@ -17,7 +17,7 @@ from pipeline.datasets.datalist import assign_folds, load_datalist
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_json
 
-__all__ = ["Fold", "make_folds", "result_run_folder", "write_fold_datalist"]
+__all__ = ["Fold", "fold_run_folder", "make_folds", "result_run_folder", "write_fold_datalist"]
 
 #: Fold numbers written into a per-fold data list: test (held out), validation, training.
 TEST_FOLD, VALIDATION_FOLD, TRAINING_FOLD = -1, 0, 1
@@ -109,3 +109,11 @@ def result_run_folder(result: dict) -> Path:
     """The folder of a ``benchmarks.real_cv`` result's fold runs (``WORK/runs/<start>-<label>``, as the run named it)."""
     stamp = result["started"][:19].replace("-", "").replace(":", "")
     return Path(result["data"]["work"]) / "runs" / f"{stamp}-{result['label']}"
+
+
+def fold_run_folder(result: dict, fold: int) -> Path:
+    """Fold ``fold``'s folder (``datalist.json``, ``pipeline/``, ``pipeline_eval/``) of a result, or of the part of a merged result that ran it."""
+    for part in result.get("parts", ()):
+        if fold in part["folds"]:
+            return result_run_folder({"started": part["started"], "label": part["label"], "data": result["data"]}) / f"fold{fold}"
+    return result_run_folder(result) / f"fold{fold}"

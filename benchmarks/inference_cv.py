@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.cv_folds import result_run_folder
+from benchmarks.cv_folds import fold_run_folder
 from benchmarks.cv_scoring import case_row
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_json, write_text
@@ -43,8 +43,8 @@ MEAN_COLUMNS: tuple[str, ...] = tuple(f"{m}_{s}" for m in ("dice", "lesion_dice"
 
 def fold_runs(result: dict) -> list[tuple[int, Path, Path]]:
     """``(fold, run folder, fold data list)`` of every fold of a real_cv result's pipeline arm."""
-    folder = result_run_folder(result)
-    return [(int(f["fold"]), folder / f"fold{f['fold']}" / "pipeline", folder / f"fold{f['fold']}" / "datalist.json") for f in result["folds"]]
+    folders = {int(f["fold"]): fold_run_folder(result, int(f["fold"])) for f in result["folds"]}
+    return [(fold, folder / "pipeline", folder / "datalist.json") for fold, folder in folders.items()]
 
 
 def score_variant(runs: Sequence[tuple[int, Path, Path]], checkpoint: str, tta: bool, out: Path, device: str = "cpu") -> tuple[list[dict], float]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.cv_folds import result_run_folder
+from benchmarks.cv_folds import fold_run_folder
 from pipeline.datasets.datalist import load_datalist
 from pipeline.core.errors import PipelineError
 from pipeline.evaluation.evaluate import PREDICTIONS_DIR, read_internal_labels
@@ -48,10 +48,9 @@ LESION_SIZES: tuple[int, ...] = (0, 50, 100, 200, 500, 1000)
 
 def out_of_fold_pairs(result: dict) -> list[tuple]:
     """``(predicted, truth)`` internal labels of every held-out patient of the result's pipeline arm."""
-    folder = result_run_folder(result)
     pairs = []
     for fold in result["folds"]:
-        fold_dir = folder / f"fold{fold['fold']}"
+        fold_dir = fold_run_folder(result, int(fold["fold"]))
         for record in load_datalist(fold_dir / "datalist.json").cases("test"):
             seg = fold_dir / "pipeline_eval" / PREDICTIONS_DIR / segmentation_filename(record.case_id)
             predicted, _ = read_internal_labels(seg, record.label_convention)

@@ -469,7 +469,10 @@ def merge_results(paths: Sequence[Path], label: str, command_line: str) -> dict[
         "started": min(starts).isoformat(timespec="seconds"),
         "seconds": round(end - min(starts).timestamp(), 1),
         "command_line": command_line,
-        "parts": [{"file": Path(path).name, "command_line": part["command_line"], "started": part["started"], "seconds": part["seconds"]} for path, part in zip(paths, parts)],
+        "parts": [
+            {"file": Path(path).name, "label": part["label"], "folds": [fold["fold"] for fold in part["folds"]], "command_line": part["command_line"], "started": part["started"], "seconds": part["seconds"]}
+            for path, part in zip(paths, parts)
+        ],
         "settings": {**first["settings"], "only_folds": sorted(seen), "max_folds": None},
         "folds": folds,
         "timing": timing,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import baseline_unet25d as baseline
-from benchmarks.cv_folds import make_folds, write_fold_datalist
+from benchmarks.cv_folds import fold_run_folder, make_folds, write_fold_datalist
 from benchmarks.cv_scoring import ROW_METRICS, UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
 from benchmarks.real_cv import _reused_baseline, labelled_cases, main, patients_by_source
 from pipeline.datasets.datalist import load_datalist
@@ -367,6 +367,9 @@ def test_fold_runs_side_by_side_merge_into_the_run_of_both_folds(tiny_cohort: Pa
     assert merged["rows"] == whole["rows"]
     assert merged["means"] == whole["means"] and merged["confusion"] == whole["confusion"]
     assert set(merged["timing"]["pipeline"]) == {"0", "1"} and [part["file"] for part in merged["parts"]] == [one.name, zero.name]
+    for fold, part in ((0, zero), (1, one)):  # the post-hoc benchmarks find each fold's run in the part that trained it
+        folder = fold_run_folder(merged, fold)
+        assert folder == fold_run_folder(json.loads(part.read_text()), fold) and (folder / "datalist.json").is_file() and (folder / "pipeline_eval").is_dir()
     markdown = joined.with_suffix(".md").read_text()
     assert "Joined from runs side by side" in markdown and "--fold 1 --label one" in markdown and "### Folds (2 of 5, seed 0)" in markdown
 
