@@ -65,7 +65,7 @@ from benchmarks.machine import check_device, describe_machine, machine_name
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.io import write_json, write_text
 
-__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "patients_by_source", "report_markdown", "prepare_cohort", "run_child", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "main"]
+__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "patients_by_source", "report_markdown", "prepare_cohort", "run_child", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "merge_results", "write_report", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
