@@ -7,8 +7,9 @@ post-processing off; the out-of-fold predictions of all folds are pooled and
 
 1. ``keep_largest`` WT: only the largest whole-tumour component (yes/no);
 2. ``min_component_voxels`` WT: whole-tumour components below a size removed;
-3. ``min_et_voxels``: a total ET below a threshold relabelled as NEC;
-4. ``min_component_voxels`` TC, then ET.
+3. ``fill_core_holes``: voxels the predicted core encloses labelled NEC (none, 3d, slices);
+4. ``min_et_voxels``: a total ET below a threshold relabelled as NEC;
+5. ``min_component_voxels`` TC, then ET.
 
 Each step tries its candidates on top of the settings kept so far and keeps the best one only if
 it raises the mean Dice, over the cases, of the regions the step can change (a WT step: WT, TC and
@@ -45,7 +46,7 @@ from pipeline.inference.config import (
     write_run_postprocessing,
 )
 from pipeline.inference.model import load_model
-from pipeline.inference.postprocess import PostProcessing
+from pipeline.inference.postprocess import CORE_HOLE_MODES, PostProcessing
 from pipeline.tasks.labels import labels_to_regions
 from pipeline.tasks.task import DEFAULT_TASK
 
@@ -138,6 +139,7 @@ def _steps(component_sizes: Sequence[int], et_thresholds: Sequence[int]) -> tupl
     return (
         _Step("keep_largest WT", (False, True), ("TC", "WT", "ET"), _keep_largest("WT")),
         _Step("min_component_voxels WT", sizes, ("TC", "WT", "ET"), _min_component("WT")),
+        _Step("fill_core_holes", CORE_HOLE_MODES, ("TC", "WT"), lambda post, mode: replace(post, fill_core_holes=mode)),
         _Step("min_et_voxels", thresholds, ("ET",), lambda post, voxels: replace(post, min_et_voxels=int(voxels))),
         _Step("min_component_voxels TC", sizes, ("TC", "ET"), _min_component("TC")),
         _Step("min_component_voxels ET", sizes, ("ET",), _min_component("ET")),
@@ -169,7 +171,7 @@ class PostProcessingChoice:
         post = self.postprocessing
         sizes = {name: size for name, size in post.min_component_voxels.items() if size}
         settings = (
-            f"keep_largest {list(post.keep_largest)}, min_component_voxels {sizes or 0}, min_et_voxels {post.min_et_voxels}"
+            f"keep_largest {list(post.keep_largest)}, min_component_voxels {sizes or 0}, fill_core_holes {post.fill_core_holes}, min_et_voxels {post.min_et_voxels}"
             if not post.is_identity
             else "none (no step raised the mean Dice)"
         )

@@ -11,6 +11,12 @@ and decodes them back with :meth:`pipeline.tasks.task.Task.regions_to_labels`, s
 A task without regions edits its scored structures, and a voxel removed from one becomes
 background (for a one-class task, such as the whole tumour, that is the only choice).
 
+Then, with ``fill_core_holes``, every voxel the predicted tumour core (NEC and ET) encloses becomes
+NEC: necrosis lies inside the enhancing rim, and a network that sees it as edema or background
+leaves a hole in the core. ``slices`` fills the holes of each axial slice (the last axis of the
+RAS-ordered cache grid the model's labels are in), ``3d`` only holes closed in every direction;
+the real-data cross-validation chose ``slices`` (docs/results.md).
+
 Finally, as the BraTS winners do (nnU-Net, BraTS 2020), a prediction whose whole ET volume is
 below a threshold is relabelled as NEC: a few enhancing voxels are far more often a false
 positive than a real tiny enhancing tumour, and an empty ET scores Dice 1 when the ground truth
@@ -39,20 +45,26 @@ from dataclasses import dataclass, field
 
 import cc3d
 import numpy as np
+from scipy import ndimage
 
 from pipeline.core.errors import ConfigError
 from pipeline.tasks.labels import ET, NEC
 from pipeline.tasks.task import Task, TaskSpec, resolve_task
 
 __all__ = [
+    "CORE_HOLE_MODES",
     "PostProcessing",
     "edited_structures",
+    "fill_core_holes",
     "keep_largest_component",
     "necrosis_class",
     "relabel_small_enhancing_tumour",
     "remove_small_components",
     "task_postprocessing",
 ]
+
+#: ``fill_core_holes`` settings: off, holes closed in 3D, holes of each slice along the last axis.
+CORE_HOLE_MODES: tuple[str, ...] = ("none", "3d", "slices")
 
 #: Classes a tiny ET is relabelled as, by name (BraTS glioma NEC; BraTS 2024 NETC).
 _NECROSIS_CLASSES: tuple[str, ...] = ("NEC", "NETC")
@@ -87,6 +99,26 @@ def keep_largest_component(mask: np.ndarray, connectivity: int = 26) -> np.ndarr
     return cc3d.largest_k(mask, k=1, connectivity=connectivity).astype(bool)
 
 
+def fill_core_holes(seg: np.ndarray, mode: str = "slices", et: int = ET, necrosis: int = NEC) -> np.ndarray:
+    """Label every voxel that the tumour core (labels ``necrosis`` and ``et``) encloses as ``necrosis``.
+
+    A hole is a region of other labels cut off from the border by the core
+    (``scipy.ndimage.binary_fill_holes``): of the volume, 6-connected, for ``mode="3d"``; of each
+    slice along the last axis, 4-connected in the slice, for ``"slices"``; ``"none"`` changes nothing.
+    """
+    if mode not in CORE_HOLE_MODES:
+        raise ConfigError("postprocessing", f"fill_core_holes must be one of {list(CORE_HOLE_MODES)}, got {mode!r}")
+    seg = np.array(seg, dtype=np.uint8, copy=True)
+    core = (seg == et) | (seg == necrosis)
+    if mode == "none" or not core.any():
+        return seg
+    structure = ndimage.generate_binary_structure(3, 1)
+    if mode == "slices":
+        structure[:, :, (0, 2)] = False  # no connection across slices: each slice is filled on its own
+    seg[ndimage.binary_fill_holes(core, structure=structure) & ~core] = necrosis
+    return seg
+
+
 def relabel_small_enhancing_tumour(seg: np.ndarray, min_voxels: int, et: int = ET, necrosis: int = NEC) -> np.ndarray:
     """Turn all ET (label ``et``) into necrosis (label ``necrosis``) when the prediction holds fewer than ``min_voxels`` ET voxels."""
     seg = np.array(seg, dtype=np.uint8, copy=True)
@@ -98,13 +130,15 @@ def relabel_small_enhancing_tumour(seg: np.ndarray, min_voxels: int, et: int = E
 
 @dataclass(frozen=True)
 class PostProcessing:
-    """Configurable post-processing of internal labels (applied in the order of the fields).
+    """Configurable post-processing of internal labels, applied in this order: small components, largest component, core holes, tiny ET.
 
     Args:
         min_component_voxels: per structure of :func:`edited_structures` (BraTS: ``TC``, ``WT``,
             ``ET``), components smaller than this are removed; a single int applies to every
             structure; 0 disables.
         keep_largest: structures reduced to their largest connected component.
+        fill_core_holes: ``"none"``, ``"3d"`` or ``"slices"``: voxels enclosed by the predicted core
+            (NEC/NETC and ET) become NEC/NETC (:func:`fill_core_holes`); only for a task with those classes.
         min_et_voxels: a predicted ET smaller than this (in total) is relabelled as NEC (NETC);
             0 disables; only for a task with those classes (:func:`necrosis_class`).
         connectivity: cc3d connectivity (6, 18 or 26).
@@ -120,6 +154,7 @@ class PostProcessing:
     min_et_voxels: int = 0
     connectivity: int = 26
     task: TaskSpec = field(default=None, compare=False, repr=False)
+    fill_core_holes: str = "none"
 
     def __post_init__(self) -> None:
         task = resolve_task(self.task)
@@ -135,6 +170,10 @@ class PostProcessing:
             raise ConfigError("postprocessing", f"connectivity must be 6, 18 or 26, got {self.connectivity}")
         if self.min_et_voxels > 0 and necrosis_class(task) is None:
             raise ConfigError("postprocessing", f"min_et_voxels relabels ET as NEC/NETC; task {task.name} has no such classes ({', '.join(task.classes)})")
+        if self.fill_core_holes not in CORE_HOLE_MODES:
+            raise ConfigError("postprocessing", f"fill_core_holes must be one of {list(CORE_HOLE_MODES)}, got {self.fill_core_holes!r}")
+        if self.fill_core_holes != "none" and necrosis_class(task) is None:
+            raise ConfigError("postprocessing", f"fill_core_holes labels the core's holes NEC/NETC; task {task.name} has no such classes with ET ({', '.join(task.classes)})")
         object.__setattr__(self, "min_component_voxels", {name: int(thresholds.get(name, 0)) for name in structures})
         object.__setattr__(self, "keep_largest", tuple(self.keep_largest))
 
@@ -146,7 +185,8 @@ class PostProcessing:
     def fits(self, task: TaskSpec) -> bool:
         """Whether these settings apply to ``task``: it has the structures they edit (and NEC/NETC and ET for ``min_et_voxels``)."""
         task = resolve_task(task)
-        return set(self.named_structures) <= set(edited_structures(task)) and (self.min_et_voxels <= 0 or necrosis_class(task) is not None)
+        needs_necrosis = self.min_et_voxels > 0 or self.fill_core_holes != "none"
+        return set(self.named_structures) <= set(edited_structures(task)) and (not needs_necrosis or necrosis_class(task) is not None)
 
     def restricted_to(self, task: TaskSpec) -> PostProcessing:
         """The part of these settings that ``task`` has structures for, on ``task``'s labels (the bundle's glioma defaults on a whole-tumour run keep their WT steps)."""
@@ -154,8 +194,9 @@ class PostProcessing:
         edited = set(edited_structures(task))
         thresholds = {name: voxels for name, voxels in self.min_component_voxels.items() if voxels and name in edited}
         largest = [name for name in self.keep_largest if name in edited]
-        min_et = self.min_et_voxels if necrosis_class(task) is not None else 0
-        return PostProcessing(thresholds, largest, min_et, self.connectivity, task)
+        has_necrosis = necrosis_class(task) is not None
+        min_et = self.min_et_voxels if has_necrosis else 0
+        return PostProcessing(thresholds, largest, min_et, self.connectivity, task, self.fill_core_holes if has_necrosis else "none")
 
     def for_task(self, task: TaskSpec) -> PostProcessing:
         """These settings on ``task``'s labels (a :class:`ConfigError` when it lacks a structure they edit)."""
@@ -163,12 +204,12 @@ class PostProcessing:
         if task == self.task:
             return self
         thresholds = {name: voxels for name, voxels in self.min_component_voxels.items() if voxels}
-        return PostProcessing(thresholds, self.keep_largest, self.min_et_voxels, self.connectivity, task)
+        return PostProcessing(thresholds, self.keep_largest, self.min_et_voxels, self.connectivity, task, self.fill_core_holes)
 
     @property
     def is_identity(self) -> bool:
         """True when no step is enabled."""
-        return not any(self.min_component_voxels.values()) and not self.keep_largest and self.min_et_voxels <= 0
+        return not any(self.min_component_voxels.values()) and not self.keep_largest and self.min_et_voxels <= 0 and self.fill_core_holes == "none"
 
     def __call__(self, seg: np.ndarray) -> np.ndarray:
         """Post-process internal labels (any shape, 3D in practice); returns a new uint8 array."""
@@ -180,7 +221,9 @@ class PostProcessing:
         necrosis = necrosis_class(task)
         if necrosis is None:
             return labels
-        return relabel_small_enhancing_tumour(labels, self.min_et_voxels, task.class_value("ET"), task.class_value(necrosis))
+        et, necrosis_value = task.class_value("ET"), task.class_value(necrosis)
+        labels = fill_core_holes(labels, self.fill_core_holes, et, necrosis_value)
+        return relabel_small_enhancing_tumour(labels, self.min_et_voxels, et, necrosis_value)
 
     def _edit(self, name: str, mask: np.ndarray) -> np.ndarray:
         mask = remove_small_components(mask, self.min_component_voxels[name], self.connectivity)
@@ -214,7 +257,7 @@ class PostProcessing:
             return cls()
         if not isinstance(settings, Mapping):
             raise ConfigError("postprocessing", f"expected a mapping, got {type(settings).__name__}")
-        known = {"min_component_voxels", "keep_largest", "min_et_voxels", "connectivity", "task"}
+        known = {"min_component_voxels", "keep_largest", "fill_core_holes", "min_et_voxels", "connectivity", "task"}
         unknown = sorted(set(settings) - known - {"_target_"})
         if unknown:
             raise ConfigError("postprocessing", f"unknown key(s) {unknown}; known: {sorted(known)}")
@@ -225,6 +268,7 @@ class PostProcessing:
         return {
             "min_component_voxels": dict(self.min_component_voxels),
             "keep_largest": list(self.keep_largest),
+            "fill_core_holes": str(self.fill_core_holes),
             "min_et_voxels": int(self.min_et_voxels),
             "connectivity": int(self.connectivity),
         }

@@ -90,6 +90,19 @@ def test_a_tiny_false_enhancing_tumour_makes_the_et_threshold_win():
     assert table.loc[("min_et_voxels", 1000), "dice_ET"] == pytest.approx(0.5)  # removes the true ET instead
 
 
+def test_necrosis_predicted_as_edema_inside_the_rim_makes_filling_the_core_win():
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[2:20, 2:20, 2:20] = ED
+    truth[5:17, 5:17, 5:17] = ET
+    truth[8:14, 8:14, 8:14] = NEC  # necrosis inside a closed enhancing shell
+    predicted = truth.copy()
+    predicted[truth == NEC] = ED  # the network calls the necrosis edema
+    choice = select_postprocessing([(predicted, truth), (_tumour(), _tumour())])
+    assert choice.postprocessing.fill_core_holes == "3d"  # closed in 3D: the simpler of the two that tie
+    assert choice.before["TC"] == pytest.approx((2 * 1512 / (1728 + 1512) + 1) / 2) and choice.after["TC"] == 1.0 and choice.after["ET"] == choice.before["ET"]
+    assert "fill_core_holes 3d" in choice.describe()
+
+
 def test_ties_keep_no_post_processing():
     truth = _tumour()
     choice = select_postprocessing([(truth, truth), (_tumour(et=False), _tumour(et=False))])

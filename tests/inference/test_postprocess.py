@@ -12,6 +12,7 @@ from pipeline.core.errors import ConfigError
 from pipeline.tasks.labels import ED, ET, NEC
 from pipeline.inference.postprocess import (
     PostProcessing,
+    fill_core_holes,
     keep_largest_component,
     relabel_small_enhancing_tumour,
     remove_small_components,
@@ -159,3 +160,52 @@ def test_a_tasks_declared_postprocessing_keeps_the_largest_tumour():
     seg[4:6, 4:6, 3:6] = 1
     kept = post(seg)
     assert int(kept.sum()) == 12 and kept[5, 5, 5] == 1 and kept[0, 0, 0] == 0
+
+
+def _rim(closed: bool = True) -> np.ndarray:
+    """An enhancing shell around edema (the necrosis called edema), inside a rim of edema; ``closed=False`` cuts the shell open."""
+    seg = np.zeros((16, 16, 16), np.uint8)
+    seg[1:15, 1:15, 1:15] = ED
+    seg[3:13, 3:13, 3:13] = ET
+    seg[5:11, 5:11, 5:11] = ED  # enclosed by ET: what the network calls the necrosis
+    seg[7:9, 7:9, 7:9] = 0  # and a pocket of background inside it
+    if not closed:
+        seg[7:9, 7:9, 3:5] = ED  # a channel through the shell to the outer edema
+    return seg
+
+
+def test_fill_core_holes_turns_what_the_core_encloses_into_necrosis():
+    seg = _rim()
+    filled = fill_core_holes(seg, "3d")
+    assert np.array_equal(fill_core_holes(seg, "slices"), filled) and np.array_equal(fill_core_holes(seg, "none"), seg)
+    inside = np.zeros(seg.shape, bool)
+    inside[5:11, 5:11, 5:11] = True
+    assert np.all(filled[inside] == NEC)  # edema and background inside the shell
+    assert np.array_equal(filled != seg, inside)  # nothing else changes: the shell, the outer edema, the background
+    opened = _rim(closed=False)
+    assert not np.any(fill_core_holes(opened, "3d") == NEC)  # a shell open to the edema in 3D encloses nothing...
+    by_slice = fill_core_holes(opened, "slices")  # ...but in each axial slice the shell is a closed ring (the channel runs across slices)
+    channel = np.zeros(seg.shape, bool)
+    channel[7:9, 7:9, 3:5] = True
+    assert np.all(by_slice[inside | channel] == NEC) and np.array_equal(by_slice != opened, inside | channel)
+    assert np.array_equal(fill_core_holes(np.zeros((4, 4, 4), np.uint8)), np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ConfigError, match="fill_core_holes must be one of"):
+        fill_core_holes(seg, "2d")
+
+
+def test_fill_core_holes_in_the_postprocessing_its_config_and_its_tasks():
+    post = PostProcessing(fill_core_holes="slices")
+    assert not post.is_identity and np.all(post(_rim())[5:11, 5:11, 5:11] == NEC)
+    assert post.to_config()["fill_core_holes"] == "slices" and PostProcessing.from_config(post.to_config()) == post
+    assert PostProcessing.from_config({"min_et_voxels": 0}).fill_core_holes == "none"  # run folders written before the setting
+    with pytest.raises(ConfigError, match="fill_core_holes must be one of"):
+        PostProcessing(fill_core_holes=True)
+    ped = PostProcessing(fill_core_holes="3d", task="brats2024-ped")  # ET 1, NETC 2, CC 3, ED 4
+    seg = np.full((9, 9, 9), 4, np.uint8)
+    seg[2:7, 2:7, 2:7] = 1
+    seg[4, 4, 4] = 4
+    assert ped(seg)[4, 4, 4] == 2
+    with pytest.raises(ConfigError, match="fill_core_holes labels the core's holes NEC/NETC; task whole-tumour"):
+        PostProcessing(fill_core_holes="slices", task="whole-tumour")
+    assert not post.fits("whole-tumour") and post.restricted_to("whole-tumour").is_identity
+    assert post.for_task("brats-glioma").fill_core_holes == "slices"
