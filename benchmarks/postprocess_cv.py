@@ -40,7 +40,7 @@ from pipeline.inference.postprocess import PostProcessing
 from pipeline.evaluation.postprocess_tuning import PostProcessingChoice, select_postprocessing
 from pipeline.inference.writers import segmentation_filename
 
-__all__ = ["LESION_SIZES", "lesion_wise_table", "out_of_fold_pairs", "main"]
+__all__ = ["LESION_SIZES", "class_table", "lesion_wise_table", "out_of_fold_pairs", "main"]
 
 #: Minimum TC and ET component sizes (voxels) tried on top of the chosen settings in the lesion-wise table.
 LESION_SIZES: tuple[int, ...] = (0, 50, 100, 200, 500, 1000)
@@ -84,6 +84,30 @@ def lesion_wise_table(pairs: Sequence[tuple], chosen: PostProcessing, sizes: Seq
     return pd.DataFrame(rows)
 
 
+def class_table(pairs: Sequence[tuple], settings: dict[str, PostProcessing]) -> pd.DataFrame:
+    """Per setting, means over the cases of the NEC and ED Dice (both empty: 1) and the shares of the true NEC predicted as NEC and as ED, over all cases' voxels.
+
+    The greedy choice judges the nested regions (WT, TC, ET); this table shows what a setting does
+    to the classes inside them, where the necrosis called edema shows.
+    """
+    from benchmarks.label_confusion import LABELS, label_confusion, nec_shares
+
+    rows = []
+    for name, post in settings.items():
+        dice: dict[str, list[float]] = {"NEC": [], "ED": []}
+        counts = np.zeros((len(LABELS), len(LABELS)), np.int64)
+        for predicted, truth, _ in pairs:
+            labels = post(predicted)
+            counts += label_confusion(labels, truth)
+            for cls in dice:
+                value = LABELS.index(cls)
+                p, t = labels == value, truth == value
+                both = np.count_nonzero(p) + np.count_nonzero(t)
+                dice[cls].append(1.0 if both == 0 else 2.0 * np.count_nonzero(p & t) / both)
+        rows.append({"setting": name, **{f"dice_{cls}": float(np.mean(values)) for cls, values in dice.items()}, **nec_shares(counts)})
+    return pd.DataFrame(rows)
+
+
 def report(choice: PostProcessingChoice) -> str:
     """The choice, its gain and the candidate table as markdown."""
     return f"```\n{choice.describe()}\n\n{choice.table.to_string(index=False, float_format=lambda v: f'{v:.4f}')}\n```\n"
@@ -99,10 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         pairs = out_of_fold_pairs(result)
         choice = select_postprocessing([(predicted, truth) for predicted, truth, _ in pairs])
         lesions = lesion_wise_table(pairs, choice.postprocessing) if args.lesion_wise else None
+        classes = class_table(pairs, {"none": PostProcessing(), "chosen": choice.postprocessing})
     except (OSError, ValueError, KeyError, PipelineError) as err:
         print(f"error: {args.result}: cannot choose post-processing from this result ({err})", file=sys.stderr)
         return 1
     text = report(choice)
+    text += "\nNEC and ED (means over the cases; shares of all true NEC voxels), without post-processing and with the chosen settings:\n\n"
+    text += f"```\n{classes.to_string(index=False, float_format=lambda v: f'{v:.3f}')}\n```\n"
     if lesions is not None:
         text += "\nOn top of the chosen settings, minimum TC and ET component sizes (means over the cases):\n\n"
         text += f"```\n{lesions.to_string(index=False, float_format=lambda v: f'{v:.3f}')}\n```\n"
@@ -111,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "result": args.result.name, "cases": choice.cases, "chosen": choice.postprocessing.to_config(),
         "before": choice.before, "after": choice.after, "table": choice.table.to_dict("records"),
         "lesion_wise": None if lesions is None else lesions.to_dict("records"),
+        "classes": classes.to_dict("records"),
     })
     write_text(stem.with_suffix(".md"), f"## Post-processing chosen on the out-of-fold predictions of {args.result.name}\n\n{text}")
     print(text)

@@ -199,6 +199,9 @@ def test_postprocessing_chosen_on_out_of_fold_predictions(tiny_datalist: Path, t
     chosen = json.loads((tmp_path / "real_cv-tiny-postprocessing.json").read_text())
     assert chosen["cases"] == len(fold.test) and chosen["before"] == chosen["after"] == {"TC": 1.0, "WT": 1.0, "ET": 1.0}
     assert chosen["lesion_wise"] is None
+    assert [row["setting"] for row in chosen["classes"]] == ["none", "chosen"]
+    assert all(row["dice_NEC"] == row["dice_ED"] == 1.0 for row in chosen["classes"])  # the truth copied
+    assert all(row["nec_as_NEC"] in (1.0,) or np.isnan(row["nec_as_NEC"]) for row in chosen["classes"])
     assert postprocess_cv.main([str(result), "--lesion-wise"]) == 0  # perfect predictions score 1 lesion-wise at every size
     rows = json.loads((tmp_path / "real_cv-tiny-postprocessing.json").read_text())["lesion_wise"]
     assert [row["min_TC_ET_voxels"] for row in rows] == list(postprocess_cv.LESION_SIZES)
@@ -382,3 +385,17 @@ def test_fold_runs_side_by_side_merge_into_the_run_of_both_folds(tiny_cohort: Pa
         merge_results([one, results / "other.json"], "mixed", "merge")
     assert main(["--merge", str(one), str(tmp_path / "missing.json"), "--label", "x", "--results-dir", str(results)]) == 1
     assert not list(results.glob("real_cv-*-x.json"))
+
+
+def test_the_class_table_shows_necrosis_called_edema_and_what_filling_the_core_does() -> None:
+    from benchmarks.postprocess_cv import class_table
+    from pipeline.inference.postprocess import PostProcessing
+
+    truth = np.zeros((16, 16, 16), np.uint8)
+    truth[1:15, 1:15, 1:15] = 2  # ED
+    truth[3:13, 3:13, 3:13] = 3  # ET
+    truth[5:11, 5:11, 5:11] = 1  # NEC inside the enhancing shell
+    predicted = np.where(truth == 1, 2, truth).astype(np.uint8)  # the necrosis called edema
+    table = class_table([(predicted, truth, (1.0, 1.0, 1.0))], {"none": PostProcessing(), "fill": PostProcessing(fill_core_holes="3d")}).set_index("setting")
+    assert table.loc["none", "dice_NEC"] == 0.0 and table.loc["none", "nec_as_ED"] == 1.0 and table.loc["none", "dice_ED"] < 1.0
+    assert table.loc["fill", "dice_NEC"] == table.loc["fill", "dice_ED"] == table.loc["fill", "nec_as_NEC"] == 1.0
