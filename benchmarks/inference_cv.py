@@ -7,12 +7,16 @@ without training again, under each combination of
   ``last`` (the final weights of ``models/latest.pt``: the schedule alone decides);
 - ``tta``: mirrored test-time augmentation off or on (the probabilities of the flips averaged),
 
+with each run's own post-processing (its ``inference.json``, as the run was scored) or, with
+``--postprocessing bundle``, the bundle's current ``configs/inference.yaml`` one (the shipped
+defaults, when they changed after the folds were trained),
+
 and prints, per variant, the mean Dice, lesion-wise Dice and HD95 of WT, TC and ET over the
 held-out patients and the evaluation seconds, so that the default is chosen on the same folds with
 its cost in view. Results go beside the input, as ``<result>-inference.json`` and ``.md``; the
 predictions under the result's work folder (``WORK/inference/``).
 
-    python -m benchmarks.inference_cv benchmarks/results/real_cv-<machine>-<date>-<label>.json [--variants best,last] [--tta both]
+    python -m benchmarks.inference_cv benchmarks/results/real_cv-<machine>-<date>-<label>.json [--checkpoints best,last] [--tta both] [--postprocessing bundle]
 """
 
 from __future__ import annotations
@@ -20,25 +24,41 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from benchmarks.cv_folds import fold_run_folder
+from benchmarks.label_confusion import arm_confusions, confusion_markdown
 from benchmarks.cv_scoring import case_row
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import write_json, write_text
 
-__all__ = ["CHECKPOINTS", "fold_runs", "score_variant", "main"]
+__all__ = ["CHECKPOINTS", "bundle_postprocessing", "fold_runs", "score_variant", "main"]
 
 #: Which weights a variant scores.
 CHECKPOINTS: tuple[str, ...] = ("best", "last")
 
 #: The columns averaged per variant.
-MEAN_COLUMNS: tuple[str, ...] = tuple(f"{m}_{s}" for m in ("dice", "lesion_dice", "hd95") for s in ("WT", "TC", "ET"))
+MEAN_COLUMNS: tuple[str, ...] = (
+    *(f"{m}_{s}" for m in ("dice", "lesion_dice", "hd95") for s in ("WT", "TC", "ET")),
+    "dice_NEC", "dice_ED", "hd95_NEC", "hd95_ED", "precision_WT", "wt_components",
+)  # fmt: skip
+
+
+def bundle_postprocessing() -> dict[str, Any]:
+    """The ``postprocessing`` component of the bundle's ``configs/inference.yaml``, without its ``_target_``."""
+    from monai.bundle import ConfigParser
+
+    from pipeline.inference.config import INFERENCE_CONFIG
+
+    component = ConfigParser.load_config_file(str(INFERENCE_CONFIG))["postprocessing"]
+    return {key: value for key, value in component.items() if key != "_target_"}
 
 
 def fold_runs(result: dict) -> list[tuple[int, Path, Path]]:
@@ -47,24 +67,33 @@ def fold_runs(result: dict) -> list[tuple[int, Path, Path]]:
     return [(fold, folder / "pipeline", folder / "datalist.json") for fold, folder in folders.items()]
 
 
-def score_variant(runs: Sequence[tuple[int, Path, Path]], checkpoint: str, tta: bool, out: Path, device: str = "cpu") -> tuple[list[dict], float]:
-    """Per-patient rows of one variant over every fold, and its evaluation wall seconds."""
+def score_variant(
+    runs: Sequence[tuple[int, Path, Path]], checkpoint: str, tta: bool, out: Path, device: str = "cpu", postprocessing: dict[str, Any] | None = None
+) -> tuple[list[dict], float]:
+    """Per-patient rows of one variant over every fold (with each prediction's label confusion), and its evaluation wall seconds.
+
+    ``postprocessing`` replaces the runs' own (:func:`bundle_postprocessing`); the variant's name then ends in ``+ bundle post``.
+    """
     from pipeline.inference.model import load_model
     from pipeline.core.checkpoints import load_weights
+    from pipeline.datasets.datalist import load_datalist
     from pipeline.evaluation.evaluate import PREDICTIONS_DIR, evaluate
     from pipeline.inference.writers import segmentation_filename
 
+    name = f"{checkpoint}{' + tta' if tta else ''}{' + bundle post' if postprocessing is not None else ''}"
     rows, seconds = [], 0.0
     for fold, run_dir, datalist in runs:
         started = time.perf_counter()
-        model = load_model(run_dir, device=device, tta=tta)
+        model = load_model(run_dir, device=device, tta=tta, postprocessing=postprocessing)
         if checkpoint == "last":
             load_weights(model.network, run_dir / "models" / "latest.pt")
-        folder = out / f"fold{fold}-{checkpoint}-{'tta' if tta else 'plain'}"
+        folder = out / f"fold{fold}-{name.replace(' + ', '-').replace(' ', '-')}"
         result = evaluate(model, datalist, folder, split="test", lesion_wise=True, progress=False, echo=False)
         seconds += time.perf_counter() - started
+        records = {record.case_id: record for record in load_datalist(datalist).cases("test")}
         for metrics in result.metrics.to_dict("records"):
-            rows.append(case_row(fold, metrics["case_id"], f"{checkpoint}{' + tta' if tta else ''}", metrics, folder / PREDICTIONS_DIR / segmentation_filename(metrics["case_id"])))
+            case = metrics["case_id"]
+            rows.append(case_row(fold, case, name, metrics, folder / PREDICTIONS_DIR / segmentation_filename(case), records[case]))
     return rows, seconds
 
 
@@ -74,21 +103,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoints", default=",".join(CHECKPOINTS), help="comma-separated: best, last (default both)")
     parser.add_argument("--tta", choices=("off", "on", "both"), default="both", help="mirrored TTA variants (default both)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--postprocessing",
+        choices=("run", "bundle"),
+        default="run",
+        help="each run's own post-processing (default) or the bundle's configs/inference.yaml one (the current defaults)",
+    )
     args = parser.parse_args(argv)
     checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()]
     if not checkpoints or set(checkpoints) - set(CHECKPOINTS):
         parser.error(f"--checkpoints: choose from {', '.join(CHECKPOINTS)}")
     ttas = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
-    stem = args.result.with_name(args.result.stem + "-inference")
+    stem = args.result.with_name(args.result.stem + ("-inference-bundle-post" if args.postprocessing == "bundle" else "-inference"))
     try:
         result = json.loads(args.result.read_text())
         runs = fold_runs(result)
         missing = [str(run) for _, run, _ in runs if not run.is_dir()]
         if missing:
             raise PipelineError(missing[0], "run folder not found (rerun benchmarks.real_cv)")
+        post = bundle_postprocessing() if args.postprocessing == "bundle" else None
         rows, timing = [], {}
         for checkpoint, tta in itertools.product(checkpoints, ttas):
-            variant_rows, timing[f"{checkpoint}{' + tta' if tta else ''}"] = score_variant(runs, checkpoint, tta, Path(result["data"]["work"]) / "inference" / stem.name, args.device)
+            variant_rows, seconds = score_variant(runs, checkpoint, tta, Path(result["data"]["work"]) / "inference" / stem.name, args.device, post)
+            timing[variant_rows[0]["arm"] if variant_rows else checkpoint] = seconds
             rows += variant_rows
     except (OSError, ValueError, KeyError, PipelineError) as err:
         print(f"error: {args.result}: {err}", file=sys.stderr)
@@ -96,8 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = pd.DataFrame(rows).groupby("arm", sort=False)[list(MEAN_COLUMNS)].mean()
     table["eval_seconds"] = pd.Series(timing)
     table.insert(0, "patients", pd.DataFrame(rows).groupby("arm", sort=False).size())
-    text = f"```\n{table.to_string(float_format=lambda v: f'{v:.3f}')}\n```\n"
-    write_json(stem.with_suffix(".json"), {"result": args.result.name, "rows": rows, "means": table.reset_index().to_dict("records"), "eval_seconds": timing})
+    confusion = arm_confusions(rows)
+    text = f"```\n{table.to_string(float_format=lambda v: f'{v:.3f}')}\n```\n\n" + confusion_markdown(confusion, rows)
+    write_json(stem.with_suffix(".json"), {
+        "result": args.result.name, "command_line": shlex.join([Path(sys.executable).name, "-m", "benchmarks.inference_cv", *sys.argv[1:]] if argv is None else ["python", "-m", "benchmarks.inference_cv", *argv]),
+        "postprocessing": post, "rows": rows, "means": table.reset_index().to_dict("records"), "confusion": confusion, "eval_seconds": timing,
+    })
     write_text(stem.with_suffix(".md"), f"## Inference variants on the trained folds of {args.result.name}\n\n{text}")
     print(text)
     return 0

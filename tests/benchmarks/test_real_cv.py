@@ -234,6 +234,12 @@ def test_inference_variants_rescore_the_trained_folds(tiny_datalist: Path, tmp_p
     # the zeroed final weights predict nothing: a different score from the best weights' proves they were loaded
     _, last = (pd.DataFrame(recorded["rows"]).query(f"arm == '{arm}'")["wt_components"].tolist() for arm in ("best", "last"))
     assert last == [0] * len(fold.test)
+    assert recorded["postprocessing"] is None and set(recorded["confusion"]) == {"best", "last"}
+
+    assert inference_cv.main([str(result), "--tta", "off", "--checkpoints", "best", "--postprocessing", "bundle"]) == 0
+    rescored = json.loads((tmp_path / "real_cv-tiny-inference-bundle-post.json").read_text())
+    assert rescored["postprocessing"] == inference_cv.bundle_postprocessing() and "fill_core_holes" in rescored["postprocessing"]
+    assert [row["arm"] for row in rescored["means"]] == ["best + bundle post"] and rescored["confusion"]["best + bundle post"]["patients"] == len(fold.test)
     assert inference_cv.main([str(tmp_path / "missing.json")]) == 1
 
 
