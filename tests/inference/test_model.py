@@ -25,7 +25,7 @@ def test_load_model_from_a_run_folder(run_dir):
     assert isinstance(model, SegmentationModel)
     assert model.inferer.mode == "2.5d" and model.inferer.context == TINY_NETWORK["context"]
     assert model.inferer.sw_batch_size == TINY_NETWORK["sw_batch_size"] and model.inferer.tta is False
-    assert model.postprocessing == PostProcessing(min_component_voxels={"WT": 20, "TC": 200, "ET": 200}, keep_largest=["WT"])  # inference.yaml's (train.yaml sets none)
+    assert model.postprocessing == PostProcessing(min_component_voxels={"WT": 20, "TC": 200, "ET": 200}, keep_largest=["WT"], fill_core_holes="slices")  # inference.yaml's (train.yaml sets none)
     assert load_model(run_dir, tta=True).inferer.tta is True
     saved = torch.load(run_dir / "models" / "model.pt", weights_only=True)
     for key, value in model.network.state_dict().items():

@@ -94,7 +94,7 @@ def test_the_inference_config_builds_the_postprocessing_component():
 
     parser = ConfigParser(ConfigParser.load_config_files([str(CONFIGS / "inference.yaml"), str(CONFIGS / "evaluate.yaml")]))
     post = parser.get_parsed_content("postprocessing")
-    assert post == PostProcessing(min_component_voxels={"WT": 20, "TC": 200, "ET": 200}, keep_largest=["WT"], min_et_voxels=0)
+    assert post == PostProcessing(min_component_voxels={"WT": 20, "TC": 200, "ET": 200}, keep_largest=["WT"], fill_core_holes="slices", min_et_voxels=0)
     parser["postprocessing#min_et_voxels"] = 500
     assert parser.get_parsed_content("postprocessing").min_et_voxels == 500
     assert "postprocessing" not in yaml.safe_load((CONFIGS / "evaluate.yaml").read_text())
