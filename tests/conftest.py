@@ -12,6 +12,8 @@ from case_writers import CaseWriter
 REAL_BRATS_DIR = Path(os.environ.get("BRATS_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "real_brats"))
 KAGGLE_LGG_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "lgg_kaggle_3m"
 PNG_PAIRS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "png_pairs"
+#: MONAI's bundle metadata schema, kept offline in the shared folder (tests never download it).
+BUNDLE_SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "reference" / "meta_schema_20240725.json"
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +59,14 @@ def png_pairs_dir() -> Path:
     if not (PNG_PAIRS_DIR / "images").is_dir():
         pytest.skip(f"real PNG image/mask pairs not found at {PNG_PAIRS_DIR}")
     return PNG_PAIRS_DIR
+
+
+@pytest.fixture(scope="session")
+def bundle_schema() -> Path:
+    """MONAI's bundle metadata schema next to the checkout; tests using it skip when it is absent."""
+    if not BUNDLE_SCHEMA.is_file():
+        pytest.skip(f"schema not found at {BUNDLE_SCHEMA} (the tests never download it)")
+    return BUNDLE_SCHEMA
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "brats_segmentation"
 CONFIGS = BUNDLE / "configs"
 METADATA = CONFIGS / "metadata.json"
-SCHEMA = REPO.parent / "shared" / "reference" / "meta_schema_20240725.json"
 
 #: A tiny network and budget for the command runs (the same keys in every config).
 TINY = {"channels": "[4,8,16]", "strides": "[2,2]", "num_res_units": "0", "sw_batch_size": "8"}
@@ -107,13 +106,11 @@ def test_the_demo_row_of_the_results_is_what_make_demo_measures():
 
 
 @pytest.mark.slow
-def test_metadata_validates_against_the_bundle_schema():
-    if not SCHEMA.is_file():
-        pytest.skip(f"schema not found at {SCHEMA} (the test never downloads it)")
+def test_metadata_validates_against_the_bundle_schema(bundle_schema):
     import jsonschema
 
-    jsonschema.validate(_metadata(), json.loads(SCHEMA.read_text()))
-    completed = _bundle_command("verify_metadata", "--meta_file", str(METADATA), "--filepath", str(SCHEMA))
+    jsonschema.validate(_metadata(), json.loads(bundle_schema.read_text()))
+    completed = _bundle_command("verify_metadata", "--meta_file", str(METADATA), "--filepath", str(bundle_schema))
     assert "metadata is verified with no error" in completed.stdout + completed.stderr
 
 
