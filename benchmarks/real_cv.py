@@ -245,18 +245,23 @@ def run_baseline_arm(fold: Fold, datalist: Path, folder: Path, seconds: float, d
 
 
 def _reused_baseline(path: Path, folds: list[Fold]) -> tuple[list[dict], dict[int, dict]]:
-    """The baseline rows and timings of an earlier result with the same held-out patients per fold."""
+    """The baseline rows and timings of ``folds`` from an earlier result that held out the same patients in them.
+
+    The earlier result may hold more folds of the same split (a merged result reused by one
+    ``--fold K`` part); only the rows and timings of ``folds`` are kept.
+    """
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(path, f"--baseline-from: cannot read an earlier result ({err})") from None
-    held_out = [list(fold.test) for fold in folds]
-    if [fold.get("test") for fold in earlier.get("folds", [])] != held_out:
+    held_out = {int(fold.get("fold", -1)): fold.get("test") for fold in earlier.get("folds", [])}
+    if any(held_out.get(fold.index) != list(fold.test) for fold in folds):
         raise ConfigError(path, "--baseline-from: its folds hold out other patients than this run's; use the same --folds and --seed")
-    rows = [row for row in earlier.get("rows", []) if row.get("arm") == "baseline"]
+    wanted = {fold.index for fold in folds}
+    rows = [row for row in earlier.get("rows", []) if row.get("arm") == "baseline" and row.get("fold") in wanted]
     if not rows:
         raise ConfigError(path, "--baseline-from: the result has no baseline rows")
-    return rows, {int(k): v for k, v in earlier.get("timing", {}).get("baseline", {}).items()}
+    return rows, {int(k): v for k, v in earlier.get("timing", {}).get("baseline", {}).items() if int(k) in wanted}
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -178,6 +178,17 @@ def test_reused_baseline_must_hold_out_the_same_patients(tmp_path: Path) -> None
         _reused_baseline(earlier, make_folds([f"c{i}" for i in range(4)], folds=2, seed=1))
 
 
+def test_reused_baseline_keeps_the_folds_of_a_part(tmp_path: Path) -> None:
+    folds = make_folds([f"c{i}" for i in range(6)], folds=3)
+    rows = [{"fold": f.index, "case_id": f.test[0], "arm": arm, "dice_WT": 0.5} for f in folds for arm in ("baseline", "pipeline")]
+    earlier = tmp_path / "merged.json"
+    timing = {"baseline": {str(f.index): {"wall_s": float(f.index)} for f in folds}}
+    earlier.write_text(json.dumps({"folds": [f.to_dict() for f in folds], "rows": rows, "timing": timing}))
+    kept, kept_timing = _reused_baseline(earlier, [folds[1]])
+    assert kept == [{"fold": 1, "case_id": folds[1].test[0], "arm": "baseline", "dice_WT": 0.5}]
+    assert kept_timing == {1: {"wall_s": 1.0}}
+
+
 def test_postprocessing_chosen_on_out_of_fold_predictions(tiny_datalist: Path, tmp_path: Path) -> None:
     import shutil
 
