@@ -42,18 +42,37 @@ __all__ = [
 
 
 def _temporary_name_pattern(target: Path) -> re.Pattern[str]:
-    # mkstemp's random part is 8 characters of [a-z0-9_]; save_nifti and save_image_2d add the file's suffix
-    return re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp(\.nii(\.gz)?|(?i:\.png|\.jpe?g|\.tiff?))?")
+    # ".NAME.PID.RANDOM.tmp": mkstemp's random part is 8 characters of [a-z0-9_]; the writer's pid
+    # (absent in older temporaries); save_nifti and save_image_2d add the file's suffix
+    return re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp(\.nii(\.gz)?|(?i:\.png|\.jpe?g|\.tiff?))?")
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _remove_stale_temporaries(target: Path) -> None:
-    """Delete temporary files of ``target`` that a killed earlier write left behind (never the target itself)."""
+    """Delete temporary files of ``target`` that a killed earlier write left behind (never the target itself).
+
+    A temporary whose writer still runs (another process writing the same file) is left alone.
+    """
     pattern = _temporary_name_pattern(target)
     with os.scandir(target.parent) as entries:
         for entry in entries:
-            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+            match = pattern.fullmatch(entry.name)
+            if match is None or not entry.is_file(follow_symlinks=False):
+                continue
+            if match.group(1) is not None and _process_alive(int(match.group(1))):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 @contextlib.contextmanager
@@ -62,7 +81,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     The caller writes the file at the yielded path. On error the temporary file is removed
     and ``path`` is left as it was; temporaries of ``path`` left by a killed earlier write are
-    removed first. ``OSError`` (full disk, permissions) becomes a
+    removed first (not those of a process still writing it). ``OSError`` (full disk, permissions) becomes a
     :class:`PipelineError` naming ``path``.
     """
     target = Path(path)
@@ -75,7 +94,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise PipelineError(target, f"cannot write: {err.strerror or err}") from err
     try:
         _remove_stale_temporaries(target)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as err:
         raise PipelineError(target, f"cannot write: {err.strerror or err}") from err

@@ -263,3 +263,22 @@ def test_atomic_write_keeps_the_old_file_on_failure_and_gives_normal_permissions
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
     with pytest.raises(PipelineError, match="cannot write"):
         write_json(tmp_path / "summary.json" / "inside_a_file.json", {})
+
+
+def test_atomic_write_leaves_the_temporary_of_a_running_writer(tmp_path: Path) -> None:
+    """Two processes writing one file (parts of a run sharing a cache) do not delete each other's temporary; a dead writer's is removed."""
+    import subprocess
+    import sys
+
+    from pipeline.core.io import write_json
+
+    target = tmp_path / "cache.json"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    stale = tmp_path / f".cache.json.{int(dead.stdout)}.abcd1234.tmp"
+    legacy = tmp_path / ".cache.json.efgh5678.tmp"
+    running = tmp_path / f".cache.json.{os.getppid()}.ijkl9012.tmp"
+    for path in (stale, legacy, running):
+        path.write_text("partial")
+    write_json(target, {"cases": []})
+    assert json.loads(target.read_text()) == {"cases": []}
+    assert leftover_temporaries(tmp_path) == [running]
