@@ -32,6 +32,7 @@ __all__ = [
     "load_nifti",
     "read_image_2d",
     "read_voxels",
+    "remove_stale_temporaries",
     "save_image_2d",
     "save_nifti",
     "save_npy",
@@ -58,7 +59,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_temporaries(target: Path) -> None:
+def remove_stale_temporaries(target: Path) -> None:
     """Delete temporary files of ``target`` that a killed earlier write left behind (never the target itself).
 
     A temporary whose writer still runs (another process writing the same file) is left alone.
@@ -93,7 +94,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise PipelineError(target, f"cannot write: {blocking} is a file, not a folder") from err
         raise PipelineError(target, f"cannot write: {err.strerror or err}") from err
     try:
-        _remove_stale_temporaries(target)
+        remove_stale_temporaries(target)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as err:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import InputError
-from pipeline.core.io import save_npy, write_json
+from pipeline.core.io import remove_stale_temporaries, save_npy, write_json
 from pipeline.tasks.task import DEFAULT_TASK, Task
 
 __all__ = [
@@ -230,11 +230,16 @@ def is_current(case_dir: str | os.PathLike[str], wanted: Mapping[str, Any]) -> b
 
 
 def discard(case_dir: str | os.PathLike[str]) -> None:
-    """Mark an entry incomplete (remove its ``meta.json``) and remove temporaries a killed write left in it."""
+    """Mark an entry incomplete (remove its ``meta.json``) and remove temporaries a killed write left in it.
+
+    The temporaries of a writer that still runs stay: processes filling one cache side by side
+    may write the same entry at once, and each one's files must survive the other's discard.
+    """
     folder = Path(case_dir)
     (folder / META_FILE).unlink(missing_ok=True)
-    for leftover in folder.glob(".*.tmp"):
-        leftover.unlink(missing_ok=True)
+    if folder.is_dir():
+        for name in (IMAGE_FILE, LABEL_FILE, META_FILE):
+            remove_stale_temporaries(folder / name)
 
 
 def write_case(case_dir: str | os.PathLike[str], image: np.ndarray, label: np.ndarray | None, meta: Mapping[str, Any]) -> None:

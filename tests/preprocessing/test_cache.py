@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,12 +68,20 @@ def test_unlabelled_case_has_no_label_file(tmp_path: Path) -> None:
         read_meta(tmp_path, "case", require_label=True)
 
 
+def _exited_pid() -> int:
+    """The pid of a process that has already exited."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout)
+
+
 def test_discarded_and_missing_entries_are_incomplete(tmp_path: Path) -> None:
     image, label, meta = _arrays()
     write_case(tmp_path / "case", image, label, meta)
-    (tmp_path / "case" / ".image.npy.x.tmp").write_bytes(b"leftover of a killed write")
+    (tmp_path / "case" / ".image.npy.abcd1234.tmp").write_bytes(b"leftover of a killed write")
+    (tmp_path / "case" / f".label.npy.{_exited_pid()}.abcd1234.tmp").write_bytes(b"leftover of a killed write")
+    running = tmp_path / "case" / f".image.npy.{os.getpid()}.efgh5678.tmp"  # another process writing the entry now
+    running.write_bytes(b"being written")
     discard(tmp_path / "case")
-    assert sorted(p.name for p in (tmp_path / "case").iterdir()) == [IMAGE_FILE, LABEL_FILE]
+    assert sorted(p.name for p in (tmp_path / "case").iterdir()) == sorted([IMAGE_FILE, LABEL_FILE, running.name])
     assert complete_case_ids(tmp_path) == [] and not is_current(tmp_path / "case", {})
     with pytest.raises(IncompleteEntryError, match="meta.json missing"):
         load_case(tmp_path, "case")
