@@ -125,7 +125,7 @@ SHARED_DATA     ?= ../shared/data
 PRETRAINED_DATA ?= $(SHARED_DATA)/real_brats $(SHARED_DATA)/real_brats_train $(SHARED_DATA)/real_brats_more
 PRETRAINED_DIR  ?= runs/pretrained
 .PHONY: pretrained
-pretrained: $(VENV)/.installed  ## Re-train the bundle's pretrained model on the real patients of PRETRAINED_DATA and install it (about 1 h on 2 CPU cores; DEVICE, TRAIN_ARGS)
+pretrained: $(VENV)/.installed  ## Re-train the bundle's pretrained model on the real patients of PRETRAINED_DATA and install it (20 min to 1 h on 2 CPU cores; DEVICE, TRAIN_ARGS)
 	@mkdir -p $(PRETRAINED_DIR)/data
 	@for case in $(foreach root,$(PRETRAINED_DATA),$(wildcard $(root)/*/*_seg.nii*)); do dir=$$(dirname $$case); ln -sfn "$$(cd $$dir && pwd)" $(PRETRAINED_DIR)/data/$$(basename $$dir); done
 	$(CLI) datalist --data-root $(PRETRAINED_DIR)/data --out $(PRETRAINED_DIR)/datalist.json --folds 11 --test-fraction 0 --seed 0

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "brats_segmentation"
 CONFIGS = BUNDLE / "configs"
 METADATA = CONFIGS / "metadata.json"
+BUNDLE_CARD = BUNDLE / "docs" / "README.md"
 
 #: A tiny network and budget for the command runs (the same keys in every config).
 TINY = {"channels": "[4,8,16]", "strides": "[2,2]", "num_res_units": "0", "sw_batch_size": "8"}
@@ -76,7 +77,7 @@ def test_metadata_is_complete():
 
 
 #: The recorded 21-patient cross-validation, its trained folds re-scored with the bundle's post-processing: eval_metrics.
-CV_RESCORED = REPO / "benchmarks" / "results" / "real_cv-intel-xeon-2c-2026-12-06-cv21-inference-bundle-post.json"
+CV_RESCORED = REPO / "benchmarks" / "results" / "real_cv-intel-xeon-2c-2026-12-06-lr1e-3-inference-bundle-post.json"
 
 
 def test_eval_metrics_are_the_real_patient_cross_validation_of_the_shipped_defaults():
@@ -93,6 +94,22 @@ def test_eval_metrics_are_the_real_patient_cross_validation_of_the_shipped_defau
         assert metrics[f"test_mean_dice_{structure.lower()}"] == round(means[f"dice_{structure}"], 4), structure
         assert metrics[f"test_mean_hd95_{structure.lower()}_mm"] == round(means[f"hd95_{structure}"], 2), structure
     assert "21" in meta["description"] and "cross-validation" in meta["description"] and CV_RESCORED.name in meta["description"]
+
+
+def test_model_card_per_patient_table_is_the_recorded_cross_validation():
+    """Each of the 21 patients' rows in the model card's Performance table: its fold and Dice as recorded."""
+    recorded = {row["case_id"]: row for row in json.loads(CV_RESCORED.read_text())["rows"] if row["arm"] == "best + bundle post"}
+    performance = BUNDLE_CARD.read_text().split("## Performance\n", 1)[1].split("\n## ", 1)[0]
+    card = {}
+    for line in performance.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in recorded:
+            card[cells[0]] = cells
+    assert set(card) == set(recorded) and len(card) == 21
+    for case_id, row in recorded.items():
+        dice = [f"{row[f'dice_{structure}']:.3f}" for structure in ("WT", "TC", "ET", "NEC", "ED")]
+        hd95 = " / ".join(f"{row[f'hd95_{structure}']:.1f}" for structure in ("WT", "TC", "ET"))
+        assert card[case_id][1:] == [str(row["fold"]), *dice, hd95], case_id
 
 
 def test_the_demo_row_of_the_results_is_what_make_demo_measures():
