@@ -13,8 +13,10 @@ defaults, when they changed after the folds were trained),
 
 and prints, per variant, the mean Dice, lesion-wise Dice and HD95 of WT, TC and ET over the
 held-out patients and the evaluation seconds, so that the default is chosen on the same folds with
-its cost in view. Results go beside the input, as ``<result>-inference.json`` and ``.md``; the
-predictions under the result's work folder (``WORK/inference/``).
+its cost in view. Results go beside the input, as ``<result>-inference.json`` and ``.md``
+(``-inference-bundle-post`` with the bundle's post-processing; ``-tta`` added when only the TTA
+variant is scored, so it never replaces the record without it); the predictions under the
+result's work folder (``WORK/inference/``).
 
     python -m benchmarks.inference_cv benchmarks/results/real_cv-<machine>-<date>-<label>.json [--checkpoints best,last] [--tta both] [--postprocessing bundle]
 """
@@ -97,6 +99,11 @@ def score_variant(
     return rows, seconds
 
 
+def output_stem(result: Path, postprocessing: str, tta: str) -> Path:
+    """Where the re-scoring of ``result`` goes (without suffix): one name per post-processing and TTA choice."""
+    return result.with_name(result.stem + "-inference" + ("-bundle-post" if postprocessing == "bundle" else "") + ("-tta" if tta == "on" else ""))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inference_cv", description=__doc__.split("\n\n")[0])
     parser.add_argument("result", type=Path, help="a benchmarks.real_cv result JSON (its run folders must still exist)")
@@ -114,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not checkpoints or set(checkpoints) - set(CHECKPOINTS):
         parser.error(f"--checkpoints: choose from {', '.join(CHECKPOINTS)}")
     ttas = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
-    stem = args.result.with_name(args.result.stem + ("-inference-bundle-post" if args.postprocessing == "bundle" else "-inference"))
+    stem = output_stem(args.result, args.postprocessing, args.tta)
     try:
         result = json.loads(args.result.read_text())
         runs = fold_runs(result)

@@ -254,6 +254,17 @@ def test_inference_variants_rescore_the_trained_folds(tiny_datalist: Path, tmp_p
     assert inference_cv.main([str(tmp_path / "missing.json")]) == 1
 
 
+def test_each_inference_choice_has_its_own_result_file() -> None:
+    """A TTA-only re-scoring never replaces the record of the same folds without TTA."""
+    from benchmarks.inference_cv import output_stem
+
+    result = Path("results") / "real_cv-x-cv21.json"
+    names = {(post, tta): output_stem(result, post, tta).name for post in ("run", "bundle") for tta in ("off", "on", "both")}
+    assert names[("run", "both")] == "real_cv-x-cv21-inference" and names[("bundle", "off")] == "real_cv-x-cv21-inference-bundle-post"
+    assert names[("bundle", "on")] == "real_cv-x-cv21-inference-bundle-post-tta" and names[("run", "on")] == "real_cv-x-cv21-inference-tta"
+    assert output_stem(result, "bundle", "on").parent == result.parent
+
+
 def test_another_tasks_arm_is_scored_on_its_own_structures(tiny_datalist: Path, tmp_path: Path) -> None:
     """--task-arm whole-tumour:flair: a WT-only prediction read with the BraTS convention gives the exact WT; other columns are NaN."""
     from benchmarks.real_cv import _task_arm, task_arm_row, task_paths
