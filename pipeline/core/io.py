@@ -32,13 +32,13 @@ __all__ = [
     "load_nifti",
     "read_image_2d",
     "read_voxels",
-    "remove_stale_temporaries",
     "save_image_2d",
     "save_nifti",
     "save_npy",
     "save_sitk",
     "write_json",
     "write_text",
+    "written_by_running_process",
 ]
 
 
@@ -59,7 +59,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(target: Path) -> None:
+def _remove_stale_temporaries(target: Path) -> None:
     """Delete temporary files of ``target`` that a killed earlier write left behind (never the target itself).
 
     A temporary whose writer still runs (another process writing the same file) is left alone.
@@ -74,6 +74,12 @@ def remove_stale_temporaries(target: Path) -> None:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
+
+
+def written_by_running_process(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the temporary file of an :func:`atomic_path` write whose process still runs."""
+    match = re.fullmatch(r"\..+\.(\d+)\.[a-z0-9_]{8}\.tmp(\..+)?", Path(path).name)
+    return match is not None and _process_alive(int(match.group(1)))
 
 
 @contextlib.contextmanager
@@ -94,7 +100,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise PipelineError(target, f"cannot write: {blocking} is a file, not a folder") from err
         raise PipelineError(target, f"cannot write: {err.strerror or err}") from err
     try:
-        remove_stale_temporaries(target)
+        _remove_stale_temporaries(target)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
     except OSError as err:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import InputError
-from pipeline.core.io import remove_stale_temporaries, save_npy, write_json
+from pipeline.core.io import save_npy, write_json, written_by_running_process
 from pipeline.tasks.task import DEFAULT_TASK, Task
 
 __all__ = [
@@ -237,9 +237,9 @@ def discard(case_dir: str | os.PathLike[str]) -> None:
     """
     folder = Path(case_dir)
     (folder / META_FILE).unlink(missing_ok=True)
-    if folder.is_dir():
-        for name in (IMAGE_FILE, LABEL_FILE, META_FILE):
-            remove_stale_temporaries(folder / name)
+    for leftover in folder.glob(".*.tmp"):
+        if not written_by_running_process(leftover):
+            leftover.unlink(missing_ok=True)
 
 
 def write_case(case_dir: str | os.PathLike[str], image: np.ndarray, label: np.ndarray | None, meta: Mapping[str, Any]) -> None:
