@@ -42,10 +42,13 @@ __all__ = [
 ]
 
 
-def _temporary_name_pattern(target: Path) -> re.Pattern[str]:
+def _temporary_name_pattern(target: Path | None = None) -> re.Pattern[str]:
+    """The names of :func:`atomic_path` temporaries of ``target`` (of any file without it); group 1: the writer's pid."""
     # ".NAME.PID.RANDOM.tmp": mkstemp's random part is 8 characters of [a-z0-9_]; the writer's pid
-    # (absent in older temporaries); save_nifti and save_image_2d add the file's suffix
-    return re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp(\.nii(\.gz)?|(?i:\.png|\.jpe?g|\.tiff?))?")
+    # (absent in older temporaries); save_nifti and save_image_2d add the file's suffix. Any NAME is
+    # matched lazily, so that a pid is read as the pid rather than as part of the name.
+    name = re.escape(target.name) if target is not None else ".+?"
+    return re.compile(rf"\.{name}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp(\.nii(\.gz)?|(?i:\.png|\.jpe?g|\.tiff?))?")
 
 
 def _process_alive(pid: int) -> bool:
@@ -67,10 +70,9 @@ def _remove_stale_temporaries(target: Path) -> None:
     pattern = _temporary_name_pattern(target)
     with os.scandir(target.parent) as entries:
         for entry in entries:
-            match = pattern.fullmatch(entry.name)
-            if match is None or not entry.is_file(follow_symlinks=False):
+            if pattern.fullmatch(entry.name) is None or not entry.is_file(follow_symlinks=False):
                 continue
-            if match.group(1) is not None and _process_alive(int(match.group(1))):
+            if written_by_running_process(entry.name):
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
@@ -78,8 +80,8 @@ def _remove_stale_temporaries(target: Path) -> None:
 
 def written_by_running_process(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is the temporary file of an :func:`atomic_path` write whose process still runs."""
-    match = re.fullmatch(r"\..+\.(\d+)\.[a-z0-9_]{8}\.tmp(\..+)?", Path(path).name)
-    return match is not None and _process_alive(int(match.group(1)))
+    match = _temporary_name_pattern().fullmatch(Path(path).name)
+    return match is not None and match.group(1) is not None and _process_alive(int(match.group(1)))
 
 
 @contextlib.contextmanager
