@@ -11,6 +11,8 @@ about fifteen times the true tumour volume. Regions therefore train with MONAI's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from monai.losses import DiceCELoss, DiceFocalLoss
 
@@ -20,7 +22,13 @@ from pipeline.tasks.task import TARGETS
 __all__ = ["build_loss"]
 
 
-def build_loss(target: str, batch: bool = True, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5) -> torch.nn.Module:
+def build_loss(
+    target: str,
+    batch: bool = True,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    class_weights: Sequence[float] | None = None,
+) -> torch.nn.Module:
     """The training loss of a target.
 
     Args:
@@ -29,9 +37,22 @@ def build_loss(target: str, batch: bool = True, smooth_nr: float = 1e-5, smooth_
         batch: Dice over the whole batch rather than per sample (steadier on tumour-free slices).
         smooth_nr: Dice numerator smoothing.
         smooth_dr: Dice denominator smoothing.
+        class_weights: one weight per output channel (softmax: background first), applied to both
+            terms; ``None`` weighs every channel alike.
     """
+    weight = _class_weights(class_weights)
     if target == "softmax":
-        return DiceCELoss(to_onehot_y=True, softmax=True, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+        return DiceCELoss(to_onehot_y=True, softmax=True, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight)
     if target == "regions":
-        return DiceFocalLoss(sigmoid=True, gamma=0.0, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+        return DiceFocalLoss(sigmoid=True, gamma=0.0, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight)
     raise ConfigError("target", f"choose {' or '.join(TARGETS)}, got {target!r}")
+
+
+def _class_weights(class_weights: Sequence[float] | None) -> torch.Tensor | None:
+    """The loss's per-channel weights as a tensor, or ``None``; weights must be positive."""
+    if class_weights is None:
+        return None
+    weights = [float(value) for value in class_weights]
+    if not weights or min(weights) <= 0:
+        raise ConfigError("class_weights", f"give one positive weight per output channel, got {list(class_weights)!r}")
+    return torch.tensor(weights)

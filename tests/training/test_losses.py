@@ -49,3 +49,23 @@ def test_softmax_loss_takes_class_index_labels() -> None:
 def test_unknown_target_is_refused() -> None:
     with pytest.raises(ConfigError, match="target"):
         build_loss("sigmoid")
+
+
+def test_class_weights_raise_the_cost_of_missing_the_weighted_class() -> None:
+    """Predicting NEC (label 1) as background costs more once NEC weighs 3 and the rest 1."""
+    labels = torch.zeros(2, 1, 32, 32)
+    labels[:, :, 8:24, 8:24] = 2
+    labels[:, :, 12:20, 12:20] = 1
+    logits = torch.nn.functional.one_hot(labels[:, 0].long(), 4).permute(0, 3, 1, 2).float() * 16 - 8
+    nec_missed = logits.clone()
+    nec_missed[:, :, 12:20, 12:20] = torch.tensor([8.0, -8.0, -8.0, -8.0])[:, None, None]
+    equal, weighted = build_loss("softmax"), build_loss("softmax", class_weights=[1, 3, 1, 1])
+    assert torch.allclose(build_loss("softmax", class_weights=[1, 1, 1, 1])(nec_missed, labels), equal(nec_missed, labels))
+    assert weighted(nec_missed, labels) > equal(nec_missed, labels) + 0.5
+    assert torch.isclose(weighted(logits, labels), equal(logits, labels), atol=1e-3)  # a right NEC costs nothing extra
+
+
+@pytest.mark.parametrize("weights", [[], [1, 0, 1, 1], [1, -2, 1, 1]])
+def test_class_weights_must_be_positive(weights: list[float]) -> None:
+    with pytest.raises(ConfigError, match="class_weights"):
+        build_loss("softmax", class_weights=weights)
