@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from markdown_tables import table_cells, table_rows
 from monai.bundle import ConfigParser
 from packaging.version import Version
 
@@ -100,11 +101,7 @@ def test_model_card_per_patient_table_is_the_recorded_cross_validation():
     """Each of the 21 patients' rows in the model card's Performance table: its fold and Dice as recorded."""
     recorded = {row["case_id"]: row for row in json.loads(CV_RESCORED.read_text())["rows"] if row["arm"] == "best + bundle post"}
     performance = BUNDLE_CARD.read_text().split("## Performance\n", 1)[1].split("\n## ", 1)[0]
-    card = {}
-    for line in performance.splitlines():
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if line.startswith("| ") and cells[0] in recorded:
-            card[cells[0]] = cells
+    card = {cells[0]: cells for cells in map(table_cells, table_rows(performance)) if cells[0] in recorded}
     assert set(card) == set(recorded) and len(card) == 21
     for case_id, row in recorded.items():
         dice = [f"{row[f'dice_{structure}']:.3f}" for structure in ("WT", "TC", "ET", "NEC", "ED")]
@@ -114,8 +111,7 @@ def test_model_card_per_patient_table_is_the_recorded_cross_validation():
 
 def test_the_demo_row_of_the_results_is_what_make_demo_measures():
     """docs/results.md's synthetic-demo row; a local demo run (same seed and budget) reproduces its WT Dice."""
-    row = next(line for line in (REPO / "docs" / "results.md").read_text().splitlines() if line.startswith("| synthetic cohort"))
-    wt = float(row.strip("|").split("|")[2])
+    wt = float(table_cells(table_rows(REPO / "docs" / "results.md", "synthetic cohort")[0])[2])
     assert 0.85 <= wt <= 1.0
     demo = REPO / "outputs" / "demo" / "demo.json"
     if demo.is_file():

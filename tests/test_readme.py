@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from markdown_tables import table_cells, table_rows
 from prediction_cases import write_run_dir
 
 from pipeline.cli import main
@@ -338,27 +339,22 @@ def test_no_page_says_there_is_no_real_data_result():
         assert not re.search(r"no real-data result", doc.read_text(), flags=re.IGNORECASE), _doc_id(doc)
 
 
-def _table_rows(path: Path, first_cell: str) -> list[str]:
-    return [line for line in path.read_text().splitlines() if line.startswith(f"| {first_cell}")]
-
-
 def test_results_tables_are_the_bundle_metadata_and_agree_across_pages():
     """The defaults' row of docs/results.md and the model card's table are the bundle's eval_metrics; the README's
     real-data rows are those of docs/results.md."""
     metrics = json.loads((REPO / "bundles" / "brats_segmentation" / "configs" / "metadata.json").read_text())["eval_metrics"]
-    row = _table_rows(DOCS / "results.md", "pipeline, the defaults")[0]
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    cells = table_cells(table_rows(DOCS / "results.md", "pipeline, the defaults")[0])
     for index, key in enumerate(("dice_wt", "dice_tc", "dice_et")):
         assert cells[1 + index].strip("*") == f"{metrics[f'test_mean_{key}']:.3f}", key
     for index, key in enumerate(("wt", "tc", "et")):
         assert cells[4 + index].strip("*") == f"{metrics[f'test_mean_hd95_{key}_mm']:.1f}", key
     for structure in ("WT", "TC", "ET", "NEC", "ED"):
-        cells = [cell.strip() for cell in _table_rows(BUNDLE_CARD, structure)[0].strip("|").split("|")]
+        cells = table_cells(table_rows(BUNDLE_CARD, structure)[0])
         key = structure.lower()
         assert cells[1:3] == [f"{metrics[f'test_mean_dice_{key}']:.3f}", f"{metrics[f'test_mean_hd95_{key}_mm']:.2f}"], structure
     for arm in ("plain 2.5D UNet baseline", "pipeline, the defaults"):
-        readme_rows = _table_rows(README, arm)
-        assert readme_rows and readme_rows == _table_rows(DOCS / "results.md", arm), arm
+        readme_rows = table_rows(README, arm)
+        assert readme_rows and readme_rows == table_rows(DOCS / "results.md", arm), arm
 
 
 #: Modules the Layout lists ahead of their creation; once they exist they are checked like every other module.
@@ -408,17 +404,17 @@ def test_layout_lists_every_module_of_the_package_and_only_existing_ones():
 
 def _stage_rows() -> list[str]:
     section = _section(README.read_text(), "Stages")
-    return [line for line in section.splitlines() if line.startswith("| ") and not line.startswith(("| stage", "| ---"))]
+    return [row for row in table_rows(section) if not row.startswith(("| stage", "| ---"))]
 
 
 def test_stage_table_names_existing_commands_and_configs():
     rows = _stage_rows()
-    assert [row.split("|")[1].strip() for row in rows] == [
+    assert [table_cells(row)[0] for row in rows] == [
         "synthetic cohort", "data list", "raw scans", "preprocess", "train", "predict", "evaluate", "export", "demo", "Python API",
     ]  # fmt: skip
     for row in rows:
-        assert re.search(r"`(pipeline/[^`]*)`", row.split("|")[3]), f"{row}: no module"
-        configs = re.findall(r"`([\w.]+\.(?:yaml|json))`", row.split("|")[4])
+        assert re.search(r"`(pipeline/[^`]*)`", table_cells(row)[2]), f"{row}: no module"
+        configs = re.findall(r"`([\w.]+\.(?:yaml|json))`", table_cells(row)[3])
         assert all((REPO / "bundles" / "brats_segmentation" / "configs" / name).is_file() for name in configs), row
     assert any(row.startswith("| train |") and "`train.yaml`" in row for row in rows)
 
