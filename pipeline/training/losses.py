@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss
 from pipeline.core.errors import ConfigError
 from pipeline.tasks.task import TARGETS
 
-__all__ = ["build_loss"]
+__all__ = ["build_loss", "class_weight_tensor"]
 
 
 def build_loss(
@@ -28,6 +28,7 @@ def build_loss(
     smooth_nr: float = 1e-5,
     smooth_dr: float = 1e-5,
     class_weights: Sequence[float] | None = None,
+    out_channels: int | None = None,
 ) -> torch.nn.Module:
     """The training loss of a target.
 
@@ -39,8 +40,9 @@ def build_loss(
         smooth_dr: Dice denominator smoothing.
         class_weights: one weight per output channel (softmax: background first), applied to both
             terms; ``None`` weighs every channel alike.
+        out_channels: the network's output channels, when known: ``class_weights`` must give as many.
     """
-    weight = _class_weights(class_weights)
+    weight = class_weight_tensor(class_weights, out_channels)
     if target == "softmax":
         return DiceCELoss(to_onehot_y=True, softmax=True, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight)
     if target == "regions":
@@ -48,11 +50,12 @@ def build_loss(
     raise ConfigError("target", f"choose {' or '.join(TARGETS)}, got {target!r}")
 
 
-def _class_weights(class_weights: Sequence[float] | None) -> torch.Tensor | None:
-    """The loss's per-channel weights as a tensor, or ``None``; weights must be positive."""
+def class_weight_tensor(class_weights: Sequence[float] | None, out_channels: int | None = None) -> torch.Tensor | None:
+    """The loss's per-channel weights as a tensor, or ``None``; weights must be positive, one per output channel."""
     if class_weights is None:
         return None
     weights = [float(value) for value in class_weights]
-    if not weights or min(weights) <= 0:
-        raise ConfigError("class_weights", f"give one positive weight per output channel, got {list(class_weights)!r}")
+    expected = f"{out_channels} " if out_channels is not None else ""
+    if not weights or min(weights) <= 0 or (out_channels is not None and len(weights) != out_channels):
+        raise ConfigError("class_weights", f"give {expected}positive weights, one per output channel (softmax: background first), got {list(class_weights)!r}")
     return torch.tensor(weights)

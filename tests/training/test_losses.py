@@ -65,7 +65,8 @@ def test_class_weights_raise_the_cost_of_missing_the_weighted_class() -> None:
     assert torch.isclose(weighted(logits, labels), equal(logits, labels), atol=1e-3)  # a right NEC costs nothing extra
 
 
-@pytest.mark.parametrize("weights", [[], [1, 0, 1, 1], [1, -2, 1, 1]])
-def test_class_weights_must_be_positive(weights: list[float]) -> None:
-    with pytest.raises(ConfigError, match="class_weights"):
-        build_loss("softmax", class_weights=weights)
+@pytest.mark.parametrize("weights", [[], [1, 0, 1, 1], [1, -2, 1, 1], [1, 2, 1]])
+def test_class_weights_must_be_positive_and_one_per_channel(weights: list[float]) -> None:
+    with pytest.raises(ConfigError, match="class_weights: give 4 positive weights"):
+        build_loss("softmax", class_weights=weights, out_channels=4)
+    assert build_loss("regions", class_weights=[1, 2, 1], out_channels=3).dice.class_weight.tolist() == [1, 2, 1]

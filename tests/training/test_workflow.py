@@ -555,3 +555,12 @@ def test_augment_on_refuses_an_unknown_place(tiny_run_data: tuple[Path, Path], t
     assert result.exit_code != 0
     assert "augment_on: unknown place 'gpu'; expected one of worker, device" in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_class_weights_of_the_wrong_length_are_refused_before_training(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    result = CliRunner().invoke(main, ["train", "--datalist", str(datalist), "--cache", str(cache), "--mode", "2d", "--epochs", "1",
+                                       "--out", str(tmp_path / "run"), "--set", "class_weights=[1,2,1]"])  # fmt: skip
+    assert result.exit_code != 0
+    assert "class_weights: give 4 positive weights, one per output channel (softmax: background first), got [1, 2, 1]" in result.output
+    assert not (tmp_path / "run").exists()
