@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss, DiceFocalLoss
 from pipeline.core.errors import ConfigError
 from pipeline.tasks.task import TARGETS
 
-__all__ = ["build_loss", "class_weight_tensor"]
+__all__ = ["build_loss"]
 
 
 def build_loss(
@@ -42,7 +42,7 @@ def build_loss(
             terms; ``None`` weighs every channel alike.
         out_channels: the network's output channels, when known: ``class_weights`` must give as many.
     """
-    weight = class_weight_tensor(class_weights, out_channels)
+    weight = _class_weight_tensor(class_weights, out_channels)
     if target == "softmax":
         return DiceCELoss(to_onehot_y=True, softmax=True, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight)
     if target == "regions":
@@ -50,7 +50,7 @@ def build_loss(
     raise ConfigError("target", f"choose {' or '.join(TARGETS)}, got {target!r}")
 
 
-def class_weight_tensor(class_weights: Sequence[float] | None, out_channels: int | None = None) -> torch.Tensor | None:
+def _class_weight_tensor(class_weights: Sequence[float] | None, out_channels: int | None = None) -> torch.Tensor | None:
     """The loss's per-channel weights as a tensor, or ``None``; weights must be positive, one per output channel."""
     if class_weights is None:
         return None

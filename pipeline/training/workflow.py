@@ -60,7 +60,6 @@ from pipeline.inference.config import write_run_inference_config
 from pipeline.networks import check_mode
 from pipeline.preprocessing.cache import IncompleteEntryError, read_meta
 from pipeline.tasks.task import TaskSpec, model_task, resolve_task
-from pipeline.training.losses import class_weight_tensor
 from pipeline.transforms.regions import LabelsToRegionsd
 
 __all__ = [
@@ -386,6 +385,7 @@ def train(
         **settings,
     )
     with _pipeline_errors_unwrapped():
+        set_run_task(workflow.parser)  # the checks see the task the run will have
         if check_before_writing(workflow.parser, rerun_resumes=True) and not resume:
             workflow.parser["resume"] = True
             logger.info("%s holds an unfinished run of this same configuration: resuming it", out)
@@ -564,9 +564,8 @@ def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
 
     check_kept_weights(parser.get_parsed_content("keep_weights", default="best"))
     parser.get_parsed_content("augment_on_device", default=False)  # an unknown augment_on stops here
-    class_weights = parser.get_parsed_content("loss#class_weights", default=None)
-    if class_weights is not None:  # weights that do not fit the network's outputs stop here, not at the first step
-        class_weight_tensor(class_weights, model_task(run_task(parser), parser.get_parsed_content("output_mode", default=None)).out_channels)
+    if parser.get("task") is not None:  # the loss as the run builds it: class_weights that do not fit its outputs stop here
+        parser.get_parsed_content("loss")
     run_dir = Path(parser.get_parsed_content("output_dir"))
     existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.exists())
     if not existing.is_dir():
