@@ -19,7 +19,8 @@ precision, halving what DataLoader workers send; the training step then casts it
 
 Slices are addressed across the whole cohort by an index of (case, z);
 :class:`ForegroundWeightedSampler` draws them so that a chosen fraction are tumour slices (any
-non-background class of the task; 3D patches centre on such voxels). Intensity augmentations
+non-background class of the task; 3D patches centre on such voxels), and optionally gives the
+slices holding a named class (BraTS NEC) their own share (``class_ratios``). Intensity augmentations
 act on every channel alike, whatever their number. Under
 DDP the same sampler splits each epoch's draws between ranks (``build_train_sampler(...,
 distributed=True)``), so no ``DistributedSampler`` is stacked on top. Every sample's augmentation
@@ -32,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,7 @@ from pipeline.preprocessing.cache import (
     load_array,
     read_meta,
 )
+from pipeline.tasks.task import TaskSpec, resolve_task
 from pipeline.transforms import (
     CONTEXT_PADDINGS,
     CentrePadCropd,
@@ -81,11 +83,13 @@ __all__ = [
     "build_train_dataset",
     "build_train_loader",
     "build_train_sampler",
+    "check_class_ratios",
     "metadata_tracking_off",
     "patch_transforms",
     "slice_probabilities",
     "slice_transforms",
     "stack_context",
+    "with_class_shares",
 ]
 
 Mode = Literal["2d", "2.5d", "3d"]
@@ -253,6 +257,10 @@ class SliceDataset(_CachedDataset):
         image, label = self.store.arrays(case_index)
         data = {"image": image, "label": label, "slice_index": z, "case_id": self.case_ids[case_index]}
         return self._transform(data, int(index))
+
+    def slices_holding(self, value: int) -> np.ndarray:
+        """Whether each item's (centre) slice holds internal label ``value``, read from the label maps."""
+        return np.concatenate([np.any(self.store.arrays(case)[1] == value, axis=(1, 2)) for case in range(len(self.case_ids))])
 
 
 class PatchDataset(_CachedDataset):
@@ -513,6 +521,49 @@ def slice_probabilities(foreground_per_item: np.ndarray | None, count: int, fore
     return np.where(tumour, foreground_ratio / n_tumour, (1.0 - foreground_ratio) / (count - n_tumour))
 
 
+def check_class_ratios(class_ratios: Mapping[str, float] | None, task: TaskSpec = None, mode: str = "2.5d") -> dict[str, int]:
+    """The internal label of each class ``class_ratios`` names, once its names, shares and ``mode`` are checked.
+
+    Args:
+        class_ratios: per class name of ``task``, its share of the drawn slices in [0, 1]; the
+            shares sum to at most 1. ``None`` or empty: none (an empty result).
+        task: the task whose classes are named (``None``: the default, BraTS glioma).
+        mode: the training mode; shares weight 2D/2.5D slices only.
+    """
+    if not class_ratios:
+        return {}
+    if mode == "3d":
+        raise ConfigError("class_ratios", "weights 2D/2.5D slices; 3D patches centre on tumour by foreground_ratio")
+    classes = resolve_task(task).classes
+    unknown = sorted(set(class_ratios) - set(classes))
+    if unknown:
+        raise ConfigError("class_ratios", f"unknown class {', '.join(unknown)}; the task's classes are {', '.join(classes)}")
+    shares = {name: float(share) for name, share in class_ratios.items()}
+    if any(not 0.0 <= share <= 1.0 for share in shares.values()) or sum(shares.values()) > 1.0 + 1e-9:
+        raise ConfigError("class_ratios", f"give shares in [0, 1] summing to at most 1, got {shares}")
+    return {name: classes.index(name) + 1 for name in shares}
+
+
+def with_class_shares(probabilities: np.ndarray, class_items: Mapping[str, np.ndarray], class_ratios: Mapping[str, float]) -> np.ndarray:
+    """Give each named class its share of the draws: ``class_ratios[name]`` of them fall evenly on the items that hold it.
+
+    The remaining ``1 - sum(class_ratios)`` follow ``probabilities``; a class no item holds gives its
+    share back to them. MONAI's ``RandCropByLabelClassesd(ratios=...)`` does this for crop centres in
+    one volume; slices drawn across a cohort need it over the whole index, hence this function.
+
+    Args:
+        probabilities: draw probabilities of the items (summing to 1), e.g. :func:`slice_probabilities`.
+        class_items: per class name, a boolean vector of the items holding that class.
+        class_ratios: per class name, its share of the draws (checked by :func:`check_class_ratios`).
+    """
+    base = np.asarray(probabilities, dtype=np.float64)
+    mixed = base * (1.0 - sum(class_ratios.values()))
+    for name, share in class_ratios.items():
+        holds = np.asarray(class_items[name], dtype=bool)
+        mixed += share * holds / holds.sum() if holds.any() else share * base
+    return mixed
+
+
 class ForegroundWeightedSampler(Sampler[int]):
     """Draws dataset indices with replacement from given probabilities, optionally split across DDP ranks.
 
@@ -579,6 +630,8 @@ def build_train_sampler(
     distributed: bool = False,
     num_replicas: int | None = None,
     rank: int | None = None,
+    class_ratios: Mapping[str, float] | None = None,
+    task: TaskSpec = None,
 ) -> ForegroundWeightedSampler:
     """The sampler for a training dataset: foreground-weighted for slices, uniform over cases for patches.
 
@@ -592,6 +645,9 @@ def build_train_sampler(
             ``torch.distributed``'s world size and rank.
         num_replicas: number of ranks (implies ``distributed``).
         rank: this rank.
+        class_ratios: 2D/2.5D: share of the draws given to slices holding each named class of
+            ``task`` (e.g. ``{"NEC": 0.2}``), see :func:`with_class_shares`; ``None``: none.
+        task: the task whose class names ``class_ratios`` uses (``None``: the default, BraTS).
     """
     if distributed or num_replicas is not None:
         if num_replicas is None or rank is None:
@@ -602,6 +658,10 @@ def build_train_sampler(
     ratio = foreground_ratio if foreground_ratio is not None else getattr(dataset, "foreground_ratio", None)
     counts = getattr(dataset, "foreground_per_item", None)
     probabilities = slice_probabilities(counts, len(dataset), ratio if counts is not None else None)
+    values = check_class_ratios(class_ratios, task, "2.5d" if isinstance(dataset, SliceDataset) else "3d")
+    if values:
+        items = {name: dataset.slices_holding(value) for name, value in values.items()}
+        probabilities = with_class_shares(probabilities, items, class_ratios)
     return ForegroundWeightedSampler(
         probabilities,
         num_samples if num_samples is not None else len(dataset),

@@ -59,6 +59,7 @@ from pipeline.datasets.datalist import datalist_task, load_datalist
 from pipeline.inference.config import write_run_inference_config
 from pipeline.networks import check_mode
 from pipeline.preprocessing.cache import IncompleteEntryError, read_meta
+from pipeline.training.loaders import check_class_ratios
 from pipeline.tasks.task import TaskSpec, model_task, resolve_task
 from pipeline.transforms.regions import LabelsToRegionsd
 
@@ -566,6 +567,7 @@ def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
     parser.get_parsed_content("augment_on_device", default=False)  # an unknown augment_on stops here
     if parser.get("task") is not None:  # the loss as the run builds it: class_weights that do not fit its outputs stop here
         parser.get_parsed_content("loss")
+        check_class_ratios(parser.get_parsed_content("class_ratios", default=None), parser.get_parsed_content("task"), parser.get_parsed_content("mode"))
     run_dir = Path(parser.get_parsed_content("output_dir"))
     existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.exists())
     if not existing.is_dir():

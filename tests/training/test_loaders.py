@@ -20,7 +20,9 @@ from pipeline.training.loaders import (
     build_train_sampler,
     patch_transforms,
     slice_probabilities,
+    check_class_ratios,
     slice_transforms,
+    with_class_shares,
 )
 from pipeline.core.errors import ConfigError, InputError
 
@@ -186,6 +188,48 @@ def test_sampler_draws_the_configured_tumour_fraction(cache: Path, ratio: float)
     assert len(set(draws[~tumour].tolist())) > 10  # empty slices are still drawn, and varied
     natural = len(TUMOUR_SLICES) / DEPTH
     assert abs(tumour.mean() - natural) > 0.1  # far from what uniform drawing gives
+
+
+def test_class_shares_mix_into_the_draw_probabilities() -> None:
+    base = np.full(8, 1 / 8)
+    holds = np.array([False, False, True, False, False, False, False, True])
+    mixed = with_class_shares(base, {"NEC": holds}, {"NEC": 0.5})
+    assert mixed.sum() == pytest.approx(1.0)
+    assert mixed[holds].sum() == pytest.approx(0.5 + 0.5 * 2 / 8)
+    assert mixed[2] == mixed[7] and mixed[0] == pytest.approx(0.5 / 8)
+    np.testing.assert_allclose(with_class_shares(base, {"NEC": np.zeros(8, bool)}, {"NEC": 0.5}), base)  # no NEC: share given back
+
+
+def test_class_ratios_name_classes_of_the_task_with_shares_that_fit() -> None:
+    assert check_class_ratios({"NEC": 0.2, "ET": 0.1}) == {"NEC": 1, "ET": 3}
+    assert check_class_ratios(None) == {}
+    for shares, message in (({"NEC": 0.7, "ED": 0.4}, "summing to at most 1"), ({"NEC": -0.1}, "in \\[0, 1\\]"), ({"CORE": 0.2}, "unknown class CORE")):
+        with pytest.raises(ConfigError, match=message):
+            check_class_ratios(shares, "brats-glioma")
+    with pytest.raises(ConfigError, match="3D patches"):
+        check_class_ratios({"NEC": 0.2}, mode="3d")
+
+
+def test_sampler_gives_the_named_class_its_share_of_slices(cache: Path) -> None:
+    label_path = cache / "case_0" / "label.npy"
+    label = np.load(label_path)
+    label[label == 1] = 2
+    label[5, 7, 7] = 1  # case_0 keeps NEC in one slice; the other cases hold it in all their tumour slices
+    np.save(label_path, label)
+    dataset = build_train_dataset(cache, None, "2.5d", foreground_ratio=0.6)
+    holds_nec = dataset.slices_holding(1)
+    assert holds_nec.sum() == 1 + 3 * len(TUMOUR_SLICES) and holds_nec[5] and not holds_nec[4]
+    plain = np.fromiter(iter(build_train_sampler(dataset, num_samples=20_000)), dtype=np.int64)
+    weighted = build_train_sampler(dataset, num_samples=20_000, class_ratios={"NEC": 0.5}, task="brats-glioma")
+    draws = np.fromiter(iter(weighted), dtype=np.int64)
+    natural = holds_nec[plain].mean()
+    assert abs(holds_nec[draws].mean() - (0.5 + 0.5 * natural)) < 0.02
+    assert dataset.foreground_per_item[draws].astype(bool).mean() > 0.6 + 0.05  # NEC slices are tumour slices
+    with pytest.raises(ConfigError, match="unknown class CORE"):
+        build_train_sampler(dataset, class_ratios={"CORE": 0.2})
+    patches = build_train_dataset(cache, None, "3d", patch_size=(16, 16, 8))
+    with pytest.raises(ConfigError, match="class_ratios"):
+        build_train_sampler(patches, class_ratios={"NEC": 0.2})
 
 
 def test_sampler_epochs_and_ranks(cache: Path) -> None:

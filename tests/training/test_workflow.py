@@ -557,10 +557,32 @@ def test_augment_on_refuses_an_unknown_place(tiny_run_data: tuple[Path, Path], t
     assert not (tmp_path / "run").exists()
 
 
-def test_class_weights_of_the_wrong_length_are_refused_before_training(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("class_weights=[1,2,1]", "class_weights: give 4 positive weights, one per output channel (softmax: background first), got [1, 2, 1]"),
+        ("class_ratios={CORE: 0.2}", "class_ratios: unknown class CORE; the task's classes are NEC, ED, ET"),
+    ],
+)
+def test_loss_and_sampling_settings_that_do_not_fit_the_task_are_refused_before_training(
+    tiny_run_data: tuple[Path, Path], tmp_path: Path, setting: str, message: str
+) -> None:
     datalist, cache = tiny_run_data
     result = CliRunner().invoke(main, ["train", "--datalist", str(datalist), "--cache", str(cache), "--mode", "2d", "--epochs", "1",
-                                       "--out", str(tmp_path / "run"), "--set", "class_weights=[1,2,1]"])  # fmt: skip
+                                       "--out", str(tmp_path / "run"), "--set", setting])  # fmt: skip
     assert result.exit_code != 0
-    assert "class_weights: give 4 positive weights, one per output channel (softmax: background first), got [1, 2, 1]" in result.output
+    assert message in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_class_ratios_reach_the_training_sampler(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    from pipeline.training.workflow import set_run_task
+
+    datalist, cache = tiny_run_data
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in training_config_files("2.5d", [])])
+    parser.update({"datalist": str(datalist), "dataset_dir": str(cache), "output_dir": str(tmp_path / "run"), "class_ratios": {"NEC": 0.5}})
+    set_run_task(parser)
+    holds_nec = parser.get_parsed_content("train#dataset").slices_holding(1)
+    assert 0 < holds_nec.mean() < 0.4
+    assert parser.get_parsed_content("train#sampler").probabilities[holds_nec].sum() > 0.5
