@@ -1,9 +1,13 @@
-"""Network builders: MONAI ``UNet``, ``AttentionUnet`` and ``SegResNet`` sized from the sampling mode.
+"""Network builders: MONAI ``UNet``, ``AttentionUnet``, ``DynUNet`` and ``SegResNet`` sized from the sampling mode.
 
 The bundle configs build their network with :func:`build_network`, so the input channels (the
 task's channels, times ``2k+1`` slices in 2.5D), the spatial dimensions (2D for 2d/2.5d, 3D for
 3d) and the output channels (background + the task's classes, or its regions) always follow
 ``mode``, ``context``, ``task`` and ``output_mode`` (:mod:`pipeline.tasks.task`).
+
+``DynUNet`` (the nnU-Net architecture) can be deeply supervised: in training mode it returns its
+full-resolution output and ``deep_supervision`` coarser decoder heads (upsampled), stacked on dim 1,
+which :func:`pipeline.training.losses.build_loss` scores together; in eval mode, only the first.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from monai.networks.nets import AttentionUnet, SegResNet, UNet
+from monai.networks.nets import AttentionUnet, DynUNet, SegResNet, UNet
 
 from pipeline.core.errors import ConfigError
 from pipeline.tasks.task import TARGETS, TaskSpec, model_task
@@ -37,7 +41,7 @@ MODES: tuple[str, ...] = ("2d", "2.5d", "3d")
 OUTPUT_MODES: tuple[str, ...] = TARGETS
 
 #: Selectable architectures (``network`` key of the configs).
-NETWORKS: tuple[str, ...] = ("unet", "attention_unet", "segresnet")
+NETWORKS: tuple[str, ...] = ("unet", "attention_unet", "dynunet", "segresnet")
 
 
 def check_mode(mode: str, output_mode: str = "softmax") -> None:
@@ -85,6 +89,7 @@ def build_network(
     init_filters: int = 16,
     blocks_down: Sequence[int] = (1, 2, 2, 4),
     task: TaskSpec = None,
+    deep_supervision: int = 0,
 ) -> torch.nn.Module:
     """Build the segmentation network for a sampling mode.
 
@@ -93,16 +98,18 @@ def build_network(
         context: slices on each side of the centre slice in 2.5D.
         output_mode: ``softmax`` (background + the classes) or ``regions`` (the task's regions);
             ``None``: the task's target.
-        network: ``unet``, ``attention_unet`` or ``segresnet``.
-        channels: feature channels per level (UNet, AttentionUnet).
-        strides: downsampling per level, one fewer than ``channels`` (UNet, AttentionUnet).
-        num_res_units: residual units per block (UNet).
+        network: ``unet``, ``attention_unet``, ``dynunet`` or ``segresnet``.
+        channels: feature channels per level (UNet, AttentionUnet, DynUNet).
+        strides: downsampling per level, one fewer than ``channels`` (UNet, AttentionUnet, DynUNet).
+        num_res_units: residual units per block (UNet); DynUNet uses residual blocks when > 0.
         norm: normalisation layer (UNet).
         dropout: dropout probability.
         init_filters: first-level filters (SegResNet).
         blocks_down: residual blocks per level (SegResNet).
         task: a task name, task file, stored task mapping or :class:`~pipeline.tasks.task.Task`
             (``None``: BraTS glioma).
+        deep_supervision: DynUNet: coarser decoder outputs trained beside the full-resolution one
+            (fewer than the levels below the top); 0: none.
 
     Returns:
         The network; its ``spatial_divisor`` attribute is the multiple the input's spatial
@@ -111,7 +118,9 @@ def build_network(
     check_mode(mode, output_mode or "softmax")
     dims, in_ch, out_ch = spatial_dims(mode), input_channels(mode, context, task), output_channels(output_mode, task)
     channels, strides = tuple(int(c) for c in channels), tuple(int(s) for s in strides)
-    if network in ("unet", "attention_unet") and len(strides) != len(channels) - 1:
+    if deep_supervision and network != "dynunet":
+        raise ConfigError("deep_supervision", f"needs network_name: dynunet, got {network!r}")
+    if network in ("unet", "attention_unet", "dynunet") and len(strides) != len(channels) - 1:
         raise ConfigError("network_def", f"{network} needs one stride fewer than channels, got channels {channels} and strides {strides}")
     if network == "unet":
         net: torch.nn.Module = UNet(
@@ -127,6 +136,24 @@ def build_network(
         divisor = math.prod(strides)
     elif network == "attention_unet":
         net = AttentionUnet(spatial_dims=dims, in_channels=in_ch, out_channels=out_ch, channels=channels, strides=strides, dropout=dropout)
+        divisor = math.prod(strides)
+    elif network == "dynunet":
+        if not 0 <= deep_supervision < len(strides):
+            raise ConfigError("deep_supervision", f"give 0 to {len(strides) - 1} decoder outputs for {len(channels)} levels, got {deep_supervision}")
+        net = DynUNet(
+            spatial_dims=dims,
+            in_channels=in_ch,
+            out_channels=out_ch,
+            kernel_size=[3] * len(channels),
+            strides=[1, *strides],
+            upsample_kernel_size=list(strides),
+            filters=channels,
+            dropout=dropout or None,
+            norm_name=norm,
+            deep_supervision=deep_supervision > 0,
+            deep_supr_num=max(deep_supervision, 1),
+            res_block=num_res_units > 0,
+        )
         divisor = math.prod(strides)
     elif network == "segresnet":
         net = SegResNet(

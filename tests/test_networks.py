@@ -23,12 +23,21 @@ def test_unet_shapes_follow_mode(mode: str, context: int, shape: tuple, in_chann
     assert spatial_divisor(net) == 4
 
 
-@pytest.mark.parametrize("name", ["attention_unet", "segresnet"])
+@pytest.mark.parametrize("name", ["attention_unet", "dynunet", "segresnet"])
 def test_other_architectures_are_selectable(name: str) -> None:
     net = build_network(mode="2d", network=name, channels=(4, 8, 16), strides=(2, 2), init_filters=8, blocks_down=(1, 1, 1))
-    assert type(net).__name__ == {"attention_unet": "AttentionUnet", "segresnet": "SegResNet"}[name]
+    assert type(net).__name__ == {"attention_unet": "AttentionUnet", "dynunet": "DynUNet", "segresnet": "SegResNet"}[name]
     assert net(torch.zeros(1, 4, 32, 32)).shape == (1, 4, 32, 32)
     assert spatial_divisor(net) == 4
+
+
+@pytest.mark.parametrize("mode", ["2.5d", "3d"])
+def test_deep_supervision_stacks_decoder_outputs_in_training_only(mode: str) -> None:
+    net = build_network(mode=mode, network="dynunet", channels=(4, 8, 16, 32), strides=(2, 2, 2), deep_supervision=2)
+    shape = (2, 20, 32, 32) if mode == "2.5d" else (1, 4, 16, 16, 16)
+    assert net.train()(torch.zeros(shape)).shape == (shape[0], 3, 4, *shape[2:])  # the output and two coarser heads, upsampled
+    assert net.eval()(torch.zeros(shape)).shape == (shape[0], 4, *shape[2:])
+    assert spatial_divisor(net) == 8
 
 
 def test_divisor_seen_through_wrappers() -> None:
@@ -41,7 +50,8 @@ def test_divisor_seen_through_wrappers() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [({"mode": "4d"}, "unknown mode"), ({"output_mode": "multi"}, "unknown output mode"), ({"network": "vnet"}, "unknown network"),
-     ({"channels": (4, 8), "strides": (2, 2)}, "one stride fewer")],
+     ({"channels": (4, 8), "strides": (2, 2)}, "one stride fewer"), ({"deep_supervision": 1}, "needs network_name: dynunet"),
+     ({"network": "dynunet", "channels": (4, 8, 16), "strides": (2, 2), "deep_supervision": 2}, "give 0 to 1 decoder outputs")],
 )
 def test_bad_settings_are_config_errors(kwargs: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words):

@@ -7,6 +7,9 @@ per-region binary cross-entropy: a background voxel (all regions 0) costs nothin
 its region probabilities are, and on the real BraTS folds a regions model trained that way marked
 about fifteen times the true tumour volume. Regions therefore train with MONAI's
 ``DiceFocalLoss`` at ``gamma=0``, which is exactly Dice + binary cross-entropy per channel.
+
+A deeply supervised network (``DynUNet``, see :mod:`pipeline.networks`) stacks its outputs on dim 1
+in training; MONAI's ``DeepSupervisionLoss`` weighs them (1, 1/2, 1/4, ...) once they are unstacked.
 """
 
 from __future__ import annotations
@@ -14,12 +17,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.losses import DiceCELoss, DiceFocalLoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss, DiceFocalLoss
 
 from pipeline.core.errors import ConfigError
 from pipeline.tasks.task import TARGETS
 
-__all__ = ["build_loss"]
+__all__ = ["StackedDeepSupervisionLoss", "build_loss"]
+
+
+class StackedDeepSupervisionLoss(DeepSupervisionLoss):
+    """MONAI's ``DeepSupervisionLoss`` for outputs stacked on dim 1 (DynUNet's training output), which it takes as a list."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002 (MONAI's argument name)
+        stacked = isinstance(input, torch.Tensor) and input.ndim == target.ndim + 1
+        return super().forward(list(torch.unbind(input, dim=1)) if stacked else input, target)
 
 
 def build_loss(
@@ -29,6 +40,7 @@ def build_loss(
     smooth_dr: float = 1e-5,
     class_weights: Sequence[float] | None = None,
     out_channels: int | None = None,
+    deep_supervision: int = 0,
 ) -> torch.nn.Module:
     """The training loss of a target.
 
@@ -41,13 +53,17 @@ def build_loss(
         class_weights: one weight per output channel (softmax: background first), applied to both
             terms; ``None`` weighs every channel alike.
         out_channels: the network's output channels, when known: ``class_weights`` must give as many.
+        deep_supervision: the network's extra decoder outputs (stacked on dim 1 in training); > 0
+            wraps the loss in :class:`StackedDeepSupervisionLoss`.
     """
     weight = _class_weight_tensor(class_weights, out_channels)
     if target == "softmax":
-        return DiceCELoss(to_onehot_y=True, softmax=True, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight)
-    if target == "regions":
-        return DiceFocalLoss(sigmoid=True, gamma=0.0, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight)
-    raise ConfigError("target", f"choose {' or '.join(TARGETS)}, got {target!r}")
+        loss: torch.nn.Module = DiceCELoss(to_onehot_y=True, softmax=True, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight)
+    elif target == "regions":
+        loss = DiceFocalLoss(sigmoid=True, gamma=0.0, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight)
+    else:
+        raise ConfigError("target", f"choose {' or '.join(TARGETS)}, got {target!r}")
+    return StackedDeepSupervisionLoss(loss) if deep_supervision else loss
 
 
 def _class_weight_tensor(class_weights: Sequence[float] | None, out_channels: int | None = None) -> torch.Tensor | None:

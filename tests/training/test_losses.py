@@ -7,7 +7,7 @@ import torch
 from monai.losses import DiceLoss
 
 from pipeline.core.errors import ConfigError
-from pipeline.training.losses import build_loss
+from pipeline.training.losses import StackedDeepSupervisionLoss, build_loss
 
 
 def _regions_target() -> torch.Tensor:
@@ -70,3 +70,18 @@ def test_class_weights_must_be_positive_and_one_per_channel(weights: list[float]
     with pytest.raises(ConfigError, match="class_weights: give 4 positive weights"):
         build_loss("softmax", class_weights=weights, out_channels=4)
     assert build_loss("regions", class_weights=[1, 2, 1], out_channels=3).dice.class_weight.tolist() == [1, 2, 1]
+
+
+@pytest.mark.parametrize("target", ["softmax", "regions"])
+def test_deep_supervision_scores_every_stacked_output(target: str) -> None:
+    """Stacked outputs (DynUNet in training) cost the full output's loss plus 1/2, 1/4, ... of each coarser head's."""
+    labels = torch.zeros(2, 1, 16, 16)
+    labels[:, :, 4:12, 4:12] = 2
+    plain, supervised = build_loss(target), build_loss(target, deep_supervision=2)
+    assert isinstance(supervised, StackedDeepSupervisionLoss) and not isinstance(plain, StackedDeepSupervisionLoss)
+    channels = 4 if target == "softmax" else 3
+    truth = labels if target == "softmax" else torch.cat([labels > 0] * 3, dim=1).float()
+    outputs = [torch.randn(2, channels, 16, 16) for _ in range(3)]
+    expected = sum(weight * plain(output, truth) for weight, output in zip((1.0, 0.5, 0.25), outputs))
+    assert torch.isclose(supervised(torch.stack(outputs, dim=1), truth), expected)
+    assert torch.isclose(supervised(outputs[0], truth), plain(outputs[0], truth))  # eval output: one tensor, plain loss

@@ -268,6 +268,19 @@ def test_other_architecture_optimizer_and_schedule(tiny_run_data: tuple[Path, Pa
     assert "best" in latest["lr_scheduler"] and latest["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(1e-5)
 
 
+def test_deeply_supervised_dynunet_trains_and_its_run_loads_for_inference(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    from pipeline.inference.model import load_model
+
+    datalist, cache = tiny_run_data
+    result = _cli_train(datalist, cache, tmp_path / "run", "2.5d", 1, settings=[*TINY, "network_name=dynunet", "deep_supervision=1"])
+    assert result.exit_code == 0, result.output
+    inference = json.loads((tmp_path / "run" / "inference.json").read_text())
+    assert inference["network_name"] == "dynunet" and inference["deep_supervision"] == 1
+    network = load_model(tmp_path / "run").network  # the deep supervision heads load with the rest
+    assert any(key.startswith("deep_supervision_heads") for key in network.state_dict())
+    assert network(torch.zeros(1, 20, 32, 32)).shape == (1, 4, 32, 32)  # eval: the full-resolution output only
+
+
 @pytest.mark.slow
 def test_monai_bundle_run_trains_2_5d(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     """`python -m monai.bundle run training` runs the same definition and lays out the same run directory."""
