@@ -38,6 +38,7 @@ from monai.bundle import ConfigParser
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline.preprocessing.cache import FORMAT_VERSION  # noqa: E402
 from pipeline.training.workflow import training_config_files  # noqa: E402
 
 CASE_SHAPE = (60, 4, 72, 80)  # (Z, C, X, Y): a small synthetic case after brain cropping
@@ -57,7 +58,7 @@ def write_cache(root: Path, cases: int, seed: int = 0) -> tuple[Path, Path]:
         label[z // 3 : z // 2, x // 3 : x // 2, y // 3 : y // 2] = rng.integers(1, 4, size=(z // 2 - z // 3, x // 2 - x // 3, y // 2 - y // 3))
         np.save(folder / "image.npy", rng.standard_normal(CASE_SHAPE, dtype=np.float32).astype(np.float16))
         np.save(folder / "label.npy", label)
-        meta = {"case_id": case_id, "complete": True, "has_label": True, "shape": list(CASE_SHAPE),
+        meta = {"case_id": case_id, "complete": True, "has_label": True, "shape": list(CASE_SHAPE), "format_version": FORMAT_VERSION,
                 "foreground_per_slice": [int(n) for n in (label > 0).reshape(z, -1).sum(1)]}
         (folder / "meta.json").write_text(json.dumps(meta))
         images = [f"{case_id}/{case_id}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")]
