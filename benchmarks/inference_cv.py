@@ -6,6 +6,8 @@ without training again, under each combination of
 - ``checkpoint``: ``best`` (``models/model.pt``, the epoch one validation patient picked) or
   ``last`` (the final weights of ``models/latest.pt``: the schedule alone decides);
 - ``tta``: mirrored test-time augmentation off or on (the probabilities of the flips averaged),
+- with ``--ensemble-with``: each fold's model averaged with the same fold's models of other
+  real_cv results on the same folds (independently trained members: another seed or recipe),
 
 with each run's own post-processing (its ``inference.json``, as the run was scored) or, with
 ``--postprocessing bundle``, the bundle's current ``configs/inference.yaml`` one (the shipped
@@ -15,10 +17,10 @@ and prints, per variant, the mean Dice, lesion-wise Dice and HD95 of WT, TC and 
 held-out patients and the evaluation seconds, so that the default is chosen on the same folds with
 its cost in view. Results go beside the input, as ``<result>-inference.json`` and ``.md``
 (``-inference-bundle-post`` with the bundle's post-processing; ``-tta`` added when only the TTA
-variant is scored, so it never replaces the record without it); the predictions under the
-result's work folder (``WORK/inference/``).
+variant is scored, so it never replaces the record without it; ``-ensembleN`` for an ensemble of N
+members); the predictions under the result's work folder (``WORK/inference/``).
 
-    python -m benchmarks.inference_cv benchmarks/results/real_cv-<machine>-<date>-<label>.json [--checkpoints best,last] [--tta both] [--postprocessing bundle]
+    python -m benchmarks.inference_cv benchmarks/results/real_cv-<machine>-<date>-<label>.json [--checkpoints best,last] [--tta both] [--postprocessing bundle] [--ensemble-with OTHER.json ...]
 """
 
 from __future__ import annotations
@@ -63,17 +65,34 @@ def bundle_postprocessing() -> dict[str, Any]:
     return {key: value for key, value in component.items() if key != "_target_"}
 
 
-def fold_runs(result: dict) -> list[tuple[int, Path, Path]]:
-    """``(fold, run folder, fold data list)`` of every fold of a real_cv result's pipeline arm."""
-    folders = {int(f["fold"]): fold_run_folder(result, int(f["fold"])) for f in result["folds"]}
-    return [(fold, folder / "pipeline", folder / "datalist.json") for fold, folder in folders.items()]
+def fold_runs(result: dict, members: Sequence[dict] = ()) -> list[tuple[int, list[Path], Path]]:
+    """``(fold, run folders, fold data list)`` of every fold of a real_cv result's pipeline arm.
+
+    ``members``: other real_cv results on the same folds, whose pipeline runs of each fold join the
+    result's own (an ensemble per fold).
+
+    Raises:
+        ValueError: when a member lacks a fold or holds out other patients in it.
+    """
+    folds = {int(f["fold"]): f for f in result["folds"]}
+    runs = []
+    for fold, record in folds.items():
+        folders = [fold_run_folder(result, fold)]
+        for member in members:
+            theirs = {int(f["fold"]): f for f in member["folds"]}.get(fold)
+            if theirs is None or sorted(theirs.get("test", ())) != sorted(record.get("test", ())):
+                raise ValueError(f"ensemble member {member.get('label')!r} does not hold out the same patients in fold {fold}")
+            folders.append(fold_run_folder(member, fold))
+        runs.append((fold, [folder / "pipeline" for folder in folders], folders[0] / "datalist.json"))
+    return runs
 
 
 def score_variant(
-    runs: Sequence[tuple[int, Path, Path]], checkpoint: str, tta: bool, out: Path, device: str = "cpu", postprocessing: dict[str, Any] | None = None
+    runs: Sequence[tuple[int, list[Path], Path]], checkpoint: str, tta: bool, out: Path, device: str = "cpu", postprocessing: dict[str, Any] | None = None
 ) -> tuple[list[dict], float]:
     """Per-patient rows of one variant over every fold (with each prediction's label confusion), and its evaluation wall seconds.
 
+    A fold with several run folders scores their ensemble (the name starts ``ensemble of N``).
     ``postprocessing`` replaces the runs' own (:func:`bundle_postprocessing`); the variant's name then ends in ``+ bundle post``.
     """
     from pipeline.inference.model import load_model
@@ -82,14 +101,17 @@ def score_variant(
     from pipeline.evaluation.evaluate import PREDICTIONS_DIR, evaluate
     from pipeline.inference.writers import segmentation_filename
 
-    name = f"{checkpoint}{' + tta' if tta else ''}{' + bundle post' if postprocessing is not None else ''}"
+    members = max((len(run_dirs) for _, run_dirs, _ in runs), default=1)
+    name = f"{f'ensemble of {members}: ' if members > 1 else ''}{checkpoint}{' + tta' if tta else ''}{' + bundle post' if postprocessing is not None else ''}"
     rows, seconds = [], 0.0
-    for fold, run_dir, datalist in runs:
+    for fold, run_dirs, datalist in runs:
         started = time.perf_counter()
-        model = load_model(run_dir, device=device, tta=tta, postprocessing=postprocessing)
+        model = load_model(run_dirs, device=device, tta=tta, postprocessing=postprocessing)
         if checkpoint == "last":
-            load_weights(model.network, run_dir / "models" / "latest.pt")
-        folder = out / f"fold{fold}-{name.replace(' + ', '-').replace(' ', '-')}"
+            networks = model.network if len(run_dirs) > 1 else [model.network]
+            for network, run_dir in zip(networks, run_dirs):
+                load_weights(network, run_dir / "models" / "latest.pt")
+        folder = out / f"fold{fold}-{name.replace(' + ', '-').replace(': ', '-').replace(' ', '-')}"
         result = evaluate(model, datalist, folder, split="test", lesion_wise=True, progress=False, echo=False)
         seconds += time.perf_counter() - started
         records = {record.case_id: record for record in load_datalist(datalist).cases("test")}
@@ -99,9 +121,10 @@ def score_variant(
     return rows, seconds
 
 
-def output_stem(result: Path, postprocessing: str, tta: str) -> Path:
-    """Where the re-scoring of ``result`` goes (without suffix): one name per post-processing and TTA choice."""
-    return result.with_name(result.stem + "-inference" + ("-bundle-post" if postprocessing == "bundle" else "") + ("-tta" if tta == "on" else ""))
+def output_stem(result: Path, postprocessing: str, tta: str, members: int = 1) -> Path:
+    """Where the re-scoring of ``result`` goes (without suffix): one name per post-processing, TTA and ensemble choice."""
+    suffix = ("-bundle-post" if postprocessing == "bundle" else "") + ("-tta" if tta == "on" else "") + (f"-ensemble{members}" if members > 1 else "")
+    return result.with_name(result.stem + "-inference" + suffix)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,16 +139,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="run",
         help="each run's own post-processing (default) or the bundle's configs/inference.yaml one (the current defaults)",
     )
+    parser.add_argument(
+        "--ensemble-with",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="RESULT",
+        help="real_cv results on the same folds: each fold scores the ensemble of its runs with theirs",
+    )
     args = parser.parse_args(argv)
     checkpoints = [c.strip() for c in args.checkpoints.split(",") if c.strip()]
     if not checkpoints or set(checkpoints) - set(CHECKPOINTS):
         parser.error(f"--checkpoints: choose from {', '.join(CHECKPOINTS)}")
     ttas = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
-    stem = output_stem(args.result, args.postprocessing, args.tta)
+    stem = output_stem(args.result, args.postprocessing, args.tta, 1 + len(args.ensemble_with))
     try:
         result = json.loads(args.result.read_text())
-        runs = fold_runs(result)
-        missing = [str(run) for _, run, _ in runs if not run.is_dir()]
+        runs = fold_runs(result, [json.loads(member.read_text()) for member in args.ensemble_with])
+        missing = [str(run) for _, run_dirs, _ in runs for run in run_dirs if not run.is_dir()]
         if missing:
             raise PipelineError(missing[0], "run folder not found (rerun benchmarks.real_cv)")
         post = bundle_postprocessing() if args.postprocessing == "bundle" else None
@@ -143,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     confusion = arm_confusions(rows)
     text = f"```\n{table.to_string(float_format=lambda v: f'{v:.3f}')}\n```\n\n" + confusion_markdown(confusion, rows)
     write_json(stem.with_suffix(".json"), {
-        "result": args.result.name, "command_line": shlex.join([Path(sys.executable).name, "-m", "benchmarks.inference_cv", *sys.argv[1:]] if argv is None else ["python", "-m", "benchmarks.inference_cv", *argv]),
+        "result": args.result.name, "ensemble_with": [member.name for member in args.ensemble_with], "command_line": shlex.join([Path(sys.executable).name, "-m", "benchmarks.inference_cv", *sys.argv[1:]] if argv is None else ["python", "-m", "benchmarks.inference_cv", *argv]),
         "postprocessing": post, "rows": rows, "means": table.reset_index().to_dict("records"), "confusion": confusion, "eval_seconds": timing,
     })
     write_text(stem.with_suffix(".md"), f"## Inference variants on the trained folds of {args.result.name}\n\n{text}")

@@ -254,6 +254,40 @@ def test_inference_variants_rescore_the_trained_folds(tiny_datalist: Path, tmp_p
     assert inference_cv.main([str(tmp_path / "missing.json")]) == 1
 
 
+@pytest.mark.slow
+def test_inference_ensembles_join_the_same_folds_of_other_results(tiny_datalist: Path, tmp_path: Path) -> None:
+    """--ensemble-with: each fold averages its run with the other result's run of that fold; other folds are refused."""
+    import shutil
+
+    from benchmarks import inference_cv
+    from prediction_cases import write_run_dir
+
+    cases = [record.case_id for record in load_datalist(tiny_datalist).cases("all")]
+    fold = make_folds(cases, folds=4, val_cases=1, seed=0)[0]
+    results = []
+    for label, started in (("one", "20261129T101500"), ("two", "20261129T111500")):
+        fold_dir = tmp_path / "runs" / f"{started}-{label}" / "fold0"
+        write_fold_datalist(tiny_datalist, fold, fold_dir / "datalist.json")
+        if label == "one":
+            write_run_dir(fold_dir / "pipeline")
+        else:  # the same weights: their ensemble must score as the single model does
+            shutil.copytree(tmp_path / "runs" / "20261129T101500-one" / "fold0" / "pipeline", fold_dir / "pipeline")
+        result = tmp_path / f"real_cv-{label}.json"
+        iso = f"{started[:4]}-{started[4:6]}-{started[6:8]}T{started[9:11]}:{started[11:13]}:{started[13:]}+00:00"
+        result.write_text(json.dumps({"data": {"work": str(tmp_path)}, "label": label, "started": iso, "folds": [{"fold": 0, "test": fold.test}]}))
+        results.append(result)
+    assert inference_cv.main([str(results[0]), "--tta", "off", "--checkpoints", "best"]) == 0
+    assert inference_cv.main([str(results[0]), "--tta", "off", "--checkpoints", "best", "--ensemble-with", str(results[1])]) == 0
+    single = json.loads((tmp_path / "real_cv-one-inference.json").read_text())
+    joined = json.loads((tmp_path / "real_cv-one-inference-ensemble2.json").read_text())
+    assert joined["ensemble_with"] == ["real_cv-two.json"] and [row["arm"] for row in joined["means"]] == ["ensemble of 2: best"]
+    assert [row["case_id"] for row in joined["rows"]] == [row["case_id"] for row in single["rows"]] and {row["case_id"] for row in joined["rows"]} == set(fold.test)
+    assert [row["dice_WT"] for row in joined["rows"]] == pytest.approx([row["dice_WT"] for row in single["rows"]])
+    other_fold = json.loads(results[1].read_text()) | {"folds": [{"fold": 0, "test": fold.training[:1]}]}
+    results[1].write_text(json.dumps(other_fold))
+    assert inference_cv.main([str(results[0]), "--tta", "off", "--checkpoints", "best", "--ensemble-with", str(results[1])]) == 1
+
+
 def test_each_inference_choice_has_its_own_result_file() -> None:
     """A TTA-only re-scoring never replaces the record of the same folds without TTA."""
     from benchmarks.inference_cv import output_stem
@@ -262,6 +296,7 @@ def test_each_inference_choice_has_its_own_result_file() -> None:
     names = {(post, tta): output_stem(result, post, tta).name for post in ("run", "bundle") for tta in ("off", "on", "both")}
     assert names[("run", "both")] == "real_cv-x-cv21-inference" and names[("bundle", "off")] == "real_cv-x-cv21-inference-bundle-post"
     assert names[("bundle", "on")] == "real_cv-x-cv21-inference-bundle-post-tta" and names[("run", "on")] == "real_cv-x-cv21-inference-tta"
+    assert output_stem(result, "bundle", "off", members=3).name == "real_cv-x-cv21-inference-bundle-post-ensemble3"
     assert output_stem(result, "bundle", "on").parent == result.parent
 
 
