@@ -74,12 +74,13 @@ def fold_runs(result: dict, members: Sequence[dict] = ()) -> list[tuple[int, lis
     Raises:
         ValueError: when a member lacks a fold or holds out other patients in it.
     """
-    folds = {int(f["fold"]): f for f in result["folds"]}
+    member_folds = [{int(f["fold"]): f for f in member["folds"]} for member in members]
     runs = []
-    for fold, record in folds.items():
+    for record in result["folds"]:
+        fold = int(record["fold"])
         folders = [fold_run_folder(result, fold)]
-        for member in members:
-            theirs = {int(f["fold"]): f for f in member["folds"]}.get(fold)
+        for member, their_folds in zip(members, member_folds):
+            theirs = their_folds.get(fold)
             if theirs is None or sorted(theirs.get("test", ())) != sorted(record.get("test", ())):
                 raise ValueError(f"ensemble member {member.get('label')!r} does not hold out the same patients in fold {fold}")
             folders.append(fold_run_folder(member, fold))

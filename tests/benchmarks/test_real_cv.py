@@ -264,18 +264,18 @@ def test_inference_ensembles_join_the_same_folds_of_other_results(tiny_datalist:
 
     cases = [record.case_id for record in load_datalist(tiny_datalist).cases("all")]
     fold = make_folds(cases, folds=4, val_cases=1, seed=0)[0]
-    results = []
-    for label, started in (("one", "20261129T101500"), ("two", "20261129T111500")):
-        fold_dir = tmp_path / "runs" / f"{started}-{label}" / "fold0"
+    results, fold_dirs = [], []
+    for label, started in (("one", "2026-11-29T10:15:00+00:00"), ("two", "2026-11-29T11:15:00+00:00")):
+        record = {"data": {"work": str(tmp_path)}, "label": label, "started": started, "folds": [{"fold": 0, "test": fold.test}]}
+        fold_dir = fold_run_folder(record, 0)
         write_fold_datalist(tiny_datalist, fold, fold_dir / "datalist.json")
-        if label == "one":
+        if not fold_dirs:
             write_run_dir(fold_dir / "pipeline")
         else:  # the same weights: their ensemble must score as the single model does
-            shutil.copytree(tmp_path / "runs" / "20261129T101500-one" / "fold0" / "pipeline", fold_dir / "pipeline")
-        result = tmp_path / f"real_cv-{label}.json"
-        iso = f"{started[:4]}-{started[4:6]}-{started[6:8]}T{started[9:11]}:{started[11:13]}:{started[13:]}+00:00"
-        result.write_text(json.dumps({"data": {"work": str(tmp_path)}, "label": label, "started": iso, "folds": [{"fold": 0, "test": fold.test}]}))
-        results.append(result)
+            shutil.copytree(fold_dirs[0] / "pipeline", fold_dir / "pipeline")
+        fold_dirs.append(fold_dir)
+        results.append(tmp_path / f"real_cv-{label}.json")
+        results[-1].write_text(json.dumps(record))
     assert inference_cv.main([str(results[0]), "--tta", "off", "--checkpoints", "best"]) == 0
     assert inference_cv.main([str(results[0]), "--tta", "off", "--checkpoints", "best", "--ensemble-with", str(results[1])]) == 0
     single = json.loads((tmp_path / "real_cv-one-inference.json").read_text())
