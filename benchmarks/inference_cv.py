@@ -3,8 +3,9 @@
 Re-evaluates the pipeline runs of a :mod:`benchmarks.real_cv` result on their held-out patients,
 without training again, under each combination of
 
-- ``checkpoint``: ``best`` (``models/model.pt``, the epoch one validation patient picked) or
-  ``last`` (the final weights of ``models/latest.pt``: the schedule alone decides);
+- ``checkpoint``: ``best`` (``models/model.pt``: what the run's ``keep_weights`` kept, the epoch one
+  validation patient picked for runs trained with ``keep_weights: best``) or ``last`` (the final
+  weights of ``models/latest.pt``: the schedule alone decides; the default since bundle 0.6.0);
 - ``tta``: mirrored test-time augmentation off or on (the probabilities of the flips averaged),
 - with ``--ensemble-with``: each fold's model averaged with the same fold's models of other
   real_cv results on the same folds (independently trained members: another seed or recipe),

@@ -17,8 +17,8 @@ first N only, ``--fold K`` (repeatable) the folds named, so that parts of one sp
 ``test`` split:
 
 1. pipeline arm: ``python -m pipeline train`` (the bundle's default config, ``--epochs``,
-   ``--config`` files and ``--set`` overrides; one other patient validates and picks
-   ``models/model.pt``), then :func:`pipeline.evaluation.evaluate.evaluate` on the held-out patients
+   ``--config`` files and ``--set`` overrides; one other patient validates, and picks
+   ``models/model.pt`` under ``keep_weights: best``), then :func:`pipeline.evaluation.evaluate.evaluate` on the held-out patients
    (lesion-wise scores on; ``--checkpoint last`` scores the final weights from ``latest.pt``);
 2. baseline arm: ``python -m benchmarks.baseline_unet25d`` trained on every other patient for the
    CPU seconds the pipeline's training took (loader workers included; ``--budget wall``: its wall
@@ -282,7 +282,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="bundle override passed to train (repeatable)")
     parser.add_argument("--config", action="append", type=Path, default=[], metavar="FILE", help="bundle override file passed to train (repeatable)")
     parser.add_argument("--val-cases", type=int, default=1, help="training patients that validate (pick model.pt) in each fold (default 1)")
-    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="score models/model.pt (best on validation) or the final weights")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="score models/model.pt (what keep_weights kept: the final weights by default) or the final weights of latest.pt")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirrored TTA in evaluation (default: the config's)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both arms train and predict")
     parser.add_argument(

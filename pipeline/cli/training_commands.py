@@ -90,4 +90,4 @@ def train(
         click.echo(ensemble_command(run_dirs))
         return
     run_dir = run_training(fold=fold, **options)
-    click.echo(f"run directory: {run_dir} (best weights: {run_dir / 'models' / 'model.pt'})")
+    click.echo(f"run directory: {run_dir} (weights: {run_dir / 'models' / 'model.pt'})")

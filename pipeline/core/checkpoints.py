@@ -2,7 +2,8 @@
 
 A run's ``models/`` folder holds two files::
 
-    models/model.pt    BEST: the best weights by the validation metric, a plain state_dict
+    models/model.pt    BEST: the kept weights (``keep_weights``: the final ones, or the best by the
+                       validation metric), a plain state_dict
     models/latest.pt   LATEST: the full training state after the last epoch (network, optimizer,
                        scheduler, AMP scaler, epoch, iteration, random states, best metric)
 
@@ -47,7 +48,7 @@ __all__ = [
     "unwrap",
 ]
 
-#: The best weights (a plain ``state_dict``) in a run's or bundle's ``models/`` folder.
+#: The kept weights (a plain ``state_dict``) in a run's or bundle's ``models/`` folder.
 BEST = "model.pt"
 #: The full training state after the last epoch, for resuming.
 LATEST = "latest.pt"

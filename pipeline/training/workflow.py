@@ -12,7 +12,7 @@ are what the config calls: fold case selection, optimiser and schedule builders,
     RUN_DIR/inference.json     the bundle's inference.yaml with this run's network keys and checkpoint
                                (pipeline.inference.config): the run folder loads as a bundle folder does
     RUN_DIR/provenance.json    package versions, git commit, data list sha256, command line, seed
-    RUN_DIR/models/model.pt    best weights (plain state_dict)
+    RUN_DIR/models/model.pt    the kept weights (plain state_dict; keep_weights: last or best)
     RUN_DIR/models/latest.pt   full training state, for --resume
     RUN_DIR/logs/train.log     the log
     RUN_DIR/tensorboard/       TensorBoard events (losses, learning rate, Dice, samples/s, overlays)
@@ -419,7 +419,7 @@ def fold_run_dir(out: str | Path, fold: int) -> Path:
 
 
 def is_finished_run(run_dir: str | Path, epochs: int) -> bool:
-    """Whether ``run_dir`` holds best weights and a checkpoint of at least ``epochs`` epochs."""
+    """Whether ``run_dir`` holds kept weights and a checkpoint of at least ``epochs`` epochs."""
 
     models = Path(run_dir) / "models"
     return (models / BEST).is_file() and finished_epochs(models) >= int(epochs)

@@ -454,13 +454,25 @@ def test_gpu_config_merges_over_the_cpu_defaults(mode: str, batch_size: int, top
     assert parser.get_parsed_content("roi_size") == (None if mode != "3d" else [128, 128, 128])
 
 
-def test_keep_weights_last_holds_the_final_weights(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+def _same_weights(first: dict, second: dict) -> bool:
+    return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_model_pt_holds_the_final_weights_by_default_and_the_best_epoch_with_keep_weights_best(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
     datalist, cache = tiny_run_data
-    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 2, settings=[*TINY, "keep_weights=last"])
+    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 2)
     assert result.exit_code == 0, result.output
     kept = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
-    final = torch.load(tmp_path / "run" / "models" / "latest.pt", weights_only=True)["network"]
-    assert kept.keys() == final.keys() and all(torch.equal(kept[key], final[key]) for key in kept)
+    final = torch.load(tmp_path / "run" / "models" / "latest.pt", weights_only=True)
+    assert _same_weights(kept, final["network"])
+
+    # with keep_weights=best, model.pt is the final network only when the final epoch validated best
+    result = _cli_train(datalist, cache, tmp_path / "best", "2d", 3, settings=[*TINY, "keep_weights=best"])
+    assert result.exit_code == 0, result.output
+    kept = torch.load(tmp_path / "best" / "models" / "model.pt", weights_only=True)
+    final = torch.load(tmp_path / "best" / "models" / "latest.pt", weights_only=True)
+    assert 1 <= final["best_metric_epoch"] <= 3
+    assert _same_weights(kept, final["network"]) == (final["best_metric_epoch"] == 3)
 
     result = _cli_train(datalist, cache, tmp_path / "bad", "2d", 1, settings=[*TINY, "keep_weights=worst"])
     assert result.exit_code == 1 and "keep_weights: choose one of best, last" in result.output
