@@ -119,8 +119,8 @@ tune-postprocessing: $(VENV)/.installed  ## Choose post-processing on the folds'
 	$(CLI) tune-postprocessing $(foreach model,$(MODEL),--model $(model)) --device $(DEVICE) $(TUNE_ARGS)
 
 # The bundle's pretrained model, re-trained: every labelled case folder of PRETRAINED_DATA (default: the 21 real
-# patients in ../shared/data) linked into PRETRAINED_DIR/data and listed with 11 folds (fold 0, 2 patients, picks
-# the best epoch; 19 train), trained with configs/train.yaml, then installed in BUNDLE (export --format bundle).
+# patients in ../shared/data) linked into PRETRAINED_DIR/data and listed with 11 folds (fold 0, 2 patients, validates
+# each epoch; 19 train), trained with configs/train.yaml (its final weights kept), then installed in BUNDLE (export --format bundle).
 SHARED_DATA     ?= ../shared/data
 PRETRAINED_DATA ?= $(SHARED_DATA)/real_brats $(SHARED_DATA)/real_brats_train $(SHARED_DATA)/real_brats_more
 PRETRAINED_DIR  ?= runs/pretrained

@@ -78,7 +78,9 @@ def test_metadata_is_complete():
 
 
 #: The recorded 21-patient cross-validation, its trained folds re-scored with the bundle's post-processing: eval_metrics.
-CV_RESCORED = REPO / "benchmarks" / "results" / "real_cv-intel-xeon-2c-2026-12-06-lr1e-3-inference-bundle-post.json"
+CV_RESCORED = REPO / "benchmarks" / "results" / "real_cv-amd-epyc-2c-2026-12-07-seed1-inference-bundle-post.json"
+#: Its arm of the shipped defaults: each fold's final weights (keep_weights: last).
+CV_ARM = "last + bundle post"
 
 
 def test_eval_metrics_are_the_real_patient_cross_validation_of_the_shipped_defaults():
@@ -88,9 +90,10 @@ def test_eval_metrics_are_the_real_patient_cross_validation_of_the_shipped_defau
     meta = _metadata()
     metrics = meta["eval_metrics"]
     recorded = json.loads(CV_RESCORED.read_text())
-    (means,) = [row for row in recorded["means"] if row["arm"] == "best + bundle post"]
+    (means,) = [row for row in recorded["means"] if row["arm"] == CV_ARM]
     assert means["patients"] == 21
     assert recorded["postprocessing"] == bundle_postprocessing()  # the figures are those of the current defaults
+    assert yaml.safe_load((BUNDLE / "configs" / "train.yaml").read_text())["keep_weights"] == CV_ARM.split()[0]  # and their weights
     for structure in ("WT", "TC", "ET", "NEC", "ED"):
         assert metrics[f"test_mean_dice_{structure.lower()}"] == round(means[f"dice_{structure}"], 4), structure
         assert metrics[f"test_mean_hd95_{structure.lower()}_mm"] == round(means[f"hd95_{structure}"], 2), structure
@@ -99,7 +102,7 @@ def test_eval_metrics_are_the_real_patient_cross_validation_of_the_shipped_defau
 
 def test_model_card_per_patient_table_is_the_recorded_cross_validation():
     """Each of the 21 patients' rows in the model card's Performance table: its fold and Dice as recorded."""
-    recorded = {row["case_id"]: row for row in json.loads(CV_RESCORED.read_text())["rows"] if row["arm"] == "best + bundle post"}
+    recorded = {row["case_id"]: row for row in json.loads(CV_RESCORED.read_text())["rows"] if row["arm"] == CV_ARM}
     performance = BUNDLE_CARD.read_text().split("## Performance\n", 1)[1].split("\n## ", 1)[0]
     card = {cells[0]: cells for cells in map(table_cells, table_rows(performance)) if cells[0] in recorded}
     assert set(card) == set(recorded) and len(card) == 21

@@ -346,8 +346,8 @@ def test_results_tables_are_the_bundle_metadata_and_agree_across_pages():
     cells = table_cells(table_rows(DOCS / "results.md", "pipeline, the defaults")[0])
     for index, key in enumerate(("dice_wt", "dice_tc", "dice_et")):
         assert cells[1 + index].strip("*") == f"{metrics[f'test_mean_{key}']:.3f}", key
-    for index, key in enumerate(("wt", "tc", "et")):
-        assert cells[4 + index].strip("*") == f"{metrics[f'test_mean_hd95_{key}_mm']:.1f}", key
+    for index, key in enumerate(("wt", "tc", "et")):  # one decimal of the recorded mean, which metadata rounds to two
+        assert abs(float(cells[4 + index].strip("*")) - metrics[f"test_mean_hd95_{key}_mm"]) <= 0.05 + 1e-9, key
     for structure in ("WT", "TC", "ET", "NEC", "ED"):
         cells = table_cells(table_rows(BUNDLE_CARD, structure)[0])
         key = structure.lower()
