@@ -281,7 +281,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", default="2.5d", choices=("2d", "2.5d", "3d"), help="pipeline training mode (default 2.5d)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="bundle override passed to train (repeatable)")
     parser.add_argument("--config", action="append", type=Path, default=[], metavar="FILE", help="bundle override file passed to train (repeatable)")
-    parser.add_argument("--val-cases", type=int, default=1, help="training patients that validate (pick model.pt) in each fold (default 1)")
+    parser.add_argument("--val-cases", type=int, default=1, help="training patients that validate (and pick model.pt under keep_weights: best) in each fold (default 1)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="score models/model.pt (what keep_weights kept: the final weights by default) or the final weights of latest.pt")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirrored TTA in evaluation (default: the config's)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both arms train and predict")

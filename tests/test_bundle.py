@@ -86,6 +86,7 @@ CV_ARM = "last + bundle post"
 def test_eval_metrics_are_the_real_patient_cross_validation_of_the_shipped_defaults():
     """eval_metrics are the out-of-fold means over the 21 real patients, scored with the post-processing the bundle ships."""
     from benchmarks.inference_cv import bundle_postprocessing
+    from pipeline.core.checkpoints import DEFAULT_KEPT_WEIGHTS
 
     meta = _metadata()
     metrics = meta["eval_metrics"]
@@ -93,7 +94,8 @@ def test_eval_metrics_are_the_real_patient_cross_validation_of_the_shipped_defau
     (means,) = [row for row in recorded["means"] if row["arm"] == CV_ARM]
     assert means["patients"] == 21
     assert recorded["postprocessing"] == bundle_postprocessing()  # the figures are those of the current defaults
-    assert yaml.safe_load((BUNDLE / "configs" / "train.yaml").read_text())["keep_weights"] == CV_ARM.split()[0]  # and their weights
+    kept = yaml.safe_load((BUNDLE / "configs" / "train.yaml").read_text())["keep_weights"]
+    assert kept == CV_ARM.split()[0] == DEFAULT_KEPT_WEIGHTS  # and their weights, the code's fallback the same
     for structure in ("WT", "TC", "ET", "NEC", "ED"):
         assert metrics[f"test_mean_dice_{structure.lower()}"] == round(means[f"dice_{structure}"], 4), structure
         assert metrics[f"test_mean_hd95_{structure.lower()}_mm"] == round(means[f"hd95_{structure}"], 2), structure

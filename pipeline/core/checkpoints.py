@@ -31,6 +31,7 @@ __all__ = [
     "AS_TRAINING_STATE",
     "AS_WEIGHTS",
     "BEST",
+    "DEFAULT_KEPT_WEIGHTS",
     "KEPT_WEIGHTS",
     "LATEST",
     "REFUSED_RUN_DIR",
@@ -55,6 +56,8 @@ LATEST = "latest.pt"
 
 #: What ``models/model.pt`` holds: the weights of the best validated epoch, or the final weights.
 KEPT_WEIGHTS: tuple[str, ...] = ("best", "last")
+#: What it holds unless ``keep_weights`` says otherwise (configs/train.yaml sets the same).
+DEFAULT_KEPT_WEIGHTS = "last"
 
 
 def check_kept_weights(keep: str) -> str:

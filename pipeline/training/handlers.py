@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from pipeline.core.checkpoints import (
     BEST,
+    DEFAULT_KEPT_WEIGHTS,
     LATEST,
     check_kept_weights,
     load_training_state,
@@ -75,7 +76,7 @@ class TrainingCheckpoint:
         key_metric: str = "val_mean_dice",
         resume: bool = False,
         stop_after_epoch: int | None = None,
-        keep: str = "best",
+        keep: str = DEFAULT_KEPT_WEIGHTS,
     ) -> None:
         self.keep = check_kept_weights(keep)
         self.ckpt_dir = Path(ckpt_dir)

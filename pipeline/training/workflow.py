@@ -44,6 +44,7 @@ import yaml
 
 from pipeline.core.checkpoints import (
     BEST,
+    DEFAULT_KEPT_WEIGHTS,
     LATEST,
     check_kept_weights,
     decide_resume,
@@ -563,7 +564,7 @@ def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
             (:func:`is_interrupted_run`) resumes without ``resume`` being set.
     """
 
-    check_kept_weights(parser.get_parsed_content("keep_weights", default="best"))
+    check_kept_weights(parser.get_parsed_content("keep_weights", default=DEFAULT_KEPT_WEIGHTS))
     parser.get_parsed_content("augment_on_device", default=False)  # an unknown augment_on stops here
     if parser.get("task") is not None:  # the loss as the run builds it: class_weights that do not fit its outputs stop here
         parser.get_parsed_content("loss")
