@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.checkpoints import BEST, finished_epochs
+from pipeline.core.checkpoints import KEPT, finished_epochs
 from pipeline.core.errors import ConfigError
 from pipeline.core.io import write_json
 from pipeline.core.paths import BUNDLE_DIR
@@ -113,7 +113,7 @@ def configured_epochs(config_files: Sequence[Path], overrides: Mapping[str, Any]
 def _evaluation_is_current(evaluation_dir: Path, run_dir: Path, datalist: Path) -> bool:
 
     summary = evaluation_dir / "summary.json"
-    model = run_dir / "models" / BEST
+    model = run_dir / "models" / KEPT
     if not summary.is_file() or not model.is_file():
         return False
     return summary.stat().st_mtime > max(model.stat().st_mtime, datalist.stat().st_mtime)
@@ -197,7 +197,7 @@ def run_demo(
     _echo_stage(echo, 4, f"Training ({target_epochs} epochs on CPU) -> {run_dir}")
     clock = time.perf_counter()
     done = finished_epochs(run_dir / "models")
-    if done >= target_epochs and (run_dir / "models" / BEST).is_file():
+    if done >= target_epochs and (run_dir / "models" / KEPT).is_file():
         echo(f"kept the finished run in {run_dir} ({done} epochs)")
         reused.append("training")
     else:

@@ -2,7 +2,7 @@
 
 A run's ``models/`` folder holds two files::
 
-    models/model.pt    BEST: the kept weights (``keep_weights``: the final ones, or the best by the
+    models/model.pt    KEPT: the kept weights (``keep_weights``: the final ones, or the best by the
                        validation metric), a plain state_dict
     models/latest.pt   LATEST: the full training state after the last epoch (network, optimizer,
                        scheduler, AMP scaler, epoch, iteration, random states, best metric)
@@ -30,8 +30,8 @@ from pipeline.core.io import atomic_path
 __all__ = [
     "AS_TRAINING_STATE",
     "AS_WEIGHTS",
-    "BEST",
     "DEFAULT_KEPT_WEIGHTS",
+    "KEPT",
     "KEPT_WEIGHTS",
     "LATEST",
     "REFUSED_RUN_DIR",
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: The kept weights (a plain ``state_dict``) in a run's or bundle's ``models/`` folder.
-BEST = "model.pt"
+KEPT = "model.pt"
 #: The full training state after the last epoch, for resuming.
 LATEST = "latest.pt"
 

@@ -40,7 +40,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from pipeline.core.checkpoints import BEST, load_weights
+from pipeline.core.checkpoints import KEPT, load_weights
 from pipeline.core.errors import ConfigError
 from pipeline.core.geometry import from_planar_size, restore_to_original
 from pipeline.core.io import load_nifti
@@ -78,7 +78,7 @@ __all__ = [
     "segment",
 ]
 
-WEIGHTS = Path("models") / BEST
+WEIGHTS = Path("models") / KEPT
 TORCHSCRIPT = Path("models") / "model.ts"
 
 #: Label conventions a prediction can be written in; ``auto`` is each case's own.

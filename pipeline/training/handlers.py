@@ -21,8 +21,8 @@ from monai.engines.utils import IterationEvents
 from tqdm.auto import tqdm
 
 from pipeline.core.checkpoints import (
-    BEST,
     DEFAULT_KEPT_WEIGHTS,
+    KEPT,
     LATEST,
     check_kept_weights,
     load_training_state,
@@ -124,10 +124,10 @@ class TrainingCheckpoint:
             if value > self.best_metric:
                 self.best_metric, self.best_metric_epoch = value, engine.state.epoch
                 if is_rank_zero() and self.keep == "best":
-                    save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / BEST)
-                    logger.info(f"new best {self.key_metric} {value:.4f} at epoch {engine.state.epoch}: saved {self.ckpt_dir / BEST}")
+                    save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / KEPT)
+                    logger.info(f"new best {self.key_metric} {value:.4f} at epoch {engine.state.epoch}: saved {self.ckpt_dir / KEPT}")
         if self.keep == "last" and is_rank_zero():
-            save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / BEST)
+            save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / KEPT)
         if self.stop_after_epoch is not None and engine.state.epoch >= int(self.stop_after_epoch):
             engine.terminate()
         if not is_rank_zero():

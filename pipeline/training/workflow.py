@@ -43,8 +43,8 @@ import torch
 import yaml
 
 from pipeline.core.checkpoints import (
-    BEST,
     DEFAULT_KEPT_WEIGHTS,
+    KEPT,
     LATEST,
     check_kept_weights,
     decide_resume,
@@ -423,7 +423,7 @@ def is_finished_run(run_dir: str | Path, epochs: int) -> bool:
     """Whether ``run_dir`` holds kept weights and a checkpoint of at least ``epochs`` epochs."""
 
     models = Path(run_dir) / "models"
-    return (models / BEST).is_file() and finished_epochs(models) >= int(epochs)
+    return (models / KEPT).is_file() and finished_epochs(models) >= int(epochs)
 
 
 def train_folds(datalist: str | Path, out: str | Path, epochs: int | None = None, **options: Any) -> list[Path]:

@@ -13,7 +13,7 @@ from prediction_cases import write_run_dir
 from pipeline.inference.model import load_model
 from pipeline.core.checkpoints import (
     AS_WEIGHTS,
-    BEST,
+    KEPT,
     LATEST,
     REFUSED_RUN_DIR,
     decide_resume,
@@ -60,7 +60,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_file_names() -> None:
-    assert (BEST, LATEST) == ("model.pt", "latest.pt")
+    assert (KEPT, LATEST) == ("model.pt", "latest.pt")
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
@@ -68,9 +68,9 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         for parameter in target.parameters():
             parameter.zero_()
-    save_checkpoint(source.state_dict(), tmp_path / "models" / BEST)
-    assert [p.name for p in (tmp_path / "models").iterdir()] == [BEST]  # no temporary left beside it
-    assert load_weights(target, tmp_path / "models" / BEST) is target
+    save_checkpoint(source.state_dict(), tmp_path / "models" / KEPT)
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [KEPT]  # no temporary left beside it
+    assert load_weights(target, tmp_path / "models" / KEPT) is target
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
 
