@@ -2,8 +2,8 @@
 
 A run's ``models/`` folder holds two files::
 
-    models/model.pt    KEPT: the kept weights (``keep_weights``: the final ones, or the best by the
-                       validation metric), a plain state_dict
+    models/model.pt    KEPT: the kept weights (``keep_weights``: the final ones, their moving average,
+                       or the best by the validation metric), a plain state_dict
     models/latest.pt   LATEST: the full training state after the last epoch (network, optimizer,
                        scheduler, AMP scaler, epoch, iteration, random states, best metric)
 
@@ -30,13 +30,16 @@ from pipeline.core.io import atomic_path
 __all__ = [
     "AS_TRAINING_STATE",
     "AS_WEIGHTS",
+    "DEFAULT_EMA_DECAY",
     "DEFAULT_KEPT_WEIGHTS",
     "KEPT",
     "KEPT_WEIGHTS",
     "LATEST",
     "REFUSED_RUN_DIR",
+    "check_ema_decay",
     "check_kept_weights",
     "decide_resume",
+    "ema_state",
     "finished_epochs",
     "load_checkpoint",
     "load_matching_state",
@@ -54,10 +57,13 @@ KEPT = "model.pt"
 #: The full training state after the last epoch, for resuming.
 LATEST = "latest.pt"
 
-#: What ``models/model.pt`` holds: the weights of the best validated epoch, or the final weights.
-KEPT_WEIGHTS: tuple[str, ...] = ("best", "last")
+#: What ``models/model.pt`` holds: the weights of the best validated epoch, the final weights, or
+#: the exponential moving average of the weights over the training iterations.
+KEPT_WEIGHTS: tuple[str, ...] = ("best", "last", "ema")
 #: What it holds unless ``keep_weights`` says otherwise (configs/train.yaml sets the same).
 DEFAULT_KEPT_WEIGHTS = "last"
+#: The moving average's decay per training iteration under ``keep_weights: ema`` (configs/train.yaml sets the same).
+DEFAULT_EMA_DECAY = 0.995
 
 
 def check_kept_weights(keep: str) -> str:
@@ -65,6 +71,17 @@ def check_kept_weights(keep: str) -> str:
     if keep not in KEPT_WEIGHTS:
         raise ConfigError("keep_weights", f"choose one of {', '.join(KEPT_WEIGHTS)}, got {keep!r}")
     return keep
+
+
+def check_ema_decay(decay: float) -> float:
+    """``decay`` as a float if it lies strictly between 0 and 1; otherwise the one-line config error."""
+    try:
+        value = float(decay)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise ConfigError("ema_decay", f"the moving average's decay per iteration must lie between 0 and 1 (e.g. 0.995), got {decay!r}")
+    return value
 
 #: What a file is for, which decides the wording of its errors: plain weights or a training state.
 AS_WEIGHTS, AS_TRAINING_STATE = "weights", "training state"
@@ -191,6 +208,18 @@ def load_training_state(path: str | os.PathLike[str], network: torch.nn.Module |
     if network is not None:
         load_matching_state(network, state["network"], path, AS_TRAINING_STATE)
     return state
+
+
+def ema_state(state: Mapping[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The moving average of the weights in a loaded training state (``keep_weights: ema``).
+
+    Raises:
+        ConfigError: naming the file when the state holds none (it was trained keeping other weights).
+    """
+    average = state.get("ema")
+    if not isinstance(average, dict):
+        raise ConfigError(path, "holds no moving average of the weights to resume: it was trained without keep_weights: ema")
+    return average
 
 
 def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> None:

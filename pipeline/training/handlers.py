@@ -21,10 +21,13 @@ from monai.engines.utils import IterationEvents
 from tqdm.auto import tqdm
 
 from pipeline.core.checkpoints import (
+    DEFAULT_EMA_DECAY,
     DEFAULT_KEPT_WEIGHTS,
     KEPT,
     LATEST,
+    check_ema_decay,
     check_kept_weights,
+    ema_state,
     load_training_state,
     rng_state,
     save_checkpoint,
@@ -50,8 +53,11 @@ class TrainingCheckpoint:
     epoch and iteration, the Python/NumPy/torch random states and the best metric so far.
     ``models/model.pt`` receives the network's plain ``state_dict``: with ``keep="best"`` when the
     key metric improved, with ``keep="last"`` after every epoch (the final weights, chosen by the
-    training schedule alone, so that a few validation patients do not pick the epoch). Both are
-    written atomically. With ``resume`` the trainer restarts from ``latest.pt``.
+    training schedule alone, so that a few validation patients do not pick the epoch), with
+    ``keep="ema"`` the exponential moving average of the weights after every iteration (decay
+    ``ema_decay``: torch's ``AveragedModel``; the validation still scores the trained network).
+    Both are written atomically; ``latest.pt`` also holds the average under ``ema``. With
+    ``resume`` the trainer restarts from ``latest.pt``.
 
     Args:
         ckpt_dir: the folder of the checkpoints (``RUN_DIR/models``).
@@ -64,6 +70,8 @@ class TrainingCheckpoint:
         stop_after_epoch: end the run after this epoch, its checkpoint written (the schedule still
             spans all epochs), e.g. to train in chunks that fit a job's time limit; ``None`` runs to the end.
         keep: which weights ``model.pt`` holds, one of :data:`pipeline.core.checkpoints.KEPT_WEIGHTS`.
+        ema_decay: the moving average's decay per iteration under ``keep="ema"`` (0.995: the last
+            200 or so iterations carry 63% of the weight).
     """
 
     def __init__(
@@ -77,8 +85,11 @@ class TrainingCheckpoint:
         resume: bool = False,
         stop_after_epoch: int | None = None,
         keep: str = DEFAULT_KEPT_WEIGHTS,
+        ema_decay: float = DEFAULT_EMA_DECAY,
     ) -> None:
         self.keep = check_kept_weights(keep)
+        self.ema_decay = check_ema_decay(ema_decay)
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
         self.ckpt_dir = Path(ckpt_dir)
         self.stop_after_epoch = stop_after_epoch
         self.network = network
@@ -92,14 +103,28 @@ class TrainingCheckpoint:
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.start)
+        if self.keep == "ema":
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.average)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
+    def average(self, engine: Engine) -> None:
+        """Fold the weights after this iteration's optimizer step into the moving average."""
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.network))
+
     def start(self, engine: Engine) -> None:
-        """Resume from ``latest.pt`` when asked (whether to is decided before the run by :func:`pipeline.core.checkpoints.decide_resume`)."""
+        """Start the moving average (``keep="ema"``); resume from ``latest.pt`` when asked (whether to is decided before the run by :func:`pipeline.core.checkpoints.decide_resume`)."""
+        if self.keep == "ema":
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            # use_buffers: normalisation statistics are averaged with the weights, so the average is a whole network
+            self.ema = AveragedModel(unwrap(self.network), multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
         if not self.resume:
             return
         latest = self.ckpt_dir / LATEST
         state = load_training_state(latest, self.network)
+        if self.ema is not None:
+            self.ema.load_state_dict(ema_state(state, latest))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -128,6 +153,8 @@ class TrainingCheckpoint:
                     logger.info(f"new best {self.key_metric} {value:.4f} at epoch {engine.state.epoch}: saved {self.ckpt_dir / KEPT}")
         if self.keep == "last" and is_rank_zero():
             save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / KEPT)
+        if self.ema is not None and is_rank_zero():
+            save_checkpoint(self.ema.module.state_dict(), self.ckpt_dir / KEPT)
         if self.stop_after_epoch is not None and engine.state.epoch >= int(self.stop_after_epoch):
             engine.terminate()
         if not is_rank_zero():
@@ -144,6 +171,8 @@ class TrainingCheckpoint:
             "best_metric": self.best_metric,
             "best_metric_epoch": self.best_metric_epoch,
         }
+        if self.ema is not None:
+            payload["ema"] = self.ema.state_dict()
         save_checkpoint(payload, self.ckpt_dir / LATEST)
 
 

@@ -12,7 +12,7 @@ are what the config calls: fold case selection, optimiser and schedule builders,
     RUN_DIR/inference.json     the bundle's inference.yaml with this run's network keys and checkpoint
                                (pipeline.inference.config): the run folder loads as a bundle folder does
     RUN_DIR/provenance.json    package versions, git commit, data list sha256, command line, seed
-    RUN_DIR/models/model.pt    the kept weights (plain state_dict; keep_weights: last or best)
+    RUN_DIR/models/model.pt    the kept weights (plain state_dict; keep_weights: last, ema or best)
     RUN_DIR/models/latest.pt   full training state, for --resume
     RUN_DIR/logs/train.log     the log
     RUN_DIR/tensorboard/       TensorBoard events (losses, learning rate, Dice, samples/s, overlays)
@@ -43,11 +43,14 @@ import torch
 import yaml
 
 from pipeline.core.checkpoints import (
+    DEFAULT_EMA_DECAY,
     DEFAULT_KEPT_WEIGHTS,
     KEPT,
     LATEST,
+    check_ema_decay,
     check_kept_weights,
     decide_resume,
+    ema_state,
     finished_epochs,
     load_training_state,
 )
@@ -564,7 +567,8 @@ def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
             (:func:`is_interrupted_run`) resumes without ``resume`` being set.
     """
 
-    check_kept_weights(parser.get_parsed_content("keep_weights", default=DEFAULT_KEPT_WEIGHTS))
+    keep = check_kept_weights(parser.get_parsed_content("keep_weights", default=DEFAULT_KEPT_WEIGHTS))
+    check_ema_decay(parser.get_parsed_content("ema_decay", default=DEFAULT_EMA_DECAY))
     parser.get_parsed_content("augment_on_device", default=False)  # an unknown augment_on stops here
     if parser.get("task") is not None:  # the loss as the run builds it: class_weights that do not fit its outputs stop here
         parser.get_parsed_content("loss")
@@ -577,5 +581,7 @@ def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
     ckpt_dir = Path(parser.get_parsed_content("ckpt_dir"))
     resume = decide_resume(ckpt_dir, bool(parser.get_parsed_content("resume")), rerun_resumes and is_interrupted_run(parser))
     if resume:
-        load_training_state(ckpt_dir / LATEST, parser.get_parsed_content("network_def"))
+        state = load_training_state(ckpt_dir / LATEST, parser.get_parsed_content("network_def"))
+        if keep == "ema":
+            ema_state(state, ckpt_dir / LATEST)
     return resume

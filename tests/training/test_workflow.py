@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -475,8 +476,70 @@ def test_model_pt_holds_the_final_weights_by_default_and_the_best_epoch_with_kee
     assert _same_weights(kept, final["network"]) == (final["best_metric_epoch"] == 3)
 
     result = _cli_train(datalist, cache, tmp_path / "bad", "2d", 1, settings=[*TINY, "keep_weights=worst"])
-    assert result.exit_code == 1 and "keep_weights: choose one of best, last" in result.output
+    assert result.exit_code == 1 and "keep_weights: choose one of best, last, ema" in result.output
     assert not (tmp_path / "bad").exists()
+
+
+def _moving_average(weights: list[dict], decay: float) -> dict:
+    """The exponential moving average of per-iteration weights, started at the first (torch's AveragedModel convention)."""
+    average = {key: value.clone().double() for key, value in weights[0].items()}
+    for step in weights[1:]:
+        for key, value in step.items():
+            average[key] = decay * average[key] + (1 - decay) * value.double()
+    return average
+
+
+def test_keep_weights_ema_keeps_the_moving_average_of_the_iterations(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """model.pt holds the average of the weights after each optimizer step; latest.pt the trained weights and the average, to resume."""
+    from ignite.engine import Events
+
+    from pipeline.training.handlers import TrainingCheckpoint
+
+    datalist, cache = tiny_run_data
+    steps: list[dict] = []
+    record = lambda engine: steps.append({k: v.detach().clone() for k, v in engine.network.state_dict().items()})  # noqa: E731
+    original_attach = TrainingCheckpoint.attach
+
+    def attach_and_record(self: TrainingCheckpoint, engine: Any) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, record)  # before the average's own handler: the same weights
+        original_attach(self, engine)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TrainingCheckpoint, "attach", attach_and_record)
+        result = _cli_train(datalist, cache, tmp_path / "ema", "2d", 2, settings=[*TINY, "keep_weights=ema", "ema_decay=0.6"])
+    assert result.exit_code == 0, result.output
+    kept = torch.load(tmp_path / "ema" / "models" / "model.pt", weights_only=True)
+    latest = torch.load(tmp_path / "ema" / "models" / "latest.pt", weights_only=True)
+    assert len(steps) == latest["iteration"] == 4
+    assert _same_weights(steps[-1], latest["network"])  # the trained network goes on unaveraged
+    expected = _moving_average(steps, 0.6)
+    assert kept.keys() == expected.keys()
+    assert all(torch.allclose(kept[key].double(), expected[key], atol=1e-6) for key in kept)
+    assert not _same_weights(kept, latest["network"])
+    assert int(latest["ema"]["n_averaged"]) == 4
+
+    result = _cli_train(datalist, cache, tmp_path / "bad_decay", "2d", 1, settings=[*TINY, "keep_weights=ema", "ema_decay=1.5"])
+    assert result.exit_code == 1 and "ema_decay: the moving average's decay per iteration must lie between 0 and 1" in result.output
+    assert not (tmp_path / "bad_decay").exists()
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_moving_average(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    settings = [*TINY, "keep_weights=ema"]
+    assert _cli_train(datalist, cache, tmp_path / "straight", "2d", 2, settings=settings).exit_code == 0
+    assert _cli_train(datalist, cache, tmp_path / "resumed", "2d", 2, settings=[*settings, "stop_after_epoch=1"]).exit_code == 0
+    assert _cli_train(datalist, cache, tmp_path / "resumed", "2d", 2, "--resume", settings=settings).exit_code == 0
+    straight, resumed = (torch.load(tmp_path / run / "models" / "model.pt", weights_only=True) for run in ("straight", "resumed"))
+    assert _same_weights(straight, resumed)
+
+    # a run trained keeping the final weights has no average to go on from
+    assert _cli_train(datalist, cache, tmp_path / "last", "2d", 2, settings=[*TINY, "stop_after_epoch=1"]).exit_code == 0
+    before = (tmp_path / "last" / "config.json").read_bytes()
+    result = _cli_train(datalist, cache, tmp_path / "last", "2d", 2, "--resume", settings=settings)
+    assert result.exit_code == 1
+    assert "latest.pt: holds no moving average of the weights to resume: it was trained without keep_weights: ema" in result.output
+    assert (tmp_path / "last" / "config.json").read_bytes() == before
 
 
 # ---- tasks ------------------------------------------------------------------------------------
