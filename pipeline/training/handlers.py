@@ -151,10 +151,9 @@ class TrainingCheckpoint:
                 if is_rank_zero() and self.keep == "best":
                     save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / KEPT)
                     logger.info(f"new best {self.key_metric} {value:.4f} at epoch {engine.state.epoch}: saved {self.ckpt_dir / KEPT}")
-        if self.keep == "last" and is_rank_zero():
-            save_checkpoint(unwrap(self.network).state_dict(), self.ckpt_dir / KEPT)
-        if self.ema is not None and is_rank_zero():
-            save_checkpoint(self.ema.module.state_dict(), self.ckpt_dir / KEPT)
+        if self.keep != "best" and is_rank_zero():  # last and ema: rewritten every epoch
+            kept = self.ema.module if self.ema is not None else unwrap(self.network)
+            save_checkpoint(kept.state_dict(), self.ckpt_dir / KEPT)
         if self.stop_after_epoch is not None and engine.state.epoch >= int(self.stop_after_epoch):
             engine.terminate()
         if not is_rank_zero():
