@@ -13,9 +13,12 @@ from prediction_cases import write_run_dir
 from pipeline.inference.model import load_model
 from pipeline.core.checkpoints import (
     AS_WEIGHTS,
+    DEFAULT_EMA_DECAY,
+    DEFAULT_KEPT_WEIGHTS,
     KEPT,
     LATEST,
     REFUSED_RUN_DIR,
+    check_ema_decay,
     decide_resume,
     finished_epochs,
     load_checkpoint,
@@ -61,6 +64,19 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_file_names() -> None:
     assert (KEPT, LATEST) == ("model.pt", "latest.pt")
+
+
+def test_the_bundle_config_sets_the_code_defaults_of_the_kept_weights() -> None:
+    import yaml
+
+    from pipeline.core.paths import BUNDLE_DIR
+
+    config = yaml.safe_load((BUNDLE_DIR / "configs" / "train.yaml").read_text())
+    assert (config["keep_weights"], config["ema_decay"]) == (DEFAULT_KEPT_WEIGHTS, DEFAULT_EMA_DECAY)
+    assert check_ema_decay(config["ema_decay"]) == DEFAULT_EMA_DECAY
+    for refused in (0, 1, -0.5, "fast", None):
+        with pytest.raises(ConfigError, match="ema_decay"):
+            check_ema_decay(refused)
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
