@@ -30,7 +30,7 @@ class Fold:
     Attributes:
         index: the fold number (0-based).
         test: the held-out patients, scored and never used for training or checkpoint choice.
-        validation: the patients whose score picks the pipeline's best checkpoint.
+        validation: the patients the pipeline validates on each epoch (none: it trains on them too).
         training: every other patient.
     """
 
@@ -55,7 +55,8 @@ def make_folds(case_ids: list[str], folds: int, val_cases: int = 1, seed: int = 
     Args:
         case_ids: the labelled patients.
         folds: number of folds, from 2 to the number of patients (that many = leave-one-out).
-        val_cases: validation patients per fold (the pipeline's training needs at least one).
+        val_cases: validation patients per fold; 0: none, every patient not held out trains
+            (``pipeline train --fold none``: the final weights are kept, nothing is chosen by validation).
         seed: seed of the shuffle.
 
     Raises:
@@ -65,8 +66,8 @@ def make_folds(case_ids: list[str], folds: int, val_cases: int = 1, seed: int = 
     if not 2 <= folds <= n:
         raise ConfigError("--folds", f"needs 2 to {n} folds for {n} patients, got {folds}")
     most = n - math.ceil(n / folds) - 1  # at least one patient must still train
-    if not 1 <= val_cases <= most:
-        raise ConfigError("--val-cases", f"needs 1 to {most} validation patient(s) with {folds} folds of {n} patients, got {val_cases}")
+    if not 0 <= val_cases <= most:
+        raise ConfigError("--val-cases", f"needs 0 to {most} validation patient(s) with {folds} folds of {n} patients, got {val_cases}")
     assignment = assign_folds(case_ids, folds, 0.0, seed)
     members = [sorted(case for case, fold in assignment.items() if fold == k) for k in range(folds)]
     result = []
@@ -80,7 +81,8 @@ def write_fold_datalist(datalist: str | Path, fold: Fold, out: str | Path) -> Pa
     """Write ``datalist`` with its cases moved into ``fold``'s test, validation and training lists.
 
     The data root is written as an absolute path, so the new file may live anywhere. Validation
-    cases get fold 0 (train with ``--fold 0``), training cases fold 1, held-out cases -1.
+    cases get fold 0 (train with ``--fold 0``, or ``--fold none`` when the fold has none), training
+    cases fold 1, held-out cases -1.
 
     Raises:
         ConfigError: a patient of the fold is not a labelled case of ``datalist``.

@@ -65,7 +65,7 @@ from benchmarks.machine import check_device, describe_machine, machine_name
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.io import write_json, write_text
 
-__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "patients_by_source", "report_markdown", "prepare_cohort", "run_child", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "merge_results", "write_report", "main"]
+__all__ = ["SOURCE_FOLDERS", "find_shared_data", "labelled_cases", "patients_by_source", "report_markdown", "prepare_cohort", "run_child", "run_pipeline_arm", "run_baseline_arm", "task_arm_row", "task_paths", "train_command", "merge_results", "write_report", "main"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -160,6 +160,14 @@ def run_child(command: list[str], log: Path) -> tuple[float, float]:
     return wall, cpu
 
 
+def train_command(fold: Fold, datalist: Path, cache: Path, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    """The ``pipeline train`` arguments of a fold: its validation patients validate (``--fold 0``), or with none every patient not held out trains (``--fold none``)."""
+    command = ["-m", "pipeline", "train", "--datalist", str(datalist), "--cache", str(cache), "--mode", args.mode]
+    command += ["--epochs", str(args.epochs), "--fold", "0" if fold.validation else "none", "--device", args.device, "--out", str(run_dir)]
+    command += [item for path in args.config for item in ("--config", str(path))]
+    return command + [item for pair in args.overrides for item in ("--set", pair)]
+
+
 def run_pipeline_arm(
     fold: Fold, datalist: Path, cache: Path, folder: Path, args: argparse.Namespace, arm: str = "pipeline", scored_on: Path | None = None
 ) -> tuple[list[dict], dict]:
@@ -176,11 +184,7 @@ def run_pipeline_arm(
     from pipeline.inference.writers import segmentation_filename
 
     run_dir = folder / arm
-    command = ["-m", "pipeline", "train", "--datalist", str(datalist), "--cache", str(cache), "--mode", args.mode]
-    command += ["--epochs", str(args.epochs), "--fold", "0", "--device", args.device, "--out", str(run_dir)]
-    command += [item for path in args.config for item in ("--config", str(path))]
-    command += [item for pair in args.overrides for item in ("--set", pair)]
-    train_wall, train_cpu = run_child(command, folder / f"{arm}_train.log")
+    train_wall, train_cpu = run_child(train_command(fold, datalist, cache, run_dir, args), folder / f"{arm}_train.log")
 
     wall, cpu = time.perf_counter(), time.process_time()
     model = load_model(run_dir, device=args.device, tta=args.tta)
@@ -281,7 +285,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", default="2.5d", choices=("2d", "2.5d", "3d"), help="pipeline training mode (default 2.5d)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="bundle override passed to train (repeatable)")
     parser.add_argument("--config", action="append", type=Path, default=[], metavar="FILE", help="bundle override file passed to train (repeatable)")
-    parser.add_argument("--val-cases", type=int, default=1, help="training patients that validate (and pick model.pt under keep_weights: best) in each fold (default 1)")
+    parser.add_argument("--val-cases", type=int, default=1, help="training patients that validate (and pick model.pt under keep_weights: best) in each fold (default 1; 0: none, all train)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="score models/model.pt (what keep_weights kept: the final weights by default) or the final weights of latest.pt")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="mirrored TTA in evaluation (default: the config's)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both arms train and predict")
@@ -527,7 +531,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     for fold in report["folds"]:
         pipeline, baseline = (_fold_timing(report["timing"].get(arm, {}), fold["fold"]) for arm in ("pipeline", "baseline"))
         seconds = [f"{times[key]:.0f}" if key in times else "-" for times, key in ((pipeline, "train_wall_s"), (pipeline, "train_cpu_s"), (baseline, "train_cpu_s"))]
-        lines.append(f"| {fold['fold']} | {', '.join(fold['test'])} | {', '.join(fold['validation'])} | {len(fold['training'])} | " + " | ".join(seconds) + " |")
+        lines.append(f"| {fold['fold']} | {', '.join(fold['test'])} | {', '.join(fold['validation']) or 'none (all train)'} | {len(fold['training'])} | " + " | ".join(seconds) + " |")
     correlation = report["uncertainty_dice_spearman"]
     lines += ["", markdown_tables(rows, report["means"])]
     lines += [

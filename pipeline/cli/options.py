@@ -18,7 +18,7 @@ from pipeline.core.distributed import Shard
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import BUNDLE_DIR
 
-__all__ = ["ChoiceOf", "Constant", "EXISTING", "EchoWarnings", "MODELS", "PATH", "SIZES", "ShardType", "TrainingDefault", "TaskOption", "UNCERTAINTY", "channel_list", "reports_errors", "shard_option", "show_warnings"]
+__all__ = ["ChoiceOf", "Constant", "EXISTING", "EchoWarnings", "FoldType", "MODELS", "PATH", "SIZES", "ShardType", "TrainingDefault", "TaskOption", "UNCERTAINTY", "channel_list", "reports_errors", "shard_option", "show_warnings"]
 
 PATH = click.Path(path_type=Path)
 EXISTING = click.Path(exists=True, path_type=Path)
@@ -113,6 +113,22 @@ class ShardType(click.ParamType):
             return Shard.parse(str(value))
         except PipelineError as err:
             self.fail(err.problem, param, ctx)
+
+
+class FoldType(click.ParamType):
+    """A fold number (``0``, ``1``, ...) or ``none`` -> ``None``: no fold validates (a bad value: click's one-line usage error)."""
+
+    name = "K|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, int) and value >= 0:
+            return value
+        text = str(value).strip().lower()
+        if text == "none":
+            return None
+        if text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is neither a fold number (0, 1, ...) nor none", param, ctx)
 
 
 def shard_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

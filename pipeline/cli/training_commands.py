@@ -12,6 +12,7 @@ from pipeline.cli.options import (
     PATH,
     ChoiceOf,
     Constant,
+    FoldType,
     TrainingDefault,
     reports_errors,
 )
@@ -25,7 +26,14 @@ __all__ = ["train"]
 @click.option("--mode", default=TrainingDefault("mode"), show_default=True, type=ChoiceOf(Constant("pipeline.networks", "MODES")), help="Slices, slice stacks or 3D patches.")
 @click.option("--epochs", default=TrainingDefault("epochs"), show_default=True, type=click.IntRange(min=1), help="Training epochs.")
 @click.option("--out", required=True, type=PATH, help="Run directory (config, provenance, checkpoints, logs).")
-@click.option("--fold", default=0, show_default=True, type=click.IntRange(min=0), help="Cross-validation fold whose cases validate.")
+@click.option(
+    "--fold",
+    default=0,
+    show_default=True,
+    type=FoldType(),
+    help="Cross-validation fold whose cases validate; none: no case validates and every non-test case trains "
+    "(a final model; keep_weights last or ema).",
+)
 @click.option(
     "--folds",
     type=click.Choice(["all"]),
@@ -50,7 +58,7 @@ def train(
     mode: str | None,
     epochs: int | None,
     out: Path,
-    fold: int,
+    fold: int | None,
     folds: str | None,
     resume: bool,
     device: str,

@@ -110,9 +110,11 @@ class Datalist:
             return [c for s in LABELLED_SPLITS for c in self.records[s]]
         return list(self.records[split])
 
-    def fold_split(self, fold: int) -> tuple[list[CaseRecord], list[CaseRecord]]:
-        """Training and validation cases for cross-validation fold ``fold`` (test cases excluded)."""
+    def fold_split(self, fold: int | None) -> tuple[list[CaseRecord], list[CaseRecord]]:
+        """Training and validation cases for cross-validation fold ``fold`` (test cases excluded); ``None``: every case trains, none validates."""
         pool = self.records["training"] + self.records["validation"]
+        if fold is None:
+            return list(pool), []
         if not 0 <= fold < max(self.num_folds, 1):
             raise ConfigError(self.path, f"fold {fold} does not exist; this data list has {self.num_folds} folds")
         return [c for c in pool if c.fold != fold], [c for c in pool if c.fold == fold]

@@ -284,8 +284,10 @@ def validation_cases(
         if not records:
             raise ConfigError(path, f"split {split!r} has no cases")
         return path, records
-    fold = int(run_training_setting(run_dir, "fold"))
-    records = listing.fold_split(fold)[1]
+    fold = run_training_setting(run_dir, "fold")
+    if fold is None:
+        raise ConfigError(path, f"run {run_dir} trained on every case (no validation fold); give --split")
+    records = listing.fold_split(int(fold))[1]
     if not records:
         raise ConfigError(path, f"fold {fold} of run {run_dir} has no validation cases to choose post-processing on; give --split")
     return path, records

@@ -77,6 +77,7 @@ __all__ = [
     "apply_output_mode",
     "build_lr_scheduler",
     "build_optimizer",
+    "check_without_validation",
     "ensemble_command",
     "fold_case_ids",
     "fold_run_dir",
@@ -108,8 +109,11 @@ DEVICES: tuple[str, ...] = ("cpu", "cuda")
 _VERSIONED_PACKAGES = ("brats-pipeline", "torch", "monai", "pytorch-ignite", "numpy", "nibabel", "SimpleITK", "tensorboard", "mlflow")
 
 
-def fold_case_ids(datalist: str | Path, fold: int, cache_dir: str | Path) -> tuple[list[str], list[str]]:
+def fold_case_ids(datalist: str | Path, fold: int | None, cache_dir: str | Path) -> tuple[list[str], list[str]]:
     """Training and validation case ids of cross-validation fold ``fold``, each checked to be in the cache.
+
+    ``fold=None`` trains on every non-test case and validates on none (a final model, as nnU-Net's
+    ``fold all``): the validation list is empty.
 
     Raises:
         ConfigError: the fold does not exist, has no training or validation cases, or a case
@@ -118,8 +122,8 @@ def fold_case_ids(datalist: str | Path, fold: int, cache_dir: str | Path) -> tup
     """
 
     listing = load_datalist(datalist)
-    training, validation = listing.fold_split(int(fold))
-    if not training or not validation:
+    training, validation = listing.fold_split(None if fold is None else int(fold))
+    if not training or (fold is not None and not validation):
         raise ConfigError(listing.path, f"fold {fold} has {len(training)} training and {len(validation)} validation cases; both must be non-empty")
     cache = Path(cache_dir)
     for record in training + validation:
@@ -326,7 +330,7 @@ def train(
     out: str | Path,
     mode: str | None = None,
     epochs: int | None = None,
-    fold: int = 0,
+    fold: int | None = 0,
     resume: bool = False,
     device: str = "cpu",
     config_files: Sequence[str | Path] = (),
@@ -341,7 +345,7 @@ def train(
         out: the run directory (created).
         mode: ``2d``, ``2.5d`` or ``3d``; ``None``: the configuration's (``overrides``, else ``config_files``, else ``train.yaml``).
         epochs: training epochs; ``None``: the configuration's, likewise.
-        fold: the cross-validation fold whose cases validate.
+        fold: the cross-validation fold whose cases validate; ``None``: none validates, every non-test case trains.
         resume: continue from ``out/models/latest.pt``.
         device: ``cpu`` or ``cuda``.
         config_files: override YAML/JSON files merged after ``train.yaml`` (e.g. ``configs/gpu_train.yaml``).
@@ -375,7 +379,7 @@ def train(
         "output_dir": str(Path(out).resolve()),
         "mode": mode,
         "epochs": int(epochs),
-        "fold": int(fold),
+        "fold": None if fold is None else int(fold),
         "resume": bool(resume),
         "device": f"$torch.device('{device}')",
     }
@@ -552,6 +556,14 @@ def is_interrupted_run(parser: Any) -> bool:
     return previous == current
 
 
+def check_without_validation(keep_weights: str, lr_schedule: str) -> None:
+    """Refuse the settings that need a validation score when no case validates (``fold: null``): ``keep_weights: best`` and the ``plateau`` schedule."""
+    if keep_weights == "best":
+        raise ConfigError("keep_weights", "best needs validation cases to choose by; with no validation fold (fold: null) keep last or ema")
+    if lr_schedule == "plateau":
+        raise ConfigError("lr_schedule", "plateau steps on the validation Dice; with no validation fold (fold: null) use warmup_cosine")
+
+
 def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
     """Every check that can refuse a training run, done before anything is written into its run directory; returns whether it resumes.
 
@@ -577,7 +589,8 @@ def check_before_writing(parser: Any, rerun_resumes: bool = False) -> bool:
     existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.exists())
     if not existing.is_dir():
         raise ConfigError(run_dir, f"cannot create the run directory: {existing} is a file")
-    parser.get_parsed_content("fold_cases")
+    if not parser.get_parsed_content("fold_cases")[1]:
+        check_without_validation(keep, parser.get_parsed_content("lr_schedule"))
     ckpt_dir = Path(parser.get_parsed_content("ckpt_dir"))
     resume = decide_resume(ckpt_dir, bool(parser.get_parsed_content("resume")), rerun_resumes and is_interrupted_run(parser))
     if resume:

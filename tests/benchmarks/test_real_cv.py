@@ -44,6 +44,25 @@ def test_folds_hold_every_patient_out_once_and_never_train_on_it() -> None:
         make_folds(cases, folds=2, val_cases=3)  # 4 held out + 3 validating leaves nobody to train
 
 
+def test_folds_without_validation_train_on_every_patient_not_held_out(tiny_datalist: Path, tmp_path: Path) -> None:
+    """``--val-cases 0``: the same held-out patients, nobody validates, and the pipeline trains with ``--fold none`` on all the others."""
+    import argparse
+
+    from benchmarks.real_cv import train_command
+
+    cases = [record.case_id for record in load_datalist(tiny_datalist).cases("all")]
+    with_validation, without = make_folds(cases, folds=4, val_cases=1, seed=0), make_folds(cases, folds=4, val_cases=0, seed=0)
+    for one, none in zip(with_validation, without):
+        assert none.test == one.test and none.validation == () and sorted(none.training) == sorted(one.training + one.validation)
+    listing = load_datalist(write_fold_datalist(tiny_datalist, without[0], tmp_path / "fold0.json"))
+    training, validation = listing.fold_split(None)  # what `pipeline train --fold none` uses
+    assert sorted(r.case_id for r in training) == sorted(without[0].training) and validation == []
+    args = argparse.Namespace(mode="2.5d", epochs=12, device="cpu", config=[], overrides=["seed=1"])
+    for fold, expected in ((with_validation[0], "0"), (without[0], "none")):
+        command = train_command(fold, tmp_path / "fold0.json", tmp_path / "cache", tmp_path / "run", args)
+        assert command[command.index("--fold") + 1] == expected and command[-2:] == ["--set", "seed=1"]
+
+
 def test_fold_datalist_puts_the_held_out_patients_in_test_only(fold_datalist: tuple[Path, object], tiny_datalist: Path) -> None:
     path, fold = fold_datalist
     listing = load_datalist(path)

@@ -480,6 +480,48 @@ def test_model_pt_holds_the_final_weights_by_default_and_the_best_epoch_with_kee
     assert not (tmp_path / "bad").exists()
 
 
+def test_fold_none_trains_on_every_case_and_validates_none(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    """`--fold none`: the final-model run (nnU-Net's ``fold all``): every non-test case trains, no validation runs, model.pt is kept."""
+    datalist, cache = tiny_run_data
+    payload = json.loads(datalist.read_text())
+    pool = {entry["case_id"] for split in ("training", "validation") for entry in payload[split]}
+    training, validation = fold_case_ids(datalist, None, cache)
+    assert set(training) == pool and len(training) == len(pool) and validation == []
+
+    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 2, "--fold", "none")
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "run"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["fold"] is None
+    assert ConfigParser(config).get_parsed_content("fold_cases") == (training, [])  # what the run trained on
+    scalars = _tensorboard_scalars(run_dir)
+    assert "train_loss" in scalars and not any(tag.startswith("val_") for tag in scalars)  # no validation ran
+    latest = torch.load(run_dir / "models" / "latest.pt", weights_only=True)
+    assert latest["epoch"] == 2 and latest["best_metric_epoch"] == -1
+    assert _same_weights(torch.load(run_dir / "models" / "model.pt", weights_only=True), latest["network"])
+    from pipeline.inference.model import load_model
+
+    assert load_model(run_dir).inferer.mode == "2d"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("keep_weights=best", "keep_weights: best needs validation cases"), ("lr_schedule=plateau", "lr_schedule: plateau steps on the validation Dice")],
+)
+def test_fold_none_refuses_settings_that_need_validation(tiny_run_data: tuple[Path, Path], tmp_path: Path, setting: str, message: str) -> None:
+    datalist, cache = tiny_run_data
+    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 1, "--fold", "none", settings=[*TINY, setting])
+    assert result.exit_code == 1 and message in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_fold_option_takes_a_number_or_none(tiny_run_data: tuple[Path, Path], tmp_path: Path) -> None:
+    datalist, cache = tiny_run_data
+    result = _cli_train(datalist, cache, tmp_path / "run", "2d", 1, "--fold", "all")
+    assert result.exit_code == 2 and "'all' is neither a fold number (0, 1, ...) nor none" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def _moving_average(weights: list[dict], decay: float) -> dict:
     """The exponential moving average of per-iteration weights, started at the first (torch's AveragedModel convention)."""
     average = {key: value.clone().double() for key, value in weights[0].items()}
