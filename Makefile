@@ -75,6 +75,7 @@ MODE        ?= 2.5d
 # EPOCHS=N overrides the configuration's epochs (train.yaml: 12)
 EPOCHS      ?=
 # FOLD=all (or make train-folds): every fold of the data list into RUN_DIR/fold<k>/, K times one fold's time
+# FOLD=none: no case validates and every non-test case trains (a final model)
 FOLD        ?= 0
 DEVICE      ?= cpu
 RUN_DIR     ?= runs/$(basename $(notdir $(DATALIST)))_$(MODE)_$(if $(filter all,$(FOLD)),folds,fold$(FOLD))
@@ -82,7 +83,7 @@ RUN_DIR     ?= runs/$(basename $(notdir $(DATALIST)))_$(MODE)_$(if $(filter all,
 TRACKING    ?=
 TRAIN_ARGS  ?=
 .PHONY: train train-folds
-train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD (all: every fold), DEVICE, RUN_DIR, TRACKING=mlflow; TRAIN_ARGS="--resume --set batch_size=32 ...")
+train: $(VENV)/.installed  ## Train (MODE, EPOCHS, FOLD (all: every fold; none: no validation, every case trains), DEVICE, RUN_DIR, TRACKING=mlflow; TRAIN_ARGS="--resume --set batch_size=32 ...")
 	$(CLI) train --datalist $(DATALIST) --cache $(CACHE) --mode $(MODE) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(filter all,$(FOLD)),--folds all,--fold $(FOLD)) --device $(DEVICE) --out $(RUN_DIR) $(if $(TRACKING),--tracking $(TRACKING)) $(TRAIN_ARGS)
 train-folds: FOLD = all
 train-folds: train  ## Train every fold into RUN_DIR/fold<k>/ (K times one fold's time; finished folds skipped); then make evaluate FOLD=all

@@ -50,6 +50,7 @@ import json
 import os
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -146,13 +147,25 @@ def _child_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_child(command: list[str], log: Path) -> tuple[float, float]:
-    """Run a Python module of this checkout in a child process, output to ``log``; its wall and CPU seconds (loader workers included)."""
+    """Run a Python module of this checkout in a child process, output to ``log``; its wall and CPU seconds (loader workers included).
+
+    A SIGTERM to this process while the child runs ends the child too (``subprocess.run`` kills
+    it on the ``SystemExit`` the signal raises), so a stopped benchmark leaves no training behind.
+    """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     log.parent.mkdir(parents=True, exist_ok=True)
     wall, cpu = time.perf_counter(), _child_cpu_seconds()
-    with open(log, "w") as out:
-        code = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with open(log, "w") as out:
+            code = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     wall, cpu = time.perf_counter() - wall, _child_cpu_seconds() - cpu
     if code != 0:
         lines = log.read_text(errors="replace").strip().splitlines() or ["(no output)"]
@@ -382,7 +395,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
     for fold in folds:
         folder = runs / f"fold{fold.index}"
         fold_list = write_fold_datalist(datalist, fold, folder / "datalist.json")
-        _log(f"fold {fold.index} ({folds.index(fold) + 1}/{len(folds)}): test {', '.join(fold.test)}; validation {', '.join(fold.validation)}; pipeline training")
+        _log(f"fold {fold.index} ({folds.index(fold) + 1}/{len(folds)}): test {', '.join(fold.test)}; validation {', '.join(fold.validation) or 'none'}; pipeline training")
         fold_rows, timing["pipeline"][fold.index] = run_pipeline_arm(fold, fold_list, args.work / "cache", folder, args)
         rows += fold_rows
         if task_arm is not None:

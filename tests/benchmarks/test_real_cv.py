@@ -63,6 +63,28 @@ def test_folds_without_validation_train_on_every_patient_not_held_out(tiny_datal
         assert command[command.index("--fold") + 1] == expected and command[-2:] == ["--set", "seed=1"]
 
 
+def test_a_stopped_benchmark_stops_its_child(tmp_path: Path) -> None:
+    """SIGTERM to a process waiting in ``run_child`` ends the child it runs (a stopped run leaves no training behind)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    script = f"from pathlib import Path; from benchmarks.real_cv import run_child; run_child(['-c', {child!r}], Path({str(tmp_path / 'child.log')!r}))"
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.monotonic() < deadline and parent.poll() is None, "the child never started"
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
 def test_fold_datalist_puts_the_held_out_patients_in_test_only(fold_datalist: tuple[Path, object], tiny_datalist: Path) -> None:
     path, fold = fold_datalist
     listing = load_datalist(path)

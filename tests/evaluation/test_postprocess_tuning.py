@@ -183,6 +183,14 @@ def test_a_run_without_validation_cases_is_one_error_line(tmp_path, tiny_datalis
     assert not (run / RUN_INFERENCE_CONFIG).exists()
 
 
+def test_a_run_trained_on_every_case_is_one_error_line(tmp_path, tiny_datalist):
+    run = write_run_dir(tmp_path / "all", datalist=str(tiny_datalist), fold=None)  # train --fold none
+    result = CliRunner().invoke(main, ["tune-postprocessing", "--model", str(run), "--no-progress"])
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0
+    assert result.output.startswith(f"error: {tiny_datalist}:") and "trained on every case (no validation fold); give --split" in result.output
+    assert not (run / RUN_INFERENCE_CONFIG).exists()
+
+
 def test_a_folder_that_is_not_a_run_is_refused_before_predicting(tmp_path, tiny_datalist):
     run = write_run_dir(tmp_path / "run", datalist=str(tiny_datalist), fold=0)
     bundle = write_bundle_dir(tmp_path / "bundle", weights=run / "models" / "model.pt")
