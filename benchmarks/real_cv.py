@@ -243,15 +243,15 @@ def _checkpoint_choice(run_dir: Path, checkpoint: str) -> dict[str, Any]:
     }
 
 
-def run_baseline_arm(fold: Fold, datalist: Path, folder: Path, seconds: float, device: str, budget: str = "cpu") -> tuple[list[dict], dict]:
-    """Train the baseline for ``seconds`` of CPU time (``budget`` cpu) or wall time (wall, from its start) and score its predictions of the held-out patients."""
+def run_baseline_arm(fold: Fold, datalist: Path, folder: Path, seconds: float, device: str, budget: str = "cpu", seed: int = 0) -> tuple[list[dict], dict]:
+    """Train the baseline (seeded ``seed``) for ``seconds`` of CPU time (``budget`` cpu) or wall time (wall, from its start) and score its predictions of the held-out patients."""
     from pipeline.datasets.datalist import load_datalist
     from pipeline.inference.writers import segmentation_filename
 
     out = folder / "baseline"
     command = ["-m", "benchmarks.baseline_unet25d", "--datalist", str(datalist), "--out", str(out)]
     command += ["--cpu-seconds", f"{seconds:.1f}"] if budget == "cpu" else ["--deadline", f"{time.time() + seconds:.3f}"]
-    wall, cpu = run_child([*command, "--device", device], folder / "baseline.log")
+    wall, cpu = run_child([*command, "--device", device, "--seed", str(seed)], folder / "baseline.log")
     rows = []
     for record in load_datalist(datalist).cases("test"):
         seg = out / segmentation_filename(record.case_id)
@@ -261,24 +261,40 @@ def run_baseline_arm(fold: Fold, datalist: Path, folder: Path, seconds: float, d
     return rows, timing
 
 
-def _reused_baseline(path: Path, folds: list[Fold]) -> tuple[list[dict], dict[int, dict]]:
-    """The baseline rows and timings of ``folds`` from an earlier result that held out the same patients in them.
+def _reused_arm(path: Path, folds: list[Fold], arm: str) -> tuple[list[dict], dict[int, dict], dict[str, Any]]:
+    """The ``arm`` rows and timings of ``folds`` from an earlier result that held out the same patients in them, and its settings.
 
     The earlier result may hold more folds of the same split (a merged result reused by one
     ``--fold K`` part); only the rows and timings of ``folds`` are kept.
     """
+    option = f"--{arm}-from"
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(path, f"--baseline-from: cannot read an earlier result ({err})") from None
+        raise ConfigError(path, f"{option}: cannot read an earlier result ({err})") from None
     held_out = {int(fold.get("fold", -1)): fold.get("test") for fold in earlier.get("folds", [])}
     if any(held_out.get(fold.index) != list(fold.test) for fold in folds):
-        raise ConfigError(path, "--baseline-from: its folds hold out other patients than this run's; use the same --folds and --seed")
+        raise ConfigError(path, f"{option}: its folds hold out other patients than this run's; use the same --folds and --seed")
     wanted = {fold.index for fold in folds}
-    rows = [row for row in earlier.get("rows", []) if row.get("arm") == "baseline" and row.get("fold") in wanted]
+    rows = [row for row in earlier.get("rows", []) if row.get("arm") == arm and row.get("fold") in wanted]
     if not rows:
-        raise ConfigError(path, "--baseline-from: the result has no baseline rows")
-    return rows, {int(k): v for k, v in earlier.get("timing", {}).get("baseline", {}).items() if int(k) in wanted}
+        raise ConfigError(path, f"{option}: the result has no {arm} rows")
+    timing = {int(k): v for k, v in earlier.get("timing", {}).get(arm, {}).items() if int(k) in wanted}
+    return rows, timing, earlier.get("settings", {})
+
+
+#: Settings a reused pipeline arm (``--pipeline-from``) must share with the run that reuses it.
+_PIPELINE_SETTINGS = ("epochs", "mode", "overrides", "config_files", "val_cases", "checkpoint", "tta", "device")
+
+
+def _reused_pipeline(path: Path, folds: list[Fold], settings: dict[str, Any]) -> tuple[list[dict], dict[int, dict]]:
+    """The pipeline rows and timings of ``folds`` from an earlier result trained with ``settings`` (:data:`_PIPELINE_SETTINGS`)."""
+    rows, timing, earlier = _reused_arm(path, folds, "pipeline")
+    differing = [key for key in _PIPELINE_SETTINGS if earlier.get(key) != settings[key]]
+    if differing:
+        key = differing[0]
+        raise ConfigError(path, f"--pipeline-from: its pipeline ran with {key} {earlier.get(key)!r}, this run has {settings[key]!r}; give the same options")
+    return rows, timing
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -329,6 +345,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--baseline-from", type=Path, default=None, metavar="RESULT.json", help="reuse the baseline rows of an earlier result with the same folds")
     parser.add_argument("--no-baseline", action="store_true", help="run the pipeline arm only")
     parser.add_argument(
+        "--pipeline-from",
+        type=Path,
+        default=None,
+        metavar="RESULT.json",
+        help="reuse the pipeline rows and training times of an earlier result with the same folds and pipeline options; only the baseline trains",
+    )
+    parser.add_argument("--baseline-seed", type=int, default=0, help="the baseline's seed (weights and slice draws; default 0)")
+    parser.add_argument(
         "--task-arm",
         default=None,
         metavar="TASK[:CHANNELS]",
@@ -347,6 +371,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--max-folds must be at least 1")
     if args.no_baseline and args.baseline_from:
         parser.error("--no-baseline and --baseline-from exclude each other")
+    if args.pipeline_from and (args.no_baseline or args.baseline_from or args.task_arm):
+        parser.error("--pipeline-from trains the baseline only: it excludes --no-baseline, --baseline-from and --task-arm")
     return args
 
 
@@ -382,13 +408,24 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
     folds = make_folds(list(cases), args.folds, args.val_cases, args.seed)[: args.max_folds]
     if args.only_folds:
         folds = [fold for fold in folds if fold.index in set(args.only_folds)]
-    baseline_rows, baseline_timing = _reused_baseline(args.baseline_from, folds) if args.baseline_from else ([], {})
+    baseline_rows, baseline_timing = _reused_arm(args.baseline_from, folds, "baseline")[:2] if args.baseline_from else ([], {})
+    settings = {
+        "folds": args.folds, "max_folds": args.max_folds, "only_folds": sorted(args.only_folds), "epochs": args.epochs, "mode": args.mode, "overrides": overrides, "config_files": [str(p) for p in args.config],
+        "val_cases": args.val_cases, "checkpoint": args.checkpoint, "tta": args.tta, "device": args.device, "seed": args.seed,
+        "baseline": "none" if args.no_baseline else f"reused from {args.baseline_from}" if args.baseline_from else "measured",
+        "baseline_seed": args.baseline_seed,
+        "task_arm": None,
+    }
+    pipeline_rows, pipeline_timing = _reused_pipeline(args.pipeline_from, folds, settings) if args.pipeline_from else ([], {})
+    if args.pipeline_from:
+        settings["pipeline"] = f"reused from {args.pipeline_from}"
     started = datetime.now(timezone.utc)
     runs = args.work / "runs" / f"{started:%Y%m%dT%H%M%S}-{args.label}"
     _log(f"{len(cases)} labelled patients from {shared}; preparing the cohort in {args.work}")
     datalist = prepare_cohort(cases, args.work)
     task_arm = _task_arm(args.task_arm)
     task_datalist = prepare_cohort(cases, args.work, task=task_arm) if task_arm is not None else None
+    settings["task_arm"] = None if task_arm is None else task_arm.to_dict()
     rows, timing = [], {"pipeline": {}, "baseline": baseline_timing}
     if task_arm is not None:
         timing[task_arm.name] = {}
@@ -396,7 +433,10 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         folder = runs / f"fold{fold.index}"
         fold_list = write_fold_datalist(datalist, fold, folder / "datalist.json")
         _log(f"fold {fold.index} ({folds.index(fold) + 1}/{len(folds)}): test {', '.join(fold.test)}; validation {', '.join(fold.validation) or 'none'}; pipeline training")
-        fold_rows, timing["pipeline"][fold.index] = run_pipeline_arm(fold, fold_list, args.work / "cache", folder, args)
+        if args.pipeline_from:
+            fold_rows, timing["pipeline"][fold.index] = [row for row in pipeline_rows if row["fold"] == fold.index], pipeline_timing[fold.index]
+        else:
+            fold_rows, timing["pipeline"][fold.index] = run_pipeline_arm(fold, fold_list, args.work / "cache", folder, args)
         rows += fold_rows
         if task_arm is not None:
             _log(f"fold {fold.index}: {task_arm.name} training")
@@ -408,7 +448,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         seconds = timing["pipeline"][fold.index][f"train_{args.budget}_s"]
         if not (args.no_baseline or args.baseline_from):
             _log(f"fold {fold.index}: pipeline trained in {seconds:.0f} {args.budget} s; baseline for the same {args.budget} time")
-            fold_rows, timing["baseline"][fold.index] = run_baseline_arm(fold, fold_list, folder, seconds, args.device, args.budget)
+            fold_rows, timing["baseline"][fold.index] = run_baseline_arm(fold, fold_list, folder, seconds, args.device, args.budget, args.baseline_seed)
             baseline_rows += fold_rows
         fold_means = arm_means([row for row in rows + baseline_rows if row["fold"] == fold.index])
         _log(f"fold {fold.index} done: WT Dice " + ", ".join(f"{arm} {m['dice_WT']:+.3f}" for arm, m in fold_means.items()))
@@ -422,12 +462,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         "started": started.isoformat(timespec="seconds"),
         "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
         "command_line": shlex.join([Path(sys.executable).name, "-m", "benchmarks.real_cv", *argv]),
-        "settings": {
-            "folds": args.folds, "max_folds": args.max_folds, "only_folds": sorted(args.only_folds), "epochs": args.epochs, "mode": args.mode, "overrides": overrides, "config_files": [str(p) for p in args.config],
-            "val_cases": args.val_cases, "checkpoint": args.checkpoint, "tta": args.tta, "device": args.device, "seed": args.seed,
-            "baseline": "none" if args.no_baseline else f"reused from {args.baseline_from}" if args.baseline_from else "measured",
-            "task_arm": None if task_arm is None else task_arm.to_dict(),
-        },
+        "settings": settings,
         "data": {"shared_data": str(shared), "sources": patients_by_source(cases), "cases": {case: str(path) for case, path in cases.items()}, "work": str(args.work)},
         "folds": [fold.to_dict() for fold in folds],
         "machine": machine,

@@ -14,7 +14,7 @@ import pytest
 from benchmarks import baseline_unet25d as baseline
 from benchmarks.cv_folds import fold_run_folder, make_folds, write_fold_datalist
 from benchmarks.cv_scoring import ROW_METRICS, UNCERTAINTY_SCORE, arm_means, case_row, markdown_tables, score_prediction, uncertainty_rank_correlation
-from benchmarks.real_cv import _reused_baseline, labelled_cases, main, patients_by_source
+from benchmarks.real_cv import _reused_arm, labelled_cases, main, patients_by_source
 from pipeline.datasets.datalist import load_datalist
 from pipeline.core.errors import ConfigError
 from pipeline.tasks.labels import get_convention
@@ -214,9 +214,11 @@ def test_reused_baseline_must_hold_out_the_same_patients(tmp_path: Path) -> None
     rows = [{"fold": 0, "case_id": folds[0].test[0], "arm": "baseline", "dice_WT": 0.5}]
     earlier = tmp_path / "earlier.json"
     earlier.write_text(json.dumps({"folds": [f.to_dict() for f in folds], "rows": rows, "timing": {"baseline": {"0": {"wall_s": 1.0}}}}))
-    assert _reused_baseline(earlier, folds) == (rows, {0: {"wall_s": 1.0}})
-    with pytest.raises(ConfigError, match="other patients"):
-        _reused_baseline(earlier, make_folds([f"c{i}" for i in range(4)], folds=2, seed=1))
+    assert _reused_arm(earlier, folds, "baseline")[:2] == (rows, {0: {"wall_s": 1.0}})
+    with pytest.raises(ConfigError, match="--baseline-from: its folds hold out other patients"):
+        _reused_arm(earlier, make_folds([f"c{i}" for i in range(4)], folds=2, seed=1), "baseline")
+    with pytest.raises(ConfigError, match="--pipeline-from: the result has no pipeline rows"):
+        _reused_arm(earlier, folds, "pipeline")
 
 
 def test_reused_baseline_keeps_the_folds_of_a_part(tmp_path: Path) -> None:
@@ -225,7 +227,7 @@ def test_reused_baseline_keeps_the_folds_of_a_part(tmp_path: Path) -> None:
     earlier = tmp_path / "merged.json"
     timing = {"baseline": {str(f.index): {"wall_s": float(f.index)} for f in folds}}
     earlier.write_text(json.dumps({"folds": [f.to_dict() for f in folds], "rows": rows, "timing": timing}))
-    kept, kept_timing = _reused_baseline(earlier, [folds[1]])
+    kept, kept_timing, _ = _reused_arm(earlier, [folds[1]], "baseline")
     assert kept == [{"fold": 1, "case_id": folds[1].test[0], "arm": "baseline", "dice_WT": 0.5}]
     assert kept_timing == {1: {"wall_s": 1.0}}
 
@@ -364,8 +366,10 @@ def test_another_tasks_arm_is_scored_on_its_own_structures(tiny_datalist: Path, 
     assert f"| {task.name} | 1 |" in markdown_tables([row], arm_means([row]))
 
 
-def _untrained_arms(monkeypatch: pytest.MonkeyPatch) -> None:
+def _untrained_arms(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Replace both arms' training by fixed predictions: the pipeline copies the ground truth, the baseline calls every tumour voxel ED.
+
+    Returns the list the baseline's seeds are appended to, one per trained fold.
 
     The metrics are made up (``case_metrics`` takes seconds per case, and its scores are tested
     above); the label confusion is computed from the written predictions.
@@ -392,12 +396,15 @@ def _untrained_arms(monkeypatch: pytest.MonkeyPatch) -> None:
         rows = score(fold, datalist, folder / "pipeline_eval", arm, lambda record, seg: shutil.copy(record.label, seg))
         return [row | {UNCERTAINTY_SCORE: float(i)} for i, row in enumerate(rows)], {"train_wall_s": 2.0, "train_cpu_s": 3.0, "eval_wall_s": 1.0, "eval_cpu_s": 1.0}
 
-    def baseline_arm(fold, datalist, folder, seconds, device, budget="cpu"):
+    def baseline_arm(fold, datalist, folder, seconds, device, budget="cpu", seed=0):
         assert seconds == 3.0  # the pipeline's training CPU seconds
+        baseline_seeds.append(seed)
         return score(fold, datalist, folder / "baseline", "baseline", all_edema), {"wall_s": 3.0, "cpu_s": 3.0, "train_wall_s": 3.0, "train_cpu_s": 3.0, "steps": 1}
 
+    baseline_seeds: list[int] = []
     monkeypatch.setattr(real_cv, "run_pipeline_arm", pipeline_arm)
     monkeypatch.setattr(real_cv, "run_baseline_arm", baseline_arm)
+    return baseline_seeds
 
 
 def test_a_run_over_the_three_source_folders_reports_structures_and_label_confusion(
@@ -489,6 +496,35 @@ def test_fold_runs_side_by_side_merge_into_the_run_of_both_folds(tiny_cohort: Pa
         merge_results([one, results / "other.json"], "mixed", "merge")
     assert main(["--merge", str(one), str(tmp_path / "missing.json"), "--label", "x", "--results-dir", str(results)]) == 1
     assert not list(results.glob("real_cv-*-x.json"))
+
+
+def test_a_reused_pipeline_arm_trains_only_the_baseline_with_its_seed(tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--pipeline-from`` keeps an earlier run's pipeline rows and times, trains the baseline for those times with ``--baseline-seed``, and refuses other pipeline options."""
+    from benchmarks import real_cv
+
+    shared = tmp_path / "shared" / "real_brats_more"
+    shared.mkdir(parents=True)
+    for case in sorted(c for c in tiny_cohort.iterdir() if c.is_dir()):
+        (shared / case.name).symlink_to(case, target_is_directory=True)
+    seeds = _untrained_arms(monkeypatch)
+    results = tmp_path / "results"
+    common = ["--shared-data", str(shared.parent), "--work", str(tmp_path / "work"), "--results-dir", str(results), "--max-folds", "2", "--set", "seed=1"]
+    assert main([*common, "--label", "first"]) == 0 and seeds == [0, 0]
+    (first,) = results.glob("real_cv-*-first.json")
+
+    seeds.clear()
+    monkeypatch.setattr(real_cv, "run_pipeline_arm", lambda *args, **kwargs: pytest.fail("the pipeline trained again"))
+    assert main([*common, "--pipeline-from", str(first), "--baseline-seed", "1", "--label", "again"]) == 0
+    assert seeds == [1, 1]
+    (again,) = results.glob("real_cv-*-again.json")
+    earlier, report = json.loads(first.read_text()), json.loads(again.read_text())
+    assert [row for row in report["rows"] if row["arm"] == "pipeline"] == [row for row in earlier["rows"] if row["arm"] == "pipeline"]
+    assert report["timing"]["pipeline"] == earlier["timing"]["pipeline"]
+    assert report["settings"]["baseline_seed"] == 1 and report["settings"]["pipeline"] == f"reused from {first}"
+
+    other = [arg for arg in common if arg not in ("--set", "seed=1")]
+    assert main([*other, "--pipeline-from", str(first), "--label", "mismatch"]) == 1
+    assert not list(results.glob("real_cv-*-mismatch.json"))
 
 
 def test_the_class_table_shows_necrosis_called_edema_and_what_filling_the_core_does() -> None:
