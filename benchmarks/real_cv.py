@@ -447,7 +447,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
             rows += task_rows
         seconds = timing["pipeline"][fold.index][f"train_{args.budget}_s"]
         if not (args.no_baseline or args.baseline_from):
-            _log(f"fold {fold.index}: pipeline trained in {seconds:.0f} {args.budget} s; baseline for the same {args.budget} time")
+            trained = "reused, trained" if args.pipeline_from else "trained"
+            _log(f"fold {fold.index}: pipeline {trained} in {seconds:.0f} {args.budget} s; baseline for the same {args.budget} time")
             fold_rows, timing["baseline"][fold.index] = run_baseline_arm(fold, fold_list, folder, seconds, args.device, args.budget, args.baseline_seed)
             baseline_rows += fold_rows
         fold_means = arm_means([row for row in rows + baseline_rows if row["fold"] == fold.index])
