@@ -239,11 +239,3 @@ def test_bundle_commands_run_another_task(tmp_path: Path):
     )  # fmt: skip
     seg = nib.load(tmp_path / "pred" / f"{record.case_id}_seg.nii.gz")
     assert seg.shape == nib.load(record.images[0]).shape and set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
-
-
-def test_train_config_passes_its_augmentation_switches_to_both_paths() -> None:
-    config = ConfigParser.load_config_file(str(CONFIGS / "train.yaml"))
-    for key in ("elastic", "rot90"):
-        assert isinstance(config[key], bool)
-        worker = config["train"]["dataset"]["dataset"]  # the dataset inside the output-mode wrapper
-        assert worker[key] == config["train"]["augmentation"][key] == f"@{key}"

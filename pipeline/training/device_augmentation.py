@@ -299,17 +299,13 @@ class DeviceAugmentation(PrepareBatch):
 
     Args:
         elastic: include the elastic deformation (as ``build_train_dataset(elastic=...)``).
-        rot90: include the quarter turns (as ``build_train_dataset(rot90=...)``).
         seed: the run seed; draws are seeded from ``(seed, epoch, rank)``.
         rank: the process's rank; ``None``: ``torch.distributed``'s (0 without DDP).
         keys: the image and label keys of the batch.
     """
 
-    def __init__(
-        self, elastic: bool = False, seed: int = 0, rank: int | None = None, keys: Sequence[Hashable] = ("image", "label"), rot90: bool = True
-    ) -> None:
+    def __init__(self, elastic: bool = False, seed: int = 0, rank: int | None = None, keys: Sequence[Hashable] = ("image", "label")) -> None:
         self.elastic = bool(elastic)
-        self.rot90 = bool(rot90)
         self.seed = int(seed)
         self.rank = rank
         self.keys = tuple(keys)
@@ -345,7 +341,7 @@ class DeviceAugmentation(PrepareBatch):
         """The augmentation parameters of :func:`pipeline.training.loaders.augmentations` for these dimensions."""
         key = (spatial_dims, square)
         if key not in self._parameters:
-            self._parameters[key] = augmentation_parameters(augmentations(spatial_dims, square, self.elastic, self.keys, self.rot90), spatial_dims)
+            self._parameters[key] = augmentation_parameters(augmentations(spatial_dims, square, self.elastic, self.keys), spatial_dims)
         return self._parameters[key]
 
     def augment(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

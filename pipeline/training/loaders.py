@@ -326,11 +326,11 @@ def _final_types(image_dtype: torch.dtype) -> list:
     ]
 
 
-def augmentations(spatial_dims: int, square: bool, elastic: bool = False, keys: Sequence[str] = ("image", "label"), rot90: bool = True) -> list:
+def augmentations(spatial_dims: int, square: bool, elastic: bool = False, keys: Sequence[str] = ("image", "label")) -> list:
     """The training augmentations of a 2D slice (``spatial_dims=2``) or a 3D patch (``3``), in order.
 
     Flips on every spatial axis (probability 0.5 each), rot90 in the first two axes (the axial
-    plane; only with ``rot90`` and when they have the same size, ``square``, so batches keep one shape), a cast to
+    plane; only when they have the same size, ``square``, so batches keep one shape), a cast to
     float32 (flips move float16 bytes; resampling and intensity need float32), a small affine
     (rotation up to 15 degrees about each rotation axis, scale 0.9-1.1, probability 0.2), the
     optional elastic deformation (probability 0.1), then intensity scale/shift and gamma. The
@@ -341,11 +341,10 @@ def augmentations(spatial_dims: int, square: bool, elastic: bool = False, keys: 
         square: the first two spatial sizes are equal.
         elastic: add ``Rand2DElasticd`` / ``Rand3DElasticd``.
         keys: the image and label keys.
-        rot90: add the quarter turns (probability 0.5, 1-3 turns).
     """
     keys = tuple(keys)
     transforms: list = [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
-    if square and rot90:
+    if square:
         transforms.append(RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)))
     transforms.append(_as_float32())
     rotation_axes = 1 if spatial_dims == 2 else 3  # in-plane only for slices
@@ -377,7 +376,6 @@ def slice_transforms(
     augment: bool = True,
     elastic: bool = False,
     image_dtype: torch.dtype = torch.float32,
-    rot90: bool = True,
 ) -> Compose:
     """The 2D/2.5D sample pipeline: stack, pad/crop to ``slice_size``, then (training) :func:`augmentations` in 2D.
 
@@ -390,7 +388,6 @@ def slice_transforms(
         elastic: add ``Rand2DElasticd``.
         image_dtype: dtype of the sample image; the cache's float16 halves what DataLoader
             workers send (cast on the device then). Augmentations compute in float32.
-        rot90: add the quarter turns in the slice plane (:func:`augmentations`).
     """
     size = tuple(int(s) for s in slice_size)
     keys = ("image", "label")
@@ -400,7 +397,7 @@ def slice_transforms(
         CentrePadCropd(keys=keys, spatial_size=size),
     ]
     if augment:
-        transforms += augmentations(2, size[0] == size[1], elastic, keys, rot90)
+        transforms += augmentations(2, size[0] == size[1], elastic, keys)
     return Compose(transforms + _final_types(image_dtype))
 
 
@@ -410,7 +407,6 @@ def patch_transforms(
     augment: bool = True,
     elastic: bool = False,
     image_dtype: torch.dtype = torch.float32,
-    rot90: bool = True,
 ) -> Compose:
     """The 3D sample pipeline: a tumour-aware patch read from the memmap, then (training) :func:`augmentations` in 3D.
 
@@ -420,7 +416,6 @@ def patch_transforms(
         augment: add the random augmentations (training only).
         elastic: add ``Rand3DElasticd``.
         image_dtype: dtype of the sample image (see :func:`slice_transforms`).
-        rot90: add the quarter turns in the axial plane (:func:`augmentations`).
     """
     size = tuple(int(s) for s in patch_size)
     keys = ("image", "label")
@@ -428,7 +423,7 @@ def patch_transforms(
         RandPosNegPatchd(keys=keys, label_key="label", patch_size=size, pos_fraction=foreground_ratio),
     ]
     if augment:
-        transforms += augmentations(3, size[0] == size[1], elastic, keys, rot90)
+        transforms += augmentations(3, size[0] == size[1], elastic, keys)
     return Compose(transforms + _final_types(image_dtype))
 
 
@@ -454,7 +449,6 @@ def build_train_dataset(
     patches_per_case: int = 1,
     max_open_cases: int = DEFAULT_MAX_OPEN_CASES,
     image_dtype: str = "float32",
-    rot90: bool = True,
 ) -> SliceDataset | PatchDataset:
     """The training dataset for one mode over cached cases.
 
@@ -478,7 +472,6 @@ def build_train_dataset(
         image_dtype: ``"float32"`` (default) or ``"float16"``: keep the cache's half precision
             in the sample, halving what DataLoader workers send; the training step then casts
             on the device (``batch["image"].to(device, torch.float32)``).
-        rot90: add the quarter turns in the axial plane to the augmentations.
     """
     if mode not in MODES:
         raise ConfigError("mode", f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -494,7 +487,7 @@ def build_train_dataset(
         size = tuple(int(s) for s in (patch_size if isinstance(patch_size, Sequence) else (patch_size,) * 3))
         if len(size) != 3:
             raise ConfigError("patch_size", f"expected (px, py, pz), got {patch_size!r}")
-        transform = patch_transforms(size, foreground_ratio, augment, elastic, dtype, rot90)
+        transform = patch_transforms(size, foreground_ratio, augment, elastic, dtype)
         return PatchDataset(cache_dir, ids, transform, patches_per_case, seed, max_open_cases)
     if context < 0:
         raise ConfigError("context", f"must be >= 0, got {context}")
@@ -505,7 +498,7 @@ def build_train_dataset(
         size2 = tuple(int(s) for s in (slice_size if isinstance(slice_size, Sequence) else (slice_size,) * 2))
         if len(size2) != 2:
             raise ConfigError("slice_size", f"expected (SX, SY), got {slice_size!r}")
-    dataset.transform = slice_transforms(size2, context if mode == "2.5d" else 0, padding, augment, elastic, dtype, rot90)
+    dataset.transform = slice_transforms(size2, context if mode == "2.5d" else 0, padding, augment, elastic, dtype)
     dataset.slice_size = size2
     return dataset
 

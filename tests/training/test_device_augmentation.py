@@ -35,12 +35,6 @@ def test_parameters_are_read_from_the_worker_transforms() -> None:
     assert three_d.flip_probs == (0.5, 0.5, 0.5) and three_d.rotate_range == pytest.approx((np.deg2rad(15.0),) * 3)
     assert type(three_d.elastic).__name__ == "Rand3DElasticd"
     assert augmentation_parameters(augmentations(2, square=False), 2).rot90_prob == 0.0
-    assert augmentation_parameters(augmentations(2, square=True, rot90=False), 2).rot90_prob == 0.0
-
-
-def test_rot90_off_reaches_the_device_path() -> None:
-    assert DeviceAugmentation(rot90=False).parameters(2, True).rot90_prob == 0.0
-    assert DeviceAugmentation().parameters(2, True).rot90_prob == 0.5
 
 
 def test_a_transform_without_a_batched_counterpart_is_refused() -> None:

@@ -360,11 +360,3 @@ def test_preprocessed_cache(request: pytest.FixtureRequest) -> None:
     dataset = build_train_dataset(tiny_cache, ids, "2.5d", slice_size=(32, 32))
     batch = next(iter(build_train_loader(dataset, batch_size=8, sampler=build_train_sampler(dataset, num_samples=64))))
     assert tuple(batch["image"].shape) == (8, 20, 32, 32)
-
-
-def test_rot90_off_keeps_the_slice_orientation(cache: Path) -> None:
-    assert "RandRotate90d" not in [kind for kind, _ in _recipe(slice_transforms((16, 16), rot90=False).transforms)]
-    assert "RandRotate90d" not in [kind for kind, _ in _recipe(patch_transforms((8, 8, 4), rot90=False).transforms)]
-    dataset = build_train_dataset(cache, None, "2d", slice_size=(WIDTH, WIDTH), augment=True, rot90=False, seed=0)
-    kinds = [type(t).__name__ for t in dataset.transform.transforms]
-    assert "RandRotate90d" not in kinds and "RandFlipd" in kinds
