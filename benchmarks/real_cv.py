@@ -351,7 +351,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="RESULT.json",
         help="reuse the pipeline rows and training times of an earlier result with the same folds and pipeline options; only the baseline trains",
     )
-    parser.add_argument("--baseline-seed", type=int, default=0, help="the baseline's seed (weights and slice draws; default 0)")
+    parser.add_argument(
+        "--baseline-seed", type=int, default=None, help="the seed of the baseline this run trains (weights and slice draws; default 0)"
+    )
     parser.add_argument(
         "--task-arm",
         default=None,
@@ -373,6 +375,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--no-baseline and --baseline-from exclude each other")
     if args.pipeline_from and (args.no_baseline or args.baseline_from or args.task_arm):
         parser.error("--pipeline-from trains the baseline only: it excludes --no-baseline, --baseline-from and --task-arm")
+    if args.baseline_seed is not None and (args.no_baseline or args.baseline_from):
+        parser.error("--baseline-seed seeds a baseline this run trains: it excludes --no-baseline and --baseline-from (which records the reused run's seed)")
     return args
 
 
@@ -408,12 +412,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
     folds = make_folds(list(cases), args.folds, args.val_cases, args.seed)[: args.max_folds]
     if args.only_folds:
         folds = [fold for fold in folds if fold.index in set(args.only_folds)]
-    baseline_rows, baseline_timing = _reused_arm(args.baseline_from, folds, "baseline")[:2] if args.baseline_from else ([], {})
+    baseline_rows, baseline_timing, reused_settings = _reused_arm(args.baseline_from, folds, "baseline") if args.baseline_from else ([], {}, {})
+    # The seed of the baseline rows: the reused run's (0 before the seed was recorded), none without a baseline.
+    baseline_seed = None if args.no_baseline else reused_settings.get("baseline_seed", 0) if args.baseline_from else args.baseline_seed or 0
     settings = {
         "folds": args.folds, "max_folds": args.max_folds, "only_folds": sorted(args.only_folds), "epochs": args.epochs, "mode": args.mode, "overrides": overrides, "config_files": [str(p) for p in args.config],
         "val_cases": args.val_cases, "checkpoint": args.checkpoint, "tta": args.tta, "device": args.device, "seed": args.seed,
         "baseline": "none" if args.no_baseline else f"reused from {args.baseline_from}" if args.baseline_from else "measured",
-        "baseline_seed": args.baseline_seed,
+        "baseline_seed": baseline_seed,
         "task_arm": None,
     }
     pipeline_rows, pipeline_timing = _reused_pipeline(args.pipeline_from, folds, settings) if args.pipeline_from else ([], {})
@@ -449,7 +455,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path | None:
         if not (args.no_baseline or args.baseline_from):
             trained = "reused, trained" if args.pipeline_from else "trained"
             _log(f"fold {fold.index}: pipeline {trained} in {seconds:.0f} {args.budget} s; baseline for the same {args.budget} time")
-            fold_rows, timing["baseline"][fold.index] = run_baseline_arm(fold, fold_list, folder, seconds, args.device, args.budget, args.baseline_seed)
+            fold_rows, timing["baseline"][fold.index] = run_baseline_arm(fold, fold_list, folder, seconds, args.device, args.budget, baseline_seed)
             baseline_rows += fold_rows
         fold_means = arm_means([row for row in rows + baseline_rows if row["fold"] == fold.index])
         _log(f"fold {fold.index} done: WT Dice " + ", ".join(f"{arm} {m['dice_WT']:+.3f}" for arm, m in fold_means.items()))

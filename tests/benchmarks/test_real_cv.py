@@ -456,14 +456,20 @@ def test_a_run_over_the_three_source_folders_reports_structures_and_label_confus
     assert "### Label confusion" in capsys.readouterr().out
 
 
-def test_fold_runs_side_by_side_merge_into_the_run_of_both_folds(tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--fold 0`` and ``--fold 1`` joined by ``--merge`` give the rows, means and confusion of one ``--max-folds 2`` run; bad joins are refused."""
-    from benchmarks.real_cv import merge_results
-
+def _linked_as_more(tiny_cohort: Path, tmp_path: Path) -> Path:
+    """The tiny cohort's cases linked into ``tmp_path/shared/real_brats_more``; that folder."""
     shared = tmp_path / "shared" / "real_brats_more"
     shared.mkdir(parents=True)
     for case in sorted(c for c in tiny_cohort.iterdir() if c.is_dir()):
         (shared / case.name).symlink_to(case, target_is_directory=True)
+    return shared
+
+
+def test_fold_runs_side_by_side_merge_into_the_run_of_both_folds(tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--fold 0`` and ``--fold 1`` joined by ``--merge`` give the rows, means and confusion of one ``--max-folds 2`` run; bad joins are refused."""
+    from benchmarks.real_cv import merge_results
+
+    shared = _linked_as_more(tiny_cohort, tmp_path)
     _untrained_arms(monkeypatch)
     common = ["--shared-data", str(shared.parent), "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results")]
     assert main([*common, "--max-folds", "2", "--label", "both"]) == 0
@@ -502,10 +508,7 @@ def test_a_reused_pipeline_arm_trains_only_the_baseline_with_its_seed(tiny_cohor
     """``--pipeline-from`` keeps an earlier run's pipeline rows and times, trains the baseline for those times with ``--baseline-seed``, and refuses other pipeline options."""
     from benchmarks import real_cv
 
-    shared = tmp_path / "shared" / "real_brats_more"
-    shared.mkdir(parents=True)
-    for case in sorted(c for c in tiny_cohort.iterdir() if c.is_dir()):
-        (shared / case.name).symlink_to(case, target_is_directory=True)
+    shared = _linked_as_more(tiny_cohort, tmp_path)
     seeds = _untrained_arms(monkeypatch)
     results = tmp_path / "results"
     common = ["--shared-data", str(shared.parent), "--work", str(tmp_path / "work"), "--results-dir", str(results), "--max-folds", "2", "--set", "seed=1"]
@@ -525,6 +528,25 @@ def test_a_reused_pipeline_arm_trains_only_the_baseline_with_its_seed(tiny_cohor
     other = [arg for arg in common if arg not in ("--set", "seed=1")]
     assert main([*other, "--pipeline-from", str(first), "--label", "mismatch"]) == 1
     assert not list(results.glob("real_cv-*-mismatch.json"))
+
+
+def test_the_recorded_baseline_seed_is_the_seed_of_the_baseline_rows(tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reused baseline records the reusing run's seed as the reused run's; a seed for a baseline not trained here is refused."""
+    shared = _linked_as_more(tiny_cohort, tmp_path)
+    seeds = _untrained_arms(monkeypatch)
+    results = tmp_path / "results"
+    common = ["--shared-data", str(shared.parent), "--work", str(tmp_path / "work"), "--results-dir", str(results), "--fold", "0"]
+    assert main([*common, "--baseline-seed", "3", "--label", "seeded"]) == 0 and seeds == [3]
+    (seeded,) = results.glob("real_cv-*-seeded.json")
+    assert main([*common, "--baseline-from", str(seeded), "--label", "reuse"]) == 0 and seeds == [3]
+    assert main([*common, "--no-baseline", "--label", "alone"]) == 0 and seeds == [3]
+    recorded = {label: json.loads(next(results.glob(f"real_cv-*-{label}.json")).read_text())["settings"]["baseline_seed"] for label in ("seeded", "reuse", "alone")}
+    assert recorded == {"seeded": 3, "reuse": 3, "alone": None}
+    for refused in (["--baseline-from", str(seeded)], ["--no-baseline"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*common, *refused, "--baseline-seed", "1", "--label", "refused"])
+        assert exit_info.value.code == 2
+    assert not list(results.glob("real_cv-*-refused.json"))
 
 
 def test_the_class_table_shows_necrosis_called_edema_and_what_filling_the_core_does() -> None:
