@@ -102,7 +102,7 @@ def build_network(
         channels: feature channels per level (UNet, AttentionUnet, DynUNet).
         strides: downsampling per level, one fewer than ``channels`` (UNet, AttentionUnet, DynUNet).
         num_res_units: residual units per block (UNet); DynUNet uses residual blocks when > 0.
-        norm: normalisation layer (UNet).
+        norm: normalisation layer (UNet, DynUNet), a MONAI ``Norm`` name: ``instance``, ``batch``.
         dropout: dropout probability.
         init_filters: first-level filters (SegResNet).
         blocks_down: residual blocks per level (SegResNet).

@@ -153,7 +153,7 @@ def test_the_bundle_inference_config_fits_a_run_of_the_training_defaults(tmp_pat
     """A run of train.yaml's defaults (demo.yaml leaves the network alone) gets the network of inference.yaml."""
     from pipeline.inference.config import TRAINED_KEYS, run_inference_config
 
-    keys = ("mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "init_filters")
+    keys = ("mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "norm", "init_filters")
     run = run_inference_config(ConfigParser.load_config_files([str(CONFIGS / "train.yaml"), str(CONFIGS / "demo.yaml")]), tmp_path)
     inference = yaml.safe_load((CONFIGS / "inference.yaml").read_text())
     assert {k: run[k] for k in keys} == {k: inference[k] for k in keys}

@@ -31,6 +31,14 @@ def test_other_architectures_are_selectable(name: str) -> None:
     assert spatial_divisor(net) == 4
 
 
+@pytest.mark.parametrize("name", ["unet", "dynunet"])
+@pytest.mark.parametrize(("norm", "layer"), [("instance", torch.nn.InstanceNorm2d), ("batch", torch.nn.BatchNorm2d)])
+def test_the_normalisation_layer_is_selectable(name: str, norm: str, layer: type) -> None:
+    net = build_network(mode="2d", network=name, channels=(4, 8, 16), strides=(2, 2), norm=norm)
+    norms = [m for m in net.modules() if isinstance(m, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d))]
+    assert norms and all(isinstance(m, layer) for m in norms)
+
+
 @pytest.mark.parametrize("mode", ["2.5d", "3d"])
 def test_deep_supervision_stacks_decoder_outputs_in_training_only(mode: str) -> None:
     net = build_network(mode=mode, network="dynunet", channels=(4, 8, 16, 32), strides=(2, 2, 2), deep_supervision=2)

@@ -62,7 +62,7 @@ BUNDLE_CONFIG = Path("configs") / "inference.yaml"
 
 #: The keys of ``inference.yaml`` a training run decides: its network and whole-volume inference.
 TRAINED_KEYS: tuple[str, ...] = (
-    "task", "mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "init_filters", "deep_supervision",
+    "task", "mode", "context", "output_mode", "network_name", "channels", "strides", "num_res_units", "dropout", "norm", "init_filters", "deep_supervision",
     "roi_size", "sw_batch_size", "overlap", "tta", "network_def",
 )  # fmt: skip
 
