@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from monai.networks.layers.factories import Norm
 from monai.networks.nets import AttentionUnet, DynUNet, SegResNet, UNet
 
 from pipeline.core.errors import ConfigError
@@ -118,6 +119,8 @@ def build_network(
     check_mode(mode, output_mode or "softmax")
     dims, in_ch, out_ch = spatial_dims(mode), input_channels(mode, context, task), output_channels(output_mode, task)
     channels, strides = tuple(int(c) for c in channels), tuple(int(s) for s in strides)
+    if isinstance(norm, str) and norm.upper() not in Norm.names:
+        raise ConfigError("norm", f"unknown normalisation {norm!r}; choose one of {', '.join(sorted(n.lower() for n in Norm.names))}")
     if deep_supervision and network != "dynunet":
         raise ConfigError("deep_supervision", f"needs network_name: dynunet, got {network!r}")
     if network in ("unet", "attention_unet", "dynunet") and len(strides) != len(channels) - 1:

@@ -58,7 +58,7 @@ def test_divisor_seen_through_wrappers() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [({"mode": "4d"}, "unknown mode"), ({"output_mode": "multi"}, "unknown output mode"), ({"network": "vnet"}, "unknown network"),
-     ({"channels": (4, 8), "strides": (2, 2)}, "one stride fewer"), ({"deep_supervision": 1}, "needs network_name: dynunet"),
+     ({"channels": (4, 8), "strides": (2, 2)}, "one stride fewer"), ({"deep_supervision": 1}, "needs network_name: dynunet"), ({"norm": "btach"}, "unknown normalisation"),
      ({"network": "dynunet", "channels": (4, 8, 16), "strides": (2, 2), "deep_supervision": 2}, "give 0 to 1 decoder outputs")],
 )
 def test_bad_settings_are_config_errors(kwargs: dict, words: str) -> None:
