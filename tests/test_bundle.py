@@ -239,3 +239,21 @@ def test_bundle_commands_run_another_task(tmp_path: Path):
     )  # fmt: skip
     seg = nib.load(tmp_path / "pred" / f"{record.case_id}_seg.nii.gz")
     assert seg.shape == nib.load(record.images[0]).shape and set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1}
+
+
+def test_train_config_passes_its_elastic_switch_to_both_augmentation_paths() -> None:
+    config = ConfigParser.load_config_file(str(CONFIGS / "train.yaml"))
+    assert isinstance(config["elastic"], bool)
+    worker = config["train"]["dataset"]["dataset"]  # the dataset inside the output-mode wrapper
+    assert worker["elastic"] == config["train"]["augmentation"]["elastic"] == "@elastic"
+
+
+@pytest.mark.parametrize("name", ["train.yaml", "inference.yaml"])
+def test_the_network_is_built_from_the_config_knobs(name: str) -> None:
+    """Every network knob reaches ``network_def`` by reference, so ``--set norm=batch`` (or any other) changes the built network."""
+    config = ConfigParser.load_config_file(str(CONFIGS / name))
+    knobs = {"mode": "mode", "context": "context", "output_mode": "output_mode", "task": "task", "network": "network_name", "channels": "channels",
+             "strides": "strides", "num_res_units": "num_res_units", "dropout": "dropout", "norm": "norm", "init_filters": "init_filters",
+             "deep_supervision": "deep_supervision"}  # fmt: skip
+    assert {arg: config["network_def"][arg] for arg in knobs} == {arg: f"@{knob}" for arg, knob in knobs.items()}
+    assert all(knob in config for knob in knobs.values())
